@@ -1,0 +1,64 @@
+"""taskbuffer: async task orchestration on asyncio.
+
+Tasks, chains, parallel groups, debounced and run-once tasks, run under a ``TaskManager`` that
+enforces key-based constraints, schedules cron runs and streams every lifecycle event through
+a reactivex ``Subject``.
+"""
+
+from __future__ import annotations
+
+from ._chain import Taskchain as Taskchain
+from ._debounced import TaskDebounced as TaskDebounced
+from ._events import EventSubject as EventSubject
+from ._events import TaskEvent as TaskEvent
+from ._events import TaskEventType as TaskEventType
+from ._exceptions import InvalidCronExpressionError as InvalidCronExpressionError
+from ._exceptions import TaskbufferError as TaskbufferError
+from ._exceptions import TaskChainError as TaskChainError
+from ._exceptions import TaskExecutionError as TaskExecutionError
+from ._exceptions import TaskManagerStoppedError as TaskManagerStoppedError
+from ._exceptions import TaskNotFoundError as TaskNotFoundError
+from ._exceptions import TaskParallelError as TaskParallelError
+from ._exceptions import TaskTimeoutError as TaskTimeoutError
+from ._metadata import ScheduledTaskInfo as ScheduledTaskInfo
+from ._metadata import TaskExecutionReport as TaskExecutionReport
+from ._metadata import TaskMetadata as TaskMetadata
+from ._metadata import TaskStatus as TaskStatus
+from ._once import TaskOnce as TaskOnce
+from ._parallel import Taskparallel as Taskparallel
+from ._steps import StepSpec as StepSpec
+from ._steps import StepStatus as StepStatus
+from ._steps import TaskStep as TaskStep
+from ._steps import TaskStepInfo as TaskStepInfo
+from ._task import Task as Task
+from ._task import TaskOptions as TaskOptions
+from ._task import task as task
+
+__all__ = [
+    "EventSubject",
+    "InvalidCronExpressionError",
+    "ScheduledTaskInfo",
+    "StepSpec",
+    "StepStatus",
+    "Task",
+    "TaskChainError",
+    "TaskDebounced",
+    "TaskEvent",
+    "TaskEventType",
+    "TaskExecutionError",
+    "TaskExecutionReport",
+    "TaskManagerStoppedError",
+    "TaskMetadata",
+    "TaskNotFoundError",
+    "TaskOnce",
+    "TaskOptions",
+    "TaskParallelError",
+    "TaskStatus",
+    "TaskStep",
+    "TaskStepInfo",
+    "TaskTimeoutError",
+    "Taskchain",
+    "TaskbufferError",
+    "Taskparallel",
+    "task",
+]

@@ -1,0 +1,84 @@
+"""Coalescing buffer of a ``buffered=True`` task.
+
+The buffer holds at most ``buffer_max`` runs: the one in progress plus those waiting. A trigger
+that finds room adds a run; one that finds the buffer full joins the last waiting run and its
+input replaces that run's input (the newest input wins). With ``buffer_max=1`` there is no
+waiting run, so a trigger during a run joins the run in progress. Runs go one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._shared import SharedRun
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+__all__ = ("TaskBuffer",)
+
+R = TypeVar("R")
+
+
+class _BufferedRun(SharedRun[R]):
+    __slots__ = ("input",)
+
+    def __init__(self, buffer: TaskBuffer[R], loop: asyncio.AbstractEventLoop, input: Any):
+        super().__init__(loop, buffer._abandon)
+        self.input = input
+
+
+class TaskBuffer(Generic[R]):
+    """The run queue of one buffered task."""
+
+    __slots__ = ("_abandoned_head", "_max", "_runs", "_task")
+
+    def __init__(self, task: Task[R, Any], buffer_max: int) -> None:
+        self._task = task
+        self._max = buffer_max
+        self._runs: deque[_BufferedRun[R]] = deque()
+        # The head run was given up by all its awaiters but is still winding down: it keeps
+        # the next run from starting, but nobody may join it and it takes no room.
+        self._abandoned_head = False
+
+    def __repr__(self) -> str:
+        return f"<TaskBuffer max={self._max} runs={len(self._runs)}>"
+
+    async def submit(self, input: Any) -> R:
+        loop = asyncio.get_running_loop()
+        runs = self._runs
+        if runs and runs[0].future.get_loop() is not loop:
+            # Left over from a loop that has gone away; nothing there can finish any more.
+            runs.clear()
+            self._abandoned_head = False
+        if len(runs) - self._abandoned_head < self._max:
+            run = _BufferedRun(self, loop, input)
+            runs.append(run)
+            if len(runs) == 1:
+                self._start(run)
+        else:
+            run = runs[-1]
+            if run.task is None:
+                run.input = input
+        return await run.join()
+
+    def _start(self, run: _BufferedRun[R]) -> None:
+        run.start(self._task._run_for_result(run.input), self._on_done)
+
+    def _on_done(self, _finished: asyncio.Task[R]) -> None:
+        self._runs.popleft()
+        self._abandoned_head = False
+        if self._runs:
+            self._start(self._runs[0])
+
+    def _abandon(self, shared: SharedRun[R]) -> None:
+        run = shared
+        assert isinstance(run, _BufferedRun)
+        if run.task is not None:
+            self._abandoned_head = True
+            run.task.cancel()
+        else:
+            self._runs.remove(run)
+            run.future.cancel()

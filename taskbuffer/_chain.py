@@ -1,0 +1,66 @@
+"""``Taskchain``: tasks in sequence, each result the next input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from typing_extensions import Unpack
+
+from ._exceptions import TaskChainError
+from ._task import Task, TaskOptions
+
+__all__ = ("Taskchain",)
+
+
+class Taskchain(Task[Any]):
+    """Runs ``task_array`` in order, passing each result on as the next input.
+
+    Returns the last task's result (the input itself for an empty chain). A failure raises
+    :class:`TaskChainError` naming the chain, the failing task and its 0-based index.
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(
+        self, *, task_array: Sequence[Task[Any, Any]] = (), **options: Unpack[TaskOptions]
+    ) -> None:
+        self._tasks: list[Task[Any, Any]] = []
+        for task in task_array:
+            self.add_task(task)
+        super().__init__(task_function=self._run_chain, **options)
+
+    @property
+    def task_array(self) -> list[Task[Any, Any]]:
+        """A copy of the chain's tasks, in order."""
+        return list(self._tasks)
+
+    def add_task(self, task: Task[Any, Any]) -> None:
+        """Append ``task`` to the chain."""
+        if not isinstance(task, Task):
+            raise TypeError(f"a Taskchain holds Task objects, not {task!r}")
+        self._tasks.append(task)
+
+    def remove_task(self, task: Task[Any, Any]) -> bool:
+        """Remove the first occurrence of ``task``; returns whether it was there."""
+        try:
+            self._tasks.remove(task)
+        except ValueError:
+            return False
+        return True
+
+    def shift_task(self) -> Task[Any, Any] | None:
+        """Remove and return the first task, or ``None`` if the chain is empty."""
+        return self._tasks.pop(0) if self._tasks else None
+
+    async def _run_chain(self, input: Any) -> Any:
+        value = input
+        # A snapshot: tasks added or removed while the chain runs apply to the next run.
+        for index, task in enumerate(tuple(self._tasks)):
+            try:
+                value = await task.trigger(value)
+            except Exception as exc:
+                raise TaskChainError(
+                    self.name or "unnamed", task.name or "unnamed", index, exc
+                ) from exc
+        return value

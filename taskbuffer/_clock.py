@@ -1,0 +1,52 @@
+"""Wall-clock instants derived from the running loop's clock.
+
+All timing in taskbuffer goes through ``loop.time()``. Wall-clock instants (event timestamps,
+``last_run``, cron) are ``anchor + loop.time()``, where the anchor is taken once per loop. A
+virtual-time loop (such as ``looptime``) therefore moves wall-clock instants too, which is what
+makes cron and timestamps testable without real waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from datetime import UTC, datetime
+
+__all__ = ("loop_to_wall", "now_wall", "wall_to_loop")
+
+# One anchor per event loop, dropped with the loop. This is a cache, not shared state: it
+# only ever holds ``time.time() - loop.time()`` as read on the loop's first use.
+_anchors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.WeakKeyDictionary()
+
+
+def _anchor(loop: asyncio.AbstractEventLoop) -> float:
+    try:
+        return _anchors[loop]
+    except KeyError:
+        anchor = _anchors[loop] = time.time() - loop.time()
+        return anchor
+
+
+def now_wall() -> float:
+    """Epoch seconds now, on the running loop's clock (the real clock outside a loop)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return time.time()
+    return _anchor(loop) + loop.time()
+
+
+def loop_to_wall(loop: asyncio.AbstractEventLoop, loop_time: float) -> float:
+    """Epoch seconds of a ``loop.time()`` instant."""
+    return _anchor(loop) + loop_time
+
+
+def wall_to_loop(loop: asyncio.AbstractEventLoop, wall: float) -> float:
+    """The ``loop.time()`` instant of epoch seconds ``wall``."""
+    return wall - _anchor(loop)
+
+
+def to_datetime(wall: float) -> datetime:
+    """A timezone-aware (UTC) datetime for epoch seconds."""
+    return datetime.fromtimestamp(wall, UTC)

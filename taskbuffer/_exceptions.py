@@ -1,0 +1,100 @@
+"""Exceptions raised by taskbuffer.
+
+Every exception derives from :class:`TaskbufferError` and from the builtin that fits, so
+callers can catch either::
+
+    TaskbufferError
+     ├── TaskNotFoundError            (KeyError)      unknown task name
+     ├── TaskTimeoutError             (TimeoutError)  a run exceeded its ``timeout``
+     ├── InvalidCronExpressionError   (ValueError)    a cron string croniter rejects
+     ├── TaskManagerStoppedError      (RuntimeError)  trigger after/while ``stop()``
+     ├── TaskParallelError            (ExceptionGroup) one or more tasks of a Taskparallel failed
+     ├── TaskChainError               a task of a Taskchain failed
+     └── TaskExecutionError           ``add_execute_remove_task`` failed; carries the report
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._metadata import TaskExecutionReport
+
+__all__ = (
+    "InvalidCronExpressionError",
+    "TaskChainError",
+    "TaskExecutionError",
+    "TaskManagerStoppedError",
+    "TaskNotFoundError",
+    "TaskParallelError",
+    "TaskTimeoutError",
+    "TaskbufferError",
+)
+
+
+class TaskbufferError(Exception):
+    """Base class of every exception taskbuffer raises."""
+
+
+class TaskNotFoundError(TaskbufferError, KeyError):
+    """No task is registered under the given name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"no task named {self.name!r} is registered with this TaskManager"
+
+
+class TaskTimeoutError(TaskbufferError, TimeoutError):
+    """A run took longer than its task's ``timeout``."""
+
+    def __init__(self, task_name: str, timeout: float) -> None:
+        super().__init__(f"task {task_name!r} timed out after {timeout:g} s")
+        self.task_name = task_name
+        self.timeout = timeout
+
+
+class InvalidCronExpressionError(TaskbufferError, ValueError):
+    """A cron string that cannot be parsed."""
+
+    def __init__(self, expression: str, reason: str) -> None:
+        super().__init__(
+            f"invalid cron expression {expression!r}: {reason}; expected 5 fields "
+            "(minute hour day-of-month month day-of-week) or 6 fields with seconds first "
+            "(second minute hour day-of-month month day-of-week)"
+        )
+        self.expression = expression
+
+
+class TaskManagerStoppedError(TaskbufferError, RuntimeError):
+    """The manager is stopped (or stopping) and cannot run this trigger."""
+
+
+class TaskChainError(TaskbufferError):
+    """A task of a :class:`~taskbuffer.Taskchain` failed; ``__cause__`` is the original error."""
+
+    def __init__(self, chain_name: str, task_name: str, task_index: int, cause: BaseException):
+        super().__init__(
+            f"chain {chain_name!r} failed at task {task_name!r} (index {task_index}): "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.chain_name = chain_name
+        self.task_name = task_name
+        self.task_index = task_index
+
+
+class TaskParallelError(TaskbufferError, ExceptionGroup[Exception]):
+    """One or more tasks of a :class:`~taskbuffer.Taskparallel` failed; holds every error."""
+
+
+class TaskExecutionError(TaskbufferError):
+    """``add_execute_remove_task`` failed; ``report`` holds the run's report, error included."""
+
+    def __init__(self, report: TaskExecutionReport, *args: Any) -> None:
+        super().__init__(
+            f"task {report.task_name!r} failed: {type(report.error).__name__}: {report.error}",
+            *args,
+        )
+        self.report = report

@@ -1,0 +1,77 @@
+"""``TaskOnce``: a task that runs successfully at most once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, overload
+
+from typing_extensions import Unpack
+
+from ._shared import SharedRun
+from ._task import D, R, Task, TaskFunction, TaskOptions, _CoreOptions
+
+__all__ = ("TaskOnce",)
+
+
+class TaskOnce(Task[R, D]):
+    """Runs at most once successfully.
+
+    Concurrent triggers share the first run; later triggers return its cached result without
+    running. If that run fails, its waiters get the error and the next trigger tries again.
+    """
+
+    __slots__ = ("_has_result", "_has_triggered", "_once_run", "_result")
+
+    @overload
+    def __init__(
+        self: TaskOnce[R, D],
+        *,
+        task_function: Callable[..., Awaitable[R]],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskOnce[R, D],
+        *,
+        task_function: Callable[..., R],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    def __init__(self, *, task_function: TaskFunction[R], **options: Unpack[TaskOptions]) -> None:
+        super().__init__(task_function=task_function, **options)
+        self._has_triggered = False
+        self._has_result = False
+        self._result: R | None = None
+        self._once_run: SharedRun[R] | None = None
+
+    @property
+    def has_triggered(self) -> bool:
+        """True once a run has started."""
+        return self._has_triggered
+
+    async def trigger(self, input: Any = None) -> R:
+        """Run once (sharing a run in progress) or return the cached result."""
+        if self._has_result:
+            return self._result  # type: ignore[return-value]
+        loop = asyncio.get_running_loop()
+        run = self._once_run
+        if run is None or run.future.get_loop() is not loop:
+            run = self._once_run = SharedRun(loop)
+            self._has_triggered = True
+            run.start(self._run_once(input), self._forget_run)
+        return await run.join()
+
+    trigger_unbuffered = trigger
+
+    async def _run_once(self, input: Any) -> R:
+        errors_before = self.error_count
+        result = await Task.trigger(self, input)
+        if self.error_count == errors_before:  # not a failure swallowed by catch_errors
+            self._result = result
+            self._has_result = True
+        return result
+
+    def _forget_run(self, _finished: asyncio.Task[R]) -> None:
+        self._once_run = None

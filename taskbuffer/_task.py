@@ -1,0 +1,594 @@
+"""``Task``: one unit of async work with steps, labels, events, retries and a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
+
+from typing_extensions import TypeVar, Unpack
+
+from ._buffer import TaskBuffer
+from ._clock import loop_to_wall, now_wall, to_datetime
+from ._events import EventSubject, TaskEvent, TaskEventType
+from ._exceptions import TaskTimeoutError
+from ._metadata import TaskMetadata, TaskStatus
+from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from reactivex.subject import Subject
+
+__all__ = ("Task", "TaskOptions", "task")
+
+logger = logging.getLogger("taskbuffer")
+
+R = TypeVar("R")
+D = TypeVar("D", default=dict[str, Any])
+
+TaskFunction = Callable[..., Awaitable[R]] | Callable[..., R]
+
+
+class _CoreOptions(TypedDict, total=False):
+    name: str | None
+    version: str | None
+    labels: Mapping[str, str] | None
+    steps: Sequence[StepSpec]
+    buffered: bool
+    buffer_max: int | None
+    pre_task: Task[Any, Any] | Callable[[], Task[Any, Any]] | None
+    after_task: Task[Any, Any] | Callable[[], Task[Any, Any]] | None
+    task_setup: Callable[[], Any] | None
+    catch_errors: bool
+    timeout: float | None
+    retries: int
+    retry_delay: float
+    retry_backoff: float
+
+
+class TaskOptions(_CoreOptions, total=False):
+    """The keyword options every task kind accepts besides its function."""
+
+    data: Any
+
+
+def _check_duration(name: str, value: float | None, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        accepted = "a number of seconds >= 0 or None" if allow_none else "a number of seconds >= 0"
+        raise TypeError(f"{name} must be {accepted}, not {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative, not {value!r}")
+    return float(value)
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments to pass: 0, 1 (input) or 2 (input, setup value)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: give them the input
+        return 1
+    positional = required = 0
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_POSITIONAL:
+            return 2
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            positional += 1
+            required += param.default is param.empty
+        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            raise TypeError(
+                f"task_function {fn!r} has a required keyword-only parameter {param.name!r}; "
+                "it is called with 0, 1 (input) or 2 (input, setup value) positional arguments"
+            )
+    if required > 2:
+        raise TypeError(
+            f"task_function {fn!r} requires {required} positional parameters; it is called "
+            "with 0, 1 (input) or 2 (input, setup value) positional arguments"
+        )
+    return min(positional, 2)
+
+
+class Task(Generic[R, D]):
+    """One unit of async work.
+
+    The task function may be ``async def`` or a plain function taking 0, 1 (``input``) or 2
+    (``input, setup_value``) positional parameters. Durations are float seconds.
+
+    :param task_function: the work; its return value is what ``trigger()`` returns.
+    :param buffered: coalesce triggers through a buffer of ``buffer_max`` runs.
+    :param timeout: per-attempt time limit; a run past it fails with ``TaskTimeoutError``.
+    :param retries: extra attempts after a failed one, ``retry_delay`` seconds apart, each
+        further delay multiplied by ``retry_backoff``.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_after_task",
+        "_arity",
+        "_buffer",
+        "_buffer_max",
+        "_cron_schedule",
+        "_event_subject",
+        "_finished_runs",
+        "_function",
+        "_is_async",
+        "_last_error",
+        "_last_run",
+        "_name",
+        "_next_run",
+        "_outcome",
+        "_pre_task",
+        "_retries",
+        "_retry_backoff",
+        "_retry_delay",
+        "_running",
+        "_setup",
+        "_setup_done",
+        "_setup_task",
+        "_setup_value",
+        "_sinks",
+        "_steps",
+        "_timeout",
+        "_total_duration",
+        "catch_errors",
+        "data",
+        "error_count",
+        "labels",
+        "run_count",
+        "version",
+    )
+
+    @overload
+    def __init__(
+        self: Task[R, D],
+        *,
+        task_function: Callable[..., Awaitable[R]],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Task[R, D],
+        *,
+        task_function: Callable[..., R],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    def __init__(
+        self,
+        *,
+        task_function: TaskFunction[R],
+        name: str | None = None,
+        version: str | None = None,
+        data: D | None = None,
+        labels: Mapping[str, str] | None = None,
+        steps: Sequence[StepSpec] = (),
+        buffered: bool = False,
+        buffer_max: int | None = None,
+        pre_task: Task[Any, Any] | Callable[[], Task[Any, Any]] | None = None,
+        after_task: Task[Any, Any] | Callable[[], Task[Any, Any]] | None = None,
+        task_setup: Callable[[], Any] | None = None,
+        catch_errors: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        retry_backoff: float = 2.0,
+    ) -> None:
+        if not callable(task_function):
+            raise TypeError(f"task_function must be callable, not {task_function!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string or None, not {name!r}")
+        if buffered:
+            if buffer_max is None:
+                raise ValueError("buffer_max is required when buffered=True (an int >= 1)")
+            if isinstance(buffer_max, bool) or not isinstance(buffer_max, int) or buffer_max < 1:
+                raise ValueError(f"buffer_max must be an int >= 1, not {buffer_max!r}")
+        elif buffer_max is not None:
+            raise ValueError("buffer_max only applies to buffered tasks; pass buffered=True")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        if (
+            isinstance(retry_backoff, bool)
+            or not isinstance(retry_backoff, int | float)
+            or not (retry_backoff >= 1)
+        ):
+            raise ValueError(f"retry_backoff must be a number >= 1, not {retry_backoff!r}")
+        if timeout is not None and _check_duration("timeout", timeout, allow_none=True) == 0:
+            raise ValueError("timeout must be positive (seconds) or None, not 0")
+        for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
+            if ref is not None and not isinstance(ref, Task) and not callable(ref):
+                raise TypeError(f"{label} must be a Task or a callable returning one, not {ref!r}")
+        if task_setup is not None and not callable(task_setup):
+            raise TypeError(f"task_setup must be callable or None, not {task_setup!r}")
+
+        self._function = task_function
+        self._arity = _arity(task_function)
+        self._is_async = inspect.iscoroutinefunction(task_function)
+        self._name = name
+        self.version = version
+        self.data: D = data if data is not None else cast(D, {})
+        self.labels: dict[str, str] = dict(labels or {})
+        self._steps = StepTracker(validate_steps(steps))
+        self._buffer_max = buffer_max if buffered else None
+        self._buffer: TaskBuffer[R] | None = (
+            TaskBuffer(self, buffer_max) if buffered and buffer_max is not None else None
+        )
+        self._pre_task = pre_task
+        self._after_task = after_task
+        self._setup = task_setup
+        self._setup_done = False
+        self._setup_value: Any = None
+        self._setup_task: asyncio.Task[Any] | None = None
+        self.catch_errors = catch_errors
+        self._timeout = _check_duration("timeout", timeout, allow_none=True)
+        self._retries = retries
+        self._retry_delay = _check_duration("retry_delay", retry_delay, allow_none=False) or 0.0
+        self._retry_backoff = float(retry_backoff)
+
+        self._event_subject = EventSubject()
+        # Other subjects that receive this task's events (the task_subject of each manager it
+        # is registered with). A tuple so that emitting never sees it change mid-iteration.
+        self._sinks: tuple[Subject[TaskEvent], ...] = ()
+        self._running = 0
+        self.run_count = 0
+        self.error_count = 0
+        self._last_error: BaseException | None = None
+        self._last_run: float | None = None
+        self._outcome: TaskStatus = "idle"
+        self._finished_runs = 0
+        self._total_duration = 0.0
+        self._cron_schedule: str | None = None
+        self._next_run: float | None = None
+
+    # ----------------------------------------------------------------------------- state
+
+    @property
+    def name(self) -> str | None:
+        """The task's name (``None`` if it has none)."""
+        return self._name
+
+    @property
+    def running(self) -> bool:
+        """True while at least one run of this task is in flight."""
+        return self._running > 0
+
+    @property
+    def idle(self) -> bool:
+        """True when no run of this task is in flight."""
+        return self._running == 0
+
+    @property
+    def buffered(self) -> bool:
+        """Whether triggers go through a coalescing buffer."""
+        return self._buffer is not None
+
+    @property
+    def buffer_max(self) -> int | None:
+        """The buffer's capacity (``None`` when not buffered)."""
+        return self._buffer_max
+
+    @property
+    def timeout(self) -> float | None:
+        """The per-attempt time limit in seconds, or ``None``."""
+        return self._timeout
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The error of the latest failed run, until a run succeeds or ``clear_error()``."""
+        return self._last_error
+
+    @property
+    def last_run(self) -> datetime | None:
+        """When the latest run started (timezone-aware), or ``None``."""
+        return None if self._last_run is None else to_datetime(self._last_run)
+
+    @property
+    def event_subject(self) -> EventSubject:
+        """The reactivex subject carrying this task's :class:`TaskEvent` s."""
+        return self._event_subject
+
+    def clear_error(self) -> None:
+        """Forget ``last_error`` (``error_count`` stays)."""
+        self._last_error = None
+
+    def set_label(self, key: str, value: str) -> None:
+        """Set label ``key`` to ``value``."""
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"labels are str -> str; got {key!r} -> {value!r}")
+        self.labels[key] = value
+
+    def get_label(self, key: str) -> str | None:
+        """The value of label ``key``, or ``None``."""
+        return self.labels.get(key)
+
+    def remove_label(self, key: str) -> bool:
+        """Remove label ``key``; returns whether it was there."""
+        return self.labels.pop(key, None) is not None
+
+    def has_label(self, key: str, value: str | None = None) -> bool:
+        """Whether label ``key`` is set (to ``value``, if given)."""
+        if value is None:
+            return key in self.labels
+        return self.labels.get(key) == value
+
+    # ----------------------------------------------------------------------------- steps
+
+    def notify_step(self, name: str) -> None:
+        """Finish the active step and start step ``name``.
+
+        :raises ValueError: ``name`` is not a declared step (the message lists them).
+        """
+        self._steps.notify(name)
+        self._emit("step", "running", step_name=name)
+
+    def get_progress(self) -> int:
+        """Progress 0-100: finished steps' percentages plus half of the active step's."""
+        return self._steps.progress()
+
+    def get_steps_metadata(self) -> list[TaskStepInfo]:
+        """A snapshot of every declared step."""
+        return self._steps.infos()
+
+    def get_metadata(self) -> TaskMetadata:
+        """A snapshot of the task's state."""
+        return self._snapshot(None)
+
+    def _status(self) -> TaskStatus:
+        return "running" if self._running else self._outcome
+
+    def _snapshot(self, status: TaskStatus | None) -> TaskMetadata:
+        steps = self._steps
+        return TaskMetadata(
+            name=self._name or "unnamed",
+            version=self.version,
+            status=status or self._status(),
+            steps=steps.infos(),
+            current_step=steps.current_step(),
+            current_progress=steps.progress(),
+            run_count=self.run_count,
+            labels=dict(self.labels),
+            last_error=None if self._last_error is None else str(self._last_error),
+            error_count=self.error_count,
+            last_run=self.last_run,
+            next_run=None if self._next_run is None else to_datetime(self._next_run),
+            cron_schedule=self._cron_schedule,
+            buffered=self._buffer is not None,
+            buffer_max=self._buffer_max,
+            timeout=self._timeout,
+            average_duration=(
+                self._total_duration / self._finished_runs if self._finished_runs else None
+            ),
+        )
+
+    # ---------------------------------------------------------------------------- events
+
+    def _has_listeners(self) -> bool:
+        if self._event_subject.observers:
+            return True
+        return any(sink.observers for sink in self._sinks)
+
+    def _emit(
+        self,
+        type: TaskEventType,
+        status: TaskStatus | None,
+        *,
+        step_name: str | None = None,
+        error: BaseException | str | None = None,
+    ) -> None:
+        # Snapshots are only built when somebody listens: emitting is free otherwise.
+        if not self._event_subject.observers and not (self._sinks and self._has_listeners()):
+            return
+        event = TaskEvent(
+            type=type,
+            task=self._snapshot(status),
+            timestamp=now_wall(),
+            step_name=step_name,
+            error=None if error is None else str(error) or type_name(error),
+        )
+        self._event_subject.on_next(event)
+        for sink in self._sinks:
+            sink.on_next(event)
+
+    # ------------------------------------------------------------------------------ runs
+
+    async def trigger(self, input: Any = None) -> R:
+        """Run the task (through its buffer, if buffered) and return the function's result.
+
+        With ``catch_errors=True`` a failed run returns ``None`` instead of raising.
+        """
+        if self._buffer is not None:
+            return await self._buffer.submit(input)
+        return cast(R, await self._run(input))
+
+    async def trigger_unbuffered(self, input: Any = None) -> R:
+        """Run the task now, bypassing its buffer."""
+        return cast(R, await self._run(input))
+
+    async def _run_for_result(self, input: Any) -> R:
+        # ``_run`` returns None only under catch_errors, where None is the documented result.
+        return cast(R, await self._run(input))
+
+    async def _run(self, input: Any, visited: set[Task[Any, Any]] | None = None) -> R | None:
+        """One run: setup, pre-task, function, after-task; with retries, timeout and events.
+
+        This is the one entry point by which every trigger path (direct, buffered, manager,
+        chain, cron) executes the task.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self.run_count += 1
+        self._running += 1
+        self._last_run = loop_to_wall(loop, start)
+        if self._steps.steps:
+            self._steps.reset()
+        self._emit("started", "running")
+        try:
+            if self._retries or self._timeout is not None:
+                result = await self._attempts(input, visited)
+            else:
+                result = await self._attempt(input, visited)
+        except asyncio.CancelledError:
+            self._end_run(loop, start)
+            self._emit("cancelled", None, error="cancelled")
+            raise
+        except Exception as exc:
+            self._end_run(loop, start)
+            self._last_error = exc
+            self.error_count += 1
+            self._outcome = "failed"
+            self._emit("failed", "failed", error=exc)
+            logger.debug("task %r failed", self._name, exc_info=exc)
+            if self.catch_errors:
+                return None
+            raise
+        except BaseException:
+            self._end_run(loop, start)
+            raise
+        self._end_run(loop, start)
+        self._last_error = None
+        self._outcome = "completed"
+        self._emit("completed", "completed")
+        return result
+
+    def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
+        self._running -= 1
+        self._finished_runs += 1
+        self._total_duration += loop.time() - start
+        self._steps.finish_run()
+
+    async def _attempts(self, input: Any, visited: set[Task[Any, Any]] | None) -> R:
+        delay = self._retry_delay
+        attempt = 0
+        while True:
+            try:
+                if self._timeout is None:
+                    return await self._attempt(input, visited)
+                return await self._attempt_with_timeout(input, visited, self._timeout)
+            except Exception as exc:
+                if attempt >= self._retries:
+                    raise
+                attempt += 1
+                self._emit("retrying", "running", error=exc)
+                logger.debug("task %r attempt %d failed; retrying", self._name, attempt)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                delay *= self._retry_backoff
+
+    async def _attempt_with_timeout(
+        self, input: Any, visited: set[Task[Any, Any]] | None, seconds: float
+    ) -> R:
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await self._attempt(input, visited)
+        except TimeoutError:
+            if deadline.expired():
+                raise TaskTimeoutError(self._name or "unnamed", seconds) from None
+            raise
+
+    async def _attempt(self, input: Any, visited: set[Task[Any, Any]] | None) -> R:
+        if self._setup is not None and not self._setup_done:
+            await self._ensure_setup()
+        pre, after = self._pre_task, self._after_task
+        if pre is not None or after is not None:
+            if visited is None:
+                visited = {self}
+            else:
+                visited.add(self)
+            if pre is not None:
+                pre_task = _resolve(pre, "pre_task")
+                if pre_task not in visited:
+                    visited.add(pre_task)
+                    await pre_task._run(input, visited)
+        arity = self._arity
+        if arity == 0:
+            value = self._function()
+        elif arity == 1:
+            value = self._function(input)
+        else:
+            value = self._function(input, self._setup_value)
+        if self._is_async or inspect.isawaitable(value):
+            result: R = await cast(Awaitable[R], value)
+        else:
+            result = value
+        if after is not None:
+            assert visited is not None
+            after_task = _resolve(after, "after_task")
+            if after_task not in visited:
+                visited.add(after_task)
+                await after_task._run(result, visited)
+        return result
+
+    async def _ensure_setup(self) -> None:
+        """Run ``task_setup`` once; concurrent first runs share one setup."""
+        loop = asyncio.get_running_loop()
+        setup_task = self._setup_task
+        if setup_task is None or setup_task.get_loop() is not loop:
+            setup_task = self._setup_task = loop.create_task(self._do_setup())
+        await asyncio.shield(setup_task)
+
+    async def _do_setup(self) -> None:
+        assert self._setup is not None
+        try:
+            value = self._setup()
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException:
+            self._setup_task = None  # the next run tries again
+            raise
+        self._setup_value = value
+        self._setup_done = True
+        self._setup_task = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._name or 'unnamed'!r} status={self._status()} "
+            f"runs={self.run_count} errors={self.error_count}>"
+        )
+
+
+def type_name(error: BaseException | str) -> str:
+    return error if isinstance(error, str) else type(error).__name__
+
+
+def _resolve(ref: Task[Any, Any] | Callable[[], Task[Any, Any]], label: str) -> Task[Any, Any]:
+    if isinstance(ref, Task):
+        return ref
+    resolved = ref()
+    if not isinstance(resolved, Task):
+        raise TypeError(f"{label} factory must return a Task, not {resolved!r}")
+    return resolved
+
+
+@overload
+def task(function: Callable[..., Awaitable[R]], /) -> Task[R]: ...
+@overload
+def task(function: Callable[..., R], /) -> Task[R]: ...
+@overload
+def task(function: None = None, /, **options: Unpack[TaskOptions]) -> _TaskDecorator: ...
+def task(
+    function: Callable[..., Any] | None = None, /, **options: Unpack[TaskOptions]
+) -> Task[Any] | _TaskDecorator:
+    """Build a :class:`Task` from a function: ``@task`` or ``@task(name="greet", ...)``."""
+    if function is not None:
+        return Task(task_function=function, **options)
+    return _TaskDecorator(options)
+
+
+class _TaskDecorator:
+    __slots__ = ("_options",)
+
+    def __init__(self, options: TaskOptions) -> None:
+        self._options = options
+
+    @overload
+    def __call__(self, function: Callable[..., Awaitable[R]], /) -> Task[R]: ...
+    @overload
+    def __call__(self, function: Callable[..., R], /) -> Task[R]: ...
+    def __call__(self, function: Callable[..., Any], /) -> Task[Any]:
+        return Task(task_function=function, **self._options)
