@@ -8,6 +8,9 @@ a reactivex ``Subject``.
 from __future__ import annotations
 
 from ._chain import Taskchain as Taskchain
+from ._constraints import ConstraintGroupStatistics as ConstraintGroupStatistics
+from ._constraints import RateLimit as RateLimit
+from ._constraints import TaskConstraintGroup as TaskConstraintGroup
 from ._debounced import TaskDebounced as TaskDebounced
 from ._events import EventSubject as EventSubject
 from ._events import TaskEvent as TaskEvent
@@ -20,6 +23,8 @@ from ._exceptions import TaskManagerStoppedError as TaskManagerStoppedError
 from ._exceptions import TaskNotFoundError as TaskNotFoundError
 from ._exceptions import TaskParallelError as TaskParallelError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
+from ._manager import TaskManager as TaskManager
+from ._manager import TaskManagerStatistics as TaskManagerStatistics
 from ._metadata import ScheduledTaskInfo as ScheduledTaskInfo
 from ._metadata import TaskExecutionReport as TaskExecutionReport
 from ._metadata import TaskMetadata as TaskMetadata
@@ -35,18 +40,23 @@ from ._task import TaskOptions as TaskOptions
 from ._task import task as task
 
 __all__ = [
+    "ConstraintGroupStatistics",
     "EventSubject",
     "InvalidCronExpressionError",
+    "RateLimit",
     "ScheduledTaskInfo",
     "StepSpec",
     "StepStatus",
     "Task",
     "TaskChainError",
+    "TaskConstraintGroup",
     "TaskDebounced",
     "TaskEvent",
     "TaskEventType",
     "TaskExecutionError",
     "TaskExecutionReport",
+    "TaskManager",
+    "TaskManagerStatistics",
     "TaskManagerStoppedError",
     "TaskMetadata",
     "TaskNotFoundError",
@@ -57,8 +67,8 @@ __all__ = [
     "TaskStep",
     "TaskStepInfo",
     "TaskTimeoutError",
-    "Taskchain",
     "TaskbufferError",
+    "Taskchain",
     "Taskparallel",
     "task",
 ]

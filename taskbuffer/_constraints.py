@@ -1,0 +1,403 @@
+"""``TaskConstraintGroup``: per-key concurrency caps, cooldowns, rate limits and checks.
+
+A group keeps a small state record per key only while the key has something running, waiting,
+cooling down or inside its rate window; the record is dropped the moment none of that holds
+(a timer drops it when a cooldown or window runs out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from ._task import Task
+    from ._waiting import Waiter
+
+__all__ = ("ConstraintGroupStatistics", "RateLimit", "TaskConstraintGroup")
+
+KeyFunction: TypeAlias = Callable[["Task[Any, Any]", Any], "str | None"]
+ShouldExecute: TypeAlias = Callable[["Task[Any, Any]", Any], "bool | Awaitable[bool]"]
+ResultSharing: TypeAlias = Literal["none", "share-latest"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RateLimit:
+    """At most ``max_per_window`` starts per key within any ``window`` seconds (sliding)."""
+
+    max_per_window: int
+    window: float
+
+    def __post_init__(self) -> None:
+        cap = self.max_per_window
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"max_per_window must be an int >= 1, not {cap!r}")
+        w = self.window
+        if isinstance(w, bool) or not isinstance(w, int | float) or math.isnan(w) or w <= 0:
+            raise ValueError(f"window must be a positive number of seconds, not {w!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConstraintGroupStatistics:
+    """A snapshot of a group: keys it holds state for, runs in flight, triggers waiting."""
+
+    name: str
+    tracked_keys: int
+    running: int
+    waiting: int
+
+
+class KeyState:
+    """What a group tracks for one key."""
+
+    __slots__ = (
+        "dead",
+        "heap",
+        "key",
+        "last_end",
+        "running",
+        "sharers",
+        "timer",
+        "timer_at",
+        "waiting",
+        "window",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.running = 0
+        self.last_end: float | None = None  # loop time of the latest end, for the cooldown
+        self.window: deque[float] | None = None  # loop times of starts inside the rate window
+        # Waiters parked here because this key blocks them: (-priority, seq, waiter), a heap.
+        self.heap: list[tuple[int, int, Waiter]] = []
+        self.dead = 0  # heap entries whose waiter has already left
+        self.waiting = 0  # waiters that claim this key, wherever they are parked
+        self.sharers: dict[Waiter, None] | None = None  # claimants, for share-latest
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+
+def _loop_time() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return 0.0
+
+
+class TaskConstraintGroup:
+    """Constraints applied to every trigger through a :class:`TaskManager`, per key.
+
+    :param constraint_key_for_execution: ``(task, input) -> key``; ``None`` exempts the trigger.
+    :param max_concurrent: runs per key at once (``math.inf`` = no cap).
+    :param cooldown: seconds between a run's end and the next start, per key.
+    :param should_execute: ``(task, input) -> bool`` (or awaitable); ``False`` skips the run.
+    :param rate_limit: a sliding window of starts per key.
+    :param result_sharing: ``"share-latest"`` resolves the triggers waiting for a key with the
+        result of the run of that key that succeeds, without running them.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_removed",
+        "_running_total",
+        "_state",
+        "_waiting_total",
+        "constraint_key_for_execution",
+        "cooldown",
+        "max_concurrent",
+        "name",
+        "rate_limit",
+        "result_sharing",
+        "should_execute",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        constraint_key_for_execution: KeyFunction,
+        max_concurrent: int | float = math.inf,
+        cooldown: float = 0.0,
+        should_execute: ShouldExecute | None = None,
+        rate_limit: RateLimit | None = None,
+        result_sharing: ResultSharing = "none",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, not {name!r}")
+        if not callable(constraint_key_for_execution):
+            raise TypeError(
+                "constraint_key_for_execution must be a callable (task, input) -> str | None, "
+                f"not {constraint_key_for_execution!r}"
+            )
+        if (
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int | float)
+            or math.isnan(max_concurrent)
+            or max_concurrent < 1
+            or (
+                isinstance(max_concurrent, float)
+                and not math.isinf(max_concurrent)
+                and not max_concurrent.is_integer()
+            )
+        ):
+            raise ValueError(
+                f"max_concurrent must be a whole number >= 1 or math.inf, not {max_concurrent!r}"
+            )
+        if (
+            isinstance(cooldown, bool)
+            or not isinstance(cooldown, int | float)
+            or math.isnan(cooldown)
+            or cooldown < 0
+            or math.isinf(cooldown)
+        ):
+            raise ValueError(f"cooldown must be a finite number of seconds >= 0, not {cooldown!r}")
+        if should_execute is not None and not callable(should_execute):
+            raise TypeError(f"should_execute must be callable or None, not {should_execute!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit or None, not {rate_limit!r}")
+        if result_sharing not in ("none", "share-latest"):
+            raise ValueError(
+                f"result_sharing must be 'none' or 'share-latest', not {result_sharing!r}"
+            )
+        self.name = name
+        self.constraint_key_for_execution = constraint_key_for_execution
+        self.max_concurrent = max_concurrent
+        self.cooldown = float(cooldown)
+        self.should_execute = should_execute
+        self.rate_limit = rate_limit
+        self.result_sharing: ResultSharing = result_sharing
+        self._state: dict[str, KeyState] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running_total = 0
+        self._waiting_total = 0
+        self._removed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<TaskConstraintGroup {self.name!r} keys={len(self._state)} "
+            f"running={self._running_total} waiting={self._waiting_total}>"
+        )
+
+    # ------------------------------------------------------------------------ public API
+
+    def get_constraint_key(self, task: Task[Any, Any], input: Any = None) -> str | None:
+        """The key of ``(task, input)`` in this group, or ``None`` if exempt.
+
+        :raises TypeError: the key function returned something other than a str or None.
+        """
+        key = self.constraint_key_for_execution(task, input)
+        if key is not None and not isinstance(key, str):
+            raise TypeError(
+                f"constraint group {self.name!r}: constraint_key_for_execution must return a "
+                f"str or None, not {key!r}"
+            )
+        return key
+
+    async def check_should_execute(self, task: Task[Any, Any], input: Any = None) -> bool:
+        """Whether this group's ``should_execute`` allows the run (True without one)."""
+        check = self.should_execute
+        if check is None:
+            return True
+        verdict = check(task, input)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return bool(verdict)
+
+    def can_run(self, key: str) -> bool:
+        """Whether a run with ``key`` could start now: under the cap, no cooldown, window room."""
+        st = self._get(key)
+        return st is None or self.blocked_until(st, _loop_time()) is None
+
+    def acquire_slot(self, key: str) -> bool:
+        """Take a slot for ``key`` if one is free now; returns whether it did."""
+        now = _loop_time()
+        st = self._ensure(key)
+        if self.blocked_until(st, now) is not None:
+            self.maybe_drop(st, now)
+            return False
+        self.take(st, now)
+        return True
+
+    def release_slot(self, key: str) -> None:
+        """Give back a slot of ``key``, recording the end time for the cooldown."""
+        st = self._get(key)
+        if st is not None and st.running > 0:
+            self.give_back(st, _loop_time(), ran=True)
+            from ._waiting import dispatch
+
+            dispatch([(self, st)], _loop_time())
+
+    def get_cooldown_remaining(self, key: str) -> float:
+        """Seconds until the cooldown of ``key`` is over (0.0 if none is pending)."""
+        st = self._get(key)
+        if st is None or st.last_end is None or not self.cooldown:
+            return 0.0
+        return max(0.0, st.last_end + self.cooldown - _loop_time())
+
+    def get_rate_limit_delay(self, key: str) -> float:
+        """Seconds until the rate window of ``key`` has room (0.0 if it has room now)."""
+        st = self._get(key)
+        limit = self.rate_limit
+        if st is None or limit is None or not st.window:
+            return 0.0
+        now = _loop_time()
+        self._purge_window(st, now)
+        if len(st.window) < limit.max_per_window:
+            return 0.0
+        return max(0.0, st.window[0] + limit.window - now)
+
+    def get_running_count(self, key: str) -> int:
+        """How many runs of ``key`` are in flight."""
+        st = self._get(key)
+        return 0 if st is None else st.running
+
+    def reset(self) -> None:
+        """Forget running counts, cooldowns and rate windows; waiting triggers are re-offered."""
+        from ._waiting import dispatch
+
+        freed = []
+        for st in self._state.values():
+            self._running_total -= st.running
+            st.running = 0
+            st.last_end = None
+            st.window = None
+            self._cancel_timer(st)
+            freed.append((self, st))
+        dispatch(freed, _loop_time())
+        for st in list(self._state.values()):
+            self.maybe_drop(st, _loop_time())
+
+    def statistics(self) -> ConstraintGroupStatistics:
+        """A snapshot: tracked keys, runs in flight and triggers waiting."""
+        return ConstraintGroupStatistics(
+            name=self.name,
+            tracked_keys=len(self._state),
+            running=self._running_total,
+            waiting=self._waiting_total,
+        )
+
+    # ----------------------------------------------------------------- internal interface
+    # Used by the waiting queue (_waiting.py); all times are loop times.
+
+    def _get(self, key: str) -> KeyState | None:
+        self._check_loop()
+        return self._state.get(key)
+
+    def _ensure(self, key: str) -> KeyState:
+        self._check_loop()
+        st = self._state.get(key)
+        if st is None:
+            st = self._state[key] = KeyState(key)
+            if self.result_sharing == "share-latest":
+                st.sharers = {}
+        return st
+
+    def _check_loop(self) -> None:
+        # State belongs to one loop: its loop times and timers mean nothing in another.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if loop is not self._loop:
+            if self._loop is not None:
+                for st in self._state.values():
+                    self._cancel_timer(st)
+                self._state.clear()
+                self._running_total = self._waiting_total = 0
+            self._loop = loop
+
+    def blocked_until(self, st: KeyState, now: float) -> float | None:
+        """``None`` if a run of this key may start at ``now``; else when it might.
+
+        ``math.inf`` means blocked by the concurrency cap (until a run ends), a finite time
+        means blocked by a cooldown or the rate window until then.
+        """
+        if st.running >= self.max_concurrent:
+            return math.inf
+        until = 0.0
+        if st.last_end is not None and self.cooldown:
+            until = st.last_end + self.cooldown
+        limit = self.rate_limit
+        if limit is not None and st.window:
+            self._purge_window(st, now)
+            if len(st.window) >= limit.max_per_window:
+                until = max(until, st.window[0] + limit.window)
+        return until if until > now else None
+
+    def _purge_window(self, st: KeyState, now: float) -> None:
+        window = st.window
+        assert self.rate_limit is not None and window is not None
+        horizon = now - self.rate_limit.window
+        while window and window[0] <= horizon:
+            window.popleft()
+
+    def take(self, st: KeyState, now: float) -> None:
+        st.running += 1
+        self._running_total += 1
+        if self.rate_limit is not None:
+            if st.window is None:
+                st.window = deque()
+            st.window.append(now)
+
+    def give_back(self, st: KeyState, now: float, *, ran: bool) -> None:
+        """Release a slot; ``ran=False`` for a trigger that never started (no cooldown, and
+        its start leaves the rate window)."""
+        st.running -= 1
+        self._running_total -= 1
+        if ran:
+            if self.cooldown:
+                st.last_end = now
+        elif st.window:
+            # The most recent start of this key is the one being undone, or one just as good.
+            st.window.pop()
+
+    def arm_timer(self, st: KeyState, when: float) -> None:
+        """Wake this key at loop time ``when`` (one timer per key, for its earliest need)."""
+        if st.timer is not None:
+            if st.timer_at <= when:
+                return
+            st.timer.cancel()
+        assert self._loop is not None
+        st.timer_at = when
+        st.timer = self._loop.call_at(when, self._on_timer, st, when)
+
+    def _cancel_timer(self, st: KeyState) -> None:
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+
+    def _on_timer(self, st: KeyState, when: float) -> None:
+        st.timer = None
+        if self._state.get(st.key) is not st:
+            return
+        from ._waiting import dispatch
+
+        # A loop may run a timer up to its clock resolution early; the timer stands for
+        # ``when`` having come.
+        assert self._loop is not None
+        now = max(self._loop.time(), when)
+        dispatch([(self, st)], now)
+
+    def maybe_drop(self, st: KeyState, now: float) -> None:
+        """Drop the key's state if nothing needs it; else make sure a timer will revisit it."""
+        if st.running or st.waiting:
+            return
+        until = 0.0
+        if st.last_end is not None and self.cooldown:
+            until = st.last_end + self.cooldown
+        if st.window:
+            self._purge_window(st, now)
+            if st.window:
+                assert self.rate_limit is not None
+                until = max(until, st.window[-1] + self.rate_limit.window)
+        if until > now:
+            self.arm_timer(st, until)
+            return
+        self._cancel_timer(st)
+        if self._state.get(st.key) is st:
+            del self._state[st.key]

@@ -1,0 +1,194 @@
+"""The waiting queue: triggers blocked by a constraint, and how freed slots reach them.
+
+A waiting trigger (a :class:`Waiter`) claims one key in each group that applies to it. It is
+*parked* in exactly one place: the heap of the first claimed key that blocks it, ordered by
+priority (higher first), then arrival. When a key frees up (a run ends, a cooldown or rate
+window passes), only that key's heap is looked at: its best waiter either takes slots in all
+its groups at once and starts, or moves to the heap of the key that still blocks it. So a
+waiter blocked on one key never holds up waiters of another, and starting or releasing costs
+O(log n) in the waiters of the keys involved, however many wait elsewhere.
+
+Slots are handed over at release time, before the woken trigger resumes, so a newcomer
+arriving in between cannot take them (no queue jumping); a woken trigger cancelled before it
+resumes gives them back, which wakes the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from ._constraints import KeyState, TaskConstraintGroup
+
+__all__ = ("GO", "Claim", "Shared", "Waiter", "dispatch", "release", "try_acquire")
+
+Claim: TypeAlias = "tuple[TaskConstraintGroup, KeyState]"
+
+# The waiter's future resolves to GO when its slots were taken for it, or to a Shared result.
+GO: Any = object()
+
+
+class Shared:
+    """A result handed to a waiter by ``share-latest`` instead of a run."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Waiter:
+    """One trigger waiting for its keys."""
+
+    __slots__ = ("claims", "future", "owner", "parked", "priority", "seq")
+
+    def __init__(
+        self,
+        claims: list[Claim],
+        future: asyncio.Future[Any],
+        priority: int,
+        seq: int,
+        owner: object,
+    ) -> None:
+        self.claims = claims
+        self.future = future
+        self.priority = priority
+        self.seq = seq
+        self.owner = owner
+        self.parked: KeyState | None = None
+
+    def __repr__(self) -> str:
+        where = None if self.parked is None else self.parked.key
+        return f"<Waiter priority={self.priority} seq={self.seq} parked_at={where!r}>"
+
+
+def try_acquire(claims: list[Claim], now: float) -> tuple[Claim, float] | None:
+    """Take a slot in every claimed key at once, or none: returns ``None`` when taken, else
+    the first blocking claim and until when it blocks (``math.inf``: until a run ends)."""
+    for claim in claims:
+        group, st = claim
+        if group._removed:
+            continue
+        until = group.blocked_until(st, now)
+        if until is not None:
+            return claim, until
+    for group, st in claims:
+        if not group._removed:
+            group.take(st, now)
+    return None
+
+
+def park(waiter: Waiter, claim: Claim, until: float) -> None:
+    group, st = claim
+    heapq.heappush(st.heap, (-waiter.priority, waiter.seq, waiter))
+    waiter.parked = st
+    if until != math.inf:
+        group.arm_timer(st, until)
+
+
+def enqueue(waiter: Waiter, blocker: Claim, until: float) -> None:
+    """Register a new waiter with every key it claims and park it where it is blocked."""
+    for group, st in waiter.claims:
+        st.waiting += 1
+        group._waiting_total += 1
+        if st.sharers is not None:
+            st.sharers[waiter] = None
+    park(waiter, blocker, until)
+
+
+def leave(waiter: Waiter, now: float) -> None:
+    """The waiter stops waiting (started, shared, cancelled or failed)."""
+    st = waiter.parked
+    if st is not None:
+        waiter.parked = None
+        st.dead += 1
+        if st.dead > 16 and st.dead * 2 > len(st.heap):
+            st.heap = [entry for entry in st.heap if entry[2].parked is st]
+            heapq.heapify(st.heap)
+            st.dead = 0
+    for group, claimed in waiter.claims:
+        claimed.waiting -= 1
+        group._waiting_total -= 1
+        if claimed.sharers is not None:
+            claimed.sharers.pop(waiter, None)
+        group.maybe_drop(claimed, now)
+
+
+def _live_head(st: KeyState) -> tuple[int, int, Waiter] | None:
+    heap = st.heap
+    while heap:
+        head = heap[0]
+        if head[2].parked is st:
+            return head
+        heapq.heappop(heap)
+        st.dead -= 1
+    return None
+
+
+def dispatch(freed: list[Claim], now: float) -> None:
+    """Offer keys that may have room to the waiters parked on them, best waiter first."""
+    while True:
+        best: tuple[int, int, Waiter] | None = None
+        best_claim: Claim | None = None
+        for claim in freed:
+            group, st = claim
+            head = _live_head(st)
+            if head is not None and (best is None or head < best):
+                if group.blocked_until(st, now) is None:
+                    best, best_claim = head, claim
+        if best is None or best_claim is None:
+            break
+        heapq.heappop(best_claim[1].heap)
+        waiter = best[2]
+        waiter.parked = None
+        blocked = try_acquire(waiter.claims, now)
+        if blocked is None:
+            leave(waiter, now)
+            waiter.future.set_result(GO)
+        else:
+            park(waiter, *blocked)
+    for group, st in freed:
+        if _live_head(st) is not None:
+            until = group.blocked_until(st, now)
+            if until is not None and until != math.inf:
+                group.arm_timer(st, until)
+        group.maybe_drop(st, now)
+
+
+def release(claims: list[Claim], now: float, *, ran: bool) -> None:
+    """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters."""
+    for group, st in claims:
+        if st.running > 0:
+            group.give_back(st, now, ran=ran)
+    dispatch(claims, now)
+
+
+def share(claims: list[Claim], value: Any, now: float) -> None:
+    """Resolve the waiters of every ``share-latest`` key in ``claims`` with ``value``."""
+    for _group, st in claims:
+        if st.sharers:
+            for waiter in list(st.sharers):
+                leave(waiter, now)
+                if not waiter.future.done():
+                    waiter.future.set_result(Shared(value))
+
+
+def reoffer(group: TaskConstraintGroup, now: float) -> None:
+    """After ``group`` is removed, re-offer the waiters parked on its keys."""
+    moved: list[Waiter] = []
+    for st in list(group._state.values()):
+        while (head := _live_head(st)) is not None:
+            heapq.heappop(st.heap)
+            head[2].parked = None
+            moved.append(head[2])
+    moved.sort(key=lambda w: (-w.priority, w.seq))
+    for waiter in moved:
+        blocked = try_acquire(waiter.claims, now)
+        if blocked is None:
+            leave(waiter, now)
+            waiter.future.set_result(GO)
+        else:
+            park(waiter, *blocked)
