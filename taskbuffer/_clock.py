@@ -20,12 +20,22 @@ __all__ = ("loop_to_wall", "now_wall", "wall_to_loop")
 _anchors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.WeakKeyDictionary()
 
 
+# The hot path (an event timestamp per emission) asks for the same loop over and over: a
+# one-entry cache in front of the weak mapping saves a weakref per call.
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], float] | None = None
+
+
 def _anchor(loop: asyncio.AbstractEventLoop) -> float:
+    global _last
+    last = _last
+    if last is not None and last[0]() is loop:
+        return last[1]
     try:
-        return _anchors[loop]
+        anchor = _anchors[loop]
     except KeyError:
         anchor = _anchors[loop] = time.time() - loop.time()
-        return anchor
+    _last = (weakref.ref(loop), anchor)
+    return anchor
 
 
 def now_wall() -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, overload
 
 import reactivex.operators as ops
@@ -85,6 +85,9 @@ class TaskDebounced(Task[R, D]):
         return result
 
     trigger_unbuffered = trigger
+
+    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
+        return self.trigger(input)
 
     def _pipeline_for(self, loop: asyncio.AbstractEventLoop) -> _Pipeline:
         pipeline = self._pipeline

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, overload
 
 from typing_extensions import Unpack
@@ -64,6 +64,9 @@ class TaskOnce(Task[R, D]):
         return await run.join()
 
     trigger_unbuffered = trigger
+
+    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
+        return self.trigger(input)
 
     async def _run_once(self, input: Any) -> R:
         errors_before = self.error_count

@@ -12,6 +12,8 @@ from ._clock import now_wall
 __all__ = ("StepSpec", "StepStatus", "TaskStep", "TaskStepInfo")
 
 StepStatus: TypeAlias = Literal["pending", "active", "completed"]
+# Per-run step state: statuses, start times, end times, whether each counts toward progress.
+StepState: TypeAlias = tuple[list[StepStatus], list[float | None], list[float | None], list[bool]]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -163,32 +165,44 @@ class StepTracker:
             elif status == "pending":
                 self._finish(i, now, counted=False)
 
-    def current_step(self) -> str | None:
-        active = self._active()
-        return None if active is None else self.steps[active].name
+    def capture(self) -> StepState:
+        """A copy of the per-run state, for a snapshot built later."""
+        return (self._status.copy(), self._starts.copy(), self._ends.copy(), self._counted.copy())
+
+    def state(self) -> StepState:
+        return (self._status, self._starts, self._ends, self._counted)
+
+    def current_step(self, state: StepState | None = None) -> str | None:
+        statuses = (state or self.state())[0]
+        for step, status in zip(self.steps, statuses, strict=True):
+            if status == "active":
+                return step.name
+        return None
 
     def completed_names(self) -> list[str]:
         return [s.name for s, counted in zip(self.steps, self._counted, strict=True) if counted]
 
-    def progress(self) -> int:
+    def progress(self, state: StepState | None = None) -> int:
+        statuses, _, _, counted_flags = state or self.state()
         total = 0.0
-        for step, status, counted in zip(self.steps, self._status, self._counted, strict=True):
+        for step, status, counted in zip(self.steps, statuses, counted_flags, strict=True):
             if status == "active":
                 total += step.percentage / 2
             elif counted:
                 total += step.percentage
         return min(100, math.floor(total + 0.5))
 
-    def infos(self) -> list[TaskStepInfo]:
+    def infos(self, state: StepState | None = None) -> list[TaskStepInfo]:
+        statuses, starts, ends, _ = state or self.state()
         infos = []
         for i, step in enumerate(self.steps):
-            start, end = self._starts[i], self._ends[i]
+            start, end = starts[i], ends[i]
             infos.append(
                 TaskStepInfo(
                     name=step.name,
                     description=step.description,
                     percentage=step.percentage,
-                    status=self._status[i],
+                    status=statuses[i],
                     start_time=start,
                     end_time=end,
                     duration=None if start is None or end is None else end - start,

@@ -6,14 +6,14 @@ import asyncio
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
 from typing_extensions import TypeVar, Unpack
 
 from ._buffer import TaskBuffer
 from ._clock import loop_to_wall, now_wall, to_datetime
-from ._events import EventSubject, TaskEvent, TaskEventType
+from ._events import EventSubject, TaskEvent, TaskEventType, make_event
 from ._exceptions import TaskTimeoutError
 from ._metadata import TaskMetadata, TaskStatus
 from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
@@ -59,9 +59,11 @@ class TaskOptions(_CoreOptions, total=False):
 def _check_duration(name: str, value: float | None, *, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        accepted = "a number of seconds >= 0 or None" if allow_none else "a number of seconds >= 0"
+    accepted = "a number of seconds >= 0 or None" if allow_none else "a number of seconds >= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be {accepted}, not {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be {accepted}, not {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be non-negative, not {value!r}")
     return float(value)
@@ -109,9 +111,9 @@ class Task(Generic[R, D]):
     __slots__ = (
         "__weakref__",
         "_after_task",
-        "_arity",
         "_buffer",
         "_buffer_max",
+        "_call",
         "_cron_schedule",
         "_event_subject",
         "_finished_runs",
@@ -122,6 +124,7 @@ class Task(Generic[R, D]):
         "_name",
         "_next_run",
         "_outcome",
+        "_plain",
         "_pre_task",
         "_retries",
         "_retry_backoff",
@@ -207,7 +210,22 @@ class Task(Generic[R, D]):
             raise TypeError(f"task_setup must be callable or None, not {task_setup!r}")
 
         self._function = task_function
-        self._arity = _arity(task_function)
+        arity = _arity(task_function)
+        # One callable taking the input, so a run never re-decides how to call the function.
+        self._call: Callable[[Any], Any] = (
+            task_function
+            if arity == 1
+            else (lambda _input: task_function())
+            if arity == 0
+            else (lambda input: task_function(input, self._setup_value))
+        )
+        self._plain = (
+            task_setup is None
+            and pre_task is None
+            and after_task is None
+            and retries == 0
+            and timeout is None
+        )
         self._is_async = inspect.iscoroutinefunction(task_function)
         self._name = name
         self.version = version
@@ -342,35 +360,30 @@ class Task(Generic[R, D]):
         return "running" if self._running else self._outcome
 
     def _snapshot(self, status: TaskStatus | None) -> TaskMetadata:
-        steps = self._steps
-        return TaskMetadata(
-            name=self._name or "unnamed",
-            version=self.version,
-            status=status or self._status(),
-            steps=steps.infos(),
-            current_step=steps.current_step(),
-            current_progress=steps.progress(),
-            run_count=self.run_count,
-            labels=dict(self.labels),
-            last_error=None if self._last_error is None else str(self._last_error),
-            error_count=self.error_count,
-            last_run=self.last_run,
-            next_run=None if self._next_run is None else to_datetime(self._next_run),
-            cron_schedule=self._cron_schedule,
-            buffered=self._buffer is not None,
-            buffer_max=self._buffer_max,
-            timeout=self._timeout,
-            average_duration=(
-                self._total_duration / self._finished_runs if self._finished_runs else None
-            ),
+        return _build_metadata(self._capture(status))
+
+    def _capture(self, status: TaskStatus | None) -> tuple[Any, ...]:
+        """Copy what can change of the task's state; the metadata is built from it later.
+
+        The first item is the function that builds the metadata from the tuple.
+        """
+        return (
+            _build_metadata,
+            self,
+            status or self._status(),
+            self.run_count,
+            self.error_count,
+            self._last_error,
+            self._last_run,
+            self.labels.copy() if self.labels else None,
+            self._steps.capture() if self._steps.steps else None,
+            self._finished_runs,
+            self._total_duration,
+            self._next_run,
+            self._cron_schedule,
         )
 
     # ---------------------------------------------------------------------------- events
-
-    def _has_listeners(self) -> bool:
-        if self._event_subject.observers:
-            return True
-        return any(sink.observers for sink in self._sinks)
 
     def _emit(
         self,
@@ -379,18 +392,26 @@ class Task(Generic[R, D]):
         *,
         step_name: str | None = None,
         error: BaseException | str | None = None,
+        timestamp: float | None = None,
     ) -> None:
-        # Snapshots are only built when somebody listens: emitting is free otherwise.
-        if not self._event_subject.observers and not (self._sinks and self._has_listeners()):
-            return
-        event = TaskEvent(
-            type=type,
-            task=self._snapshot(status),
-            timestamp=now_wall(),
-            step_name=step_name,
-            error=None if error is None else str(error) or type_name(error),
+        # Nothing is built unless somebody listens, and then only a copy of a few counters:
+        # the metadata snapshot is built when a subscriber first reads ``event.task``.
+        subject = self._event_subject
+        if not subject.observers:
+            for sink in self._sinks:
+                if sink.observers:
+                    break
+            else:
+                return
+        event = make_event(
+            type,
+            self._capture(status),
+            now_wall() if timestamp is None else timestamp,
+            step_name,
+            None if error is None else _message(error),
         )
-        self._event_subject.on_next(event)
+        if subject.observers:
+            subject.on_next(event)
         for sink in self._sinks:
             sink.on_next(event)
 
@@ -404,6 +425,12 @@ class Task(Generic[R, D]):
         if self._buffer is not None:
             return await self._buffer.submit(input)
         return cast(R, await self._run(input))
+
+    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
+        """The coroutine ``trigger(input)`` awaits, for callers that await it in place."""
+        if self._buffer is not None:
+            return self._buffer.submit(input)
+        return cast(Coroutine[Any, Any, R], self._run(input))
 
     async def trigger_unbuffered(self, input: Any = None) -> R:
         """Run the task now, bypassing its buffer."""
@@ -426,9 +453,17 @@ class Task(Generic[R, D]):
         self._last_run = loop_to_wall(loop, start)
         if self._steps.steps:
             self._steps.reset()
-        self._emit("started", "running")
+        if self._event_subject.observers or self._sinks:
+            self._emit("started", "running", timestamp=self._last_run)
         try:
-            if self._retries or self._timeout is not None:
+            if self._plain:
+                # No setup, pre/after task, retries or timeout: call in place (hot path).
+                value = self._call(input)
+                if self._is_async or inspect.isawaitable(value):
+                    result = await cast(Awaitable[R], value)
+                else:
+                    result = cast(R, value)
+            elif self._retries or self._timeout is not None:
                 result = await self._attempts(input, visited)
             else:
                 result = await self._attempt(input, visited)
@@ -449,10 +484,17 @@ class Task(Generic[R, D]):
         except BaseException:
             self._end_run(loop, start)
             raise
-        self._end_run(loop, start)
+        # _end_run inlined: this is the hot path.
+        end = loop.time()
+        self._running -= 1
+        self._finished_runs += 1
+        self._total_duration += end - start
+        if self._steps.steps:
+            self._steps.finish_run()
         self._last_error = None
         self._outcome = "completed"
-        self._emit("completed", "completed")
+        if self._event_subject.observers or self._sinks:
+            self._emit("completed", "completed", timestamp=loop_to_wall(loop, end))
         return result
 
     def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
@@ -464,7 +506,11 @@ class Task(Generic[R, D]):
     async def _attempts(self, input: Any, visited: set[Task[Any, Any]] | None) -> R:
         delay = self._retry_delay
         attempt = 0
+        visited_before = frozenset(visited or ())
         while True:
+            if attempt and visited is not None:
+                # Every attempt starts from the pre-task: forget what a failed attempt visited.
+                visited.intersection_update(visited_before)
             try:
                 if self._timeout is None:
                     return await self._attempt(input, visited)
@@ -505,13 +551,7 @@ class Task(Generic[R, D]):
                 if pre_task not in visited:
                     visited.add(pre_task)
                     await pre_task._run(input, visited)
-        arity = self._arity
-        if arity == 0:
-            value = self._function()
-        elif arity == 1:
-            value = self._function(input)
-        else:
-            value = self._function(input, self._setup_value)
+        value = self._call(input)
         if self._is_async or inspect.isawaitable(value):
             result: R = await cast(Awaitable[R], value)
         else:
@@ -552,8 +592,50 @@ class Task(Generic[R, D]):
         )
 
 
-def type_name(error: BaseException | str) -> str:
-    return error if isinstance(error, str) else type(error).__name__
+def _message(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    return str(error) or type(error).__name__
+
+
+def _build_metadata(capture: tuple[Any, ...]) -> TaskMetadata:
+    """The metadata snapshot of a state captured by ``Task._capture``."""
+    (
+        _,
+        task,
+        status,
+        run_count,
+        error_count,
+        last_error,
+        last_run,
+        labels,
+        step_state,
+        finished_runs,
+        total_duration,
+        next_run,
+        cron_schedule,
+    ) = capture
+    steps: StepTracker = task._steps
+    state = step_state or steps.state()
+    return TaskMetadata(
+        name=task._name or "unnamed",
+        version=task.version,
+        status=status,
+        steps=steps.infos(state),
+        current_step=steps.current_step(state),
+        current_progress=steps.progress(state),
+        run_count=run_count,
+        labels=labels or {},
+        last_error=None if last_error is None else str(last_error),
+        error_count=error_count,
+        last_run=None if last_run is None else to_datetime(last_run),
+        next_run=None if next_run is None else to_datetime(next_run),
+        cron_schedule=cron_schedule,
+        buffered=task._buffer is not None,
+        buffer_max=task._buffer_max,
+        timeout=task._timeout,
+        average_duration=total_duration / finished_runs if finished_runs else None,
+    )
 
 
 def _resolve(ref: Task[Any, Any] | Callable[[], Task[Any, Any]], label: str) -> Task[Any, Any]:

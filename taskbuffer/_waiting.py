@@ -43,7 +43,7 @@ class Shared:
 class Waiter:
     """One trigger waiting for its keys."""
 
-    __slots__ = ("claims", "future", "owner", "parked", "priority", "seq")
+    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq")
 
     def __init__(
         self,
@@ -59,6 +59,7 @@ class Waiter:
         self.seq = seq
         self.owner = owner
         self.parked: KeyState | None = None
+        self.left = False  # has stopped waiting (leave() ran)
 
     def __repr__(self) -> str:
         where = None if self.parked is None else self.parked.key
@@ -100,7 +101,10 @@ def enqueue(waiter: Waiter, blocker: Claim, until: float) -> None:
 
 
 def leave(waiter: Waiter, now: float) -> None:
-    """The waiter stops waiting (started, shared, cancelled or failed)."""
+    """The waiter stops waiting (started, shared, cancelled or failed). Idempotent."""
+    if waiter.left:
+        return
+    waiter.left = True
     st = waiter.parked
     if st is not None:
         waiter.parked = None
@@ -144,6 +148,11 @@ def dispatch(freed: list[Claim], now: float) -> None:
         heapq.heappop(best_claim[1].heap)
         waiter = best[2]
         waiter.parked = None
+        if waiter.future.done():
+            # Cancelled in this same loop turn, before its trigger could clean up: skip it
+            # (its trigger's own leave() is then a no-op) and offer the slot to the next.
+            leave(waiter, now)
+            continue
         blocked = try_acquire(waiter.claims, now)
         if blocked is None:
             leave(waiter, now)
@@ -186,6 +195,9 @@ def reoffer(group: TaskConstraintGroup, now: float) -> None:
             moved.append(head[2])
     moved.sort(key=lambda w: (-w.priority, w.seq))
     for waiter in moved:
+        if waiter.future.done():
+            leave(waiter, now)
+            continue
         blocked = try_acquire(waiter.claims, now)
         if blocked is None:
             leave(waiter, now)
