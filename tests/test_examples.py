@@ -1,0 +1,164 @@
+"""The examples run on their own, and the README shows them as they are.
+
+Every ``examples/*.py`` runs in a real subprocess on the real clock (this module does not use
+virtual time). They all start at once, so the module takes about as long as the slowest one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.realtime, pytest.mark.looptime(False)]
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+EXAMPLE_TIMEOUT = 30.0  # seconds, per example; each one finishes in well under one
+
+# What each example must print; an example not listed here only has to exit 0 quietly.
+EXPECTED_OUTPUT: dict[str, list[str]] = {
+    "quickstart.py": [
+        "event: greet started (status=running)",
+        "event: greet completed (status=completed)",
+        "hello, world",
+        "HELLO, WORLD",
+        "greet ran 1 time(s); status: completed",
+    ],
+    "steps_progress.py": [
+        "step -> download (25%)",
+        "step -> verify (60%)",
+        "step -> install (85%)",
+        "completed (100%)",
+        "progress after the run: 100%",
+        "ValueError: unknown step 'reboot'; declared steps: 'download', 'verify', 'install'",
+    ],
+    "chain_and_parallel.py": [
+        "chain: stored 32 bytes",
+        "TaskChainError: chain 'local-etl' failed at task 'parse' (index 1)",
+        "chain_name='local-etl' task_name='parse'",
+        "task_index=1 cause=ValueError(",
+        "parallel: ['photo-64px.jpg', 'photo-256px.jpg', 'photo-1024px.jpg']",
+        "TaskParallelError: 2 of 3 tasks of parallel 'checks' failed",
+        "PermissionError: quota exceeded for /var/data/report.csv",
+        "quota problems only: ['quota exceeded for /tmp/out.csv']",
+    ],
+    "debounce_and_once.py": [
+        "debounced: 10 triggers -> 1 run, saved ['taskbuffer']",
+        "once: 4 triggers -> 1 run",
+        "once, first try failed: database not ready yet (has_triggered=True)",
+        "once, next try: connected on attempt 2",
+        "once, cached: connected on attempt 2 (runs: 2)",
+    ],
+    "showcase.py": [
+        "fetch     retrying  feed dropped the connection (call 1)",
+        "sentiment failed    task 'sentiment' timed out after 0.08 s",
+        "store     step      index (90%)",
+        "ingest    completed (100%)",
+        "6 triggers -> 2 runs",
+        "trigger batch-1 got: batch-1: stored 3 records",
+        "trigger batch-6 got: batch-6: stored 3 records",
+        "database: 6 rows, connected 1 time(s)",
+        "best-effort tasks: ['sentiment']",
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def example_names() -> list[str]:
+    return sorted(path.name for path in EXAMPLES.glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> Iterator[dict[str, Outcome]]:
+    """Start every example at once, then collect each one's exit code and output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONIOENCODING"] = "utf-8"
+    processes = {
+        name: subprocess.Popen(
+            # -W error: a warning in an example fails it, as it would fail the test suite.
+            [sys.executable, "-W", "error", str(EXAMPLES / name)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        for name in example_names()
+    }
+    results: dict[str, Outcome] = {}
+    try:
+        for name, process in processes.items():
+            try:
+                stdout, stderr = process.communicate(timeout=EXAMPLE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+                stderr += f"\n[test_examples: killed after {EXAMPLE_TIMEOUT:g} s]"
+            results[name] = Outcome(process.returncode, stdout, stderr)
+        yield results
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def test_there_are_examples() -> None:
+    assert set(EXPECTED_OUTPUT) <= set(example_names()), "an expected example is missing"
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_example_runs(name: str, outcomes: dict[str, Outcome]) -> None:
+    outcome = outcomes[name]
+    report = f"--- stdout ---\n{outcome.stdout}\n--- stderr ---\n{outcome.stderr}"
+    assert outcome.returncode == 0, f"{name} exited with {outcome.returncode}\n{report}"
+    # Nothing on stderr: no warnings, no "exception was never retrieved", no logged errors.
+    assert outcome.stderr == "", f"{name} wrote to stderr\n{report}"
+    assert outcome.stdout.strip(), f"{name} printed nothing"
+    for expected in EXPECTED_OUTPUT.get(name, []):
+        assert expected in outcome.stdout, f"{name} did not print {expected!r}\n{report}"
+
+
+# A README code block preceded by ``<!-- example: examples/NAME.py -->`` must be an excerpt
+# of that file: one or more verbatim chunks, in file order, separated by lines "# ...".
+_MARKED_BLOCK = re.compile(
+    r"<!-- example: (?P<path>[\w./-]+) -->\s*\n```python\n(?P<code>.*?)\n```", re.DOTALL
+)
+
+
+def _readme_excerpts() -> list[tuple[str, str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [(m["path"], m["code"]) for m in _MARKED_BLOCK.finditer(readme)]
+
+
+def test_readme_shows_every_example() -> None:
+    shown = {path for path, _ in _readme_excerpts()}
+    assert {f"examples/{name}" for name in EXPECTED_OUTPUT} <= shown
+
+
+@pytest.mark.parametrize(("path", "code"), _readme_excerpts())
+def test_readme_snippet_matches_example(path: str, code: str) -> None:
+    source = (ROOT / path).read_text(encoding="utf-8")
+    position = 0
+    for chunk in re.split(r"^# \.\.\.\n", code + "\n", flags=re.MULTILINE):
+        if not chunk.strip():
+            continue
+        found = source.find(chunk, position)
+        assert found >= 0, f"README snippet for {path} is not in the file:\n{chunk}"
+        position = found + len(chunk)
