@@ -56,6 +56,21 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "once, next try: connected on attempt 2",
         "once, cached: connected on attempt 2 (runs: 2)",
     ],
+    "constraints.py": [
+        "mutex+cap: 7 syncs, at most 1 per account and 3 overall",
+        "rate limit: 8 calls, 4 in the first 0.2 s window",
+        "cooldown: consecutive calls of one account >= 50 ms apart: True",
+        "share-latest: 5 triggers, 1 refreshes, tokens: ['token-for-acme-1']",
+        "should_execute: disabled account -> None; events seen: ['queued', 'skipped']",
+    ],
+    "multi_tenant.py": [
+        "acme has 3 tasks: ['acme-billing', 'acme-sales', 'acme-usage']",
+        "12 reports; peak runs per tenant: {'acme': 2, 'globex': 2}",
+        "acme stream: 6 completed events, all its own: True",
+        "globex stream: 6 completed events, all its own: True",
+        "acme-billing: runs=2 status=completed",
+        "TaskManagerStatistics(tasks=6, running=0, waiting=0, scheduled=0)",
+    ],
     "showcase.py": [
         "fetch     retrying  feed dropped the connection (call 1)",
         "sentiment failed    task 'sentiment' timed out after 0.08 s",
