@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._shared import SharedRun
@@ -23,25 +24,32 @@ R = TypeVar("R")
 
 
 class _BufferedRun(SharedRun[R]):
-    __slots__ = ("input",)
+    __slots__ = ("abandoned", "input", "queue")
 
-    def __init__(self, buffer: TaskBuffer[R], loop: asyncio.AbstractEventLoop, input: Any):
+    def __init__(
+        self,
+        buffer: TaskBuffer[R],
+        loop: asyncio.AbstractEventLoop,
+        input: Any,
+        queue: deque[_BufferedRun[R]],
+    ) -> None:
         super().__init__(loop, buffer._abandon)
         self.input = input
+        self.queue = queue  # the queue of its event loop (see ``TaskBuffer.submit``)
+        # Given up by all its awaiters but still winding down: it keeps the next run from
+        # starting, but nobody may join it and it takes no room.
+        self.abandoned = False
 
 
 class TaskBuffer(Generic[R]):
     """The run queue of one buffered task."""
 
-    __slots__ = ("_abandoned_head", "_max", "_runs", "_task")
+    __slots__ = ("_max", "_runs", "_task")
 
     def __init__(self, task: Task[R, Any], buffer_max: int) -> None:
         self._task = task
         self._max = buffer_max
         self._runs: deque[_BufferedRun[R]] = deque()
-        # The head run was given up by all its awaiters but is still winding down: it keeps
-        # the next run from starting, but nobody may join it and it takes no room.
-        self._abandoned_head = False
 
     def __repr__(self) -> str:
         return f"<TaskBuffer max={self._max} runs={len(self._runs)}>"
@@ -50,11 +58,10 @@ class TaskBuffer(Generic[R]):
         loop = asyncio.get_running_loop()
         runs = self._runs
         if runs and runs[0].future.get_loop() is not loop:
-            # Left over from a loop that has gone away; nothing there can finish any more.
-            runs.clear()
-            self._abandoned_head = False
-        if len(runs) - self._abandoned_head < self._max:
-            run = _BufferedRun(self, loop, input)
+            # The runs of another loop drain there, in their own queue; this loop starts anew.
+            runs = self._runs = deque()
+        if not runs or len(runs) - runs[0].abandoned < self._max:
+            run = _BufferedRun(self, loop, input, runs)
             runs.append(run)
             if len(runs) == 1:
                 self._start(run)
@@ -65,20 +72,19 @@ class TaskBuffer(Generic[R]):
         return await run.join()
 
     def _start(self, run: _BufferedRun[R]) -> None:
-        run.start(self._task._run_for_result(run.input), self._on_done)
+        run.start(self._task._run_for_result(run.input), partial(self._on_done, run.queue))
 
-    def _on_done(self, _finished: asyncio.Task[R]) -> None:
-        self._runs.popleft()
-        self._abandoned_head = False
-        if self._runs:
-            self._start(self._runs[0])
+    def _on_done(self, queue: deque[_BufferedRun[R]], _finished: asyncio.Task[R]) -> None:
+        queue.popleft()
+        if queue:
+            self._start(queue[0])
 
     def _abandon(self, shared: SharedRun[R]) -> None:
         run = shared
         assert isinstance(run, _BufferedRun)
         if run.task is not None:
-            self._abandoned_head = True
+            run.abandoned = True
             run.task.cancel()
         else:
-            self._runs.remove(run)
+            run.queue.remove(run)
             run.future.cancel()

@@ -66,11 +66,11 @@ class TaskDebounced(Task[R, D]):
     ) -> None:
         seconds = _check_duration("debounce_time", debounce_time, allow_none=False)
         super().__init__(task_function=task_function, **options)
-        self._debounce_time = seconds
+        self._debounce_time = seconds or 0.0
         self._pipeline: _Pipeline | None = None
 
     @property
-    def debounce_time(self) -> float | None:
+    def debounce_time(self) -> float:
         """The quiet period in seconds."""
         return self._debounce_time
 
@@ -98,7 +98,7 @@ class TaskDebounced(Task[R, D]):
         subject: Subject[tuple[Any, SharedRun[Any]]] = Subject()
         pipeline = self._pipeline = _Pipeline(loop, subject)
         pipeline.subscription = subject.pipe(
-            ops.debounce(self._debounce_time or 0.0, scheduler=AsyncIOScheduler(loop))
+            ops.debounce(self._debounce_time, scheduler=AsyncIOScheduler(loop))
         ).subscribe(on_next=self._fire)
         return pipeline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, SupportsIndex, TypeAlias
 
 from reactivex.subject import Subject
 
@@ -73,23 +73,21 @@ class _PendingEvent(TaskEvent):
 
     @property
     def task(self) -> TaskMetadata:
-        value = _TASK_SLOT.__get__(self, TaskEvent)
-        if isinstance(value, TaskMetadata):
-            return value
-        metadata: TaskMetadata = value[0](value)
+        capture = _TASK_SLOT.__get__(self, TaskEvent)
+        metadata: TaskMetadata = capture[0](capture)
         _TASK_SLOT.__set__(self, metadata)
         object.__setattr__(self, "__class__", TaskEvent)
         return metadata
-
-    @task.setter
-    def task(self, value: TaskMetadata) -> None:  # used by dataclasses.replace()
-        _TASK_SLOT.__set__(self, value)
 
     def __eq__(self, other: object) -> bool:
         _ = self.task  # materialise, which also makes this a plain TaskEvent
         return TaskEvent.__eq__(self, other)
 
     __hash__ = TaskEvent.__hash__
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        _ = self.task  # materialise first: copies and pickles are plain TaskEvents
+        return self.__reduce_ex__(protocol)
 
 
 def make_event(

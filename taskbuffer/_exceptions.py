@@ -55,6 +55,9 @@ class TaskTimeoutError(TaskbufferError, TimeoutError):
         self.task_name = task_name
         self.timeout = timeout
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_name, self.timeout))
+
 
 class InvalidCronExpressionError(TaskbufferError, ValueError):
     """A cron string that cannot be parsed."""
@@ -66,6 +69,10 @@ class InvalidCronExpressionError(TaskbufferError, ValueError):
             "(second minute hour day-of-month month day-of-week)"
         )
         self.expression = expression
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.expression, self.reason))
 
 
 class TaskManagerStoppedError(TaskbufferError, RuntimeError):
@@ -83,6 +90,10 @@ class TaskChainError(TaskbufferError):
         self.chain_name = chain_name
         self.task_name = task_name
         self.task_index = task_index
+        self._cause = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.chain_name, self.task_name, self.task_index, self._cause))
 
 
 class TaskParallelError(TaskbufferError, ExceptionGroup[Exception]):
@@ -98,3 +109,6 @@ class TaskExecutionError(TaskbufferError):
             *args,
         )
         self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.report,))

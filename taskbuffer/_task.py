@@ -27,10 +27,12 @@ __all__ = ("Task", "TaskOptions", "task")
 
 logger = logging.getLogger("taskbuffer")
 
-R = TypeVar("R")
+# Covariant: a Task[int] is usable where a Task[int | None] is expected (trigger only returns R).
+R = TypeVar("R", covariant=True)
+T = TypeVar("T")
 D = TypeVar("D", default=dict[str, Any])
 
-TaskFunction = Callable[..., Awaitable[R]] | Callable[..., R]
+TaskFunction = Callable[..., Awaitable[T]] | Callable[..., T]
 
 
 class _CoreOptions(TypedDict, total=False):
@@ -342,7 +344,7 @@ class Task(Generic[R, D]):
         :raises ValueError: ``name`` is not a declared step (the message lists them).
         """
         self._steps.notify(name)
-        self._emit("step", "running", step_name=name)
+        self._emit("step", None, step_name=name)
 
     def get_progress(self) -> int:
         """Progress 0-100: finished steps' percentages plus half of the active step's."""
@@ -537,6 +539,17 @@ class Task(Generic[R, D]):
                 raise TaskTimeoutError(self._name or "unnamed", seconds) from None
             raise
 
+    def _run_linked(self, input: Any, visited: set[Task[Any, Any]]) -> Coroutine[Any, Any, Any]:
+        """Run as another task's pre- or after-task.
+
+        A plain task runs directly, sharing the ``visited`` set so that a task reached again
+        within one run is not run twice. A buffered, run-once or debounced task keeps its own
+        semantics and goes through its trigger.
+        """
+        if self._buffer is None and type(self)._trigger_coro is Task._trigger_coro:
+            return self._run(input, visited)
+        return self._trigger_coro(input)
+
     async def _attempt(self, input: Any, visited: set[Task[Any, Any]] | None) -> R:
         if self._setup is not None and not self._setup_done:
             await self._ensure_setup()
@@ -550,7 +563,7 @@ class Task(Generic[R, D]):
                 pre_task = _resolve(pre, "pre_task")
                 if pre_task not in visited:
                     visited.add(pre_task)
-                    await pre_task._run(input, visited)
+                    await pre_task._run_linked(input, visited)
         value = self._call(input)
         if self._is_async or inspect.isawaitable(value):
             result: R = await cast(Awaitable[R], value)
@@ -561,7 +574,7 @@ class Task(Generic[R, D]):
             after_task = _resolve(after, "after_task")
             if after_task not in visited:
                 visited.add(after_task)
-                await after_task._run(result, visited)
+                await after_task._run_linked(result, visited)
         return result
 
     async def _ensure_setup(self) -> None:
@@ -648,9 +661,9 @@ def _resolve(ref: Task[Any, Any] | Callable[[], Task[Any, Any]], label: str) -> 
 
 
 @overload
-def task(function: Callable[..., Awaitable[R]], /) -> Task[R]: ...
+def task(function: Callable[..., Awaitable[T]], /) -> Task[T]: ...
 @overload
-def task(function: Callable[..., R], /) -> Task[R]: ...
+def task(function: Callable[..., T], /) -> Task[T]: ...
 @overload
 def task(function: None = None, /, **options: Unpack[TaskOptions]) -> _TaskDecorator: ...
 def task(
@@ -669,8 +682,8 @@ class _TaskDecorator:
         self._options = options
 
     @overload
-    def __call__(self, function: Callable[..., Awaitable[R]], /) -> Task[R]: ...
+    def __call__(self, function: Callable[..., Awaitable[T]], /) -> Task[T]: ...
     @overload
-    def __call__(self, function: Callable[..., R], /) -> Task[R]: ...
+    def __call__(self, function: Callable[..., T], /) -> Task[T]: ...
     def __call__(self, function: Callable[..., Any], /) -> Task[Any]:
         return Task(task_function=function, **self._options)

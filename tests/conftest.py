@@ -1,0 +1,69 @@
+"""Shared fixtures of the test suite.
+
+Every async test runs on looptime's virtual clock (``--looptime`` in the pytest options): a
+function-scoped loop starts at ``loop.time() == 0`` and fast-forwards whenever it would idle, so
+durations are asserted exactly and an ``asyncio.timeout(...)`` that would hang fails at once.
+Tests marked ``realtime`` opt out and run on the real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import pytest
+from pytest_asyncio import is_async_test
+from reactivex.abc import DisposableBase
+
+from taskbuffer import Task, TaskEvent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("realtime") is not None:
+            item.add_marker(pytest.mark.looptime(False))
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Close the stray loop looptime's plugin makes the policy create for a sync test.
+
+    looptime asks the policy for the current loop before every test, which creates one for a
+    sync test; a test that then calls ``asyncio.run()`` unsets it, and it would be garbage
+    collected unclosed (a ``ResourceWarning``, an error in this suite).
+    """
+    policy = pyfuncitem.funcargs.get("event_loop_policy")
+    if is_async_test(pyfuncitem) or not isinstance(policy, asyncio.AbstractEventLoopPolicy):
+        return (yield)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            stray: asyncio.AbstractEventLoop | None = policy.get_event_loop()
+        except RuntimeError:
+            stray = None
+    try:
+        return (yield)
+    finally:
+        if stray is not None and not stray.is_running() and not stray.is_closed():
+            stray.close()
+            policy.set_event_loop(None)
+
+
+@pytest.fixture
+def record() -> Iterator[Callable[[Task[Any, Any]], list[TaskEvent]]]:
+    """Subscribe to a task's events; the returned list fills as they come.
+
+    Subscriptions are disposed when the test ends.
+    """
+    subscriptions: list[DisposableBase] = []
+
+    def subscribe(task: Task[Any, Any]) -> list[TaskEvent]:
+        events: list[TaskEvent] = []
+        subscriptions.append(task.event_subject.subscribe(events.append))
+        return events
+
+    yield subscribe
+    for subscription in subscriptions:
+        subscription.dispose()

@@ -1,0 +1,219 @@
+"""Buffered tasks: one run at a time, at most ``buffer_max`` runs, the newest input wins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taskbuffer import Task, TaskEvent
+
+Record = Callable[[Task[Any, Any]], list[TaskEvent]]
+
+
+class Recorder:
+    """A buffered task's function: records each run's input and tracks concurrency."""
+
+    def __init__(self) -> None:
+        self.inputs: list[object] = []
+        self.active = 0
+        self.max_active = 0
+        self.started = asyncio.Event()  # set when the first run starts
+
+    async def __call__(self, value: object) -> tuple[int, object]:
+        self.inputs.append(value)
+        self.started.set()
+        run = len(self.inputs)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(1)
+        finally:
+            self.active -= 1
+        return (run, value)
+
+
+async def test_100_rapid_triggers_with_buffer_max_5_make_5_runs() -> None:
+    loop = asyncio.get_running_loop()
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=5)
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(*(t.trigger(i) for i in range(1, 101)))
+    assert recorder.inputs == [1, 2, 3, 4, 100]
+    assert results[:4] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert results[4:] == [(5, 100)] * 96
+    assert recorder.max_active == 1
+    assert t.run_count == 5
+    assert loop.time() == 5.0  # one at a time, one second each
+
+
+async def test_buffer_max_1_joins_the_run_in_progress() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=1)
+    async with asyncio.timeout(10):
+        first = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()  # the run of "a" is in progress
+        second = await t.trigger("b")
+        assert await first == (1, "a")
+    assert second == (1, "a")
+    assert recorder.inputs == ["a"]
+    assert asyncio.get_running_loop().time() == 1.0
+
+    assert await t.trigger("c") == (2, "c")  # the buffer is empty again: a new run
+
+
+async def test_trigger_with_room_adds_a_waiting_run() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=2)
+    async with asyncio.timeout(10):
+        first = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()
+        results = list(await asyncio.gather(t.trigger("b"), t.trigger("c"), t.trigger("d")))
+        assert await first == (1, "a")
+    assert results == [(2, "d")] * 3
+    assert recorder.inputs == ["a", "d"]
+    assert asyncio.get_running_loop().time() == 2.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(burst=st.integers(min_value=1, max_value=40), buffer_max=st.integers(1, 8))
+async def test_a_burst_makes_min_burst_buffer_max_runs(burst: int, buffer_max: int) -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=buffer_max)
+    async with asyncio.timeout(100):
+        results = await asyncio.gather(*(t.trigger(i) for i in range(burst)))
+    runs = min(burst, buffer_max)
+    # The first run starts at once with the first input; the last waiting run (if any) ends
+    # up with the newest input.
+    assert recorder.inputs == ([0] if runs == 1 else [*range(runs - 1), burst - 1])
+    # Trigger i joined run min(i, runs - 1) + 1, and returned that run's result.
+    assert results == [
+        (min(i, runs - 1) + 1, recorder.inputs[min(i, runs - 1)]) for i in range(burst)
+    ]
+    assert recorder.max_active == 1
+
+
+async def test_every_joined_trigger_gets_the_error() -> None:
+    async def fail(value: str) -> None:
+        await asyncio.sleep(1)
+        raise ValueError(f"failed on {value}")
+
+    t = Task(task_function=fail, buffered=True, buffer_max=1)
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(*(t.trigger(c) for c in "abc"), return_exceptions=True)
+    assert [str(r) for r in results] == ["failed on a"] * 3
+    assert all(isinstance(r, ValueError) for r in results)
+    assert (t.run_count, t.error_count) == (1, 1)
+
+
+async def test_buffered_catch_errors_gives_none_to_every_joiner() -> None:
+    def fail() -> None:
+        raise ValueError("no")
+
+    t = Task(task_function=fail, buffered=True, buffer_max=1, catch_errors=True)
+    assert list(await asyncio.gather(t.trigger(), t.trigger())) == [None, None]
+
+
+async def test_trigger_unbuffered_bypasses_the_buffer() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=1)
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(t.trigger("a"), t.trigger_unbuffered("b"), t.trigger("c"))
+    assert sorted(recorder.inputs, key=str) == ["a", "b"]
+    assert results[0] == results[2]
+    assert recorder.max_active == 2
+
+
+def test_buffer_shows_in_metadata() -> None:
+    metadata = Task(task_function=lambda: None, buffered=True, buffer_max=3).get_metadata()
+    assert (metadata.buffered, metadata.buffer_max) == (True, 3)
+
+
+# ------------------------------------------------------------------------ cancellation
+
+
+async def test_cancelling_one_joiner_detaches_only_it(record: Record) -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=1)
+    events = record(t)
+    async with asyncio.timeout(10):
+        leaving = asyncio.create_task(t.trigger("a"))
+        staying = asyncio.create_task(t.trigger("b"))
+        await recorder.started.wait()
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert await staying == (1, "a")
+    assert [event.type for event in events] == ["started", "completed"]
+
+
+async def test_run_is_cancelled_when_every_joiner_is_cancelled(record: Record) -> None:
+    entered = asyncio.Event()
+    cancelled_inside = False
+
+    async def blocks() -> None:
+        nonlocal cancelled_inside
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled_inside = True
+            raise
+
+    t = Task(task_function=blocks, buffered=True, buffer_max=1)
+    events = record(t)
+    before = asyncio.all_tasks()
+    callers = [asyncio.create_task(t.trigger()) for _ in range(2)]
+    async with asyncio.timeout(10):
+        await entered.wait()
+        spawned = asyncio.all_tasks() - before - set(callers)
+        assert len(spawned) == 1  # the run itself
+        for caller in callers:
+            caller.cancel()
+        for caller in callers:
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+        await asyncio.wait(spawned)
+    assert cancelled_inside
+    assert [event.type for event in events] == ["started", "cancelled"]
+    assert (t.running, t.error_count) == (False, 0)
+    assert asyncio.all_tasks() == before
+
+
+async def test_cancelling_a_waiting_run_drops_it_and_the_next_one_runs() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=3)
+    async with asyncio.timeout(10):
+        first = asyncio.create_task(t.trigger("a"))
+        dropped = asyncio.create_task(t.trigger("b"))
+        kept = asyncio.create_task(t.trigger("c"))
+        await recorder.started.wait()
+        dropped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        # The dropped run frees its room: a new trigger adds a run instead of joining "c".
+        extra = asyncio.create_task(t.trigger("d"))
+        assert await first == (1, "a")
+        assert await kept == (2, "c")
+        assert await extra == (3, "d")
+    assert recorder.inputs == ["a", "c", "d"]
+
+
+async def test_after_an_abandoned_run_the_next_waiting_run_starts(record: Record) -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=1)
+    events = record(t)
+    async with asyncio.timeout(10):
+        abandoned = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        # The cancelled run may still be winding down; it takes no room and cannot be joined.
+        assert await t.trigger("b") == (2, "b")
+    assert recorder.inputs == ["a", "b"]
+    assert [event.type for event in events] == ["started", "cancelled", "started", "completed"]

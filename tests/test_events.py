@@ -1,0 +1,307 @@
+"""Lifecycle events: order, snapshots taken at emission time, subscriber isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import logging
+import pickle
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+from reactivex.subject import Subject
+
+from taskbuffer import Task, TaskEvent, TaskMetadata, _events, _metadata
+
+Record = Callable[[Task[Any, Any]], list[TaskEvent]]
+
+
+def types(events: list[TaskEvent]) -> list[str]:
+    return [event.type for event in events]
+
+
+def test_event_subject_is_a_reactivex_subject() -> None:
+    assert isinstance(Task(task_function=lambda: None).event_subject, Subject)
+
+
+async def test_successful_run_emits_started_steps_completed(record: Record) -> None:
+    def function() -> str:
+        t.notify_step("one")
+        t.notify_step("two")
+        return "ok"
+
+    t = Task(
+        name="events",
+        task_function=function,
+        steps=[{"name": "one", "percentage": 50}, {"name": "two", "percentage": 50}],
+    )
+    events = record(t)
+    await t.trigger()
+    assert types(events) == ["started", "step", "step", "completed"]
+    assert [event.step_name for event in events] == [None, "one", "two", None]
+    assert [event.error for event in events] == [None] * 4
+    assert [event.task.status for event in events] == ["running", "running", "running", "completed"]
+    assert {event.task.name for event in events} == {"events"}
+
+
+async def test_failed_run_emits_failed_with_the_message(record: Record) -> None:
+    def fail() -> None:
+        raise ValueError("it broke")
+
+    t = Task(task_function=fail)
+    events = record(t)
+    with pytest.raises(ValueError):
+        await t.trigger()
+    assert types(events) == ["started", "failed"]
+    failed = events[-1]
+    assert failed.error == "it broke"
+    assert failed.task.status == "failed"
+    assert (failed.task.last_error, failed.task.error_count) == ("it broke", 1)
+
+
+async def test_error_without_a_message_is_named_by_its_type(record: Record) -> None:
+    def fail() -> None:
+        raise KeyError
+
+    t = Task(task_function=fail, catch_errors=True)
+    events = record(t)
+    await t.trigger()
+    assert events[-1].error == "KeyError"
+
+
+async def test_snapshots_hold_the_state_at_emission_time(record: Record) -> None:
+    """Snapshots read after the run show each event's own moment, not the current state."""
+
+    async def function(fail: bool) -> None:
+        t.notify_step("half")
+        t.set_label("phase", "inside")
+        await asyncio.sleep(1)
+        if fail:
+            raise ValueError("second run fails")
+
+    t = Task(
+        task_function=function,
+        labels={"phase": "before"},
+        steps=[{"name": "half", "percentage": 50}, {"name": "rest", "percentage": 50}],
+    )
+    events = record(t)
+    await t.trigger(False)
+    t.set_label("phase", "between")
+    with pytest.raises(ValueError):
+        await t.trigger(True)
+    t.set_label("phase", "after")
+
+    assert types(events) == ["started", "step", "completed", "started", "step", "failed"]
+    snapshots = [event.task for event in events]
+    assert [s.status for s in snapshots] == [
+        "running",
+        "running",
+        "completed",
+        "running",
+        "running",
+        "failed",
+    ]
+    assert [s.run_count for s in snapshots] == [1, 1, 1, 2, 2, 2]
+    assert [s.error_count for s in snapshots] == [0, 0, 0, 0, 0, 1]
+    assert [s.labels["phase"] for s in snapshots] == [
+        "before",
+        "before",
+        "inside",
+        "between",
+        "between",
+        "inside",
+    ]
+    assert [s.current_step for s in snapshots] == [None, "half", None, None, "half", None]
+    assert [s.current_progress for s in snapshots] == [0, 25, 50, 0, 25, 50]
+    assert [[step.status for step in s.steps] for s in snapshots] == [
+        ["pending", "pending"],
+        ["active", "pending"],
+        ["completed", "completed"],
+        ["pending", "pending"],
+        ["active", "pending"],
+        ["completed", "completed"],
+    ]
+    assert [s.last_error for s in snapshots] == [None] * 5 + ["second run fails"]
+    assert snapshots[0].average_duration is None
+    assert snapshots[2].average_duration == 1.0
+    assert snapshots[0].last_run is not None and snapshots[3].last_run is not None
+    assert (snapshots[3].last_run - snapshots[0].last_run).total_seconds() == pytest.approx(1.0)
+
+
+async def test_timestamps_are_epoch_seconds_on_the_loop_clock(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def function() -> None:
+        await asyncio.sleep(5)
+
+    t = Task(task_function=function)
+    events = record(t)
+    await t.trigger()
+    started, completed = events
+    assert completed.timestamp - started.timestamp == pytest.approx(5.0)
+    assert loop.time() == 5.0
+    last_run = started.task.last_run
+    assert last_run is not None
+    assert last_run.timestamp() == pytest.approx(started.timestamp)
+
+
+async def test_event_and_metadata_are_frozen_and_json_ready(record: Record) -> None:
+    t: Task[None]
+    t = Task(name="json", task_function=lambda: t.notify_step("s"), steps=[{"name": "s"}])
+    events = record(t)
+    await t.trigger()
+    for event in events:
+        as_dict = event.to_dict()
+        assert json.loads(json.dumps(as_dict)) == as_dict
+        assert as_dict["type"] == event.type
+        assert as_dict["task"]["name"] == "json"
+        assert isinstance(event.task, TaskMetadata)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        events[0].type = "failed"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        events[0].task.status = "failed"  # type: ignore[misc]
+
+
+async def test_subscriber_that_raises_is_logged_and_isolated(
+    record: Record, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def broken(event: TaskEvent) -> None:
+        calls.append(f"broken:{event.type}")
+        raise RuntimeError("subscriber bug")
+
+    t = Task(name="isolated", task_function=lambda x: x * 2)
+    before = record(t)
+    subscription = t.event_subject.subscribe(broken)
+    after = record(t)
+    with caplog.at_level(logging.ERROR, logger="taskbuffer"):
+        assert await t.trigger(21) == 42
+        assert await t.trigger(1) == 2
+    subscription.dispose()
+
+    assert types(before) == types(after) == ["started", "completed"] * 2
+    # It stays subscribed: it saw every event.
+    assert calls == ["broken:started", "broken:completed"] * 2
+    records = [r for r in caplog.records if r.name == "taskbuffer"]
+    assert len(records) == 4
+    for log_record in records:
+        assert log_record.levelno == logging.ERROR
+        assert "isolated" in log_record.getMessage()
+        assert log_record.exc_info is not None
+        assert isinstance(log_record.exc_info[1], RuntimeError)
+    assert (t.run_count, t.error_count) == (2, 0)
+
+
+async def test_disposed_subscription_receives_nothing_more() -> None:
+    t = Task(task_function=lambda: None)
+    events: list[TaskEvent] = []
+    subscription = t.event_subject.subscribe(events.append)
+    await t.trigger()
+    subscription.dispose()
+    await t.trigger()
+    assert types(events) == ["started", "completed"]
+
+
+async def test_no_metadata_is_built_without_subscribers(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = 0
+    original_init = TaskMetadata.__init__
+
+    def counting_init(self: TaskMetadata, **fields: Any) -> None:
+        nonlocal built
+        built += 1
+        original_init(self, **fields)
+
+    monkeypatch.setattr(TaskMetadata, "__init__", counting_init)
+
+    def function(fail: bool) -> None:
+        t.notify_step("s")
+        if fail:
+            raise ValueError("no")
+
+    t = Task(task_function=function, steps=[{"name": "s"}], retries=1, catch_errors=True)
+    await t.trigger(False)
+    await t.trigger(True)
+    assert built == 0
+
+    # The spy does see snapshots: a subscriber that reads them makes them.
+    statuses: list[str] = []
+    subscription = t.event_subject.subscribe(lambda event: statuses.append(event.task.status))
+    await t.trigger(False)
+    subscription.dispose()
+    assert statuses == ["running", "running", "completed"]
+    assert built == 3
+
+
+async def test_emitting_runs_no_event_code_without_subscribers() -> None:
+    """Without subscribers, a run calls nothing in the modules that build events."""
+    event_modules = {_events.__file__, _metadata.__file__}
+    calls: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename in event_modules:
+            calls.append(frame.f_code.co_name)
+
+    def function(fail: bool) -> None:
+        t.notify_step("s")
+        if fail:
+            raise ValueError("no")
+
+    t = Task(task_function=function, steps=[{"name": "s"}], retries=1, catch_errors=True)
+    sys.setprofile(profile)
+    try:
+        await t.trigger(False)
+        await t.trigger(True)
+    finally:
+        sys.setprofile(None)
+    assert calls == []
+
+    # The probe does see event code once somebody subscribes.
+    subscription = t.event_subject.subscribe(lambda event: None)
+    sys.setprofile(profile)
+    try:
+        await t.trigger(False)
+    finally:
+        sys.setprofile(None)
+        subscription.dispose()
+    assert calls
+
+
+async def test_events_copy_pickle_and_compare_by_value(record: Record) -> None:
+    t = Task(name="copied", task_function=lambda: None, labels={"k": "v"})
+    events = record(t)
+    await t.trigger()
+    await t.trigger()
+    started, completed, started_again, completed_again = events
+
+    # Copies and pickles of events nobody has read yet.
+    copied = copy.copy(started)
+    assert type(copied) is TaskEvent
+    assert copied == started
+    assert copied.task.status == "running"
+    restored = pickle.loads(pickle.dumps(completed))
+    assert type(restored) is TaskEvent
+    assert restored == completed
+    assert restored.task.labels == {"k": "v"}
+    assert restored.task.status == "completed"
+    assert dataclasses.replace(completed, type="failed").task == completed.task
+
+    # Comparing events nobody has read yet.
+    assert started_again != completed_again
+    assert started_again.task.run_count == completed_again.task.run_count == 2
+
+
+async def test_a_completed_subject_delivers_nothing(record: Record) -> None:
+    t = Task(task_function=lambda: None)
+    events = record(t)
+    await t.trigger()
+    t.event_subject.on_completed()
+    t.event_subject.on_next(events[0])
+    await t.trigger()
+    assert types(events) == ["started", "completed"]
+    assert t.run_count == 2

@@ -1,0 +1,948 @@
+"""``Task``: calling conventions, run order, state, timeout, retries and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, assert_type
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskbuffer import Task, TaskbufferError, TaskEvent, TaskOnce, TaskTimeoutError, task
+
+Record = Callable[[Task[Any, Any]], list[TaskEvent]]
+
+
+def types(events: list[TaskEvent]) -> list[str]:
+    return [event.type for event in events]
+
+
+def options(name: str, value: object) -> dict[str, Any]:
+    """Keyword options built by name, for parametrized tests."""
+    return {name: value}
+
+
+# ------------------------------------------------------------------------ construction
+
+
+def test_task_function_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="task_function must be callable, not 42"):
+        Task(task_function=42)  # type: ignore[call-overload]
+
+
+def test_buffered_requires_buffer_max() -> None:
+    with pytest.raises(ValueError, match=r"buffer_max is required when buffered=True"):
+        Task(task_function=lambda: None, buffered=True)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_buffer_max_must_be_an_int_of_at_least_one(bad: Any) -> None:
+    with pytest.raises(ValueError, match=rf"buffer_max must be an int >= 1, not {bad!r}"):
+        Task(task_function=lambda: None, buffered=True, buffer_max=bad)
+
+
+def test_buffer_max_without_buffered_is_rejected() -> None:
+    with pytest.raises(ValueError, match="buffer_max only applies to buffered tasks"):
+        Task(task_function=lambda: None, buffer_max=3)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.0, True, None])
+def test_retries_must_be_a_non_negative_int(bad: Any) -> None:
+    with pytest.raises(ValueError, match=rf"retries must be an int >= 0, not {bad!r}"):
+        Task(task_function=lambda: None, retries=bad)
+
+
+@pytest.mark.parametrize("name", ["timeout", "retry_delay"])
+@pytest.mark.parametrize("bad", [-0.5, -1, math.nan, -math.inf])
+def test_negative_or_nan_durations_are_value_errors(name: str, bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
+        Task(task_function=lambda: None, **options(name, bad))
+
+
+@pytest.mark.parametrize("name", ["timeout", "retry_delay"])
+@pytest.mark.parametrize("bad", ["1", True, [1]])
+def test_non_numeric_durations_are_type_errors(name: str, bad: object) -> None:
+    with pytest.raises(TypeError, match=rf"^{name} must be a number of seconds >= 0"):
+        Task(task_function=lambda: None, **options(name, bad))
+
+
+def test_zero_timeout_is_rejected() -> None:
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        Task(task_function=lambda: None, timeout=0)
+
+
+@given(seconds=st.floats(min_value=0, allow_nan=False))
+def test_any_non_negative_duration_is_accepted(seconds: float) -> None:
+    t = Task(task_function=lambda: None, retry_delay=seconds, timeout=seconds or None)
+    assert t.get_metadata().timeout == (seconds or None)
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, -2, math.nan, True, "2"])
+def test_retry_backoff_must_be_at_least_one(bad: Any) -> None:
+    with pytest.raises(ValueError, match=rf"retry_backoff must be a number >= 1, not {bad!r}"):
+        Task(task_function=lambda: None, retry_backoff=bad)
+
+
+@pytest.mark.parametrize("bad", ["", 3])
+def test_name_must_be_a_non_empty_string(bad: Any) -> None:
+    with pytest.raises(ValueError, match="name must be a non-empty string or None"):
+        Task(task_function=lambda: None, name=bad)
+
+
+@pytest.mark.parametrize("option", ["pre_task", "after_task"])
+def test_pre_and_after_task_must_be_tasks_or_factories(option: str) -> None:
+    with pytest.raises(TypeError, match=rf"{option} must be a Task or a callable returning one"):
+        Task(task_function=lambda: None, **options(option, "nope"))
+
+
+def test_task_setup_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="task_setup must be callable or None, not 'nope'"):
+        Task(task_function=lambda: None, task_setup="nope")  # type: ignore[call-overload]
+
+
+def test_required_keyword_only_parameter_is_rejected() -> None:
+    def needs_keyword(*, flag: bool) -> None: ...
+
+    with pytest.raises(TypeError, match="required keyword-only parameter 'flag'"):
+        Task(task_function=needs_keyword)
+
+
+def test_more_than_two_required_parameters_are_rejected() -> None:
+    def three(a: object, b: object, c: object) -> None: ...
+
+    with pytest.raises(TypeError, match="requires 3 positional parameters"):
+        Task(task_function=three)
+
+
+# ------------------------------------------------------------------- calling conventions
+
+
+def zero() -> str:
+    return "zero"
+
+
+def one(value: object) -> tuple[str, object]:
+    return ("one", value)
+
+
+def two(value: object, setup: object) -> tuple[str, object, object]:
+    return ("two", value, setup)
+
+
+async def async_zero() -> str:
+    await asyncio.sleep(0)
+    return "zero"
+
+
+async def async_one(value: object) -> tuple[str, object]:
+    await asyncio.sleep(0)
+    return ("one", value)
+
+
+async def async_two(value: object, setup: object) -> tuple[str, object, object]:
+    await asyncio.sleep(0)
+    return ("two", value, setup)
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        (zero, "zero"),
+        (one, ("one", 5)),
+        (two, ("two", 5, "S")),
+        (async_zero, "zero"),
+        (async_one, ("one", 5)),
+        (async_two, ("two", 5, "S")),
+    ],
+    ids=["sync-0", "sync-1", "sync-2", "async-0", "async-1", "async-2"],
+)
+async def test_function_is_called_with_as_many_arguments_as_it_takes(
+    function: Callable[..., Any], expected: object
+) -> None:
+    t = Task(task_function=function, task_setup=lambda: "S")
+    assert await t.trigger(5) == expected
+    assert await t.trigger_unbuffered(5) == expected
+
+
+async def test_trigger_without_input_passes_none() -> None:
+    t = Task(task_function=one)
+    assert await t.trigger() == ("one", None)
+
+
+async def test_setup_value_is_none_without_task_setup() -> None:
+    t = Task(task_function=two)
+    assert await t.trigger(1) == ("two", 1, None)
+
+
+async def test_var_positional_function_gets_input_and_setup_value() -> None:
+    def variadic(*args: object) -> tuple[object, ...]:
+        return args
+
+    t = Task(task_function=variadic, task_setup=lambda: "S")
+    assert await t.trigger(7) == (7, "S")
+
+
+async def test_builtin_without_signature_gets_the_input() -> None:
+    t = Task(task_function=str)
+    assert await t.trigger(12) == "12"
+
+
+async def test_optional_keyword_parameters_do_not_count() -> None:
+    def function(value: int, *, scale: int = 2, **extra: object) -> int:
+        return value * scale
+
+    t = Task(task_function=function, task_setup=lambda: "ignored")
+    assert await t.trigger(4) == 8
+
+
+async def test_sync_function_returning_an_awaitable_is_awaited() -> None:
+    def deferred(value: int) -> Awaitable[int]:
+        return async_double(value)
+
+    async def async_double(value: int) -> int:
+        return value * 2
+
+    t = Task(task_function=deferred)
+    assert await t.trigger(21) == 42
+
+
+async def test_decorator_without_options() -> None:
+    @task
+    async def greet(name: str) -> str:
+        return f"hello {name}"
+
+    assert isinstance(greet, Task)
+    assert greet.name is None
+    assert await greet.trigger("ada") == "hello ada"
+
+
+async def test_decorator_with_options() -> None:
+    @task(name="greet", version="2", labels={"team": "core"})
+    def greet(name: str) -> str:
+        return f"hello {name}"
+
+    assert isinstance(greet, Task)
+    assert (greet.name, greet.version, greet.labels) == ("greet", "2", {"team": "core"})
+    assert await greet.trigger("bob") == "hello bob"
+
+
+# ------------------------------------------------------------------------ order of a run
+
+
+async def test_setup_pre_function_after_run_in_order() -> None:
+    calls: list[tuple[str, object]] = []
+
+    def setup() -> str:
+        calls.append(("setup", None))
+        return "S"
+
+    def function(value: int, setup_value: str) -> int:
+        calls.append(("function", (value, setup_value)))
+        return value * 2
+
+    pre = Task(name="pre", task_function=lambda value: calls.append(("pre", value)))
+    after = Task(name="after", task_function=lambda result: calls.append(("after", result)))
+    t = Task(task_function=function, pre_task=pre, after_task=after, task_setup=setup)
+
+    assert await t.trigger(21) == 42
+    assert calls == [("setup", None), ("pre", 21), ("function", (21, "S")), ("after", 42)]
+
+    calls.clear()
+    assert await t.trigger(1) == 2
+    assert calls == [("pre", 1), ("function", (1, "S")), ("after", 2)]
+
+
+async def test_pre_and_after_task_factories_are_resolved_at_run_time() -> None:
+    calls: list[str] = []
+    pre = Task(task_function=lambda: calls.append("pre"))
+    after = Task(task_function=lambda: calls.append("after"))
+    t = Task(
+        task_function=lambda: calls.append("main"), pre_task=lambda: pre, after_task=lambda: after
+    )
+    await t.trigger()
+    assert calls == ["pre", "main", "after"]
+
+
+@pytest.mark.parametrize("option", ["pre_task", "after_task"])
+async def test_factory_returning_a_non_task_fails_the_run(option: str) -> None:
+    t = Task(task_function=lambda: None, **options(option, lambda: "nope"))
+    with pytest.raises(TypeError, match=rf"{option} factory must return a Task, not 'nope'"):
+        await t.trigger()
+    assert t.error_count == 1
+
+
+async def test_failing_pre_task_fails_the_run_before_the_function() -> None:
+    called = False
+
+    def function() -> None:
+        nonlocal called
+        called = True
+
+    def fail() -> None:
+        raise LookupError("pre failed")
+
+    t = Task(task_function=function, pre_task=Task(task_function=fail))
+    with pytest.raises(LookupError, match="pre failed"):
+        await t.trigger()
+    assert not called
+    assert t.get_metadata().status == "failed"
+
+
+async def test_failing_after_task_fails_the_run() -> None:
+    def fail(result: object) -> None:
+        raise LookupError(f"after got {result!r}")
+
+    t = Task(task_function=lambda: "r", after_task=Task(task_function=fail))
+    with pytest.raises(LookupError, match="after got 'r'"):
+        await t.trigger()
+    assert t.error_count == 1
+
+
+async def test_task_that_is_its_own_pre_and_after_task_runs_once() -> None:
+    calls: list[str] = []
+    t: Task[None] = Task(
+        task_function=lambda: calls.append("t"), pre_task=lambda: t, after_task=lambda: t
+    )
+    await t.trigger()
+    assert calls == ["t"]
+    assert t.run_count == 1
+
+
+async def test_cycle_of_pre_and_after_tasks_runs_each_task_once() -> None:
+    calls: list[str] = []
+    a: Task[None]
+    b = Task(
+        name="b", task_function=lambda: calls.append("b"), pre_task=lambda: a, after_task=lambda: a
+    )
+    a = Task(name="a", task_function=lambda: calls.append("a"), pre_task=b, after_task=b)
+    await a.trigger()
+    assert calls == ["b", "a"]
+    assert (a.run_count, b.run_count) == (1, 1)
+
+    await a.trigger()  # a new run: every task runs again, once
+    assert calls == ["b", "a", "b", "a"]
+
+
+async def test_task_reached_as_pre_and_after_task_runs_once_per_run() -> None:
+    calls: list[str] = []
+    helper = Task(task_function=lambda: calls.append("helper"))
+    t = Task(task_function=lambda: calls.append("main"), pre_task=helper, after_task=helper)
+    await t.trigger()
+    assert calls == ["helper", "main"]
+
+
+async def test_run_once_pre_task_keeps_its_own_semantics() -> None:
+    """A ``TaskOnce`` pre-task runs once, however many runs of the main task reach it."""
+    calls: list[str] = []
+    init = TaskOnce(task_function=lambda: calls.append("init"))
+    t = Task(task_function=lambda value: calls.append(f"main {value}"), pre_task=init)
+    await t.trigger(1)
+    await t.trigger(2)
+    assert calls == ["init", "main 1", "main 2"]
+
+
+async def test_buffered_after_task_goes_through_its_buffer() -> None:
+    results: list[object] = []
+
+    async def slow_after(value: object) -> None:
+        await asyncio.sleep(1)
+        results.append(value)
+
+    after = Task(task_function=slow_after, buffered=True, buffer_max=1)
+    t = Task(task_function=lambda value: value, after_task=after)
+    async with asyncio.timeout(10):
+        await asyncio.gather(t.trigger("a"), t.trigger("b"))
+    assert results == ["a"]  # "b" joined the after-task run in progress
+    assert after.run_count == 1
+
+
+# -------------------------------------------------------------------------- task_setup
+
+
+async def test_task_setup_runs_once_across_runs() -> None:
+    setups = 0
+
+    def setup() -> int:
+        nonlocal setups
+        setups += 1
+        return setups
+
+    t = Task(task_function=two, task_setup=setup)
+    assert await t.trigger(1) == ("two", 1, 1)
+    assert await t.trigger(2) == ("two", 2, 1)
+    assert setups == 1
+
+
+async def test_concurrent_first_runs_share_one_setup() -> None:
+    loop = asyncio.get_running_loop()
+    setups = 0
+
+    async def setup() -> str:
+        nonlocal setups
+        setups += 1
+        await asyncio.sleep(1)
+        return "S"
+
+    t = Task(task_function=two, task_setup=setup)
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*(t.trigger(i) for i in range(3)))
+    assert results == [("two", 0, "S"), ("two", 1, "S"), ("two", 2, "S")]
+    assert setups == 1
+    assert loop.time() == 1.0
+
+
+async def test_failed_setup_fails_the_run_and_is_tried_again() -> None:
+    attempts = 0
+
+    async def setup() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionError("setup failed")
+        return "S"
+
+    t = Task(task_function=two, task_setup=setup)
+    with pytest.raises(ConnectionError, match="setup failed"):
+        await t.trigger(1)
+    assert t.error_count == 1
+    assert await t.trigger(2) == ("two", 2, "S")
+    assert await t.trigger(3) == ("two", 3, "S")
+    assert attempts == 2
+
+
+async def test_setup_survives_a_cancelled_first_run() -> None:
+    setups = 0
+    setup_started = asyncio.Event()
+
+    async def setup() -> str:
+        nonlocal setups
+        setups += 1
+        setup_started.set()
+        await asyncio.sleep(1)
+        return "S"
+
+    t = Task(task_function=two, task_setup=setup)
+    first = asyncio.create_task(t.trigger(1))
+    async with asyncio.timeout(5):
+        await setup_started.wait()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await t.trigger(2) == ("two", 2, "S")
+    assert setups == 1
+
+
+# ------------------------------------------------------------------------------- state
+
+
+async def test_state_through_success_failure_and_recovery() -> None:
+    seen: list[tuple[bool, bool, str, int]] = []
+
+    def function(value: str) -> str:
+        seen.append((t.running, t.idle, t.get_metadata().status, t.run_count))
+        if value == "fail":
+            raise ValueError("boom")
+        return value
+
+    t = Task(name="state", task_function=function)
+    metadata = t.get_metadata()
+    assert (t.running, t.idle, metadata.status, t.run_count, t.error_count) == (
+        False,
+        True,
+        "idle",
+        0,
+        0,
+    )
+    assert (t.last_run, metadata.last_error, metadata.last_run) == (None, None, None)
+
+    assert await t.trigger("ok") == "ok"
+    assert seen[-1] == (True, False, "running", 1)
+    assert (t.running, t.get_metadata().status) == (False, "completed")
+
+    with pytest.raises(ValueError, match="boom") as caught:
+        await t.trigger("fail")
+    assert seen[-1] == (True, False, "running", 2)
+    last_error = t.last_error
+    assert last_error is caught.value
+    metadata = t.get_metadata()
+    assert (metadata.status, metadata.last_error, metadata.error_count) == ("failed", "boom", 1)
+    assert (t.run_count, t.error_count) == (2, 1)
+
+    t.clear_error()
+    assert (t.last_error, t.error_count) == (None, 1)
+    assert t.get_metadata().status == "failed"
+
+    with pytest.raises(ValueError):
+        await t.trigger("fail")
+    assert await t.trigger("ok") == "ok"
+    assert t.last_error is None
+    assert (t.run_count, t.error_count, t.get_metadata().status) == (4, 2, "completed")
+
+
+async def test_running_while_any_run_is_in_flight() -> None:
+    release = [asyncio.Event(), asyncio.Event()]
+    entered = asyncio.Semaphore(0)
+
+    async def function(index: int) -> int:
+        entered.release()
+        await release[index].wait()
+        return index
+
+    t = Task(task_function=function)
+    async with asyncio.timeout(5):
+        runs = [asyncio.create_task(t.trigger(i)) for i in range(2)]
+        await entered.acquire()
+        await entered.acquire()
+        release[0].set()
+        assert await runs[0] == 0
+        assert t.running and not t.idle
+        assert t.get_metadata().status == "running"
+        release[1].set()
+        assert await runs[1] == 1
+    assert (t.running, t.idle) == (False, True)
+
+
+async def test_catch_errors_returns_none_and_records_the_error(record: Record) -> None:
+    def fail() -> str:
+        raise ValueError("caught")
+
+    t = Task(task_function=fail, catch_errors=True)
+    events = record(t)
+    assert await t.trigger() is None
+    assert isinstance(t.last_error, ValueError)
+    assert (t.error_count, t.get_metadata().status) == (1, "failed")
+    assert types(events) == ["started", "failed"]
+    assert events[-1].error == "caught"
+
+
+async def test_last_run_is_an_aware_datetime_of_the_run_start() -> None:
+    before = time.time()
+
+    async def function() -> None:
+        await asyncio.sleep(30)
+
+    t = Task(task_function=function)
+    await t.trigger()
+    last_run = t.last_run
+    assert isinstance(last_run, datetime)
+    assert last_run.tzinfo is not None
+    # The run started at loop time 0, so 30 virtual seconds earlier than "now" on the loop.
+    assert before - 1 <= last_run.timestamp() <= time.time() + 1
+    assert t.get_metadata().last_run == last_run
+
+
+async def test_average_duration_is_over_finished_runs() -> None:
+    async def function(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    t = Task(task_function=function)
+    assert t.get_metadata().average_duration is None
+    await t.trigger(2)
+    await t.trigger(4)
+    assert t.get_metadata().average_duration == 3.0
+
+
+async def test_metadata_snapshot_fields_and_json() -> None:
+    t: Task[None]
+    t = Task(
+        name="report",
+        version="1.2",
+        labels={"team": "core"},
+        steps=[{"name": "load", "description": "read input", "percentage": 40}],
+        timeout=9.5,
+        task_function=lambda: t.notify_step("load"),
+    )
+    await t.trigger()
+    metadata = t.get_metadata()
+    assert metadata.name == "report"
+    assert metadata.version == "1.2"
+    assert metadata.labels == {"team": "core"}
+    assert (metadata.buffered, metadata.buffer_max, metadata.timeout) == (False, None, 9.5)
+    assert (metadata.next_run, metadata.cron_schedule) == (None, None)
+    assert metadata.current_step is None
+    assert metadata.current_progress == 40
+    assert [step.status for step in metadata.steps] == ["completed"]
+
+    as_dict = metadata.to_dict()
+    decoded = json.loads(json.dumps(as_dict))
+    assert decoded == as_dict
+    assert decoded["labels"] == {"team": "core"}
+    assert decoded["steps"][0]["name"] == "load"
+    last_run = datetime.fromisoformat(decoded["last_run"])
+    assert last_run == metadata.last_run
+    assert last_run.tzinfo is not None
+
+
+def test_metadata_name_defaults_to_unnamed_and_is_frozen() -> None:
+    metadata = Task(task_function=zero).get_metadata()
+    assert metadata.name == "unnamed"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        metadata.name = "other"  # type: ignore[misc]
+
+
+def test_labels() -> None:
+    source = {"env": "prod"}
+    t = Task(task_function=zero, labels=source)
+    source["env"] = "changed"
+    assert t.get_label("env") == "prod"
+
+    t.set_label("team", "core")
+    assert t.labels == {"env": "prod", "team": "core"}
+    assert t.has_label("team")
+    assert t.has_label("team", "core")
+    assert not t.has_label("team", "other")
+    assert not t.has_label("missing")
+    assert t.get_label("missing") is None
+
+    snapshot = t.get_metadata()
+    t.set_label("team", "infra")
+    assert snapshot.labels["team"] == "core"
+
+    assert t.remove_label("team") is True
+    assert t.remove_label("team") is False
+    assert t.labels == {"env": "prod"}
+
+
+def test_label_keys_and_values_must_be_strings() -> None:
+    t = Task(task_function=zero)
+    with pytest.raises(TypeError, match="labels are str -> str"):
+        t.set_label("n", 1)  # type: ignore[arg-type]
+
+
+def test_data_defaults_to_a_fresh_dict() -> None:
+    first, second = Task(task_function=zero), Task(task_function=zero)
+    assert first.data == {}
+    assert first.data is not second.data
+    tagged = Task(task_function=zero, data={"region": "eu"})
+    assert tagged.data == {"region": "eu"}
+
+
+def test_buffer_and_timeout_properties() -> None:
+    plain = Task(task_function=zero)
+    assert (plain.buffered, plain.buffer_max, plain.timeout) == (False, None, None)
+    buffered = Task(task_function=zero, buffered=True, buffer_max=4, timeout=3)
+    assert (buffered.buffered, buffered.buffer_max, buffered.timeout) == (True, 4, 3.0)
+
+
+def test_repr_shows_name_status_and_counts() -> None:
+    assert repr(Task(name="r", task_function=zero)) == "<Task 'r' status=idle runs=0 errors=0>"
+    assert repr(Task(task_function=zero)) == "<Task 'unnamed' status=idle runs=0 errors=0>"
+
+
+# ----------------------------------------------------------------------------- timeout
+
+
+async def test_timeout_cancels_the_run_and_raises_task_timeout_error(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+    cancelled = False
+
+    async def slow() -> None:
+        nonlocal cancelled
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+
+    t = Task(name="slow", task_function=slow, timeout=2.5)
+    events = record(t)
+    with pytest.raises(TaskTimeoutError) as caught:
+        await t.trigger()
+    assert loop.time() == 2.5
+    assert cancelled
+    error = caught.value
+    assert isinstance(error, TimeoutError) and isinstance(error, TaskbufferError)
+    assert (error.task_name, error.timeout) == ("slow", 2.5)
+    assert str(error) == "task 'slow' timed out after 2.5 s"
+    assert (t.error_count, t.get_metadata().status) == (1, "failed")
+    assert types(events) == ["started", "failed"]
+    assert events[-1].error == "task 'slow' timed out after 2.5 s"
+
+
+async def test_run_within_timeout_succeeds() -> None:
+    async def quick() -> str:
+        await asyncio.sleep(1)
+        return "done"
+
+    t = Task(task_function=quick, timeout=2)
+    assert await t.trigger() == "done"
+    assert asyncio.get_running_loop().time() == 1.0
+
+
+async def test_timeout_error_raised_by_the_function_is_not_a_task_timeout() -> None:
+    def own_timeout() -> None:
+        raise TimeoutError("from the function")
+
+    t = Task(task_function=own_timeout, timeout=5)
+    with pytest.raises(TimeoutError, match="from the function") as caught:
+        await t.trigger()
+    assert not isinstance(caught.value, TaskTimeoutError)
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+async def test_retries_until_success(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    def flaky(value: str) -> str:
+        times.append(loop.time())
+        if len(times) < 3:
+            raise ValueError(f"attempt {len(times)}")
+        return value
+
+    t = Task(task_function=flaky, retries=3, retry_delay=1.0, retry_backoff=2.0)
+    events = record(t)
+    assert await t.trigger("v") == "v"
+    assert times == [0.0, 1.0, 3.0]
+    assert types(events) == ["started", "retrying", "retrying", "completed"]
+    assert [event.error for event in events[1:3]] == ["attempt 1", "attempt 2"]
+    assert [event.task.status for event in events] == ["running", "running", "running", "completed"]
+    assert (t.run_count, t.error_count, t.last_error) == (1, 0, None)
+
+
+async def test_last_attempt_error_is_raised_after_exponential_backoff(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    def always_fails() -> None:
+        times.append(loop.time())
+        raise ValueError(f"attempt {len(times)}")
+
+    t = Task(task_function=always_fails, retries=3, retry_delay=0.5, retry_backoff=3)
+    events = record(t)
+    with pytest.raises(ValueError, match="^attempt 4$"):
+        await t.trigger()
+    assert times == [0.0, 0.5, 2.0, 6.5]
+    assert types(events) == ["started", "retrying", "retrying", "retrying", "failed"]
+    assert events[-1].error == "attempt 4"
+    assert (t.run_count, t.error_count) == (1, 1)
+    assert str(t.last_error) == "attempt 4"
+
+
+async def test_retries_without_delay_happen_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    def always_fails() -> None:
+        times.append(loop.time())
+        raise ValueError("no")
+
+    t = Task(task_function=always_fails, retries=2)
+    with pytest.raises(ValueError):
+        await t.trigger()
+    assert times == [0.0, 0.0, 0.0]
+
+
+async def test_retries_with_catch_errors_return_none() -> None:
+    def always_fails() -> str:
+        raise ValueError("no")
+
+    t = Task(task_function=always_fails, retries=1, catch_errors=True)
+    assert await t.trigger() is None
+    assert (t.run_count, t.error_count) == (1, 1)
+
+
+async def test_every_attempt_starts_from_the_pre_task() -> None:
+    calls: list[str] = []
+
+    def flaky() -> str:
+        calls.append("main")
+        if calls.count("main") < 3:
+            raise ValueError("again")
+        return "ok"
+
+    pre = Task(task_function=lambda: calls.append("pre"))
+    t = Task(task_function=flaky, pre_task=pre, retries=2)
+    assert await t.trigger() == "ok"
+    assert calls == ["pre", "main", "pre", "main", "pre", "main"]
+
+
+async def test_retried_attempts_of_a_nested_pre_task_start_from_its_own_pre_task() -> None:
+    calls: list[str] = []
+
+    def flaky() -> None:
+        calls.append("middle")
+        if calls.count("middle") == 1:
+            raise ValueError("again")
+
+    inner = Task(name="inner", task_function=lambda: calls.append("inner"))
+    middle = Task(name="middle", task_function=flaky, pre_task=inner, retries=1)
+    outer = Task(name="outer", task_function=lambda: calls.append("outer"), pre_task=middle)
+    await outer.trigger()
+    assert calls == ["inner", "middle", "inner", "middle", "outer"]
+
+
+async def test_timeout_applies_to_each_attempt(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def slow() -> None:
+        times.append(loop.time())
+        await asyncio.sleep(10)
+
+    t = Task(name="slow", task_function=slow, timeout=2, retries=2, retry_delay=1)
+    events = record(t)
+    with pytest.raises(TaskTimeoutError):
+        await t.trigger()
+    assert times == [0.0, 3.0, 7.0]
+    assert loop.time() == 9.0
+    assert types(events) == ["started", "retrying", "retrying", "failed"]
+    assert events[1].error == "task 'slow' timed out after 2 s"
+
+
+async def test_attempt_after_a_timeout_can_succeed() -> None:
+    durations = [5.0, 1.0]
+
+    async def slower_then_quick() -> float:
+        seconds = durations.pop(0)
+        await asyncio.sleep(seconds)
+        return seconds
+
+    t = Task(task_function=slower_then_quick, timeout=2, retries=1)
+    assert await t.trigger() == 1.0
+    assert asyncio.get_running_loop().time() == 3.0
+    assert t.error_count == 0
+
+
+# ------------------------------------------------------------------------ cancellation
+
+
+async def test_run_cancelled_by_its_caller(record: Record) -> None:
+    entered = asyncio.Event()
+    cancelled_inside = False
+
+    async def blocks() -> None:
+        nonlocal cancelled_inside
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled_inside = True
+            raise
+
+    t = Task(name="blocked", task_function=blocks)
+    events = record(t)
+    before = asyncio.all_tasks()
+    caller = asyncio.create_task(t.trigger())
+    async with asyncio.timeout(5):
+        await entered.wait()
+        assert t.running
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert cancelled_inside
+    assert types(events) == ["started", "cancelled"]
+    assert events[-1].error == "cancelled"
+    assert (t.running, t.idle) == (False, True)
+    assert (t.run_count, t.error_count, t.last_error) == (1, 0, None)
+    assert t.get_metadata().status == "idle"
+    assert asyncio.all_tasks() == before
+
+
+async def test_cancelled_run_does_not_hide_the_previous_outcome() -> None:
+    entered = asyncio.Event()
+
+    async def function(block: bool) -> str:
+        if block:
+            entered.set()
+            await asyncio.Event().wait()
+        return "ok"
+
+    t = Task(task_function=function)
+    await t.trigger(False)
+    caller = asyncio.create_task(t.trigger(True))
+    async with asyncio.timeout(5):
+        await entered.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    metadata = t.get_metadata()
+    assert (metadata.status, metadata.run_count, metadata.error_count) == ("completed", 2, 0)
+
+
+async def test_cancelled_during_retry_delay_is_cancelled_not_failed(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+
+    def fails() -> None:
+        raise ValueError("no")
+
+    t = Task(task_function=fails, retries=1, retry_delay=10)
+    events = record(t)
+    caller = asyncio.create_task(t.trigger())
+    loop.call_later(4, caller.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(20):
+            await caller
+    assert loop.time() == 4.0
+    assert types(events) == ["started", "retrying", "cancelled"]
+    assert t.error_count == 0
+
+
+async def test_keyboard_interrupt_passes_through_and_ends_the_run() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    t = Task(task_function=interrupt, catch_errors=True)
+    with pytest.raises(KeyboardInterrupt):
+        await t.trigger()
+    assert (t.running, t.error_count) == (False, 0)
+
+
+# --------------------------------------------------------------------------- real time
+
+
+@pytest.mark.realtime
+async def test_timeout_on_the_real_clock() -> None:
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    t = Task(task_function=slow, timeout=0.05)
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError):
+        await t.trigger()
+    assert 0.04 <= time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------------- logging, typing
+
+
+async def test_failures_are_logged_not_printed(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail() -> None:
+        raise ValueError("quietly")
+
+    t = Task(name="quiet", task_function=fail, catch_errors=True)
+    with caplog.at_level(logging.DEBUG, logger="taskbuffer"):
+        await t.trigger()
+    assert capsys.readouterr() == ("", "")
+    assert any(
+        r.name == "taskbuffer" and "quiet" in r.getMessage() and r.exc_info for r in caplog.records
+    )
+
+
+async def test_results_and_data_are_typed() -> None:
+    async def double(value: int) -> int:
+        return value * 2
+
+    t = Task(task_function=double, data={"region": "eu"})
+    assert_type(t.data, dict[str, str])
+    assert_type(await t.trigger(2), int)
+
+    @task(name="greet")
+    def greet() -> str:
+        return "hi"
+
+    assert_type(await greet.trigger(), str)
+    once = TaskOnce(task_function=double)
+    assert_type(await once.trigger(1), int)
