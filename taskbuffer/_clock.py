@@ -13,7 +13,7 @@ import time
 import weakref
 from datetime import UTC, datetime
 
-__all__ = ("loop_to_wall", "now_wall", "wall_to_loop")
+__all__ = ("loop_to_wall", "now_wall", "to_datetime", "wall_anchor", "wall_to_loop")
 
 # One anchor per event loop, dropped with the loop. This is a cache, not shared state: it
 # only ever holds ``time.time() - loop.time()`` as read on the loop's first use.
@@ -25,7 +25,8 @@ _anchors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.
 _last: tuple[weakref.ref[asyncio.AbstractEventLoop], float] | None = None
 
 
-def _anchor(loop: asyncio.AbstractEventLoop) -> float:
+def wall_anchor(loop: asyncio.AbstractEventLoop) -> float:
+    """``time.time() - loop.time()`` for ``loop``, read once per loop."""
     global _last
     last = _last
     if last is not None and last[0]() is loop:
@@ -44,17 +45,17 @@ def now_wall() -> float:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return time.time()
-    return _anchor(loop) + loop.time()
+    return wall_anchor(loop) + loop.time()
 
 
 def loop_to_wall(loop: asyncio.AbstractEventLoop, loop_time: float) -> float:
     """Epoch seconds of a ``loop.time()`` instant."""
-    return _anchor(loop) + loop_time
+    return wall_anchor(loop) + loop_time
 
 
 def wall_to_loop(loop: asyncio.AbstractEventLoop, wall: float) -> float:
     """The ``loop.time()`` instant of epoch seconds ``wall``."""
-    return wall - _anchor(loop)
+    return wall - wall_anchor(loop)
 
 
 def to_datetime(wall: float) -> datetime:

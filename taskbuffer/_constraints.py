@@ -288,8 +288,11 @@ class TaskConstraintGroup:
         self._check_loop()
         return self._state.get(key)
 
-    def _ensure(self, key: str) -> KeyState:
-        self._check_loop()
+    def _ensure(self, key: str, loop: asyncio.AbstractEventLoop | None = None) -> KeyState:
+        if loop is None:
+            self._check_loop()
+        elif loop is not self._loop:
+            self._bind(loop)
         st = self._state.get(key)
         if st is None:
             st = self._state[key] = KeyState(key)
@@ -303,6 +306,10 @@ class TaskConstraintGroup:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if loop is not self._loop:
+            self._bind(loop)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:
             if self._loop is not None:
                 for st in self._state.values():
@@ -362,7 +369,10 @@ class TaskConstraintGroup:
             if st.timer_at <= when:
                 return
             st.timer.cancel()
-        assert self._loop is not None
+        if self._loop is None:
+            # Used outside any event loop (inspection methods called synchronously): there
+            # is no clock to wake on; the state is dropped when the group meets a loop.
+            return
         st.timer_at = when
         st.timer = self._loop.call_at(when, self._on_timer, st, when)
 

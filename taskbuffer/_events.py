@@ -10,7 +10,7 @@ from reactivex.subject import Subject
 
 from ._metadata import TaskMetadata
 
-__all__ = ("EventSubject", "TaskEvent", "TaskEventType")
+__all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver", "pending_event")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -50,31 +50,47 @@ class TaskEvent:
         }
 
 
-# The state of a task copied at emission time; its first item builds the metadata from it.
+# An event's fields and its task's state, copied at emission time, in this order:
+# (build_metadata, type, timestamp, step_name, error, task, <task state...>). The first item
+# builds the TaskMetadata from the whole tuple.
 StateCapture: TypeAlias = tuple[Any, ...]
 
-
 _TASK_SLOT = TaskEvent.__dict__["task"]
-_set_type = TaskEvent.__dict__["type"].__set__
-_set_task = _TASK_SLOT.__set__
-_set_timestamp = TaskEvent.__dict__["timestamp"].__set__
-_set_step_name = TaskEvent.__dict__["step_name"].__set__
-_set_error = TaskEvent.__dict__["error"].__set__
+_SETTERS = tuple(
+    TaskEvent.__dict__[name].__set__ for name in ("type", "timestamp", "step_name", "error")
+)
+
+
+def _captured(index: int) -> property:
+    def read(self: _PendingEvent) -> Any:
+        return _TASK_SLOT.__get__(self, TaskEvent)[index]
+
+    return property(read)
 
 
 class _PendingEvent(TaskEvent):
-    """A :class:`TaskEvent` whose metadata snapshot is built when ``task`` is first read.
+    """A :class:`TaskEvent` that is one tuple until somebody reads its ``task``.
 
-    Emitting costs a copy of a few counters instead of a full snapshot; the values are those
-    of emission time either way. On first read the instance becomes a plain ``TaskEvent``.
+    Emitting stores a single tuple (the event's fields and a copy of a dozen counters) instead
+    of writing five fields and building a metadata snapshot; the values are those of emission
+    time either way. ``type``, ``timestamp``, ``step_name`` and ``error`` read from the tuple;
+    the first read of ``task`` (or a comparison, copy or pickle) builds the snapshot, fills
+    the fields, and the instance becomes a plain ``TaskEvent``.
     """
 
     __slots__ = ()
+
+    type = _captured(1)
+    timestamp = _captured(2)
+    step_name = _captured(3)
+    error = _captured(4)
 
     @property
     def task(self) -> TaskMetadata:
         capture = _TASK_SLOT.__get__(self, TaskEvent)
         metadata: TaskMetadata = capture[0](capture)
+        for setter, value in zip(_SETTERS, capture[1:5], strict=True):
+            setter(self, value)
         _TASK_SLOT.__set__(self, metadata)
         object.__setattr__(self, "__class__", TaskEvent)
         return metadata
@@ -90,21 +106,31 @@ class _PendingEvent(TaskEvent):
         return self.__reduce_ex__(protocol)
 
 
-def make_event(
-    type: TaskEventType,
-    capture: StateCapture,
-    timestamp: float,
-    step_name: str | None,
-    error: str | None,
-) -> TaskEvent:
-    """Build an event without running the dataclass ``__init__`` (this is the hot path)."""
+def pending_event(capture: StateCapture) -> TaskEvent:
+    """An event from its capture, without the dataclass ``__init__`` (the hot path)."""
     event = object.__new__(_PendingEvent)
-    _set_type(event, type)
-    _set_task(event, capture)
-    _set_timestamp(event, timestamp)
-    _set_step_name(event, step_name)
-    _set_error(event, error)
+    _TASK_SLOT.__set__(event, capture)
     return event
+
+
+def deliver(subject: Subject[TaskEvent], event: TaskEvent) -> None:
+    """``subject.on_next(event)``, minus reactivex's per-call lock, and shielded: a subscriber
+    that raises is logged on the ``taskbuffer`` logger, stays subscribed, and the others still
+    get the event. Events are emitted from the event loop's thread only."""
+    if subject.is_stopped or subject.is_disposed:
+        return
+    observers = subject.observers
+    for observer in observers.copy() if len(observers) > 1 else observers:
+        try:
+            observer.on_next(event)
+        except Exception:
+            _log_subscriber_error(event)
+
+
+def _log_subscriber_error(event: TaskEvent) -> None:
+    logger.exception(
+        "an event subscriber raised on a %r event of task %r", event.type, event.task.name
+    )
 
 
 class EventSubject(Subject[TaskEvent]):
@@ -115,15 +141,4 @@ class EventSubject(Subject[TaskEvent]):
     """
 
     def on_next(self, value: TaskEvent) -> None:
-        # Skips reactivex's per-call lock: events are emitted from the event loop's thread.
-        if self.is_stopped or self.is_disposed:
-            return
-        for observer in self.observers.copy() if len(self.observers) > 1 else self.observers:
-            try:
-                observer.on_next(value)
-            except Exception:
-                logger.exception(
-                    "an event subscriber raised on a %r event of task %r",
-                    value.type,
-                    value.task.name,
-                )
+        deliver(self, value)

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 from ._clock import now_wall
 from ._constraints import TaskConstraintGroup
-from ._cron import Scheduler
 from ._events import EventSubject
 from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFoundError
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
+from ._scheduler import Scheduler
 from ._task import Task
 from ._waiting import GO, Claim, Shared, Waiter, enqueue, leave, release, share, try_acquire
 from .distributed import AbstractDistributedCoordinator
@@ -48,8 +48,10 @@ class TaskManager:
     __slots__ = (
         "_accepting",
         "_active",
+        "_admitted",
         "_forwarding",
         "_groups",
+        "_hard_stop",
         "_idle",
         "_running",
         "_scheduler",
@@ -92,6 +94,10 @@ class TaskManager:
         self._stop_cancelled: set[asyncio.Task[Any]] = set()
         self._running = 0
         self._waiting = 0
+        # Triggers past the queue (holding their slots) and not yet finished: in
+        # should_execute, or running. stop() waits for them too.
+        self._admitted = 0
+        self._hard_stop = False  # stop(timeout=...) ran out: admitted triggers must not start
         self._seq = itertools.count()
         self._idle: asyncio.Future[None] | None = None
         self._scheduler = Scheduler(self)
@@ -222,16 +228,12 @@ class TaskManager:
         # Each public trigger awaits the worker coroutine itself rather than another public
         # method: a frame less per trigger is time on the hot path and memory per waiter.
         self._check_accepting()
-        if not self._groups:
-            return await self._run_tracked(task, input)
-        return await self._run_constrained(task, input, 0)
+        return await self._execute(task, input, 0)
 
     async def trigger_task(self, task: Task[R, Any], input: Any = None) -> R | None:
         """Trigger ``task`` through the constraints."""
         self._check_accepting()
-        if not self._groups:
-            return await self._run_tracked(task, input)
-        return await self._run_constrained(task, input, 0)
+        return await self._execute(task, input, 0)
 
     async def trigger_task_constrained(
         self, task: Task[R, Any], input: Any = None, *, priority: int = 0
@@ -247,24 +249,100 @@ class TaskManager:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError(f"priority must be an int, not {priority!r}")
         self._check_accepting()
-        if not self._groups:
-            return await self._run_tracked(task, input)
-        return await self._run_constrained(task, input, priority)
+        return await self._execute(task, input, priority)
 
     def _check_accepting(self) -> None:
         if not self._accepting:
             raise TaskManagerStoppedError("the TaskManager is stopped; call start() to use it")
 
-    async def _run_tracked(self, task: Task[R, Any], input: Any) -> R:
-        """Run ``task`` in the caller's asyncio task, known to ``stop()``."""
+    async def _execute(self, task: Task[R, Any], input: Any, priority: int) -> R | None:
+        """Every manager trigger: wait for the constraints (if any), then run in place.
+
+        One coroutine on purpose: each frame more costs time on the hot path and memory for
+        every waiting trigger. The run happens in the caller's asyncio task, which ``stop()``
+        may cancel; such a cancellation reaches the caller as ``TaskManagerStoppedError``.
+        """
+        claims: list[Claim] | None = None
+        waited = False
+        if self._groups:
+            loop = asyncio.get_running_loop()
+            claims = []
+            try:
+                for group in self._groups:
+                    key = group.get_constraint_key(task, input)
+                    if key is not None:
+                        claims.append((group, group._ensure(key, loop)))
+            except Exception as exc:
+                now = loop.time()
+                for group, st in claims:
+                    group.maybe_drop(st, now)
+                task._emit("failed", "failed", error=exc)
+                raise
+            # A newcomer ranks after every waiter of its priority or higher.
+            blocked = try_acquire(claims, loop.time(), (-priority, math.inf))
+            if blocked is not None:
+                waited = True
+                waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
+                enqueue(waiter, *blocked)
+                blocked = None  # not kept alive for as long as the trigger waits
+                self._waiting += 1
+                if task._event_subject.observers or task._sinks:
+                    task._emit("queued", None)
+                try:
+                    outcome = await waiter.future
+                    if outcome is GO:
+                        # Counted before the idle check below: this trigger goes on to run.
+                        self._admitted += 1
+                except asyncio.CancelledError:
+                    future = waiter.future
+                    if future.cancelled():  # still in the queue
+                        leave(waiter, loop.time())
+                    elif future.exception() is None and future.result() is GO:
+                        # Woken, then cancelled before it could run: hand the slots on.
+                        release(claims, loop.time(), ran=False)
+                    task._emit("cancelled", None, error="cancelled while waiting")
+                    raise
+                finally:
+                    self._waiting -= 1
+                    if self._idle is not None:
+                        self._check_idle()
+                if type(outcome) is Shared:
+                    return outcome.value  # type: ignore[no-any-return]
+        if not waited:
+            self._admitted += 1
+        # From here the trigger holds its slots; stop() waits for it and, past its timeout,
+        # cancels it, whether it is in should_execute or running.
         current = asyncio.current_task()
         assert current is not None
         active = self._active
         active[current] = active.get(current, 0) + 1
-        self._running += 1
+        ran = refused = False
         try:
-            return await task._trigger_coro(input)
+            if self._hard_stop:
+                refused = True
+                task._emit("cancelled", None, error="the TaskManager stopped")
+                raise TaskManagerStoppedError(
+                    f"task {task.name!r} was not started because the TaskManager stopped"
+                )
+            if claims is not None:
+                for group in self._groups:
+                    if group.should_execute is not None and not (
+                        await group.check_should_execute(task, input)
+                    ):
+                        task._emit("skipped", None)
+                        return None
+            ran = True
+            self._running += 1
+            try:
+                result = await task._trigger_coro(input)
+            finally:
+                self._running -= 1
+            if claims:
+                share(claims, result, loop.time())
+            return result
         except asyncio.CancelledError:
+            if not ran:  # cancelled inside an async should_execute
+                task._emit("cancelled", None, error="cancelled before it started")
             if current in self._stop_cancelled:
                 self._stop_cancelled.discard(current)
                 current.uncancel()
@@ -272,72 +350,21 @@ class TaskManager:
                     f"task {task.name!r} was cancelled because the TaskManager stopped"
                 ) from None
             raise
+        except Exception as exc:
+            if not ran and not refused:  # should_execute raised
+                task._emit("failed", "failed", error=exc)
+            raise
         finally:
-            self._running -= 1
             count = active[current] - 1
             if count:
                 active[current] = count
             else:
                 del active[current]
+            if claims is not None:
+                release(claims, loop.time(), ran=ran)
+            self._admitted -= 1
             if self._idle is not None:
                 self._check_idle()
-
-    async def _run_constrained(self, task: Task[R, Any], input: Any, priority: int) -> R | None:
-        loop = asyncio.get_running_loop()
-        claims: list[Claim] = []
-        try:
-            for group in self._groups:
-                key = group.get_constraint_key(task, input)
-                if key is not None:
-                    claims.append((group, group._ensure(key)))
-        except Exception as exc:
-            now = loop.time()
-            for group, st in claims:
-                group.maybe_drop(st, now)
-            task._emit("failed", "failed", error=exc)
-            raise
-        blocked = try_acquire(claims, loop.time())
-        if blocked is not None:
-            waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
-            enqueue(waiter, *blocked)
-            blocked = None  # not kept alive for as long as the trigger waits
-            self._waiting += 1
-            task._emit("queued", None)
-            try:
-                outcome = await waiter.future
-            except asyncio.CancelledError:
-                future = waiter.future
-                if future.cancelled():  # still in the queue
-                    leave(waiter, loop.time())
-                elif future.exception() is None and future.result() is GO:
-                    # Woken, then cancelled before it could run: hand the slots on.
-                    release(claims, loop.time(), ran=False)
-                task._emit("cancelled", None, error="cancelled while waiting")
-                raise
-            finally:
-                self._waiting -= 1
-                if self._idle is not None:
-                    self._check_idle()
-            if type(outcome) is Shared:
-                return outcome.value  # type: ignore[no-any-return]
-        ran = False
-        try:
-            for group in self._groups:
-                if group.should_execute is not None and not await group.check_should_execute(
-                    task, input
-                ):
-                    task._emit("skipped", None)
-                    return None
-            ran = True
-            result = await self._run_tracked(task, input)
-            share(claims, result, loop.time())
-            return result
-        except Exception as exc:
-            if not ran:  # should_execute raised
-                task._emit("failed", "failed", error=exc)
-            raise
-        finally:
-            release(claims, loop.time(), ran=ran)
 
     async def add_execute_remove_task(
         self, task: Task[Any, Any], *, schedule: str | None = None
@@ -395,23 +422,44 @@ class TaskManager:
         self._scheduler.schedule(task, cron)
 
     def schedule_task_by_name(self, name: str, cron: str) -> None:
-        """Schedule (or re-schedule) the registered task ``name`` with ``cron``."""
+        """Schedule the registered task ``name`` with ``cron``, replacing its cron schedule.
+
+        :raises TaskNotFoundError: no such task.
+        :raises InvalidCronExpressionError: ``cron`` cannot be parsed.
+        """
         self._scheduler.schedule(self._require(name), cron)
 
     def deschedule_task_by_name(self, name: str) -> None:
-        """Drop the cron schedule and pending one-off runs of task ``name``."""
+        """Drop the cron schedule and pending one-off runs of task ``name`` (it stays registered).
+
+        :raises TaskNotFoundError: no such task.
+        """
         self._scheduler.remove(self._require(name))
 
     def schedule_task_at(self, name: str, when: datetime, input: Any = None) -> None:
-        """Run task ``name`` once at ``when`` (a naive datetime is in the manager's zone)."""
+        """Run task ``name`` once at ``when``, through the constraints, with ``input``.
+
+        A naive ``when`` is read in the manager's time zone. An instant in the past runs as
+        soon as the manager is started.
+
+        :raises TaskNotFoundError: no such task.
+        :raises TypeError: ``when`` is not a datetime.
+        """
         self._scheduler.schedule_at(self._require(name), when, input)
 
     def get_scheduled_tasks(self) -> list[ScheduledTaskInfo]:
-        """Every cron-scheduled task with its next and last run."""
+        """Each task with a cron schedule or a pending one-off run, with its next and last run.
+
+        ``schedule`` is the cron string, or ``"once"`` for a task with only one-off runs.
+        """
         return self._scheduler.scheduled_tasks()
 
     def get_next_scheduled_runs(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The next ``limit`` runs, soonest first: ``{"task_name", "next_run", "schedule"}``."""
+        """The next ``limit`` runs, soonest first: ``{"task_name", "next_run", "schedule"}``.
+
+        One entry per cron schedule (its next tick) and one per pending one-off run (whose
+        ``schedule`` is ``"once"``).
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, not {limit!r}")
         return self._scheduler.next_runs(limit)
@@ -458,7 +506,7 @@ class TaskManager:
                 self._unsink(task)
         if not drain:
             self._fail_waiters()
-        if self._running or self._waiting:
+        if self._running or self._waiting or self._admitted:
             loop = asyncio.get_running_loop()
             idle = self._idle = loop.create_future()
             self._check_idle()
@@ -466,6 +514,7 @@ class TaskManager:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(idle)
             except TimeoutError:
+                self._hard_stop = True
                 self._fail_waiters()
                 for caller in list(self._active):
                     self._stop_cancelled.add(caller)
@@ -474,6 +523,7 @@ class TaskManager:
                 await asyncio.shield(idle)
             finally:
                 self._idle = None
+                self._hard_stop = False
         # Cron ticks still reporting to the coordinator: done before the coordinator stops.
         await self._scheduler.wait_stopped()
         self._stop_cancelled.clear()
@@ -483,7 +533,13 @@ class TaskManager:
 
     def _check_idle(self) -> None:
         idle = self._idle
-        if idle is not None and not idle.done() and not self._running and not self._waiting:
+        if (
+            idle is not None
+            and not idle.done()
+            and not self._running
+            and not self._waiting
+            and not self._admitted
+        ):
             idle.set_result(None)
 
     def _fail_waiters(self) -> None:

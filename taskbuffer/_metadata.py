@@ -8,7 +8,13 @@ from typing import Any, Literal, TypeAlias
 
 from ._steps import TaskStepInfo
 
-__all__ = ("ScheduledTaskInfo", "TaskExecutionReport", "TaskMetadata", "TaskStatus")
+__all__ = (
+    "ScheduledTaskInfo",
+    "TaskExecutionReport",
+    "TaskMetadata",
+    "TaskStatus",
+    "make_metadata",
+)
 
 TaskStatus: TypeAlias = Literal["idle", "running", "completed", "failed"]
 
@@ -60,6 +66,21 @@ class TaskMetadata:
             "timeout": self.timeout,
             "average_duration": self.average_duration,
         }
+
+
+_METADATA_SETTERS = tuple(
+    TaskMetadata.__dict__[name].__set__
+    for name in TaskMetadata.__dataclass_fields__  # definition order
+)
+
+
+def make_metadata(values: tuple[Any, ...]) -> TaskMetadata:
+    """A ``TaskMetadata`` from its field values in definition order, without the dataclass
+    ``__init__`` (whose frozen-attribute writes dominate the cost of an event snapshot)."""
+    metadata = object.__new__(TaskMetadata)
+    for setter, value in zip(_METADATA_SETTERS, values, strict=True):
+        setter(metadata, value)
+    return metadata
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -39,7 +39,7 @@ class Taskparallel(Task[list[Any]]):
 
     async def _run_parallel(self, input: Any) -> list[Any]:
         results = await asyncio.gather(
-            *(task.trigger(input) for task in self._tasks), return_exceptions=True
+            *(task._trigger_coro(input) for task in self._tasks), return_exceptions=True
         )
         errors: list[Exception] = []
         for result in results:

@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 from typing_extensions import TypeVar, Unpack
 
 from ._buffer import TaskBuffer
-from ._clock import loop_to_wall, now_wall, to_datetime
-from ._events import EventSubject, TaskEvent, TaskEventType, make_event
+from ._clock import now_wall, to_datetime, wall_anchor
+from ._events import (
+    EventSubject,
+    TaskEvent,
+    TaskEventType,
+    _log_subscriber_error,
+    _PendingEvent,
+    deliver,
+)
 from ._exceptions import TaskTimeoutError
-from ._metadata import TaskMetadata, TaskStatus
+from ._metadata import TaskMetadata, TaskStatus, make_metadata
 from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
 
 if TYPE_CHECKING:
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ("Task", "TaskOptions", "task")
 
 logger = logging.getLogger("taskbuffer")
+_new_event = object.__new__
+_set_event_capture = TaskEvent.__dict__["task"].__set__
 
 # Covariant: a Task[int] is usable where a Task[int | None] is expected (trigger only returns R).
 R = TypeVar("R", covariant=True)
@@ -120,9 +129,11 @@ class Task(Generic[R, D]):
         "_event_subject",
         "_finished_runs",
         "_function",
+        "_has_steps",
         "_is_async",
         "_last_error",
         "_last_run",
+        "_last_run_at",
         "_name",
         "_next_run",
         "_outcome",
@@ -234,6 +245,7 @@ class Task(Generic[R, D]):
         self.data: D = data if data is not None else cast(D, {})
         self.labels: dict[str, str] = dict(labels or {})
         self._steps = StepTracker(validate_steps(steps))
+        self._has_steps = bool(self._steps.steps)
         self._buffer_max = buffer_max if buffered else None
         self._buffer: TaskBuffer[R] | None = (
             TaskBuffer(self, buffer_max) if buffered and buffer_max is not None else None
@@ -259,6 +271,7 @@ class Task(Generic[R, D]):
         self.error_count = 0
         self._last_error: BaseException | None = None
         self._last_run: float | None = None
+        self._last_run_at: tuple[float, datetime] | None = None  # last_run as a datetime
         self._outcome: TaskStatus = "idle"
         self._finished_runs = 0
         self._total_duration = 0.0
@@ -371,6 +384,10 @@ class Task(Generic[R, D]):
         """
         return (
             _build_metadata,
+            None,  # the event's type, timestamp, step name and error: no event here
+            None,
+            None,
+            None,
             self,
             status or self._status(),
             self.run_count,
@@ -378,7 +395,7 @@ class Task(Generic[R, D]):
             self._last_error,
             self._last_run,
             self.labels.copy() if self.labels else None,
-            self._steps.capture() if self._steps.steps else None,
+            self._steps.capture() if self._has_steps else None,
             self._finished_runs,
             self._total_duration,
             self._next_run,
@@ -397,25 +414,52 @@ class Task(Generic[R, D]):
         timestamp: float | None = None,
     ) -> None:
         # Nothing is built unless somebody listens, and then only a copy of a few counters:
-        # the metadata snapshot is built when a subscriber first reads ``event.task``.
+        # the metadata snapshot is built when a subscriber first reads ``event.task``. This
+        # runs twice per run when anyone listens, so it calls as little as it can.
         subject = self._event_subject
+        sinks = self._sinks
         if not subject.observers:
-            for sink in self._sinks:
+            for sink in sinks:
                 if sink.observers:
                     break
             else:
                 return
-        event = make_event(
-            type,
-            self._capture(status),
-            now_wall() if timestamp is None else timestamp,
-            step_name,
-            None if error is None else _message(error),
+        # One tuple: the event's fields and a copy of the task's state (see StateCapture).
+        event = _new_event(_PendingEvent)
+        _set_event_capture(
+            event,
+            (
+                _build_metadata,
+                type,
+                now_wall() if timestamp is None else timestamp,
+                step_name,
+                None if error is None else _message(error),
+                self,
+                status or self._status(),
+                self.run_count,
+                self.error_count,
+                self._last_error,
+                self._last_run,
+                self.labels.copy() if self.labels else None,
+                self._steps.capture() if self._has_steps else None,
+                self._finished_runs,
+                self._total_duration,
+                self._next_run,
+                self._cron_schedule,
+            ),
         )
+        # deliver() inlined for the common case of one subscriber somewhere.
         if subject.observers:
-            subject.on_next(event)
-        for sink in self._sinks:
-            sink.on_next(event)
+            deliver(subject, event)
+        for sink in sinks:
+            observers = sink.observers
+            if len(observers) == 1 and not (sink.is_stopped or sink.is_disposed):
+                try:
+                    observers[0].on_next(event)
+                except Exception:
+                    _log_subscriber_error(event)
+            elif observers:
+                deliver(sink, event)
 
     # ------------------------------------------------------------------------------ runs
 
@@ -426,7 +470,7 @@ class Task(Generic[R, D]):
         """
         if self._buffer is not None:
             return await self._buffer.submit(input)
-        return cast(R, await self._run(input))
+        return await self._run(input)  # type: ignore[no-any-return]
 
     def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
         """The coroutine ``trigger(input)`` awaits, for callers that await it in place."""
@@ -436,35 +480,35 @@ class Task(Generic[R, D]):
 
     async def trigger_unbuffered(self, input: Any = None) -> R:
         """Run the task now, bypassing its buffer."""
-        return cast(R, await self._run(input))
+        return await self._run(input)  # type: ignore[no-any-return]
 
     async def _run_for_result(self, input: Any) -> R:
         # ``_run`` returns None only under catch_errors, where None is the documented result.
-        return cast(R, await self._run(input))
+        return await self._run(input)  # type: ignore[no-any-return]
 
-    async def _run(self, input: Any, visited: set[Task[Any, Any]] | None = None) -> R | None:
+    async def _run(self, input: Any, visited: set[Task[Any, Any]] | None = None) -> Any:
         """One run: setup, pre-task, function, after-task; with retries, timeout and events.
 
         This is the one entry point by which every trigger path (direct, buffered, manager,
-        chain, cron) executes the task.
+        chain, cron) executes the task. It returns the result (``R``), or ``None`` when
+        ``catch_errors`` swallowed a failure; typed ``Any`` so the hot path needs no casts.
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
+        anchor = wall_anchor(loop)
         self.run_count += 1
         self._running += 1
-        self._last_run = loop_to_wall(loop, start)
-        if self._steps.steps:
+        self._last_run = anchor + start
+        if self._has_steps:
             self._steps.reset()
         if self._event_subject.observers or self._sinks:
             self._emit("started", "running", timestamp=self._last_run)
         try:
             if self._plain:
                 # No setup, pre/after task, retries or timeout: call in place (hot path).
-                value = self._call(input)
-                if self._is_async or inspect.isawaitable(value):
-                    result = await cast(Awaitable[R], value)
-                else:
-                    result = cast(R, value)
+                result = self._call(input)
+                if self._is_async or inspect.isawaitable(result):
+                    result = await result
             elif self._retries or self._timeout is not None:
                 result = await self._attempts(input, visited)
             else:
@@ -491,12 +535,12 @@ class Task(Generic[R, D]):
         self._running -= 1
         self._finished_runs += 1
         self._total_duration += end - start
-        if self._steps.steps:
+        if self._has_steps:
             self._steps.finish_run()
         self._last_error = None
         self._outcome = "completed"
         if self._event_subject.observers or self._sinks:
-            self._emit("completed", "completed", timestamp=loop_to_wall(loop, end))
+            self._emit("completed", "completed", timestamp=anchor + end)
         return result
 
     def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
@@ -615,6 +659,10 @@ def _build_metadata(capture: tuple[Any, ...]) -> TaskMetadata:
     """The metadata snapshot of a state captured by ``Task._capture``."""
     (
         _,
+        _type,
+        _timestamp,
+        _step_name,
+        _error,
         task,
         status,
         run_count,
@@ -629,25 +677,43 @@ def _build_metadata(capture: tuple[Any, ...]) -> TaskMetadata:
         cron_schedule,
     ) = capture
     steps: StepTracker = task._steps
-    state = step_state or steps.state()
-    return TaskMetadata(
-        name=task._name or "unnamed",
-        version=task.version,
-        status=status,
-        steps=steps.infos(state),
-        current_step=steps.current_step(state),
-        current_progress=steps.progress(state),
-        run_count=run_count,
-        labels=labels or {},
-        last_error=None if last_error is None else str(last_error),
-        error_count=error_count,
-        last_run=None if last_run is None else to_datetime(last_run),
-        next_run=None if next_run is None else to_datetime(next_run),
-        cron_schedule=cron_schedule,
-        buffered=task._buffer is not None,
-        buffer_max=task._buffer_max,
-        timeout=task._timeout,
-        average_duration=total_duration / finished_runs if finished_runs else None,
+    if step_state is None:
+        step_infos: list[TaskStepInfo] = []
+        current_step = None
+        progress = 0
+    else:
+        step_infos = steps.infos(step_state)
+        current_step = steps.current_step(step_state)
+        progress = steps.progress(step_state)
+    if last_run is None:
+        last_run_at = None
+    else:
+        # Both events of one run carry the same start: convert it once.
+        cached = task._last_run_at
+        if cached is None or cached[0] != last_run:
+            cached = task._last_run_at = (last_run, to_datetime(last_run))
+        last_run_at = cached[1]
+    # In TaskMetadata's field order (make_metadata skips the dataclass __init__).
+    return make_metadata(
+        (
+            task._name or "unnamed",
+            task.version,
+            status,
+            step_infos,
+            current_step,
+            progress,
+            run_count,
+            labels or {},
+            None if last_error is None else str(last_error),
+            error_count,
+            last_run_at,
+            None if next_run is None else to_datetime(next_run),
+            cron_schedule,
+            task._buffer is not None,
+            task._buffer_max,
+            task._timeout,
+            total_duration / finished_runs if finished_runs else None,
+        )
     )
 
 

@@ -66,19 +66,32 @@ class Waiter:
         return f"<Waiter priority={self.priority} seq={self.seq} parked_at={where!r}>"
 
 
-def try_acquire(claims: list[Claim], now: float) -> tuple[Claim, float] | None:
+def try_acquire(
+    claims: list[Claim], now: float, rank: tuple[int, float] | None = None
+) -> tuple[Claim, float] | None:
     """Take a slot in every claimed key at once, or none: returns ``None`` when taken, else
-    the first blocking claim and until when it blocks (``math.inf``: until a run ends)."""
+    the first blocking claim and until when it blocks (``math.inf``: until a run ends).
+
+    ``rank`` is the trigger's place in line, ``(-priority, seq)``. A free key whose queue
+    still holds a waiter ranking before it counts as blocked: that happens only within one
+    instant (the key's time ran out and its timer has yet to run, or a newcomer comes first
+    in the loop turn), and the key's dispatch, due now, must serve that waiter first.
+    """
     for claim in claims:
         group, st = claim
         if group._removed:
             continue
         until = group.blocked_until(st, now)
+        if until is None and rank is not None and st.heap:
+            head = _live_head(st)
+            if head is not None and (head[0], head[1]) < rank:
+                until = now
         if until is not None:
             return claim, until
+    # A removed group no longer blocks, but its slot is still taken: release() gives back
+    # every claim, and the group may be added again while this run goes on.
     for group, st in claims:
-        if not group._removed:
-            group.take(st, now)
+        group.take(st, now)
     return None
 
 
@@ -153,7 +166,7 @@ def dispatch(freed: list[Claim], now: float) -> None:
             # (its trigger's own leave() is then a no-op) and offer the slot to the next.
             leave(waiter, now)
             continue
-        blocked = try_acquire(waiter.claims, now)
+        blocked = try_acquire(waiter.claims, now, (-waiter.priority, waiter.seq))
         if blocked is None:
             leave(waiter, now)
             waiter.future.set_result(GO)
@@ -198,7 +211,7 @@ def reoffer(group: TaskConstraintGroup, now: float) -> None:
         if waiter.future.done():
             leave(waiter, now)
             continue
-        blocked = try_acquire(waiter.claims, now)
+        blocked = try_acquire(waiter.claims, now, (-waiter.priority, waiter.seq))
         if blocked is None:
             leave(waiter, now)
             waiter.future.set_result(GO)

@@ -8,15 +8,15 @@ import dataclasses
 import json
 import logging
 import pickle
-import sys
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import pytest
 from reactivex.subject import Subject
 
-from taskbuffer import Task, TaskEvent, TaskMetadata, _events, _metadata
+import taskbuffer._metadata
+import taskbuffer._task
+from taskbuffer import Task, TaskEvent, TaskMetadata
 
 Record = Callable[[Task[Any, Any]], list[TaskEvent]]
 
@@ -210,14 +210,14 @@ async def test_disposed_subscription_receives_nothing_more() -> None:
 
 async def test_no_metadata_is_built_without_subscribers(monkeypatch: pytest.MonkeyPatch) -> None:
     built = 0
-    original_init = TaskMetadata.__init__
+    original = taskbuffer._metadata.make_metadata
 
-    def counting_init(self: TaskMetadata, **fields: Any) -> None:
+    def counting(values: tuple[Any, ...]) -> TaskMetadata:
         nonlocal built
         built += 1
-        original_init(self, **fields)
+        return original(values)
 
-    monkeypatch.setattr(TaskMetadata, "__init__", counting_init)
+    monkeypatch.setattr(taskbuffer._task, "make_metadata", counting)
 
     def function(fail: bool) -> None:
         t.notify_step("s")
@@ -238,14 +238,18 @@ async def test_no_metadata_is_built_without_subscribers(monkeypatch: pytest.Monk
     assert built == 3
 
 
-async def test_emitting_runs_no_event_code_without_subscribers() -> None:
-    """Without subscribers, a run calls nothing in the modules that build events."""
-    event_modules = {_events.__file__, _metadata.__file__}
-    calls: list[str] = []
+async def test_emitting_builds_no_event_without_subscribers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without subscribers, a run creates no event object at all (and so no snapshot)."""
+    created: list[type] = []
+    original = taskbuffer._task._new_event
 
-    def profile(frame: FrameType, event: str, arg: object) -> None:
-        if event == "call" and frame.f_code.co_filename in event_modules:
-            calls.append(frame.f_code.co_name)
+    def counting(cls: type) -> Any:
+        created.append(cls)
+        return original(cls)
+
+    monkeypatch.setattr(taskbuffer._task, "_new_event", counting)
 
     def function(fail: bool) -> None:
         t.notify_step("s")
@@ -253,23 +257,15 @@ async def test_emitting_runs_no_event_code_without_subscribers() -> None:
             raise ValueError("no")
 
     t = Task(task_function=function, steps=[{"name": "s"}], retries=1, catch_errors=True)
-    sys.setprofile(profile)
-    try:
-        await t.trigger(False)
-        await t.trigger(True)
-    finally:
-        sys.setprofile(None)
-    assert calls == []
+    await t.trigger(False)
+    await t.trigger(True)
+    assert created == []
 
-    # The probe does see event code once somebody subscribes.
+    # The probe does see events once somebody subscribes (started, step, completed).
     subscription = t.event_subject.subscribe(lambda event: None)
-    sys.setprofile(profile)
-    try:
-        await t.trigger(False)
-    finally:
-        sys.setprofile(None)
-        subscription.dispose()
-    assert calls
+    await t.trigger(False)
+    subscription.dispose()
+    assert len(created) == 3
 
 
 async def test_events_copy_pickle_and_compare_by_value(record: Record) -> None:

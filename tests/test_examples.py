@@ -71,6 +71,12 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "acme-billing: runs=2 status=completed",
         "TaskManagerStatistics(tasks=6, running=0, waiting=0, scheduled=0)",
     ],
+    "scheduling.py": [
+        "scheduled: heartbeat (* * * * * *)",
+        "scheduled: report (once)",
+        "one-off run: hello",
+        "3 ticks -> 3 runs between 2 managers",
+    ],
     "showcase.py": [
         "fetch     retrying  feed dropped the connection (call 1)",
         "sentiment failed    task 'sentiment' timed out after 0.08 s",

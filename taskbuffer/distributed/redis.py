@@ -42,8 +42,10 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
         key_prefix: str = "taskbuffer",
         claim_ttl: float = 300.0,
     ) -> None:
-        if isinstance(claim_ttl, bool) or not isinstance(claim_ttl, int | float) or not (
-            0 < claim_ttl < math.inf
+        if (
+            isinstance(claim_ttl, bool)
+            or not isinstance(claim_ttl, int | float)
+            or not (0 < claim_ttl < math.inf)
         ):
             raise ValueError(f"claim_ttl must be a positive number of seconds, not {claim_ttl!r}")
         if not key_prefix:

@@ -1,0 +1,137 @@
+"""E1 (the cost of one event subscriber) and S1 (cron lateness)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+
+from taskbuffer import Task, TaskEvent, TaskManager
+
+from ..measure import Outcome, Stopwatch
+from ..specs import Params
+from .core import inc
+
+__all__ = ("e1_baseline", "e1_taskbuffer", "s1_taskbuffer")
+
+
+# ---------------------------------------------------------------------------------- E1 events
+
+
+async def _w1_in_manager(
+    n: int, subscriber: Callable[[TaskEvent], None] | None
+) -> tuple[Stopwatch, int]:
+    """W1 on a task registered in a manager, optionally with a subscriber on ``task_subject``."""
+    manager = TaskManager()
+    task = Task(task_function=inc, name="inc")
+    manager.add_task(task)
+    subscription = None if subscriber is None else manager.task_subject.subscribe(subscriber)
+    total = 0
+    try:
+        with Stopwatch() as watch:
+            for i in range(n):
+                total += await task.trigger(i)
+    finally:
+        if subscription is not None:
+            subscription.dispose()
+    return watch, total
+
+
+async def e1_taskbuffer(p: Params) -> Outcome:
+    """E1: W1 in a manager with one subscriber on ``task_subject``.
+
+    The measured subscriber only counts events (it does not read ``event.task``). A second
+    timed pass with a subscriber that also reads ``event.task.name`` (what a subscriber to a
+    manager-wide subject usually needs) is kept as ``us_per_op_reading``, for information.
+    """
+    n = p["n"]
+    out = Outcome()
+    expected = n * (n - 1) // 2 + n
+    for metric, reads_task in (("us_per_op", False), ("us_per_op_reading", True)):
+        seen = 0
+        names: set[str] = set()
+
+        def count(_event: TaskEvent) -> None:
+            nonlocal seen
+            seen += 1
+
+        def count_and_read(event: TaskEvent, names: set[str] = names) -> None:
+            nonlocal seen
+            seen += 1
+            names.add(event.task.name)
+
+        watch, total = await _w1_in_manager(n, count_and_read if reads_task else count)
+        out.metrics[metric] = watch.us_per(n)
+        label = "reading event.task" if reads_task else "counting"
+        out.check_equal(f"sum of results ({label})", total, expected)
+        out.check_equal(f"events seen, started + completed ({label})", seen, 2 * n)
+        if reads_task:
+            out.check_equal("task names seen", names, {"inc"})
+    out.info["n"] = n
+    return out
+
+
+async def e1_baseline(p: Params) -> Outcome:
+    """E1 baseline: the same W1 in a manager, nobody subscribed."""
+    n = p["n"]
+    watch, total = await _w1_in_manager(n, None)
+    out = Outcome()
+    out.metrics["us_per_op"] = watch.us_per(n)
+    out.info["n"] = n
+    out.check_equal("sum of results", total, n * (n - 1) // 2 + n)
+    return out
+
+
+# ----------------------------------------------------------------------------- S1 cron_jitter
+
+EVERY_SECOND = "* * * * * *"
+
+
+async def s1_taskbuffer(p: Params) -> Outcome:
+    """S1: an every-second 6-field schedule; lateness of each run's start, in milliseconds.
+
+    Each run's scheduled second is the whole second nearest to its start (``time.time()``), so
+    lateness is measured in (-0.5 s, 0.5 s). Checks: ``ticks`` runs came, one per second, on
+    consecutive seconds, none early.
+    """
+    ticks = p["ticks"]
+    starts: list[float] = []
+    done = asyncio.Event()
+
+    def record() -> None:
+        starts.append(time.time())
+        if len(starts) >= ticks:
+            done.set()
+
+    manager = TaskManager()
+    task = Task(task_function=record, name="tick")
+    try:
+        manager.add_and_schedule_task(task, EVERY_SECOND)
+    except NotImplementedError:
+        return Outcome.unavailable("cron not available: add_and_schedule_task is not implemented")
+    out = Outcome()
+    await manager.start()
+    try:
+        async with asyncio.timeout(ticks + 5):
+            await done.wait()
+    except TimeoutError:
+        pass
+    finally:
+        await manager.stop()
+    seconds = [round(s) for s in starts]
+    late_ms = [(s - sec) * 1000 for s, sec in zip(starts, seconds, strict=True)]
+    out.info["ticks"] = len(starts)
+    out.info["lateness_ms"] = [round(x, 3) for x in late_ms]
+    if late_ms:
+        out.metrics["median_ms"] = statistics.median(late_ms)
+        out.metrics["max_ms"] = max(late_ms)
+    out.check(f"{ticks} ticks within {ticks + 5} s", len(starts) >= ticks, f"{len(starts)} runs")
+    gaps = [b - a for a, b in zip(seconds, seconds[1:], strict=False)]
+    out.check("one run per second, none missed", all(g == 1 for g in gaps), f"gaps {gaps}")
+    out.check(
+        "no run before its second (1 ms tolerance)",
+        all(x >= -1.0 for x in late_ms),
+        f"earliest {min(late_ms, default=0.0):.3f} ms",
+    )
+    return out

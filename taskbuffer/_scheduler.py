@@ -1,0 +1,485 @@
+"""The scheduler of a TaskManager: cron schedules and one-off runs on the loop's clock.
+
+Timing. One timer per manager, armed with ``loop.call_at`` for the soonest schedule. Wall-clock
+instants are derived from the loop clock (:mod:`taskbuffer._clock`), so a virtual-time loop
+moves cron too. Each tick runs once, in its own asyncio task, through the manager's
+constraints. If the loop was blocked past one or more further ticks of the same schedule, they
+are coalesced into that one run: the task emits a ``missed`` event saying how many were missed
+and the ``taskbuffer`` logger warns; nothing is replayed in a burst.
+
+With a distributed coordinator, each cron tick is first offered to it and runs here only if
+it answers ``should_trigger``; one-off runs are not offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._clock import loop_to_wall, now_wall, to_datetime
+from ._cron import ONCE, CronSchedule, Zone
+from ._exceptions import TaskManagerStoppedError
+from ._metadata import ScheduledTaskInfo
+from .distributed import (
+    COORDINATOR_TIMEOUT,
+    AbstractDistributedCoordinator,
+    DistributedRequestStatus,
+    DistributedTaskRequest,
+)
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+    from ._task import Task
+
+__all__ = ("Scheduler",)
+
+logger = logging.getLogger("taskbuffer")
+
+# Counting missed ticks stops here (a loop blocked for days under an every-second schedule).
+_MISSED_COUNT_LIMIT = 100_000
+
+
+class _Entry:
+    """One schedule: a cron schedule of a task, or one pending one-off run."""
+
+    __slots__ = ("active", "cron", "input", "task", "when")
+
+    def __init__(
+        self, task: Task[Any, Any], when: float, cron: CronSchedule | None, input: Any
+    ) -> None:
+        self.task = task
+        self.when = when  # epoch seconds of the next fire
+        self.cron = cron  # None for a one-off run
+        self.input = input
+        self.active = True
+
+    @property
+    def schedule(self) -> str:
+        return ONCE if self.cron is None else self.cron.expression
+
+
+class Scheduler:
+    """The schedules of one manager: cron schedules and pending one-off runs.
+
+    Schedules are kept (and listed) whether or not the manager is started; the timer runs only
+    between ``start()`` and ``stop()``.
+    """
+
+    __slots__ = (
+        "_anchor",
+        "_cron",
+        "_dead",
+        "_heap",
+        "_loop",
+        "_manager",
+        "_once",
+        "_once_count",
+        "_seq",
+        "_started",
+        "_ticks",
+        "_timer",
+        "_timer_when",
+        "submitter_id",
+    )
+
+    def __init__(self, manager: TaskManager) -> None:
+        self._manager = manager
+        self._cron: dict[Task[Any, Any], _Entry] = {}
+        self._once: dict[Task[Any, Any], list[_Entry]] = {}
+        self._once_count = 0
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._dead = 0  # inactive entries still in the heap
+        self._seq = itertools.count()
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._anchor = 0.0  # epoch seconds at loop.time() == 0 on that loop (fixed per loop)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.nan
+        # Tick runs in flight -> their schedule until they are handed to the manager, then None.
+        # stop() cancels those not handed yet (they may be waiting for the coordinator).
+        self._ticks: dict[asyncio.Task[None], _Entry | None] = {}
+        # Names this manager to a distributed coordinator, the same for all its requests.
+        self.submitter_id = uuid.uuid4().hex
+
+    def __repr__(self) -> str:
+        return (
+            f"<Scheduler started={self._started} cron={len(self._cron)} "
+            f"once={self._once_count} in_flight={len(self._ticks)}>"
+        )
+
+    # ------------------------------------------------------------------------- schedules
+
+    def _parse(self, cron: str) -> CronSchedule:
+        return CronSchedule(cron, self._manager.timezone)
+
+    def validate(self, cron: str) -> None:
+        """Raise :class:`InvalidCronExpressionError` unless ``cron`` can be scheduled."""
+        self._parse(cron)
+
+    def schedule(self, task: Task[Any, Any], cron: str) -> None:
+        """Give ``task`` the cron schedule ``cron``, replacing any it had."""
+        parsed = self._parse(cron)
+        old = self._cron.pop(task, None)
+        if old is not None:
+            self._retire(old)
+        entry = _Entry(task, parsed.next_after(now_wall()), parsed, None)
+        self._cron[task] = entry
+        task._cron_schedule = cron
+        self._push(entry)
+        self._refresh(task)
+        self._arm()
+
+    def schedule_at(self, task: Task[Any, Any], when: datetime, input: Any) -> None:
+        """Run ``task`` once at ``when`` (naive: in the manager's time zone)."""
+        if not isinstance(when, datetime):
+            raise TypeError(f"when must be a datetime, not {when!r}")
+        if when.tzinfo is None or when.utcoffset() is None:
+            # Read on the zone's clock as fixed-time cron is: a skipped time means the jump,
+            # a repeated one its first occurrence.
+            instant = Zone(self._manager.timezone).first_reaching(when.replace(tzinfo=None))
+        else:
+            instant = when.timestamp()
+        entry = _Entry(task, instant, None, input)
+        self._once.setdefault(task, []).append(entry)
+        self._once_count += 1
+        self._push(entry)
+        self._refresh(task)
+        self._arm()
+
+    def remove(self, task: Task[Any, Any]) -> None:
+        """Drop the cron schedule and the pending one-off runs of ``task``."""
+        entry = self._cron.pop(task, None)
+        if entry is not None:
+            self._retire(entry)
+        for pending in self._once.pop(task, ()):
+            self._retire(pending)
+            self._once_count -= 1
+        task._cron_schedule = None
+        task._next_run = None
+        self._arm()
+
+    def _retire(self, entry: _Entry) -> None:
+        entry.active = False
+        self._dead += 1
+        heap = self._heap
+        if self._dead > 64 and self._dead > len(heap) // 2:
+            self._heap = [item for item in heap if item[2].active]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heap, (entry.when, next(self._seq), entry))
+
+    def _refresh(self, task: Task[Any, Any]) -> None:
+        """Set the task's ``next_run`` to its soonest schedule."""
+        entry = self._cron.get(task)
+        soonest = math.inf if entry is None else entry.when
+        for pending in self._once.get(task, ()):
+            soonest = min(soonest, pending.when)
+        task._next_run = None if soonest == math.inf else soonest
+
+    # --------------------------------------------------------------------------- listings
+
+    def scheduled_tasks(self) -> list[ScheduledTaskInfo]:
+        """Each task with a schedule: its cron string (or ``"once"``) and next run."""
+        tasks = dict.fromkeys(itertools.chain(self._cron, self._once))
+        infos = []
+        for task in tasks:
+            entry = self._cron.get(task)
+            infos.append(
+                ScheduledTaskInfo(
+                    name=task.name or "unnamed",
+                    schedule=ONCE if entry is None else entry.schedule,
+                    next_run=None if task._next_run is None else to_datetime(task._next_run),
+                    last_run=task.last_run,
+                    steps=task.get_steps_metadata(),
+                    metadata=task.get_metadata(),
+                )
+            )
+        return infos
+
+    def next_runs(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` soonest scheduled runs: one per cron schedule, one per one-off run."""
+        entries = itertools.chain(
+            self._cron.values(), itertools.chain.from_iterable(self._once.values())
+        )
+        soonest = heapq.nsmallest(limit, entries, key=lambda entry: entry.when)
+        return [
+            {
+                "task_name": entry.task.name,
+                "next_run": to_datetime(entry.when),
+                "schedule": entry.schedule,
+            }
+            for entry in soonest
+        ]
+
+    def count(self) -> int:
+        """Cron schedules plus pending one-off runs."""
+        return len(self._cron) + self._once_count
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Arm the timer on the running loop; cron ticks due before now are not run."""
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._loop is not loop:
+            self._ticks.clear()  # those of a previous loop cannot be awaited here
+        self._loop = loop
+        self._anchor = loop_to_wall(loop, 0.0)
+        self._started = True
+        now = now_wall()
+        stale = False
+        for entry in self._cron.values():
+            # Cron fires only while started: skip what fell due while stopped.
+            if entry.when < now:
+                assert entry.cron is not None
+                entry.when = entry.cron.next_after(now)
+                self._refresh(entry.task)
+                stale = True
+        if stale:
+            self._rebuild()
+        self._arm()
+
+    def stop(self) -> None:
+        """Disarm the timer and cancel ticks not yet handed to the manager.
+
+        A one-off run cancelled that way is pending again: it runs on the next ``start()``.
+        """
+        self._started = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for tick, entry in list(self._ticks.items()):
+            if entry is None:
+                continue
+            tick.cancel()
+            if entry.cron is None and not tick.done():
+                entry.active = True
+                self._once.setdefault(entry.task, []).append(entry)
+                self._once_count += 1
+                self._push(entry)
+                self._refresh(entry.task)
+
+    async def wait_stopped(self) -> None:
+        """Wait for tick runs still in flight (reporting to the coordinator) after ``stop()``.
+
+        Each remaining step is bounded by :data:`COORDINATOR_TIMEOUT`.
+        """
+        current = asyncio.current_task()
+        pending = [tick for tick in self._ticks if tick is not current and not tick.done()]
+        if pending:
+            await asyncio.wait(pending)
+        for tick in [tick for tick in self._ticks if tick.done()]:
+            del self._ticks[tick]
+
+    def _rebuild(self) -> None:
+        self._heap = [(e.when, next(self._seq), e) for e in self._all_entries()]
+        heapq.heapify(self._heap)
+        self._dead = 0
+
+    def _all_entries(self) -> list[_Entry]:
+        entries = list(self._cron.values())
+        for pending in self._once.values():
+            entries.extend(pending)
+        return entries
+
+    # ------------------------------------------------------------------------------ timer
+
+    def _arm(self) -> None:
+        """Point the one timer at the soonest schedule."""
+        if not self._started:
+            return
+        loop = self._loop
+        assert loop is not None
+        heap = self._heap
+        while heap and not heap[0][2].active:
+            heapq.heappop(heap)
+            self._dead -= 1
+        timer = self._timer
+        if not heap:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        when = heap[0][0]
+        if timer is not None:
+            if when == self._timer_when:
+                return
+            timer.cancel()
+        self._timer_when = when
+        self._timer = loop.call_at(when - self._anchor, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        # asyncio runs a timer up to its clock resolution early: count that as due.
+        now = self._anchor + loop.time() + 1e-6
+        heap = self._heap
+        while heap:
+            when, _, entry = heap[0]
+            if not entry.active:
+                heapq.heappop(heap)
+                self._dead -= 1
+                continue
+            if when > now:
+                break
+            heapq.heappop(heap)
+            task = entry.task
+            cron = entry.cron
+            if cron is None:
+                entry.active = False
+                pending = self._once[task]
+                pending.remove(entry)
+                if not pending:
+                    del self._once[task]
+                self._once_count -= 1
+                self._refresh(task)
+                self._ticks[loop.create_task(self._run_entry(entry, when, 0))] = entry
+            else:
+                # The next tick after this one; those already due were missed (the loop was
+                # blocked): they are coalesced into this run.
+                missed = 0
+                try:
+                    following = cron.next_after(when)
+                    while following <= now and missed < _MISSED_COUNT_LIMIT:
+                        missed += 1
+                        following = cron.next_after(following)
+                    if following <= now:
+                        following = cron.next_after(now)
+                except Exception:
+                    # Not expected (the expression matched when validated); a timer callback
+                    # that raised would stop every schedule of the manager, so drop this one.
+                    logger.exception("task %r: cron %r failed; descheduled", task.name, cron)
+                    entry.active = False  # already off the heap
+                    del self._cron[task]
+                    task._cron_schedule = None
+                else:
+                    entry.when = following
+                    heapq.heappush(heap, (following, next(self._seq), entry))
+                if task in self._once:
+                    self._refresh(task)
+                else:
+                    task._next_run = entry.when if entry.active else None
+                # The run removes itself from _ticks when it ends (a done callback would cost
+                # a loop iteration per tick); one cancelled before it began is dropped by
+                # wait_stopped().
+                self._ticks[loop.create_task(self._run_entry(entry, when, missed))] = entry
+        self._arm()
+
+    # ------------------------------------------------------------------------------ ticks
+
+    async def _run_entry(self, entry: _Entry, when: float, missed: int) -> None:
+        """One scheduled run, in its own asyncio task, through the constraints.
+
+        A cron tick is first offered to the coordinator (if any), and reported to it after.
+        Errors are logged here (the run itself emitted ``failed``), never left unretrieved.
+        """
+        tick = asyncio.current_task()
+        assert tick is not None
+        task = entry.task
+        cron = entry.cron
+        coordinator = self._manager.distributed_coordinator
+        request: DistributedTaskRequest | None = None
+        status: DistributedRequestStatus = "failed"
+        try:
+            if cron is not None:
+                if missed:
+                    self._report_missed(task, cron, missed)
+                if coordinator is not None:
+                    request = await self._offer(coordinator, task, when)
+                    if request is None:
+                        return
+            self._ticks[tick] = None  # stop() leaves it to the manager from here on
+            manager = self._manager
+            if task.name is not None and manager.get_task_by_name(task.name) is task:
+                try:
+                    await manager.trigger_task_constrained(task, entry.input)
+                    status = "succeeded"
+                except TaskManagerStoppedError as exc:
+                    logger.debug("%s did not complete: %s", _describe(task, cron), exc)
+                except Exception as exc:
+                    logger.error("%s failed", _describe(task, cron), exc_info=exc)
+            # else: removed from the manager while the run was on its way
+            if request is not None and coordinator is not None:
+                await self._report(coordinator, replace(request, status=status))
+        finally:
+            self._ticks.pop(tick, None)
+
+    @staticmethod
+    def _report_missed(task: Task[Any, Any], cron: CronSchedule, missed: int) -> None:
+        count = f"{missed}+" if missed >= _MISSED_COUNT_LIMIT else str(missed)
+        ticks_were = "tick was" if missed == 1 else "ticks were"
+        message = (
+            f"{count} {ticks_were} missed while the event loop was blocked "
+            f"({cron.expression!r}); coalesced into this run"
+        )
+        logger.warning("task %r: %s", task.name, message)
+        task._emit("missed", None, error=message)
+
+    async def _offer(
+        self, coordinator: AbstractDistributedCoordinator, task: Task[Any, Any], when: float
+    ) -> DistributedTaskRequest | None:
+        """Offer the tick at ``when``; the request if it is to run here, else ``None``."""
+        request = DistributedTaskRequest(
+            submitter_id=self.submitter_id,
+            request_response_id=uuid.uuid4().hex,
+            task_name=task.name or "unnamed",
+            task_version=task.version,
+            task_execution_time=when,
+            task_execution_timeout=task.timeout,
+            task_execution_parallel=1,
+            status="requesting",
+        )
+        try:
+            async with asyncio.timeout(COORDINATOR_TIMEOUT):
+                answer = await coordinator.fire_distributed_task_request(request)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                reason = f"the coordinator did not answer within {COORDINATOR_TIMEOUT:g} s"
+            else:
+                reason = f"the coordinator failed: {type(exc).__name__}: {exc}"
+            message = f"tick at {to_datetime(when).isoformat()} not run here: {reason}"
+            logger.warning("task %r: %s", task.name, message, exc_info=exc)
+            task._emit("skipped", None, error=message)
+            return None
+        if not answer.should_trigger:
+            logger.debug(
+                "task %r: the coordinator gave the tick at %s elsewhere (%s)",
+                task.name,
+                to_datetime(when).isoformat(),
+                answer.reason,
+            )
+            return None
+        return request
+
+    @staticmethod
+    async def _report(
+        coordinator: AbstractDistributedCoordinator, request: DistributedTaskRequest
+    ) -> None:
+        """Tell the coordinator what became of a tick; a failure to do so is only logged."""
+        try:
+            async with asyncio.timeout(COORDINATOR_TIMEOUT):
+                await coordinator.update_distributed_task_request(request)
+        except Exception as exc:
+            logger.warning(
+                "task %r: reporting the tick at %s to the coordinator failed",
+                request.task_name,
+                to_datetime(request.task_execution_time).isoformat(),
+                exc_info=exc,
+            )
+
+
+def _describe(task: Task[Any, Any], cron: CronSchedule | None) -> str:
+    kind = "one-off" if cron is None else "scheduled"
+    return f"{kind} run of task {task.name!r}"

@@ -1,0 +1,539 @@
+"""A hypothesis state machine that drives a ``TaskManager`` through random sequences of
+triggers, completions, failures, cancellations (running and waiting), constraint-group
+additions and removals, and virtual-time advances, and checks the constraint semantics
+after every step.
+
+The machine is synchronous and owns a looptime event loop (virtual time, starting at 0);
+each step runs the loop until nothing more is ready (``settle``) or, for a time advance,
+for that many virtual seconds. Every run blocks on a future the machine resolves, so the
+machine decides when runs end. Each trigger gets its own ``Task`` (its ``data`` holds the
+trigger's keys), so every event and every call can be traced to its trigger.
+
+Checked:
+
+* at every admission (the moment a trigger's slots are taken and ``should_execute`` is
+  asked): for each group in force that the trigger claims, the runs of that key stay
+  within ``max_concurrent``, the key's cooldown is over, and its rate window has room;
+* after every step: each group's running and waiting counts match the model, and no key
+  holds more runs than ``max_concurrent``;
+* priority-then-FIFO among triggers that waited with identical claims: a trigger is never
+  admitted while one that ranks before it (higher priority, or same priority and earlier)
+  still waits for the same keys;
+* every outcome: a run's own result, a ``share-latest`` result of a run of a shared key
+  that succeeded while it waited, ``None`` after ``should_execute`` said no, the injected
+  error, or a cancellation we asked for;
+* at teardown, after letting everything finish: every awaiter has settled, the manager
+  counts nothing, every group (including removed ones) holds no per-key state, and no
+  asyncio task is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import looptime
+from _constraint_support import settle
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from taskbuffer import RateLimit, Task, TaskConstraintGroup, TaskEvent, TaskManager
+
+KEY_SLOTS = 3  # each trigger carries one key choice per slot; each group reads one slot
+KEYS = ("x", "y", None)
+MAX_GROUPS = 4
+HORIZON = 10.0  # longer than any cooldown or rate window
+
+
+class InjectedError(Exception):
+    """The error the machine makes a run fail with."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    slot: int
+    cap: float
+    cooldown: float
+    rate: tuple[int, float] | None
+    sharing: bool
+
+
+@dataclass
+class Trigger:
+    tid: int
+    priority: int
+    keys: tuple[str | None, ...]
+    allow: bool
+    claims: frozenset[tuple[str, str]]  # (group name, key) for the groups in force
+    arrival: int  # clock of the machine's event counter
+    caller: asyncio.Task[Any] | None = None
+    queued: bool = False
+    admitted: int | None = None  # event counter at admission
+    cancel_requested: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    completed: int | None = None  # event counter when its run succeeded
+    outcome: str | None = None  # "result", "shared", "skipped", "failed", "cancelled"
+    value: Any = None
+    gate: asyncio.Future[str] | None = None
+    events: list[str] = field(default_factory=list)
+
+
+# Built once: strategies made inside rules would be re-validated on every draw.
+SPEC_FIELDS = st.tuples(
+    st.integers(0, KEY_SLOTS - 1),  # slot
+    st.sampled_from([1, 1, 2, 3, math.inf]),  # max_concurrent
+    st.sampled_from([0.0, 0.0, 1.0, 2.0]),  # cooldown
+    st.one_of(st.none(), st.tuples(st.integers(1, 3), st.sampled_from([1.0, 3.0, 5.0]))),
+    st.booleans(),  # share-latest (odd-numbered groups only)
+)
+SpecFields = tuple[int, float, float, "tuple[int, float] | None", bool]
+
+
+def make_spec(index: int, fields: SpecFields) -> GroupSpec:
+    slot, cap, cooldown, rate, sharing = fields
+    return GroupSpec(
+        name=f"g{index}",
+        slot=slot,
+        cap=cap,
+        cooldown=cooldown,
+        rate=rate,
+        sharing=sharing and index % 2 == 1,
+    )
+
+
+T = TypeVar("T")
+
+
+def pick(data: st.DataObject, items: list[T]) -> T:
+    return items[data.draw(st.integers(0, len(items) - 1))]
+
+
+class ConstraintMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = looptime.new_event_loop(start=0)
+        self.manager = TaskManager()
+        self.specs: dict[str, GroupSpec] = {}
+        self.groups: dict[str, TaskConstraintGroup] = {}  # every group ever added
+        self.active: list[str] = []  # names of the groups in force, in order
+        self.group_count = 0
+        self.triggers: list[Trigger] = []
+        self.counter = 0
+        # Per (group, key): the runs that claimed it ended at these times; each end comes
+        # with the triggers that may already have held a slot of the key when it came
+        # (woken, not yet resumed), for which that end does not start a cooldown.
+        self.ends: dict[tuple[str, str], list[tuple[float, frozenset[int]]]] = {}
+        self.starts: dict[tuple[str, str], list[float]] = {}
+        # Broken rules seen inside the loop (where raising would only fail the trigger);
+        # the ``no_violations`` invariant reports them after the step.
+        self.violations: list[str] = []
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def tick(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def run(self, coro: Any) -> Any:
+        async def guarded() -> Any:
+            async with asyncio.timeout(3600):
+                return await coro
+
+        return self.loop.run_until_complete(guarded())
+
+    def step(self) -> None:
+        self.run(settle())
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def add_group(self, spec: GroupSpec) -> None:
+        def key(task: Task[Any, Any], x: Any, slot: int = spec.slot) -> str | None:
+            value: str | None = task.data["keys"][slot]
+            return value
+
+        group = TaskConstraintGroup(
+            name=spec.name,
+            constraint_key_for_execution=key,
+            max_concurrent=spec.cap,
+            cooldown=spec.cooldown,
+            should_execute=self.should_execute,
+            rate_limit=None
+            if spec.rate is None
+            else RateLimit(max_per_window=spec.rate[0], window=spec.rate[1]),
+            result_sharing="share-latest" if spec.sharing else "none",
+        )
+        self.manager.add_constraint_group(group)
+        self.specs[spec.name] = spec
+        self.groups[spec.name] = group
+        self.active.append(spec.name)
+
+    # -------------------------------------------------------------- admission checks
+
+    async def should_execute(self, task: Task[Any, Any], x: Any) -> bool:
+        tid: int = task.data["tid"]
+        trigger = self.triggers[tid]
+        if trigger.admitted is None:
+            self.admit(trigger)
+        return trigger.allow
+
+    def running_on(self, claim: tuple[str, str]) -> int:
+        return sum(
+            1
+            for t in self.triggers
+            if claim in t.claims and t.started is not None and t.ended is None
+        )
+
+    def admit(self, trigger: Trigger) -> None:
+        now = self.now()
+        trigger.admitted = self.tick()
+        for claim in trigger.claims:
+            name, key = claim
+            if name not in self.active:
+                continue  # a removed group no longer constrains
+            spec = self.specs[name]
+            if self.running_on(claim) + 1 > spec.cap:
+                self.violations.append(f"trigger {trigger.tid} admitted over the cap of {claim}")
+            if spec.cooldown:
+                for end, held_before in self.ends.get(claim, []):
+                    if now < end + spec.cooldown and trigger.tid not in held_before:
+                        self.violations.append(
+                            f"trigger {trigger.tid} admitted at {now} inside the cooldown of "
+                            f"{claim} (a run ended at {end})"
+                        )
+            if spec.rate is not None:
+                cap, window = spec.rate
+                recent = [s for s in self.starts.get(claim, []) if s > now - window]
+                if len(recent) >= cap:
+                    self.violations.append(
+                        f"trigger {trigger.tid} admitted at {now} over the rate window of "
+                        f"{claim}: starts {recent}"
+                    )
+
+    async def work(self, trigger: Trigger) -> str:
+        if trigger.admitted is None:  # no group was in force to ask should_execute
+            self.admit(trigger)
+        now = self.now()
+        trigger.started = now
+        for claim in trigger.claims:
+            self.starts.setdefault(claim, []).append(now)
+        trigger.gate = self.loop.create_future()
+        try:
+            value = await trigger.gate
+            trigger.completed = self.tick()
+            return value
+        finally:
+            now = self.now()
+            for claim in trigger.claims:
+                self.ends.setdefault(claim, []).append((now, self.holding_before(claim)))
+            trigger.ended = now
+
+    def holding_before(self, claim: tuple[str, str]) -> frozenset[int]:
+        """Waiting triggers of ``claim`` that may hold a slot already (woken by an earlier
+        release of this same instant but not resumed yet): the group counts more slots
+        taken than the model has runs started."""
+        name, key = claim
+        started = self.running_on(claim)  # includes the run that is ending
+        if self.groups[name].get_running_count(key) <= started:
+            return frozenset()
+        return frozenset(t.tid for t in self.waiting() if claim in t.claims)
+
+    async def call(self, trigger: Trigger, task: Task[Any, Any]) -> None:
+        trigger.arrival = self.tick()
+        try:
+            value = await self.manager.trigger_task_constrained(
+                task, None, priority=trigger.priority
+            )
+        except InjectedError:
+            trigger.outcome = "failed"
+            return
+        except asyncio.CancelledError:
+            trigger.outcome = "cancelled"
+            raise
+        except Exception as error:
+            trigger.outcome = "error"
+            self.violations.append(f"trigger {trigger.tid} raised {error!r}")
+            return
+        trigger.value = value
+        if value is None:
+            trigger.outcome = "skipped"
+        elif value == f"r{trigger.tid}":
+            trigger.outcome = "result"
+        else:
+            trigger.outcome = "shared"
+
+    # -------------------------------------------------------------------------- rules
+
+    @initialize(first=SPEC_FIELDS, second=SPEC_FIELDS, two=st.booleans())
+    def start_with_groups(self, first: SpecFields, second: SpecFields, two: bool) -> None:
+        self.add_group(make_spec(0, first))
+        self.group_count = 1
+        if two:
+            self.add_group(make_spec(1, second))
+            self.group_count = 2
+
+    @rule(
+        priority=st.sampled_from([0, 0, 0, 1, 5, -2]),
+        keys=st.tuples(*[st.sampled_from(KEYS) for _ in range(KEY_SLOTS)]),
+        allow=st.sampled_from([True, True, True, True, False]),
+    )
+    def trigger(self, priority: int, keys: tuple[str | None, ...], allow: bool) -> None:
+        tid = len(self.triggers)
+        claims = frozenset(
+            (name, key) for name in self.active if (key := keys[self.specs[name].slot]) is not None
+        )
+        trigger = Trigger(
+            tid=tid, priority=priority, keys=keys, allow=allow, claims=claims, arrival=0
+        )
+        self.triggers.append(trigger)
+
+        async def function() -> str:
+            return await self.work(trigger)
+
+        task = Task(name=f"t{tid}", task_function=function, data={"tid": tid, "keys": keys})
+        task.event_subject.subscribe(lambda event: self.on_event(trigger, event))
+        trigger.caller = self.loop.create_task(self.call(trigger, task))
+        self.step()
+
+    def on_event(self, trigger: Trigger, event: TaskEvent) -> None:
+        trigger.events.append(event.type)
+        if event.type == "queued":
+            trigger.queued = True
+
+    def running(self) -> list[Trigger]:
+        return [t for t in self.triggers if t.gate is not None and not t.gate.done()]
+
+    def waiting(self) -> list[Trigger]:
+        return [
+            t
+            for t in self.triggers
+            if t.admitted is None and t.caller is not None and not t.caller.done()
+        ]
+
+    @precondition(lambda self: bool(self.running()))
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        trigger = pick(data, self.running())
+        assert trigger.gate is not None
+        trigger.gate.set_result(f"r{trigger.tid}")
+        self.step()
+
+    @precondition(lambda self: bool(self.running()))
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        trigger = pick(data, self.running())
+        assert trigger.gate is not None
+        trigger.gate.set_exception(InjectedError(f"run {trigger.tid} failed"))
+        self.step()
+
+    @precondition(lambda self: bool(self.running()))
+    @rule(data=st.data())
+    def cancel_running(self, data: st.DataObject) -> None:
+        trigger = pick(data, self.running())
+        assert trigger.caller is not None
+        trigger.cancel_requested = self.tick()
+        trigger.caller.cancel()
+        self.step()
+
+    @precondition(lambda self: bool(self.waiting()))
+    @rule(data=st.data())
+    def cancel_waiting(self, data: st.DataObject) -> None:
+        trigger = pick(data, self.waiting())
+        assert trigger.caller is not None
+        trigger.cancel_requested = self.tick()
+        trigger.caller.cancel()
+        self.step()
+
+    @precondition(lambda self: len(self.active) < MAX_GROUPS)
+    @rule(fields=SPEC_FIELDS)
+    def add_new_group(self, fields: SpecFields) -> None:
+        spec = make_spec(self.group_count, fields)
+        self.group_count += 1
+        self.run(self._add(spec))
+
+    async def _add(self, spec: GroupSpec) -> None:
+        self.add_group(spec)
+        await settle()
+
+    @precondition(lambda self: bool(self.active))
+    @rule(data=st.data())
+    def remove_group(self, data: st.DataObject) -> None:
+        name = pick(data, self.active)
+        self.run(self._remove(name))
+
+    async def _remove(self, name: str) -> None:
+        self.manager.remove_constraint_group(name)
+        self.active.remove(name)
+        await settle()
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 1.0, 2.0, 5.0]))
+    def advance(self, seconds: float) -> None:
+        async def advance() -> None:
+            await asyncio.sleep(seconds)
+            await settle()
+
+        self.run(advance())
+
+    # --------------------------------------------------------------------- invariants
+
+    @invariant()
+    def no_violations(self) -> None:
+        assert not self.violations, self.violations
+
+    @invariant()
+    def counts_match_the_model(self) -> None:
+        running = self.running()
+        waiting = self.waiting()
+        stats = self.manager.statistics()
+        assert stats.running == len(running), (stats, [t.tid for t in running])
+        assert stats.waiting == len(waiting), (stats, [t.tid for t in waiting])
+        for name, group in self.groups.items():
+            g = group.statistics()
+            assert g.running == sum(1 for t in running if any(c[0] == name for c in t.claims))
+            assert g.waiting == sum(1 for t in waiting if any(c[0] == name for c in t.claims))
+            if name in self.active:
+                spec = self.specs[name]
+                for key in ("x", "y"):
+                    assert group.get_running_count(key) <= spec.cap
+
+    @invariant()
+    def outcomes_are_legitimate(self) -> None:
+        for trigger in self.triggers:
+            if trigger.outcome is None:
+                continue
+            if trigger.outcome == "result":
+                assert trigger.started is not None and trigger.completed is not None
+            elif trigger.outcome == "skipped":
+                assert not trigger.allow and trigger.started is None
+            elif trigger.outcome == "failed":
+                assert trigger.started is not None
+            elif trigger.outcome == "cancelled":
+                assert trigger.cancel_requested is not None
+                if trigger.queued and trigger.admitted is None:
+                    assert trigger.events[-1] == "cancelled"
+            else:
+                self.check_shared(trigger)
+
+    def check_shared(self, trigger: Trigger) -> None:
+        assert trigger.outcome == "shared"
+        assert trigger.admitted is None and trigger.started is None
+        source = self.triggers[int(str(trigger.value)[1:])]
+        assert source.completed is not None
+        shared_keys = {
+            claim for claim in trigger.claims & source.claims if self.specs[claim[0]].sharing
+        }
+        assert shared_keys, f"{trigger.tid} got {source.tid}'s result without a shared key"
+        assert trigger.arrival < source.completed
+
+    def check_order(self) -> None:
+        """Priority then FIFO among triggers that waited with identical claims."""
+
+        def resolved(t: Trigger) -> int | None:
+            if t.admitted is not None:
+                return t.admitted
+            if t.cancel_requested is not None:
+                return t.cancel_requested
+            if t.outcome == "shared":
+                return self.triggers[int(str(t.value)[1:])].completed
+            return None
+
+        queued = [t for t in self.triggers if t.queued and t.admitted is not None]
+        everyone = [t for t in self.triggers if t.queued]
+        for later in queued:
+            assert later.admitted is not None
+            for earlier in everyone:
+                if earlier is later or earlier.claims != later.claims:
+                    continue
+                ranks_first = (earlier.priority, -earlier.arrival) > (
+                    later.priority,
+                    -later.arrival,
+                )
+                if not ranks_first or earlier.arrival > later.admitted:
+                    continue
+                done = resolved(earlier)
+                assert done is not None and done < later.admitted, (
+                    f"trigger {later.tid} (priority {later.priority}) was admitted while "
+                    f"{earlier.tid} (priority {earlier.priority}, earlier) still waited "
+                    f"for the same keys {sorted(later.claims)}"
+                )
+
+    @invariant()
+    def priority_then_fifo(self) -> None:
+        self.check_order()
+
+    # ----------------------------------------------------------------------- teardown
+
+    def drain(self) -> None:
+        async def drain() -> None:
+            for _ in range(1000):
+                await settle()
+                pending = [t for t in self.triggers if t.caller is not None and not t.caller.done()]
+                if not pending:
+                    break
+                for trigger in self.running():
+                    assert trigger.gate is not None
+                    trigger.gate.set_result(f"r{trigger.tid}")
+                await settle()
+                await asyncio.sleep(HORIZON)
+            else:
+                raise AssertionError("triggers never settled")
+            await asyncio.sleep(HORIZON)  # every cooldown and rate window runs out
+            await settle()
+
+        self.run(drain())
+
+    def teardown(self) -> None:
+        try:
+            self.drain()
+            self.no_violations()
+            for trigger in self.triggers:
+                assert trigger.caller is not None and trigger.caller.done()
+                assert trigger.outcome is not None
+            self.counts_match_the_model()
+            self.outcomes_are_legitimate()
+            self.check_order()
+            stats = self.manager.statistics()
+            assert (stats.running, stats.waiting) == (0, 0)
+            for group in self.groups.values():
+                assert group.statistics().tracked_keys == 0, group.statistics()
+                assert group.statistics().running == group.statistics().waiting == 0
+            leftover = asyncio.all_tasks(self.loop)
+            assert not leftover, leftover
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        leftover = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            self.loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        for trigger in self.triggers:
+            if (
+                trigger.caller is not None
+                and trigger.caller.done()
+                and not trigger.caller.cancelled()
+            ):
+                trigger.caller.exception()  # retrieved: no "never retrieved" log
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+
+ConstraintMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+test_constraint_groups_under_random_operations = ConstraintMachine.TestCase

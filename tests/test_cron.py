@@ -1,0 +1,1123 @@
+"""Cron: parsing, the daylight-saving policy, and cron schedules of a ``TaskManager``.
+
+Manager tests run on looptime's virtual clock with the wall clock pinned to a known instant
+(``wall_clock``), so fire instants are asserted exactly; one test runs on the real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import looptime
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from taskbuffer import (
+    InvalidCronExpressionError,
+    Task,
+    TaskConstraintGroup,
+    TaskEvent,
+    TaskManager,
+    TaskNotFoundError,
+    _clock,
+)
+from taskbuffer._clock import now_wall
+from taskbuffer._cron import CronSchedule
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+# A Monday, 12:00:00.25 UTC: the quarter second keeps the start off any tick.
+MONDAY_NOON = datetime(2024, 6, 3, 12, 0, 0, 250000, tzinfo=UTC).timestamp()
+
+Record = Callable[[Task[Any, Any]], list[TaskEvent]]
+WallClock = Callable[[float], None]
+
+
+@pytest.fixture
+def wall_clock(monkeypatch: pytest.MonkeyPatch) -> WallClock:
+    """Pin the running loop's wall clock: ``now_wall()`` is ``epoch + loop.time()``.
+
+    taskbuffer derives wall-clock instants from the loop clock through an anchor read from
+    ``time.time()`` on the loop's first use; this feeds that first read.
+    """
+
+    def pin(epoch: float) -> None:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(_clock, "time", SimpleNamespace(time=lambda: epoch + loop.time()))
+        assert abs(now_wall() - (epoch + loop.time())) < 1e-6, "the wall clock was read before"
+
+    return pin
+
+
+def block_loop(seconds: float) -> None:
+    """Stand for a blocking call of ``seconds`` on the loop's thread, on virtual time.
+
+    looptime moves its clock only between loop iterations, so a truly blocking call costs no
+    virtual time; this moves the clock the way such a call would (looptime has no public API
+    for it, hence the private attribute).
+    """
+    loop = asyncio.get_running_loop()
+    now, per_second = "_LoopTimeEventLoop__now", "_LoopTimeEventLoop__resolution_reciprocal"
+    setattr(loop, now, getattr(loop, now) + round(seconds * getattr(loop, per_second)))
+
+
+def recorder(name: str = "job") -> tuple[Task[None], list[float]]:
+    """A task that records the wall-clock instant of each run's start."""
+    starts: list[float] = []
+
+    def job() -> None:
+        starts.append(now_wall())
+
+    return Task(task_function=job, name=name), starts
+
+
+def instant(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def fires(expression: str, tz: tzinfo | None, start: datetime, count: int) -> list[str]:
+    """The first ``count`` fire instants after ``start``, as ISO strings in ``tz``."""
+    schedule = CronSchedule(expression, tz)
+    t = start.timestamp()
+    out = []
+    for _ in range(count):
+        t = schedule.next_after(t)
+        out.append(datetime.fromtimestamp(t, tz).isoformat())
+    return out
+
+
+def traced() -> bool:
+    """Whether a tracer such as coverage's slows every Python call down."""
+    if sys.gettrace() is not None:
+        return True
+    if sys.version_info >= (3, 12):
+        return sys.monitoring.get_tool(sys.monitoring.COVERAGE_ID) is not None
+    return False
+
+
+def assert_nothing_left() -> None:
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "* * * * *",
+        "*/5 * * * * *",
+        "0 9 * * mon-fri",
+        "0 0 L * *",
+        "0 0 1 jan *",
+        "0 0 * * 5#2",
+        "  0   12 * * *  ",
+    ],
+)
+def test_five_and_six_field_strings_are_accepted(expression: str) -> None:
+    CronSchedule(expression)
+    TaskManager().add_and_schedule_task(Task(task_function=lambda: None, name="t"), expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "count"),
+    [("", 0), ("* * * *", 4), ("0 0 1 1 * 2030", 6), ("* * * * * * *", 7), ("@daily", 1)],
+)
+def test_strings_with_other_than_five_or_six_fields_are_rejected(
+    expression: str, count: int
+) -> None:
+    if count == 6:  # six fields, but "2030" is no day of the week (and no year field exists)
+        with pytest.raises(InvalidCronExpressionError, match=re.escape(repr(expression))):
+            CronSchedule(expression)
+        return
+    with pytest.raises(InvalidCronExpressionError) as caught:
+        CronSchedule(expression)
+    assert str(caught.value) == (
+        f"invalid cron expression {expression!r}: it has {count} field(s); expected 5 fields "
+        "(minute hour day-of-month month day-of-week) or 6 fields with seconds first "
+        "(second minute hour day-of-month month day-of-week)"
+    )
+    assert caught.value.expression == expression
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["61 * * * *", "* 24 * * *", "*/0 * * * *", "a b c d e", "60 * * * * *", "* * 32 * *"],
+)
+def test_bad_field_values_are_rejected(expression: str) -> None:
+    pattern = re.escape(f"invalid cron expression {expression!r}: ")
+    with pytest.raises(InvalidCronExpressionError, match=pattern):
+        CronSchedule(expression)
+
+
+@pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *"])
+def test_an_expression_that_never_matches_is_rejected(expression: str) -> None:
+    with pytest.raises(InvalidCronExpressionError, match="it never matches a date"):
+        CronSchedule(expression)
+
+
+def test_invalid_cron_expression_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="invalid cron expression 'nope'"):
+        TaskManager().add_and_schedule_task(Task(task_function=lambda: None, name="t"), "nope")
+
+
+def test_a_cron_string_must_be_a_str() -> None:
+    with pytest.raises(TypeError, match="a cron expression must be a str, not 5"):
+        CronSchedule(5)  # type: ignore[arg-type]
+
+
+def test_six_fields_put_the_seconds_first() -> None:
+    start = datetime(2024, 6, 3, 12, 0, 1, tzinfo=UTC)
+    assert fires("*/5 * * * * *", UTC, start, 3) == [
+        "2024-06-03T12:00:05+00:00",
+        "2024-06-03T12:00:10+00:00",
+        "2024-06-03T12:00:15+00:00",
+    ]
+    # second 30 of minute 0 of every hour
+    assert fires("30 0 * * * *", UTC, start, 2) == [
+        "2024-06-03T12:00:30+00:00",
+        "2024-06-03T13:00:30+00:00",
+    ]
+
+
+def test_five_fields_have_minute_precision() -> None:
+    start = datetime(2024, 6, 3, 12, 0, 1, tzinfo=UTC)
+    assert fires("*/20 * * * *", UTC, start, 3) == [
+        "2024-06-03T12:20:00+00:00",
+        "2024-06-03T12:40:00+00:00",
+        "2024-06-03T13:00:00+00:00",
+    ]
+
+
+def test_fire_instants_are_strictly_after_the_given_instant() -> None:
+    schedule = CronSchedule("* * * * * *", UTC)
+    t = datetime(2024, 6, 3, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert schedule.next_after(t) == t + 1
+    assert schedule.next_after(t - 0.5) == t
+    assert schedule.next_after(t + 0.999) == t + 1
+
+
+@pytest.mark.parametrize(
+    ("expression", "fixed_time"),
+    [
+        ("30 2 * * *", True),
+        ("0 */6 * * *", True),
+        ("* * 2 * * *", True),
+        ("* 2 * * * *", False),  # seconds first: minute 2 of every hour
+        ("*/5 * * * *", False),
+        ("0 * * * *", False),
+        ("*/10 * * * * *", False),
+        ("0 0-23 * * *", False),
+        ("0 0 1 * *", True),
+    ],
+)
+def test_expressions_are_fixed_time_when_they_name_hours(expression: str, fixed_time: bool) -> None:
+    assert CronSchedule(expression).fixed_time is fixed_time
+
+
+# ---------------------------------------------------------------- daylight saving time
+
+# Europe/Berlin: 2024-03-31 02:00 CET -> 03:00 CEST; 2024-10-27 03:00 CEST -> 02:00 CET.
+# America/New_York: 2024-03-10 02:00 EST -> 03:00 EDT; 2024-11-03 02:00 EDT -> 01:00 EST.
+DST_GOLDEN: list[tuple[str, ZoneInfo, datetime, list[str]]] = [
+    # A fixed-time job in the skipped hour runs once, right after the jump.
+    (
+        "30 2 * * *",
+        BERLIN,
+        datetime(2024, 3, 30),
+        ["2024-03-30T02:30:00+01:00", "2024-03-31T03:00:00+02:00", "2024-04-01T02:30:00+02:00"],
+    ),
+    (
+        "30 2 * * *",
+        NEW_YORK,
+        datetime(2024, 3, 9),
+        ["2024-03-09T02:30:00-05:00", "2024-03-10T03:00:00-04:00", "2024-03-11T02:30:00-04:00"],
+    ),
+    # Several times inside one jump make one run; a time right after it is that same run.
+    (
+        "0,30 2,3 * * *",
+        BERLIN,
+        datetime(2024, 3, 31),
+        ["2024-03-31T03:00:00+02:00", "2024-03-31T03:30:00+02:00", "2024-04-01T02:00:00+02:00"],
+    ),
+    # A fixed-time job in the repeated hour runs once, at the first occurrence.
+    (
+        "30 2 * * *",
+        BERLIN,
+        datetime(2024, 10, 26),
+        ["2024-10-26T02:30:00+02:00", "2024-10-27T02:30:00+02:00", "2024-10-28T02:30:00+01:00"],
+    ),
+    (
+        "30 1 * * *",
+        NEW_YORK,
+        datetime(2024, 11, 2),
+        ["2024-11-02T01:30:00-04:00", "2024-11-03T01:30:00-04:00", "2024-11-04T01:30:00-05:00"],
+    ),
+    (
+        "0 */2 * * *",
+        BERLIN,
+        datetime(2024, 10, 27, 1),
+        ["2024-10-27T02:00:00+02:00", "2024-10-27T04:00:00+01:00", "2024-10-27T06:00:00+01:00"],
+    ),
+    # Interval-like jobs keep their interval in real elapsed time across a jump forward ...
+    (
+        "*/30 * * * *",
+        BERLIN,
+        datetime(2024, 3, 31, 1),
+        ["2024-03-31T01:30:00+01:00", "2024-03-31T03:00:00+02:00", "2024-03-31T03:30:00+02:00"],
+    ),
+    (
+        "*/20 * * * * *",
+        NEW_YORK,
+        datetime(2024, 3, 10, 1, 59, 30),
+        ["2024-03-10T01:59:40-05:00", "2024-03-10T03:00:00-04:00", "2024-03-10T03:00:20-04:00"],
+    ),
+    # ... and run in both passes of a repeated hour.
+    (
+        "*/30 * * * *",
+        BERLIN,
+        datetime(2024, 10, 27, 1, 50),
+        [
+            "2024-10-27T02:00:00+02:00",
+            "2024-10-27T02:30:00+02:00",
+            "2024-10-27T02:00:00+01:00",
+            "2024-10-27T02:30:00+01:00",
+            "2024-10-27T03:00:00+01:00",
+        ],
+    ),
+    (
+        "*/15 * * * *",
+        NEW_YORK,
+        datetime(2024, 11, 3, 1, 40),
+        [
+            "2024-11-03T01:45:00-04:00",
+            "2024-11-03T01:00:00-05:00",
+            "2024-11-03T01:15:00-05:00",
+            "2024-11-03T01:30:00-05:00",
+            "2024-11-03T01:45:00-05:00",
+            "2024-11-03T02:00:00-05:00",
+        ],
+    ),
+    # Leap day, end of month.
+    (
+        "0 12 29 2 *",
+        BERLIN,
+        datetime(2023, 1, 1),
+        ["2024-02-29T12:00:00+01:00", "2028-02-29T12:00:00+01:00"],
+    ),
+    (
+        "0 0 0 29 2 *",
+        NEW_YORK,
+        datetime(2024, 3, 1),
+        ["2028-02-29T00:00:00-05:00", "2032-02-29T00:00:00-05:00"],
+    ),
+    (
+        "0 0 L * *",
+        BERLIN,
+        datetime(2024, 1, 1),
+        [
+            "2024-01-31T00:00:00+01:00",
+            "2024-02-29T00:00:00+01:00",
+            "2024-03-31T00:00:00+01:00",
+            "2024-04-30T00:00:00+02:00",
+        ],
+    ),
+    (
+        "0 0 L 2 *",
+        NEW_YORK,
+        datetime(2023, 1, 1),
+        ["2023-02-28T00:00:00-05:00", "2024-02-29T00:00:00-05:00", "2025-02-28T00:00:00-05:00"],
+    ),
+    (
+        "0 0 31 * *",
+        NEW_YORK,
+        datetime(2024, 1, 1),
+        [
+            "2024-01-31T00:00:00-05:00",
+            "2024-03-31T00:00:00-04:00",
+            "2024-05-31T00:00:00-04:00",
+            "2024-07-31T00:00:00-04:00",
+            "2024-08-31T00:00:00-04:00",
+            "2024-10-31T00:00:00-04:00",
+            "2024-12-31T00:00:00-05:00",
+        ],
+    ),
+    (
+        "0 6 30 * *",
+        BERLIN,
+        datetime(2025, 1, 31),
+        ["2025-03-30T06:00:00+02:00", "2025-04-30T06:00:00+02:00"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("expression", "tz", "start", "expected"),
+    DST_GOLDEN,
+    ids=[f"{e}|{tz}|{s:%Y-%m-%d}" for e, tz, s, _ in DST_GOLDEN],
+)
+def test_daylight_saving_and_calendar_golden_cases(
+    expression: str, tz: ZoneInfo, start: datetime, expected: list[str]
+) -> None:
+    assert fires(expression, tz, start.replace(tzinfo=tz), len(expected)) == expected
+
+
+def test_a_fixed_time_job_started_inside_the_repeated_hour_does_not_run_it_again() -> None:
+    # 02:10 CET on 2024-10-27 is the second pass: 02:30 already happened (at 02:30 CEST).
+    start = datetime(2024, 10, 27, 2, 10, fold=1, tzinfo=BERLIN)
+    assert fires("30 2 * * *", BERLIN, start, 1) == ["2024-10-28T02:30:00+01:00"]
+    # An interval-like job runs in the second pass as usual.
+    assert fires("*/30 * * * *", BERLIN, start, 1) == ["2024-10-27T02:30:00+01:00"]
+
+
+def test_the_default_zone_is_local_time(local_zone: Callable[[str], None]) -> None:
+    local_zone("America/New_York")
+    schedule = CronSchedule("30 2 * * *")
+    first = schedule.next_after(instant("2024-03-09T00:00:00-05:00"))
+    assert first == instant("2024-03-09T02:30:00-05:00")
+    assert schedule.next_after(first) == instant("2024-03-10T03:00:00-04:00")  # the jump
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Set the process's local time zone (``TZ``) for one test."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+# ---------------------------------------------------- property: a year of random schedules
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A generated cron expression and the value sets it stands for."""
+
+    text: str
+    seconds: frozenset[int] | None  # None: a 5-field expression
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+
+    def matches(self, local: datetime) -> bool:
+        if self.seconds is not None and local.second not in self.seconds:
+            return False
+        if local.minute not in self.minutes or local.hour not in self.hours:
+            return False
+        if local.month not in self.months:
+            return False
+        return local.day in self.days and local.isoweekday() % 7 in self.weekdays
+
+
+@st.composite
+def cron_field(draw: st.DrawFn, low: int, high: int, step: int = 1) -> tuple[str, frozenset[int]]:
+    values = list(range(low, high + 1, step))
+    kind = draw(st.sampled_from(["*", "step", "value", "range", "list"]))
+    if kind == "*" and step == 1:
+        return "*", frozenset(values)
+    if kind in ("*", "step"):
+        n = draw(st.sampled_from([k for k in (2, 3, 4, 5, 6, 10, 15, 20, 30) if k < high - low]))
+        n *= step
+        return f"{low}-{high}/{n}" if step > 1 else f"*/{n}", frozenset(range(low, high + 1, n))
+    if kind == "value":
+        v = draw(st.sampled_from(values))
+        return str(v), frozenset({v})
+    if kind == "range":
+        # Distinct bounds: croniter reads an equal range ("5-5") as the whole cycle.
+        a, b = sorted(draw(st.lists(st.sampled_from(values), min_size=2, max_size=2, unique=True)))
+        if step > 1:
+            return ",".join(map(str, range(a, b + 1, step))), frozenset(range(a, b + 1, step))
+        return f"{a}-{b}", frozenset(range(a, b + 1))
+    chosen = sorted(set(draw(st.lists(st.sampled_from(values), min_size=1, max_size=3))))
+    return ",".join(map(str, chosen)), frozenset(chosen)
+
+
+@st.composite
+def cron_specs(draw: st.DrawFn) -> Spec:
+    six = draw(st.booleans())
+    # Seconds on a 5 s grid, so that the brute-force oracle below can step 5 s at a time.
+    seconds = draw(cron_field(0, 55, step=5)) if six else None
+    minutes = draw(cron_field(0, 59))
+    hours = draw(cron_field(0, 23))
+    # At most one of the day fields: with both, croniter's reading of cron's either-day rule
+    # varies by spelling ("*/2" and "0-6" are AND-ed, "*/2" and "0" OR-ed), and that rule is
+    # croniter's business, not the time zone mapping tested here.
+    day_field = draw(st.sampled_from(["neither", "days", "weekdays"]))
+    days = draw(cron_field(1, 31)) if day_field == "days" else ("*", frozenset(range(1, 32)))
+    months = draw(cron_field(1, 12)) if draw(st.booleans()) else ("*", frozenset(range(1, 13)))
+    every_weekday = ("*", frozenset(range(7)))
+    weekdays = draw(cron_field(0, 6)) if day_field == "weekdays" else every_weekday
+    fields = [minutes[0], hours[0], days[0], months[0], weekdays[0]]
+    if seconds is not None:
+        fields.insert(0, seconds[0])
+    return Spec(
+        text=" ".join(fields),
+        seconds=None if seconds is None else seconds[1],
+        minutes=minutes[1],
+        hours=hours[1],
+        days=days[1],
+        months=months[1],
+        weekdays=weekdays[1],
+    )
+
+
+def transitions(tz: ZoneInfo, year: int) -> list[float]:
+    """The instants in ``year`` at which ``tz`` changes its UTC offset."""
+
+    def offset(t: float) -> timedelta | None:
+        return datetime.fromtimestamp(t, tz).utcoffset()
+
+    found = []
+    t = datetime(year, 1, 1, tzinfo=UTC).timestamp()
+    end = datetime(year + 1, 1, 1, tzinfo=UTC).timestamp()
+    while t < end:
+        if offset(t) != offset(t + 86400):
+            lo, hi = int(t), int(t + 86400)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if offset(mid) != offset(lo) else (mid, hi)
+            found.append(float(hi))
+        t += 86400
+    return found
+
+
+def oracle(spec: Spec, tz: ZoneInfo, start: float, end: float) -> list[float]:
+    """The fire instants in ``(start, end]`` by brute force, from the written policy."""
+    step = 60 if spec.seconds is None else 5
+    fixed_time = len(spec.hours) < 24
+
+    def wall(t: float) -> datetime:
+        return datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+
+    out = []
+    reached = wall(start)  # the latest local time the clock has shown
+    t = start + step
+    while t <= end:
+        local = wall(t)
+        if fixed_time:
+            # Fires the first time the clock reaches or passes a matching time.
+            if local > reached:
+                shown = reached + timedelta(seconds=step)
+                while shown <= local and not spec.matches(shown):
+                    shown += timedelta(seconds=step)
+                if shown <= local:
+                    out.append(t)
+                reached = local
+        elif spec.matches(local):  # interval-like: whenever the clock shows a matching time
+            out.append(t)
+        t += step
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    spec=cron_specs(),
+    tz=st.sampled_from([BERLIN, NEW_YORK, ZoneInfo("Australia/Lord_Howe")]),
+    year=st.integers(2021, 2027),
+)
+def test_fire_instants_over_a_year_strictly_increase_and_follow_the_policy(
+    spec: Spec, tz: ZoneInfo, year: int
+) -> None:
+    try:
+        schedule = CronSchedule(spec.text, tz)
+    except InvalidCronExpressionError:
+        assume(False)  # e.g. "0 0 31 2 *": never matches
+        raise
+    assert schedule.fixed_time is (len(spec.hours) < 24)
+    window = 3 * 3600.0
+    year_start = datetime(year, 1, 1, tzinfo=tz).timestamp()
+    year_end = datetime(year + 1, 1, 1, tzinfo=tz).timestamp()
+    # Walk the year: up to 300 fires from its start, then around each offset change, where the
+    # result must equal the brute-force oracle; every fire is later than the one before.
+    seen: list[float] = []
+    t = year_start
+    for _ in range(300):
+        t = schedule.next_after(t)
+        if t >= year_end:
+            break
+        seen.append(t)
+    for change in transitions(tz, year):
+        start, end = change - window, change + window
+        expected = oracle(spec, tz, start, end)
+        got = []
+        t = schedule.next_after(start)
+        while t <= end:
+            got.append(t)
+            t = schedule.next_after(t)
+        assert got == expected, (spec.text, str(tz), datetime.fromtimestamp(change, tz))
+        seen.extend(x for x in got if not seen or x > seen[-1])
+        # Jumping in anywhere gives the next fire of the walk.
+        for probe in got[:5]:
+            assert schedule.next_after(probe - 0.5) == probe
+    t = schedule.next_after(seen[-1] if seen else year_start)
+    seen.append(t)
+    assert all(a < b for a, b in zip(seen, seen[1:], strict=False))
+    for fire in seen:
+        local = datetime.fromtimestamp(fire, tz).replace(tzinfo=None)
+        # Every fire shows a matching time, except a fixed-time run right after a jump.
+        assert spec.matches(local) or (schedule.fixed_time and fire in transitions(tz, year))
+
+
+# ----------------------------------------------------------------------- the manager
+
+
+async def test_schedules_are_listed_as_soon_as_they_are_added(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    m = TaskManager(timezone=UTC)
+    job, _ = recorder("job")
+    other, _ = recorder("other")
+    m.add_and_schedule_task(job, "*/10 * * * * *")
+    m.add_and_schedule_task(other, "0 13 * * *")
+    [info_job, info_other] = m.get_scheduled_tasks()
+    assert (info_job.name, info_job.schedule) == ("job", "*/10 * * * * *")
+    assert info_job.next_run == datetime(2024, 6, 3, 12, 0, 10, tzinfo=UTC)
+    assert info_job.last_run is None and info_job.metadata.name == "job"
+    assert info_other.next_run == datetime(2024, 6, 3, 13, 0, tzinfo=UTC)
+    metadata = m.get_task_metadata("job")
+    assert metadata is not None
+    assert metadata.cron_schedule == "*/10 * * * * *"
+    assert metadata.next_run == datetime(2024, 6, 3, 12, 0, 10, tzinfo=UTC)
+    assert m.get_next_scheduled_runs() == [
+        {
+            "task_name": "job",
+            "next_run": datetime(2024, 6, 3, 12, 0, 10, tzinfo=UTC),
+            "schedule": "*/10 * * * * *",
+        },
+        {
+            "task_name": "other",
+            "next_run": datetime(2024, 6, 3, 13, 0, tzinfo=UTC),
+            "schedule": "0 13 * * *",
+        },
+    ]
+    assert [r["task_name"] for r in m.get_next_scheduled_runs(1)] == ["job"]
+    assert m.get_next_scheduled_runs(0) == []
+    assert m.statistics().scheduled == 2
+    assert info_job.to_dict()["next_run"] == "2024-06-03T12:00:10+00:00"
+
+
+async def test_a_listing_shows_the_last_run_and_steps(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+
+    def work() -> None:
+        job.notify_step("fetch")
+
+    job: Task[None] = Task(
+        task_function=work,
+        name="job",
+        steps=[{"name": "fetch", "description": "get it", "percentage": 100}],
+    )
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "*/10 * * * * *")
+        await asyncio.sleep(10)
+        [info] = m.get_scheduled_tasks()
+    assert info.last_run == datetime(2024, 6, 3, 12, 0, 10, tzinfo=UTC)
+    assert info.next_run == datetime(2024, 6, 3, 12, 0, 20, tzinfo=UTC)
+    assert [(s.name, s.status) for s in info.steps] == [("fetch", "completed")]
+    assert info.metadata.run_count == 1 and info.metadata.cron_schedule == "*/10 * * * * *"
+
+
+def test_the_limit_of_next_scheduled_runs_must_be_an_int_of_at_least_zero() -> None:
+    m = TaskManager()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="limit must be an int >= 0"):
+            m.get_next_scheduled_runs(bad)  # type: ignore[arg-type]
+
+
+async def test_add_execute_remove_task_schedules_the_task_while_it_is_registered(
+    wall_clock: WallClock,
+) -> None:
+    wall_clock(MONDAY_NOON)
+    seen: list[list[str]] = []
+
+    def job() -> None:
+        seen.append([info.schedule for info in m.get_scheduled_tasks()])
+
+    def broken() -> None:
+        job()
+        raise RuntimeError("no")
+
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        await m.add_execute_remove_task(Task(task_function=job, name="a"), schedule="0 * * * *")
+        assert m.statistics().scheduled == 0 and m.get_task_by_name("a") is None
+        with pytest.raises(Exception, match="no"):
+            await m.add_execute_remove_task(
+                Task(task_function=broken, name="b"), schedule="*/5 * * * * *"
+            )
+        assert m.statistics().scheduled == 0 and m.get_task_by_name("b") is None
+    assert seen == [["0 * * * *"], ["*/5 * * * * *"]]
+
+
+def test_schedules_can_be_added_outside_a_loop() -> None:
+    m = TaskManager(timezone=UTC)
+    job, _ = recorder()
+    m.add_and_schedule_task(job, "* * * * *")
+    [run] = m.get_next_scheduled_runs()
+    assert run["next_run"] > datetime.now(UTC)
+    assert run["next_run"] - datetime.now(UTC) <= timedelta(minutes=1)
+
+
+async def test_cron_fires_only_while_the_manager_is_started(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    base = MONDAY_NOON - 0.25
+    m = TaskManager(timezone=UTC)
+    job, starts = recorder()
+    m.add_and_schedule_task(job, "*/10 * * * * *")
+    async with asyncio.timeout(120):
+        await asyncio.sleep(25)  # not started: ticks at :10 and :20 do not run
+        assert starts == []
+        await m.start()
+        # The ticks due while stopped are not made up for; the next is at :30.
+        assert m.get_next_scheduled_runs()[0]["next_run"].timestamp() == base + 30
+        await asyncio.sleep(20)
+        assert starts == [base + 30, base + 40]
+        await m.stop()
+        assert m.get_scheduled_tasks()[0].next_run is not None  # still listed
+        await asyncio.sleep(30)
+        assert starts == [base + 30, base + 40]
+        await m.start()
+        await asyncio.sleep(10)
+        await m.stop()
+    assert starts == [base + 30, base + 40, base + 80]
+    assert_nothing_left()
+
+
+async def test_scheduling_again_replaces_the_schedule(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    base = MONDAY_NOON - 0.25
+    job, starts = recorder()
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "*/2 * * * * *")
+        await asyncio.sleep(3)
+        m.schedule_task_by_name("job", "*/5 * * * * *")
+        assert m.statistics().scheduled == 1
+        assert [i.schedule for i in m.get_scheduled_tasks()] == ["*/5 * * * * *"]
+        await asyncio.sleep(7)
+    assert starts == [base + 2, base + 5, base + 10]
+
+
+async def test_deschedule_drops_the_schedule_and_clears_the_metadata(
+    wall_clock: WallClock,
+) -> None:
+    wall_clock(MONDAY_NOON)
+    job, starts = recorder()
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(2)
+        m.deschedule_task_by_name("job")
+        await asyncio.sleep(5)
+        metadata = job.get_metadata()
+        assert (metadata.cron_schedule, metadata.next_run) == (None, None)
+        assert m.get_scheduled_tasks() == [] and m.get_next_scheduled_runs() == []
+        assert m.statistics().scheduled == 0
+        assert m.get_task_by_name("job") is job  # still registered
+        with pytest.raises(TaskNotFoundError):
+            m.deschedule_task_by_name("nope")
+        with pytest.raises(TaskNotFoundError):
+            m.schedule_task_by_name("nope", "* * * * *")
+    assert len(starts) == 2
+
+
+async def test_remove_task_drops_its_schedule(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    job, starts = recorder()
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(1)
+        m.remove_task(job)
+        assert m.statistics().scheduled == 0 and job.get_metadata().cron_schedule is None
+        await asyncio.sleep(5)
+    assert len(starts) == 1
+
+
+def test_a_bad_cron_string_leaves_the_task_unregistered() -> None:
+    m = TaskManager()
+    job, _ = recorder()
+    with pytest.raises(InvalidCronExpressionError, match="'61 \\* \\* \\* \\*'"):
+        m.add_and_schedule_task(job, "61 * * * *")
+    assert m.get_task_by_name("job") is None and m.statistics().scheduled == 0
+    m.add_task(job)
+    with pytest.raises(InvalidCronExpressionError):
+        m.schedule_task_by_name("job", "* * * *")
+    assert job.get_metadata().cron_schedule is None
+
+
+async def test_ticks_fire_on_time_in_the_manager_zone(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)  # 08:00 in New York (EDT)
+    job, starts = recorder()
+    async with asyncio.timeout(3 * 86400), TaskManager(timezone=NEW_YORK) as m:
+        m.add_and_schedule_task(job, "0 9 * * mon-fri")
+        await asyncio.sleep(2 * 86400)
+    assert starts == [instant("2024-06-03T09:00:00-04:00"), instant("2024-06-04T09:00:00-04:00")]
+
+
+async def test_the_manager_follows_the_dst_policy_in_spring(wall_clock: WallClock) -> None:
+    wall_clock(instant("2024-03-30T12:00:00+01:00"))
+    fixed, fixed_starts = recorder("fixed")
+    interval, interval_starts = recorder("interval")
+    async with asyncio.timeout(3 * 86400), TaskManager(timezone=BERLIN) as m:
+        m.add_and_schedule_task(fixed, "30 2 * * *")
+        m.add_and_schedule_task(interval, "0 * * * *")
+        await asyncio.sleep(2 * 86400 + 1)
+    assert fixed_starts == [
+        instant("2024-03-31T03:00:00+02:00"),  # 02:30 was skipped: right after the jump
+        instant("2024-04-01T02:30:00+02:00"),
+    ]
+    hours = [b - a for a, b in zip(interval_starts, interval_starts[1:], strict=False)]
+    assert len(interval_starts) == 48 and set(hours) == {3600.0}
+
+
+async def test_the_manager_follows_the_dst_policy_in_autumn(wall_clock: WallClock) -> None:
+    # (Each season starts its own loop: looptime stalls past ~2**24 s of loop time, where
+    # adding asyncio's clock resolution to loop.time() no longer changes it.)
+    wall_clock(instant("2024-10-26T12:00:00+02:00"))
+    fixed, fixed_starts = recorder("fixed")
+    interval, interval_starts = recorder("interval")
+    async with asyncio.timeout(3 * 86400), TaskManager(timezone=BERLIN) as m:
+        m.add_and_schedule_task(fixed, "30 2 * * *")
+        m.add_and_schedule_task(interval, "*/30 * * * *")
+        await asyncio.sleep(instant("2024-10-27T04:00:00+01:00") - now_wall() + 1)
+    assert fixed_starts == [instant("2024-10-27T02:30:00+02:00")]  # not again at 02:30 CET
+    locals_ = ["02:00+02:00", "02:30+02:00", "02:00+01:00", "02:30+01:00", "03:00+01:00"]
+    expected = [instant(f"2024-10-27T{t}") for t in (*locals_, "03:30+01:00", "04:00+01:00")]
+    assert interval_starts[-7:] == expected  # both passes of the repeated hour
+    halves = [b - a for a, b in zip(interval_starts, interval_starts[1:], strict=False)]
+    assert set(halves) == {1800.0}
+
+
+async def test_every_tick_runs_through_the_constraints(
+    wall_clock: WallClock, record: Record
+) -> None:
+    wall_clock(MONDAY_NOON)
+    verdicts = iter([True, False, True])
+    seen: list[Any] = []
+
+    def should_execute(task: Task[Any, Any], input: Any) -> bool:
+        seen.append(input)
+        return next(verdicts)
+
+    group = TaskConstraintGroup(
+        name="gate", constraint_key_for_execution=lambda t, i: "k", should_execute=should_execute
+    )
+    job, starts = recorder()
+    events = record(job)
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_constraint_group(group)
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(3)
+    assert len(starts) == 2 and seen == [None, None, None]
+    assert [e.type for e in events] == ["started", "completed", "skipped", "started", "completed"]
+
+
+async def test_overlapping_ticks_queue_behind_a_concurrency_limit(
+    wall_clock: WallClock, record: Record
+) -> None:
+    wall_clock(MONDAY_NOON)
+    starts: list[float] = []
+
+    async def slow() -> None:
+        starts.append(now_wall())
+        await asyncio.sleep(1.5)
+
+    job = Task(task_function=slow, name="slow")
+    events = record(job)
+    group = TaskConstraintGroup(
+        name="one", constraint_key_for_execution=lambda t, i: "k", max_concurrent=1
+    )
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_constraint_group(group)
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(3)
+        assert m.statistics().running == 1 and m.statistics().waiting == 1
+        await m.stop(drain=False)
+    base = MONDAY_NOON - 0.25
+    assert starts == [base + 1, base + 2.5]
+    assert [e.type for e in events].count("queued") == 2
+    assert_nothing_left()
+
+
+async def test_ticks_run_in_their_own_tasks(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    running: list[int] = []
+
+    async def slow() -> None:
+        running.append(m.statistics().running)
+        await asyncio.sleep(2.5)
+
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(Task(task_function=slow, name="slow"), "* * * * * *")
+        await asyncio.sleep(4)
+        await m.stop(timeout=0)
+    assert running == [1, 2, 3, 3]
+    assert_nothing_left()
+
+
+async def test_a_failing_tick_reaches_the_event_stream_and_the_log(
+    wall_clock: WallClock, record: Record, caplog: pytest.LogCaptureFixture
+) -> None:
+    wall_clock(MONDAY_NOON)
+    caplog.set_level(logging.DEBUG)
+
+    def broken() -> None:
+        raise RuntimeError("disk full")
+
+    job = Task(task_function=broken, name="broken")
+    events = record(job)
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(2)
+    gc.collect()  # a lost task exception would be reported when the task is collected
+    assert [(e.type, e.error) for e in events] == [
+        ("started", None),
+        ("failed", "disk full"),
+        ("started", None),
+        ("failed", "disk full"),
+    ]
+    errors = [r for r in caplog.records if r.name == "taskbuffer" and r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["scheduled run of task 'broken' failed"] * 2
+    assert all(isinstance(r.exc_info and r.exc_info[1], RuntimeError) for r in errors)
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+    assert job.error_count == 2
+
+
+async def test_missed_ticks_coalesce_into_one_run(
+    wall_clock: WallClock, record: Record, caplog: pytest.LogCaptureFixture
+) -> None:
+    wall_clock(MONDAY_NOON)
+    base = MONDAY_NOON - 0.25
+    starts: list[float] = []
+
+    def job() -> None:
+        starts.append(now_wall())
+        if len(starts) == 2:
+            block_loop(3.5)  # e.g. a blocking call: the ticks at +3 and +4 pass meanwhile
+
+    task = Task(task_function=job, name="job")
+    events = record(task)
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(task, "* * * * * *")
+        await asyncio.sleep(7)
+    # +3 runs late (once, for +3, +4 and +5), then the schedule goes on: no burst.
+    assert starts == [base + 1, base + 2, base + 5.5, base + 6, base + 7]
+    missed = [e for e in events if e.type == "missed"]
+    assert len(missed) == 1
+    assert missed[0].error == (
+        "2 ticks were missed while the event loop was blocked ('* * * * * *'); "
+        "coalesced into this run"
+    )
+    assert [e.type for e in events].index("missed") == 4  # before the late run's "started"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [f"task 'job': {missed[0].error}"]
+
+
+async def test_a_schedule_whose_next_tick_cannot_be_computed_is_dropped(
+    wall_clock: WallClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    wall_clock(MONDAY_NOON)
+    job, starts = recorder()
+    other, other_starts = recorder("other")
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "*/2 * * * * *")
+        m.add_and_schedule_task(other, "*/3 * * * * *")
+        real_next_after = CronSchedule.next_after
+
+        def next_after(self: CronSchedule, t: float) -> float:
+            if self.expression == "*/2 * * * * *":
+                raise RuntimeError("croniter gave up")
+            return real_next_after(self, t)
+
+        monkeypatch.setattr(CronSchedule, "next_after", next_after)
+        await asyncio.sleep(7)
+        assert job.get_metadata().cron_schedule is None and m.statistics().scheduled == 1
+    assert len(starts) == 1  # the tick that was due still ran; no more after it
+    assert len(other_starts) == 2  # other schedules are unaffected
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged.getMessage().startswith("task 'job': cron <CronSchedule '*/2 * * * * *'")
+
+
+async def test_the_missed_count_is_capped_for_very_long_blocks(
+    wall_clock: WallClock, record: Record
+) -> None:
+    wall_clock(MONDAY_NOON)
+    blocked = False
+
+    def job() -> None:
+        nonlocal blocked
+        if not blocked:
+            blocked = True
+            block_loop(200_000)  # past more than 100,000 ticks of an every-second schedule
+
+    task = Task(task_function=job, name="job")
+    events = record(task)
+    async with asyncio.timeout(300_000), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(task, "* * * * * *")
+        await asyncio.sleep(200_002)
+        [missed] = [e for e in events if e.type == "missed"]
+        assert missed.error is not None and missed.error.startswith("100000+ ticks were missed")
+        # The schedule goes on from now, not from where the count stopped.
+        next_run = m.get_next_scheduled_runs()[0]["next_run"].timestamp()
+        assert 0 < next_run - now_wall() <= 1
+
+
+async def test_starting_again_without_a_stop_keeps_one_timer(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    job, starts = recorder()
+    m = TaskManager(timezone=UTC)
+    m.add_and_schedule_task(job, "* * * * * *")
+    async with asyncio.timeout(60):
+        await m.start()
+        await m.start()
+        await asyncio.sleep(3)
+        await m.stop()
+    assert len(starts) == 3
+
+
+async def test_restarting_rebuilds_stale_cron_and_keeps_one_offs(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    base = MONDAY_NOON - 0.25
+    job, starts = recorder()
+    m = TaskManager(timezone=UTC)
+    m.add_and_schedule_task(job, "*/10 * * * * *")
+    m.schedule_task_at("job", datetime.fromtimestamp(base + 25, UTC))
+    async with asyncio.timeout(60):
+        await asyncio.sleep(15)  # the cron tick at +10 passes while stopped
+        await m.start()
+        assert job.get_metadata().next_run == datetime.fromtimestamp(base + 20, UTC)
+        await asyncio.sleep(10)
+        await m.stop()
+    assert starts == [base + 20, base + 25]
+
+
+async def test_a_tick_updates_next_run_with_pending_one_offs_in_view(
+    wall_clock: WallClock,
+) -> None:
+    wall_clock(MONDAY_NOON)
+    base = MONDAY_NOON - 0.25
+    job, _ = recorder()
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "*/10 * * * * *")
+        m.schedule_task_at("job", datetime.fromtimestamp(base + 15, UTC))
+        await asyncio.sleep(10)  # the tick at +10: next is the one-off at +15, not +20
+        assert job.get_metadata().next_run == datetime.fromtimestamp(base + 15, UTC)
+        await asyncio.sleep(5)
+        assert job.get_metadata().next_run == datetime.fromtimestamp(base + 20, UTC)
+
+
+async def test_rescheduling_many_times_keeps_the_timer_heap_small(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+    job, starts = recorder()
+    async with asyncio.timeout(120), TaskManager(timezone=UTC) as m:
+        m.add_task(job)
+        for n in range(1000):
+            m.schedule_task_by_name("job", f"{n % 60} * * * * *")
+        assert len(m._scheduler._heap) < 200  # replaced schedules do not pile up
+        assert m.statistics().scheduled == 1
+        assert repr(m._scheduler).startswith("<Scheduler started=True cron=1 once=0")
+        await asyncio.sleep(60)
+    assert len(starts) == 1  # only the last schedule, "39 * * * * *", fires
+
+
+@pytest.mark.looptime(noop_cycles=0)
+async def test_a_day_of_an_every_second_schedule_fires_86400_times(
+    wall_clock: WallClock,
+) -> None:
+    wall_clock(datetime(2024, 6, 3, 0, 0, 0, 500000, tzinfo=UTC).timestamp())
+    count = 0
+    latest = 0.0
+
+    def tick() -> None:
+        nonlocal count, latest
+        count += 1
+        now = now_wall()
+        latest = max(latest, now - round(now))
+
+    began = time.perf_counter()
+    async with asyncio.timeout(86400 + 60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(Task(task_function=tick, name="tick"), "* * * * * *")
+        await asyncio.sleep(86400)  # ticks at 00:00:01 ... 24:00:00
+    elapsed = time.perf_counter() - began
+    assert count == 86400
+    assert latest < 1e-3
+    # The budget is 30 s; a tracer (coverage, as in CI) makes every Python call several times
+    # dearer, so a traced run only has to stay clear of the per-test timeout.
+    budget = 50.0 if traced() else 30.0
+    assert elapsed < budget, f"{elapsed:.1f} s of real time"
+
+
+@pytest.mark.realtime
+async def test_an_every_second_schedule_fires_on_time_in_real_time() -> None:
+    starts: list[float] = []
+    three = asyncio.Event()
+
+    def job() -> None:
+        starts.append(now_wall())
+        if len(starts) == 3:
+            three.set()
+
+    async with asyncio.timeout(3.5), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(Task(task_function=job, name="job"), "* * * * * *")
+        await three.wait()
+    lateness = [s - round(s) for s in starts]
+    # asyncio may run a timer up to its clock resolution early, hence not exactly 0.
+    assert all(-0.001 <= late <= 0.05 for late in lateness), lateness
+    assert [round(b - a) for a, b in zip(starts, starts[1:], strict=False)] == [1, 1]
+
+
+async def test_nothing_is_left_behind_after_stop(wall_clock: WallClock) -> None:
+    wall_clock(MONDAY_NOON)
+
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    async with asyncio.timeout(60):
+        m = TaskManager(timezone=UTC)
+        m.add_and_schedule_task(Task(task_function=slow, name="slow"), "* * * * * *")
+        await m.start()
+        await asyncio.sleep(1.5)
+        await m.stop(timeout=1)
+        assert_nothing_left()
+        await m.stop()  # again: harmless
+
+
+def test_a_manager_runs_cron_in_one_loop_after_another() -> None:
+    starts: list[float] = []
+    ticked: list[asyncio.Event] = []
+
+    def job() -> None:
+        starts.append(now_wall())
+        ticked[-1].set()
+
+    m = TaskManager(timezone=UTC)  # built outside any loop, as at import time
+    m.add_and_schedule_task(Task(task_function=job, name="job"), "* * * * * *")
+
+    async def run_one_tick() -> None:
+        ticked.append(asyncio.Event())
+        async with asyncio.timeout(5):
+            await m.start()
+            await ticked[-1].wait()
+            await m.stop()
+        assert_nothing_left()
+
+    for _ in range(2):  # two loops, one after the other, each on virtual time
+        with asyncio.Runner(loop_factory=looptime.new_event_loop) as runner:
+            runner.run(run_one_tick())
+    assert len(starts) == 2

@@ -1,0 +1,888 @@
+"""``TaskManager``: registry, look-ups, events, ``add_execute_remove_task``, statistics and
+the lifecycle (``start``/``stop``/``async with``, graceful stop) of API.md's "TaskManager".
+
+Every async test runs on looptime's virtual clock, so the instants asserted are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from _constraint_support import Gates, event_types, idle, settle
+from reactivex.abc import DisposableBase
+
+from taskbuffer import (
+    Task,
+    TaskbufferError,
+    TaskConstraintGroup,
+    TaskEvent,
+    TaskExecutionError,
+    TaskExecutionReport,
+    TaskManager,
+    TaskManagerStatistics,
+    TaskManagerStoppedError,
+    TaskMetadata,
+    TaskNotFoundError,
+    TaskStep,
+)
+
+Record = Callable[[Task[Any, Any]], list[TaskEvent]]
+Subscribe = Callable[[TaskManager], list[TaskEvent]]
+
+
+@pytest.fixture
+def manager_events() -> Iterator[Subscribe]:
+    """Subscribe to a manager's ``task_subject``; disposed when the test ends."""
+    subscriptions: list[DisposableBase] = []
+
+    def subscribe(manager: TaskManager) -> list[TaskEvent]:
+        events: list[TaskEvent] = []
+        subscriptions.append(manager.task_subject.subscribe(events.append))
+        return events
+
+    yield subscribe
+    for subscription in subscriptions:
+        subscription.dispose()
+
+
+def one_at_a_time(name: str = "one") -> TaskConstraintGroup:
+    return TaskConstraintGroup(
+        name=name, constraint_key_for_execution=lambda task, x: "k", max_concurrent=1
+    )
+
+
+def spawn(coro: Any) -> asyncio.Task[Any]:
+    return asyncio.ensure_future(coro)
+
+
+def is_started(manager: TaskManager) -> bool:
+    """``manager.started``, read through a call so a type checker does not narrow it."""
+    return manager.started
+
+
+def named(name: str, result: Any = None, **options: Any) -> Task[Any]:
+    return Task(name=name, task_function=lambda: result, **options)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_add_task_needs_a_name() -> None:
+    manager = TaskManager()
+    with pytest.raises(ValueError, match="needs a name"):
+        manager.add_task(Task(task_function=lambda: None))
+    assert dict(manager.task_map) == {}
+
+
+def test_add_task_rejects_a_taken_name() -> None:
+    manager = TaskManager()
+    first = named("job")
+    manager.add_task(first)
+    with pytest.raises(ValueError, match=r"'job' is already registered"):
+        manager.add_task(named("job"))
+    with pytest.raises(ValueError, match=r"'job' is already registered"):
+        manager.add_task(first)
+    assert manager.task_map["job"] is first
+
+
+def test_add_task_takes_a_task() -> None:
+    with pytest.raises(TypeError, match="add_task takes a Task"):
+        TaskManager().add_task("job")  # type: ignore[arg-type]
+
+
+def test_task_map_is_a_read_only_view() -> None:
+    manager = TaskManager()
+    a, b = named("a"), named("b")
+    manager.add_task(a)
+    view = manager.task_map
+    manager.add_task(b)
+    assert dict(manager.task_map) == {"a": a, "b": b}
+    with pytest.raises(TypeError):
+        view["c"] = named("c")  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del view["a"]  # type: ignore[attr-defined]
+    assert dict(manager.task_map) == {"a": a, "b": b}
+
+
+def test_look_ups_by_name() -> None:
+    manager = TaskManager()
+    t = named("job", version="1.2", labels={"team": "core"})
+    manager.add_task(t)
+    assert manager.get_task_by_name("job") is t
+    assert manager.get_task_by_name("nope") is None
+    metadata = manager.get_task_metadata("job")
+    assert isinstance(metadata, TaskMetadata)
+    assert (metadata.name, metadata.version, metadata.labels) == ("job", "1.2", {"team": "core"})
+    assert manager.get_task_metadata("nope") is None
+    assert [m.name for m in manager.get_all_tasks_metadata()] == ["job"]
+
+
+def test_remove_task_unregisters_it() -> None:
+    manager = TaskManager()
+    t = named("job")
+    manager.add_task(t)
+    manager.remove_task(t)
+    assert manager.get_task_by_name("job") is None
+    assert dict(manager.task_map) == {}
+    assert manager.get_all_tasks_metadata() == []
+    manager.add_task(t)  # the name is free again
+    assert manager.task_map["job"] is t
+
+
+def test_remove_task_of_an_unregistered_task_raises_task_not_found() -> None:
+    manager = TaskManager()
+    manager.add_task(named("job"))
+    with pytest.raises(TaskNotFoundError):
+        manager.remove_task(named("other"))
+    with pytest.raises(TaskNotFoundError):
+        manager.remove_task(named("job"))  # same name, another task
+    assert "job" in manager.task_map
+
+
+async def test_trigger_task_by_name() -> None:
+    manager = TaskManager()
+    manager.add_task(Task(name="double", task_function=lambda x: x * 2))
+    assert await manager.trigger_task_by_name("double", 21) == 42
+    with pytest.raises(TaskNotFoundError) as caught:
+        await manager.trigger_task_by_name("nope")
+    error = caught.value
+    assert isinstance(error, KeyError) and isinstance(error, TaskbufferError)
+    assert "'nope'" in str(error)
+
+
+async def test_trigger_task_runs_a_task_that_is_not_registered() -> None:
+    manager = TaskManager()
+    assert await manager.trigger_task(Task(task_function=lambda x: x + 1), 1) == 2
+    assert await manager.trigger_task_constrained(Task(task_function=lambda: "ok")) == "ok"
+
+
+def test_label_queries() -> None:
+    manager = TaskManager()
+    a = named("a", labels={"team": "core", "tier": "1"})
+    b = named("b", labels={"team": "web"})
+    c = named("c", labels={"team": "core"})
+    for t in (a, b, c):
+        manager.add_task(t)
+    outsider = named("d", labels={"team": "core"})  # not registered
+    assert outsider.labels["team"] == "core"
+    assert manager.get_tasks_by_label("team", "core") == [a, c]
+    assert manager.get_tasks_by_label("team", "ops") == []
+    assert manager.get_tasks_by_label("tier", "1") == [a]
+    assert [m.name for m in manager.get_tasks_metadata_by_label("team", "core")] == ["a", "c"]
+    assert manager.get_tasks_metadata_by_label("nope", "x") == []
+    c.set_label("team", "web")
+    assert manager.get_tasks_by_label("team", "web") == [b, c]
+
+
+async def test_metadata_snapshots_follow_the_runs() -> None:
+    manager = TaskManager()
+
+    def work(x: str) -> str:
+        if x == "fail":
+            raise ValueError("nope")
+        return x
+
+    manager.add_task(Task(name="job", task_function=work))
+    assert manager.get_task_metadata("job") == manager.get_all_tasks_metadata()[0]
+    await manager.trigger_task_by_name("job", "ok")
+    with pytest.raises(ValueError):
+        await manager.trigger_task_by_name("job", "fail")
+    metadata = manager.get_task_metadata("job")
+    assert metadata is not None
+    assert (metadata.status, metadata.run_count, metadata.error_count, metadata.last_error) == (
+        "failed",
+        2,
+        1,
+        "nope",
+    )
+
+
+# ------------------------------------------------------------------------ event forwarding
+
+
+async def test_task_subject_carries_the_events_of_every_registered_task(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    manager.add_task(Task(name="a", task_function=lambda: 1))
+    manager.add_task(Task(name="b", task_function=lambda: 2))
+    await manager.trigger_task_by_name("a")
+    await manager.trigger_task_by_name("b")
+    assert [(e.task.name, e.type) for e in events] == [
+        ("a", "started"),
+        ("a", "completed"),
+        ("b", "started"),
+        ("b", "completed"),
+    ]
+
+
+async def test_direct_triggers_of_a_registered_task_are_forwarded_too(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    t = Task(name="a", task_function=lambda: 1)
+    manager.add_task(t)
+    await t.trigger()
+    assert event_types(events) == ["started", "completed"]
+
+
+async def test_forwarding_stops_when_the_task_is_removed(manager_events: Subscribe) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    t = Task(name="a", task_function=lambda: 1)
+    manager.add_task(t)
+    await t.trigger()
+    manager.remove_task(t)
+    await t.trigger()
+    await manager.trigger_task(t)
+    assert event_types(events) == ["started", "completed"]
+    manager.add_task(t)
+    await t.trigger()
+    assert event_types(events) == ["started", "completed", "started", "completed"]
+
+
+async def test_a_task_in_two_managers_is_forwarded_by_each(manager_events: Subscribe) -> None:
+    first, second = TaskManager(), TaskManager()
+    events_first, events_second = manager_events(first), manager_events(second)
+    t = Task(name="a", task_function=lambda: 1)
+    first.add_task(t)
+    second.add_task(t)
+    await t.trigger()
+    first.remove_task(t)
+    await t.trigger()
+    assert len(events_first) == 2 and len(events_second) == 4
+
+
+async def test_forwarding_stops_on_stop_and_resumes_on_start(manager_events: Subscribe) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    t = Task(name="a", task_function=lambda: 1)
+    manager.add_task(t)
+    await manager.start()
+    await t.trigger()
+    await manager.stop()
+    await t.trigger()  # direct trigger: runs, but the stopped manager does not forward it
+    late = Task(name="late", task_function=lambda: 2)
+    manager.add_task(late)  # added while stopped
+    await late.trigger()
+    assert [(e.task.name, e.type) for e in events] == [("a", "started"), ("a", "completed")]
+    await manager.start()
+    await t.trigger()
+    await late.trigger()
+    assert [(e.task.name, e.type) for e in events][2:] == [
+        ("a", "started"),
+        ("a", "completed"),
+        ("late", "started"),
+        ("late", "completed"),
+    ]
+    await manager.stop()
+
+
+async def test_a_raising_subscriber_breaks_neither_the_run_nor_other_subscribers(
+    manager_events: Subscribe, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = TaskManager()
+
+    def bad(event: TaskEvent) -> None:
+        raise RuntimeError("subscriber bug")
+
+    subscription = manager.task_subject.subscribe(bad)
+    events = manager_events(manager)
+    manager.add_task(Task(name="a", task_function=lambda: "ok"))
+    try:
+        assert await manager.trigger_task_by_name("a") == "ok"
+    finally:
+        subscription.dispose()
+    assert event_types(events) == ["started", "completed"]
+    logged = [r for r in caplog.records if r.name == "taskbuffer" and r.levelname == "ERROR"]
+    assert len(logged) == 2  # one per event
+    assert "subscriber raised" in logged[0].getMessage()
+
+
+# ---------------------------------------------------------------- add_execute_remove_task
+
+
+async def test_add_execute_remove_task_reports_a_successful_run() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    steps = [TaskStep(name="fetch", percentage=40), TaskStep(name="store", percentage=60)]
+
+    async def work() -> str:
+        t.notify_step("fetch")
+        await asyncio.sleep(1.5)
+        t.notify_step("store")
+        await asyncio.sleep(0.5)
+        return "stored"
+
+    t = Task(name="job", task_function=work, steps=steps)
+    before = time.time()
+    report = await manager.add_execute_remove_task(t)
+    assert isinstance(report, TaskExecutionReport)
+    assert report.task_name == "job"
+    assert report.result == "stored"
+    assert report.error is None
+    assert report.duration == pytest.approx(2.0, abs=1e-6)
+    assert report.end_time - report.start_time == pytest.approx(report.duration, abs=1e-9)
+    assert report.start_time == pytest.approx(before, abs=60)  # epoch seconds
+    assert report.steps_completed == ["fetch", "store"]
+    assert [step.name for step in report.steps] == ["fetch", "store"]
+    assert report.progress == 100
+    assert manager.get_task_by_name("job") is None
+    assert loop.time() == 2.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.result = None  # type: ignore[misc]
+
+
+async def test_add_execute_remove_task_failure_raises_with_the_report() -> None:
+    manager = TaskManager()
+    original = ValueError("disk full")
+
+    async def work() -> None:
+        await asyncio.sleep(1)
+        raise original
+
+    t = Task(name="job", task_function=work)
+    with pytest.raises(TaskExecutionError) as caught:
+        await manager.add_execute_remove_task(t)
+    error = caught.value
+    assert isinstance(error, TaskbufferError)
+    assert error.__cause__ is original
+    assert error.report.error is original
+    assert error.report.task_name == "job"
+    assert error.report.result is None
+    assert error.report.duration == pytest.approx(1.0, abs=1e-6)
+    assert "job" in str(error) and "disk full" in str(error)
+    assert manager.get_task_by_name("job") is None
+
+
+async def test_add_execute_remove_task_with_catch_errors_reports_without_raising() -> None:
+    """Under ``catch_errors`` a failed run returns ``None`` rather than raising; the report
+    still carries the error (read this way: the run failed, the caller asked not to raise)."""
+    manager = TaskManager()
+
+    def work() -> None:
+        raise ValueError("swallowed")
+
+    report = await manager.add_execute_remove_task(
+        Task(name="job", task_function=work, catch_errors=True)
+    )
+    assert isinstance(report.error, ValueError) and str(report.error) == "swallowed"
+    assert report.result is None
+    assert manager.get_task_by_name("job") is None
+
+
+async def test_add_execute_remove_task_goes_through_the_constraints() -> None:
+    manager = TaskManager()
+    manager.add_constraint_group(one_at_a_time())
+    gates = Gates()
+    blocker = spawn(manager.trigger_task(Task(task_function=gates.function), "held"))
+    await gates.wait_started("held")
+    loop = asyncio.get_running_loop()
+    job = spawn(manager.add_execute_remove_task(Task(name="job", task_function=loop.time)))
+    await settle()
+    assert manager.get_task_by_name("job") is not None  # registered while it waits
+    await asyncio.sleep(3)
+    gates.finish("held")
+    report = await job
+    assert report.result == 3.0
+    assert report.duration == pytest.approx(3.0, abs=1e-6)
+    assert manager.get_task_by_name("job") is None
+    await blocker
+
+
+async def test_add_execute_remove_task_with_a_taken_name_raises_and_keeps_the_other() -> None:
+    manager = TaskManager()
+    registered = named("job")
+    manager.add_task(registered)
+    with pytest.raises(ValueError, match="already registered"):
+        await manager.add_execute_remove_task(named("job"))
+    assert manager.get_task_by_name("job") is registered
+
+
+async def test_add_execute_remove_task_removes_the_task_when_cancelled() -> None:
+    manager = TaskManager()
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    job = spawn(manager.add_execute_remove_task(t))
+    await gates.wait_started(None)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert manager.get_task_by_name("job") is None
+
+
+# ------------------------------------------------------------------------------ lifecycle
+
+
+async def test_start_and_stop() -> None:
+    manager = TaskManager()
+    assert not is_started(manager)
+    await manager.start()
+    assert is_started(manager)
+    await manager.stop()
+    assert not is_started(manager)
+
+
+async def test_triggers_work_before_start() -> None:
+    manager = TaskManager()
+    manager.add_task(named("job", "ran"))
+    assert await manager.trigger_task_by_name("job") == "ran"
+
+
+async def test_stop_without_start_and_twice() -> None:
+    manager = TaskManager()
+    await manager.stop()
+    await manager.stop()
+    await manager.stop(timeout=1, drain=True)
+    assert not manager.started
+
+
+async def test_a_stopped_manager_refuses_triggers_and_can_be_started_again() -> None:
+    manager = TaskManager()
+    t = named("job", "ran")
+    manager.add_task(t)
+    await manager.start()
+    await manager.stop()
+    with pytest.raises(TaskManagerStoppedError) as caught:
+        await manager.trigger_task(t)
+    assert isinstance(caught.value, RuntimeError) and isinstance(caught.value, TaskbufferError)
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task_by_name("job")
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task_constrained(t, priority=3)
+    manager.add_constraint_group(one_at_a_time())
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t)
+    assert t.run_count == 0
+    await manager.start()
+    assert await manager.trigger_task(t) == "ran"
+    await manager.stop()
+    await manager.start()
+    assert await manager.trigger_task_by_name("job") == "ran"
+    await manager.stop()
+
+
+async def test_async_with_starts_and_stops() -> None:
+    t = named("job", "ran")
+    async with TaskManager() as manager:
+        assert isinstance(manager, TaskManager)
+        assert is_started(manager)
+        manager.add_task(t)
+        assert await manager.trigger_task_by_name("job") == "ran"
+    assert not is_started(manager)
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t)
+
+
+async def test_async_with_stops_on_an_error_and_lets_it_through() -> None:
+    with pytest.raises(LookupError, match="inside"):
+        async with TaskManager() as manager:
+            raise LookupError("inside")
+    assert not manager.started
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, math.nan, "1", True])
+async def test_stop_timeout_must_be_a_non_negative_number(bad: Any) -> None:
+    manager = TaskManager()
+    with pytest.raises(ValueError, match=r"^timeout must be"):
+        await manager.stop(timeout=bad)
+
+
+async def test_stop_waits_for_running_runs() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+
+    async def work() -> str:
+        await asyncio.sleep(3)
+        return "done"
+
+    t = Task(name="job", task_function=work)
+    manager.add_task(t)
+    await manager.start()
+    run = spawn(manager.trigger_task(t))
+    await settle()
+    await manager.stop()
+    assert loop.time() == 3.0
+    assert run.done() and run.result() == "done"
+
+
+async def test_stop_fails_waiting_triggers_and_lets_the_running_run_finish(
+    record: Record,
+) -> None:
+    loop = asyncio.get_running_loop()
+    group = one_at_a_time()
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    events = record(t)
+    await manager.start()
+    running = spawn(manager.trigger_task(t, "running"))
+    await gates.wait_started("running")
+    waiting = [spawn(manager.trigger_task(t, x)) for x in ("w1", "w2")]
+    await settle()
+    stopping = spawn(manager.stop())
+    await settle()
+    for trigger in waiting:
+        with pytest.raises(TaskManagerStoppedError):
+            await trigger
+    assert not stopping.done()  # still waiting for the running run
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t, "late")
+    await asyncio.sleep(2)
+    gates.finish("running")
+    await stopping
+    assert loop.time() == 2.0
+    assert await running == "running"
+    assert gates.started == ["running"]
+    assert event_types(events) == ["started", "queued", "queued", "completed"]
+    assert group.statistics() == idle(group)
+    assert manager.statistics().running == manager.statistics().waiting == 0
+
+
+async def test_stop_with_drain_lets_waiting_triggers_run_and_waits_for_them() -> None:
+    group = one_at_a_time()
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    await manager.start()
+    runs = [spawn(manager.trigger_task(t, x)) for x in ("a", "b", "c")]
+    await gates.wait_started("a")
+    stopping = spawn(manager.stop(drain=True))
+    await settle()
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t, "late")
+    for x in ("a", "b", "c"):
+        await gates.wait_started(x)
+        await settle()
+        assert not stopping.done(), f"stop() returned while {x!r} was running"
+        gates.finish(x)
+    await stopping
+    assert await asyncio.gather(*runs) == ["a", "b", "c"]
+    assert group.statistics() == idle(group)
+
+
+async def test_stop_with_drain_waits_for_cooldowns_of_waiting_triggers() -> None:
+    loop = asyncio.get_running_loop()
+    group = TaskConstraintGroup(
+        name="cool", constraint_key_for_execution=lambda t, x: "k", cooldown=5
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    t = Task(name="job", task_function=lambda: loop.time())
+    await manager.trigger_task(t)
+    waiting = spawn(manager.trigger_task(t))
+    await settle()
+    await manager.stop(drain=True)
+    assert loop.time() == 5.0
+    assert waiting.done() and waiting.result() == 5.0
+
+
+async def test_stop_timeout_cancels_what_still_runs(record: Record) -> None:
+    loop = asyncio.get_running_loop()
+    group = one_at_a_time()
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    cancelled = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    t = Task(name="job", task_function=work)
+    events = record(t)
+    await manager.start()
+    run = spawn(manager.trigger_task(t))
+    waiting = spawn(manager.trigger_task(t))
+    await settle()
+    await manager.stop(timeout=2.5, drain=True)
+    assert loop.time() == 2.5
+    assert cancelled.is_set()
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    with pytest.raises(TaskManagerStoppedError):
+        await waiting
+    assert not run.cancelled()
+    assert t.error_count == 0 and t.run_count == 1
+    assert "cancelled" in event_types(events) and "failed" not in event_types(events)
+    assert group.statistics() == idle(group)
+    assert manager.statistics().running == manager.statistics().waiting == 0
+
+
+async def test_stop_timeout_refuses_a_trigger_woken_as_the_timeout_runs_out() -> None:
+    """A waiter whose cooldown ends at the very instant stop()'s timeout runs out must not
+    start a run that stop() would then wait for without limit."""
+    loop = asyncio.get_running_loop()
+    group = TaskConstraintGroup(
+        name="cool", constraint_key_for_execution=lambda t, x: "k", cooldown=5
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+
+    async def work(x: str) -> str:
+        await asyncio.sleep(10 if x == "slow" else 0)
+        return x
+
+    t = Task(name="job", task_function=work)
+    assert await manager.trigger_task(t, "quick") == "quick"
+    waiting = spawn(manager.trigger_task(t, "slow"))
+    await settle()
+    await manager.stop(timeout=5, drain=True)
+    assert loop.time() == 5.0
+    with pytest.raises(TaskManagerStoppedError):
+        await waiting
+    assert manager.statistics().running == manager.statistics().waiting == 0
+    assert group.statistics().running == group.statistics().waiting == 0
+
+
+async def test_stop_timeout_refuses_a_trigger_woken_after_the_timeout_fired(
+    record: Record,
+) -> None:
+    """stop()'s timeout fires first and the cooldown of a waiting trigger ends in the same
+    instant (its timer was armed later): the woken trigger must not start."""
+    loop = asyncio.get_running_loop()
+    group = TaskConstraintGroup(
+        name="cool", constraint_key_for_execution=lambda t, x: "k", max_concurrent=1, cooldown=4
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    ran: list[str] = []
+
+    async def work(x: str) -> str:
+        ran.append(x)
+        await asyncio.sleep(1 if x == "first" else 100)
+        return x
+
+    t = Task(name="job", task_function=work)
+    events = record(t)
+    first = spawn(manager.trigger_task(t, "first"))
+    waiting = spawn(manager.trigger_task(t, "second"))
+    await settle()
+    # stop()'s deadline (t=5) is armed now; the cooldown timer (1 + 4 = 5) only at t=1.
+    await manager.stop(timeout=5, drain=True)
+    assert loop.time() == 5.0
+    assert await first == "first"
+    with pytest.raises(TaskManagerStoppedError):
+        await waiting
+    assert ran == ["first"]
+    assert event_types(events) == ["started", "queued", "completed", "cancelled"]
+    assert manager.statistics().running == manager.statistics().waiting == 0
+    assert group.statistics().running == group.statistics().waiting == 0
+
+
+async def test_nested_triggers_in_one_asyncio_task_are_tracked() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    manager.add_constraint_group(
+        TaskConstraintGroup(name="any", constraint_key_for_execution=lambda t, x: x)
+    )
+    seen: list[int] = []
+
+    async def inner() -> str:
+        seen.append(manager.statistics().running)
+        await asyncio.sleep(100)
+        return "inner"
+
+    inner_task = Task(name="inner", task_function=inner)
+
+    async def outer() -> str:
+        return await manager.trigger_task(inner_task, "i") or ""
+
+    run = spawn(manager.trigger_task(Task(name="outer", task_function=outer), "o"))
+    await settle()
+    assert seen == [2]
+    await manager.stop(timeout=1)
+    assert loop.time() == 1.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    assert manager.statistics().running == 0
+
+
+async def test_stop_timeout_without_constraints() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+
+    async def work() -> None:
+        await asyncio.sleep(100)
+
+    run = spawn(manager.trigger_task(Task(name="job", task_function=work)))
+    await settle()
+    await manager.stop(timeout=1)
+    assert loop.time() == 1.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+
+
+async def test_stop_timeout_is_not_used_when_runs_finish_in_time() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+
+    async def work() -> str:
+        await asyncio.sleep(1)
+        return "done"
+
+    run = spawn(manager.trigger_task(Task(name="job", task_function=work)))
+    await settle()
+    await manager.stop(timeout=10)
+    assert loop.time() == 1.0
+    assert await run == "done"
+
+
+async def test_stop_timeout_zero_cancels_at_once() -> None:
+    manager = TaskManager()
+
+    async def work() -> None:
+        await asyncio.sleep(100)
+
+    run = spawn(manager.trigger_task(Task(name="job", task_function=work)))
+    await settle()
+    await manager.stop(timeout=0)
+    assert asyncio.get_running_loop().time() == 0.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+
+
+async def test_a_caller_cancelled_while_stop_waits_is_still_a_cancellation() -> None:
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    stopping = spawn(manager.stop())
+    await settle()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await stopping
+
+
+async def test_stop_waits_for_a_trigger_inside_an_async_should_execute() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def check(task: Task[Any, Any], x: Any) -> bool:
+        await asyncio.sleep(2)
+        return True
+
+    group = TaskConstraintGroup(
+        name="checked", constraint_key_for_execution=lambda t, x: "k", should_execute=check
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    ran_at: list[float] = []
+
+    async def work() -> str:
+        ran_at.append(loop.time())
+        await asyncio.sleep(1)
+        return "done"
+
+    run = spawn(manager.trigger_task(Task(name="job", task_function=work)))
+    await asyncio.sleep(1)
+    await manager.stop()
+    # The trigger had its slot and was past the queue: stop() waits until its run is over.
+    assert ran_at == [2.0]
+    assert loop.time() == 3.0
+    assert run.done() and run.result() == "done"
+    assert group.statistics() == idle(group)
+
+
+async def test_stop_timeout_covers_a_trigger_inside_an_async_should_execute() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def check(task: Task[Any, Any], x: Any) -> bool:
+        await asyncio.sleep(100)
+        return True
+
+    group = TaskConstraintGroup(
+        name="checked", constraint_key_for_execution=lambda t, x: "k", should_execute=check
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    t = Task(name="job", task_function=lambda: "ran")
+    run = spawn(manager.trigger_task(t))
+    await settle()
+    await manager.stop(timeout=1)
+    assert loop.time() == 1.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    assert t.run_count == 0
+    assert group.statistics() == idle(group)
+
+
+async def test_stop_stops_forwarding_before_waiting(manager_events: Subscribe) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    manager.add_task(t)
+    run = spawn(manager.trigger_task(t))
+    await gates.wait_started(None)
+    stopping = spawn(manager.stop())
+    await settle()
+    gates.finish(None, "done")
+    await stopping
+    assert await run == "done"
+    assert event_types(events) == ["started"]  # "completed" came after stop() began
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+async def test_statistics_snapshot() -> None:
+    group = one_at_a_time()
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    manager.add_task(t)
+    manager.add_task(named("other"))
+    assert manager.statistics() == TaskManagerStatistics(tasks=2, running=0, waiting=0, scheduled=0)
+    runs = [spawn(manager.trigger_task(t, x)) for x in ("a", "b", "c")]
+    free = spawn(manager.trigger_task(Task(task_function=gates.function), "free"))
+    await settle()
+    # "free" is constrained by the same key, so it waits too.
+    stats = manager.statistics()
+    assert stats == TaskManagerStatistics(tasks=2, running=1, waiting=3, scheduled=0)
+    assert all(type(v) is int for v in dataclasses.astuple(stats))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.running = 5  # type: ignore[misc]
+    assert repr(manager) == "<TaskManager running=1 queued=3 tasks=2>"
+    for x in ("a", "b", "c", "free"):
+        await gates.wait_started(x)
+        assert manager.statistics().running == 1
+        gates.finish(x)
+    await asyncio.gather(*runs, free)
+    assert manager.statistics() == TaskManagerStatistics(tasks=2, running=0, waiting=0, scheduled=0)
+    assert stats.running == 1  # the snapshot did not change
+
+
+async def test_statistics_count_runs_without_constraints() -> None:
+    manager = TaskManager()
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    runs = [spawn(manager.trigger_task(t, x)) for x in range(3)]
+    await settle()
+    assert manager.statistics().running == 3
+    for x in range(3):
+        gates.finish(x)
+    await asyncio.gather(*runs)
+    assert manager.statistics().running == 0
+
+
+def test_constructor_arguments_are_checked() -> None:
+    with pytest.raises(TypeError, match="distributed_coordinator must be"):
+        TaskManager(distributed_coordinator="redis")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timezone must be"):
+        TaskManager(timezone="UTC")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        TaskManager(None)  # type: ignore[call-arg]
