@@ -58,7 +58,7 @@ class Taskchain(Task[Any]):
         # A snapshot: tasks added or removed while the chain runs apply to the next run.
         for index, task in enumerate(tuple(self._tasks)):
             try:
-                value = await task._trigger_coro(value)
+                value = await (task._run(value) if task._direct else task._trigger_coro(value))
             except Exception as exc:
                 raise TaskChainError(
                     self.name or "unnamed", task.name or "unnamed", index, exc

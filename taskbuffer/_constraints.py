@@ -57,6 +57,7 @@ class KeyState:
 
     __slots__ = (
         "dead",
+        "group",
         "heap",
         "key",
         "last_end",
@@ -68,7 +69,8 @@ class KeyState:
         "window",
     )
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, group: TaskConstraintGroup, key: str) -> None:
+        self.group = group  # so a trigger's claims are just its key states
         self.key = key
         self.running = 0
         self.last_end: float | None = None  # loop time of the latest end, for the cooldown
@@ -230,7 +232,7 @@ class TaskConstraintGroup:
             self.give_back(st, _loop_time(), ran=True)
             from ._waiting import dispatch
 
-            dispatch([(self, st)], _loop_time())
+            dispatch([st], _loop_time())
 
     def get_cooldown_remaining(self, key: str) -> float:
         """Seconds until the cooldown of ``key`` is over (0.0 if none is pending)."""
@@ -267,7 +269,7 @@ class TaskConstraintGroup:
             st.last_end = None
             st.window = None
             self._cancel_timer(st)
-            freed.append((self, st))
+            freed.append(st)
         dispatch(freed, _loop_time())
         for st in list(self._state.values()):
             self.maybe_drop(st, _loop_time())
@@ -295,7 +297,7 @@ class TaskConstraintGroup:
             self._bind(loop)
         st = self._state.get(key)
         if st is None:
-            st = self._state[key] = KeyState(key)
+            st = self._state[key] = KeyState(self, key)
             if self.result_sharing == "share-latest":
                 st.sharers = {}
         return st
@@ -391,7 +393,7 @@ class TaskConstraintGroup:
         # ``when`` having come.
         assert self._loop is not None
         now = max(self._loop.time(), when)
-        dispatch([(self, st)], now)
+        dispatch([st], now)
 
     def maybe_drop(self, st: KeyState, now: float) -> None:
         """Drop the key's state if nothing needs it; else make sure a timer will revisit it."""

@@ -39,7 +39,11 @@ class Taskparallel(Task[list[Any]]):
 
     async def _run_parallel(self, input: Any) -> list[Any]:
         results = await asyncio.gather(
-            *(task._trigger_coro(input) for task in self._tasks), return_exceptions=True
+            *(
+                task._run(input) if task._direct else task._trigger_coro(input)
+                for task in self._tasks
+            ),
+            return_exceptions=True,
         )
         errors: list[Exception] = []
         for result in results:

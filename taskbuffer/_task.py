@@ -126,6 +126,7 @@ class Task(Generic[R, D]):
         "_buffer_max",
         "_call",
         "_cron_schedule",
+        "_direct",
         "_event_subject",
         "_finished_runs",
         "_function",
@@ -250,6 +251,8 @@ class Task(Generic[R, D]):
         self._buffer: TaskBuffer[R] | None = (
             TaskBuffer(self, buffer_max) if buffered and buffer_max is not None else None
         )
+        # trigger() is _run() for an unbuffered task whose class keeps Task's trigger.
+        self._direct = self._buffer is None and type(self)._trigger_coro is Task._trigger_coro
         self._pre_task = pre_task
         self._after_task = after_task
         self._setup = task_setup
@@ -473,7 +476,11 @@ class Task(Generic[R, D]):
         return await self._run(input)  # type: ignore[no-any-return]
 
     def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
-        """The coroutine ``trigger(input)`` awaits, for callers that await it in place."""
+        """The coroutine ``trigger(input)`` awaits, for callers that await it in place.
+
+        Hot callers (manager, chain, parallel) skip even this call when ``_direct`` is set:
+        then it is just ``_run(input)``.
+        """
         if self._buffer is not None:
             return self._buffer.submit(input)
         return cast(Coroutine[Any, Any, R], self._run(input))
@@ -501,7 +508,10 @@ class Task(Generic[R, D]):
         self._last_run = anchor + start
         if self._has_steps:
             self._steps.reset()
-        if self._event_subject.observers or self._sinks:
+        # Inline checks (no call) for "does anybody listen": a task in a manager has a sink,
+        # usually with nobody subscribed to it.
+        sinks = self._sinks
+        if self._event_subject.observers or (sinks and (sinks[0].observers or len(sinks) > 1)):
             self._emit("started", "running", timestamp=self._last_run)
         try:
             if self._plain:
@@ -539,7 +549,7 @@ class Task(Generic[R, D]):
             self._steps.finish_run()
         self._last_error = None
         self._outcome = "completed"
-        if self._event_subject.observers or self._sinks:
+        if self._event_subject.observers or (sinks and (sinks[0].observers or len(sinks) > 1)):
             self._emit("completed", "completed", timestamp=anchor + end)
         return result
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ("GO", "Claim", "Shared", "Waiter", "dispatch", "release", "try_acquire")
 
-Claim: TypeAlias = "tuple[TaskConstraintGroup, KeyState]"
+# What a trigger claims: one key state per applicable group (each knows its group).
+Claim: TypeAlias = "KeyState"
 
 # The waiter's future resolves to GO when its slots were taken for it, or to a Shared result.
 GO: Any = object()
@@ -67,47 +68,47 @@ class Waiter:
 
 
 def try_acquire(
-    claims: list[Claim], now: float, rank: tuple[int, float] | None = None
+    claims: list[Claim], now: float, priority: int | None = None, seq: float = math.inf
 ) -> tuple[Claim, float] | None:
     """Take a slot in every claimed key at once, or none: returns ``None`` when taken, else
     the first blocking claim and until when it blocks (``math.inf``: until a run ends).
 
-    ``rank`` is the trigger's place in line, ``(-priority, seq)``. A free key whose queue
+    ``(priority, seq)`` is the trigger's place in line (a newcomer's ``seq`` is infinite:
+    after everyone). A free key whose queue
     still holds a waiter ranking before it counts as blocked: that happens only within one
     instant (the key's time ran out and its timer has yet to run, or a newcomer comes first
     in the loop turn), and the key's dispatch, due now, must serve that waiter first.
     """
-    for claim in claims:
-        group, st = claim
+    for st in claims:
+        group = st.group
         if group._removed:
             continue
         until = group.blocked_until(st, now)
-        if until is None and rank is not None and st.heap:
+        if until is None and priority is not None and st.heap:
             head = _live_head(st)
-            if head is not None and (head[0], head[1]) < rank:
+            if head is not None and (head[0], head[1]) < (-priority, seq):
                 until = now
         if until is not None:
-            return claim, until
+            return st, until
     # A removed group no longer blocks, but its slot is still taken: release() gives back
     # every claim, and the group may be added again while this run goes on.
-    for group, st in claims:
-        group.take(st, now)
+    for st in claims:
+        st.group.take(st, now)
     return None
 
 
-def park(waiter: Waiter, claim: Claim, until: float) -> None:
-    group, st = claim
+def park(waiter: Waiter, st: Claim, until: float) -> None:
     heapq.heappush(st.heap, (-waiter.priority, waiter.seq, waiter))
     waiter.parked = st
     if until != math.inf:
-        group.arm_timer(st, until)
+        st.group.arm_timer(st, until)
 
 
 def enqueue(waiter: Waiter, blocker: Claim, until: float) -> None:
     """Register a new waiter with every key it claims and park it where it is blocked."""
-    for group, st in waiter.claims:
+    for st in waiter.claims:
         st.waiting += 1
-        group._waiting_total += 1
+        st.group._waiting_total += 1
         if st.sharers is not None:
             st.sharers[waiter] = None
     park(waiter, blocker, until)
@@ -126,12 +127,12 @@ def leave(waiter: Waiter, now: float) -> None:
             st.heap = [entry for entry in st.heap if entry[2].parked is st]
             heapq.heapify(st.heap)
             st.dead = 0
-    for group, claimed in waiter.claims:
+    for claimed in waiter.claims:
         claimed.waiting -= 1
-        group._waiting_total -= 1
+        claimed.group._waiting_total -= 1
         if claimed.sharers is not None:
             claimed.sharers.pop(waiter, None)
-        group.maybe_drop(claimed, now)
+        claimed.group.maybe_drop(claimed, now)
 
 
 def _live_head(st: KeyState) -> tuple[int, int, Waiter] | None:
@@ -150,15 +151,14 @@ def dispatch(freed: list[Claim], now: float) -> None:
     while True:
         best: tuple[int, int, Waiter] | None = None
         best_claim: Claim | None = None
-        for claim in freed:
-            group, st = claim
+        for st in freed:
             head = _live_head(st)
             if head is not None and (best is None or head < best):
-                if group.blocked_until(st, now) is None:
-                    best, best_claim = head, claim
+                if st.group.blocked_until(st, now) is None:
+                    best, best_claim = head, st
         if best is None or best_claim is None:
             break
-        heapq.heappop(best_claim[1].heap)
+        heapq.heappop(best_claim.heap)
         waiter = best[2]
         waiter.parked = None
         if waiter.future.done():
@@ -166,13 +166,14 @@ def dispatch(freed: list[Claim], now: float) -> None:
             # (its trigger's own leave() is then a no-op) and offer the slot to the next.
             leave(waiter, now)
             continue
-        blocked = try_acquire(waiter.claims, now, (-waiter.priority, waiter.seq))
+        blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
         if blocked is None:
             leave(waiter, now)
             waiter.future.set_result(GO)
         else:
             park(waiter, *blocked)
-    for group, st in freed:
+    for st in freed:
+        group = st.group
         if _live_head(st) is not None:
             until = group.blocked_until(st, now)
             if until is not None and until != math.inf:
@@ -182,15 +183,15 @@ def dispatch(freed: list[Claim], now: float) -> None:
 
 def release(claims: list[Claim], now: float, *, ran: bool) -> None:
     """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters."""
-    for group, st in claims:
+    for st in claims:
         if st.running > 0:
-            group.give_back(st, now, ran=ran)
+            st.group.give_back(st, now, ran=ran)
     dispatch(claims, now)
 
 
 def share(claims: list[Claim], value: Any, now: float) -> None:
     """Resolve the waiters of every ``share-latest`` key in ``claims`` with ``value``."""
-    for _group, st in claims:
+    for st in claims:
         if st.sharers:
             for waiter in list(st.sharers):
                 leave(waiter, now)
@@ -211,7 +212,7 @@ def reoffer(group: TaskConstraintGroup, now: float) -> None:
         if waiter.future.done():
             leave(waiter, now)
             continue
-        blocked = try_acquire(waiter.claims, now, (-waiter.priority, waiter.seq))
+        blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
         if blocked is None:
             leave(waiter, now)
             waiter.future.set_result(GO)
