@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
 from typing_extensions import TypeVar, Unpack
 
+from . import _clock
 from ._buffer import TaskBuffer
 from ._clock import now_wall, to_datetime, wall_anchor
 from ._events import (
@@ -502,7 +503,8 @@ class Task(Generic[R, D]):
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
-        anchor = wall_anchor(loop)
+        last = _clock._last  # wall_anchor()'s one-entry cache, read in place (hot path)
+        anchor = last[1] if last is not None and last[0]() is loop else wall_anchor(loop)
         self.run_count += 1
         self._running += 1
         self._last_run = anchor + start
