@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
@@ -35,6 +36,8 @@ __all__ = ("Task", "TaskOptions", "task")
 
 logger = logging.getLogger("taskbuffer")
 _new_event = object.__new__
+_monotonic = time.monotonic
+_DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
 _set_event_capture = TaskEvent.__dict__["task"].__set__
 
 # Covariant: a Task[int] is usable where a Task[int | None] is expected (trigger only returns R).
@@ -502,7 +505,11 @@ class Task(Generic[R, D]):
         ``catch_errors`` swallowed a failure; typed ``Any`` so the hot path needs no casts.
         """
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        # loop.time() is a Python method; for a loop class that keeps the default clock it is
+        # time.monotonic(), called here directly. A loop with its own clock (looptime's
+        # virtual time, uvloop) is asked as always.
+        clock = _monotonic if type(loop).time is _DEFAULT_LOOP_TIME else loop.time
+        start = clock()
         last = _clock._last  # wall_anchor()'s one-entry cache, read in place (hot path)
         anchor = last[1] if last is not None and last[0]() is loop else wall_anchor(loop)
         self.run_count += 1
@@ -526,11 +533,11 @@ class Task(Generic[R, D]):
             else:
                 result = await self._attempt(input, visited)
         except asyncio.CancelledError:
-            self._end_run(loop, start)
+            self._end_run(clock, start)
             self._emit("cancelled", None, error="cancelled")
             raise
         except Exception as exc:
-            self._end_run(loop, start)
+            self._end_run(clock, start)
             self._last_error = exc
             self.error_count += 1
             self._outcome = "failed"
@@ -540,10 +547,10 @@ class Task(Generic[R, D]):
                 return None
             raise
         except BaseException:
-            self._end_run(loop, start)
+            self._end_run(clock, start)
             raise
         # _end_run inlined: this is the hot path.
-        end = loop.time()
+        end = clock()
         self._running -= 1
         self._finished_runs += 1
         self._total_duration += end - start
@@ -555,10 +562,10 @@ class Task(Generic[R, D]):
             self._emit("completed", "completed", timestamp=anchor + end)
         return result
 
-    def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
+    def _end_run(self, clock: Callable[[], float], start: float) -> None:
         self._running -= 1
         self._finished_runs += 1
-        self._total_duration += loop.time() - start
+        self._total_duration += clock() - start
         self._steps.finish_run()
 
     async def _attempts(self, input: Any, visited: set[Task[Any, Any]] | None) -> R:
