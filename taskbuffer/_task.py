@@ -384,17 +384,25 @@ class Task(Generic[R, D]):
     def _snapshot(self, status: TaskStatus | None) -> TaskMetadata:
         return _build_metadata(self._capture(status))
 
-    def _capture(self, status: TaskStatus | None) -> tuple[Any, ...]:
+    def _capture(
+        self,
+        status: TaskStatus | None,
+        type: TaskEventType | None = None,
+        timestamp: float | None = None,
+        step_name: str | None = None,
+        error: str | None = None,
+    ) -> tuple[Any, ...]:
         """Copy what can change of the task's state; the metadata is built from it later.
 
-        The first item is the function that builds the metadata from the tuple.
+        The layout is ``StateCapture``'s (taskbuffer/_events.py): the builder, the event's
+        fields (``None`` for a plain snapshot), then the task's state.
         """
         return (
             _build_metadata,
-            None,  # the event's type, timestamp, step name and error: no event here
-            None,
-            None,
-            None,
+            type,
+            timestamp,
+            step_name,
+            error,
             self,
             status or self._status(),
             self.run_count,
@@ -435,24 +443,12 @@ class Task(Generic[R, D]):
         event = _new_event(_PendingEvent)
         _set_event_capture(
             event,
-            (
-                _build_metadata,
+            self._capture(
+                status,
                 type,
                 now_wall() if timestamp is None else timestamp,
                 step_name,
                 None if error is None else _message(error),
-                self,
-                status or self._status(),
-                self.run_count,
-                self.error_count,
-                self._last_error,
-                self._last_run,
-                self.labels.copy() if self.labels else None,
-                self._steps.capture() if self._has_steps else None,
-                self._finished_runs,
-                self._total_duration,
-                self._next_run,
-                self._cron_schedule,
             ),
         )
         # deliver() inlined for the common case of one subscriber somewhere.

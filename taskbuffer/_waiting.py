@@ -161,17 +161,7 @@ def dispatch(freed: list[Claim], now: float) -> None:
         heapq.heappop(best_claim.heap)
         waiter = best[2]
         waiter.parked = None
-        if waiter.future.done():
-            # Cancelled in this same loop turn, before its trigger could clean up: skip it
-            # (its trigger's own leave() is then a no-op) and offer the slot to the next.
-            leave(waiter, now)
-            continue
-        blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
-        if blocked is None:
-            leave(waiter, now)
-            waiter.future.set_result(GO)
-        else:
-            park(waiter, *blocked)
+        _offer(waiter, now)
     for st in freed:
         group = st.group
         if _live_head(st) is not None:
@@ -209,12 +199,19 @@ def reoffer(group: TaskConstraintGroup, now: float) -> None:
             moved.append(head[2])
     moved.sort(key=lambda w: (-w.priority, w.seq))
     for waiter in moved:
-        if waiter.future.done():
-            leave(waiter, now)
-            continue
-        blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
-        if blocked is None:
-            leave(waiter, now)
-            waiter.future.set_result(GO)
-        else:
-            park(waiter, *blocked)
+        _offer(waiter, now)
+
+
+def _offer(waiter: Waiter, now: float) -> None:
+    """Start an unparked waiter if all its keys have room, else park it where it is blocked."""
+    if waiter.future.done():
+        # Cancelled in this same loop turn, before its trigger could clean up: drop it (its
+        # trigger's own leave() is then a no-op); the caller offers the slot to the next.
+        leave(waiter, now)
+        return
+    blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
+    if blocked is None:
+        leave(waiter, now)
+        waiter.future.set_result(GO)
+    else:
+        park(waiter, *blocked)
