@@ -10,7 +10,7 @@ from reactivex.subject import Subject
 
 from ._metadata import TaskMetadata
 
-__all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver", "pending_event")
+__all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -79,6 +79,9 @@ class _PendingEvent(TaskEvent):
     """
 
     __slots__ = ()
+    # ``_PendingEvent()`` makes an empty instance at C speed (no dataclass __init__); the
+    # emitter then stores the capture in the ``task`` slot.
+    __init__ = object.__init__
 
     type = _captured(1)
     timestamp = _captured(2)
@@ -104,13 +107,6 @@ class _PendingEvent(TaskEvent):
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         _ = self.task  # materialise first: copies and pickles are plain TaskEvents
         return self.__reduce_ex__(protocol)
-
-
-def pending_event(capture: StateCapture) -> TaskEvent:
-    """An event from its capture, without the dataclass ``__init__`` (the hot path)."""
-    event = object.__new__(_PendingEvent)
-    _TASK_SLOT.__set__(event, capture)
-    return event
 
 
 def deliver(subject: Subject[TaskEvent], event: TaskEvent) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
+from reactivex.observer.autodetachobserver import AutoDetachObserver
 from typing_extensions import TypeVar, Unpack
 
 from . import _clock
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ("Task", "TaskOptions", "task")
 
 logger = logging.getLogger("taskbuffer")
-_new_event = object.__new__
 _monotonic = time.monotonic
 _DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
 _set_event_capture = TaskEvent.__dict__["task"].__set__
@@ -428,37 +428,74 @@ class Task(Generic[R, D]):
         error: BaseException | str | None = None,
         timestamp: float | None = None,
     ) -> None:
-        # Nothing is built unless somebody listens, and then only a copy of a few counters:
-        # the metadata snapshot is built when a subscriber first reads ``event.task``. This
-        # runs twice per run when anyone listens, so it calls as little as it can.
-        subject = self._event_subject
-        sinks = self._sinks
-        if not subject.observers:
-            for sink in sinks:
+        # Nothing is built unless somebody listens.
+        if not self._event_subject.observers:
+            for sink in self._sinks:
                 if sink.observers:
                     break
             else:
                 return
-        # One tuple: the event's fields and a copy of the task's state (see StateCapture).
-        event = _new_event(_PendingEvent)
+        self._publish(
+            type,
+            status or self._status(),
+            now_wall() if timestamp is None else timestamp,
+            step_name,
+            None if error is None else _message(error),
+        )
+
+    def _publish(
+        self,
+        kind: TaskEventType,
+        status: TaskStatus,
+        timestamp: float,
+        step_name: str | None,
+        error: str | None,
+    ) -> None:
+        """Build one event and hand it to every subscriber; the caller checked there is one.
+
+        ``_run`` calls this directly for ``started`` and ``completed``: with a subscriber it
+        runs twice per trigger, so it is written for speed. The event is one tuple (the
+        event's fields and a copy of the task's state, ``_capture``'s layout); the metadata
+        snapshot is built only if a subscriber reads ``event.task``.
+        """
+        event = _PendingEvent()
         _set_event_capture(
             event,
-            self._capture(
-                status,
-                type,
-                now_wall() if timestamp is None else timestamp,
+            (
+                _build_metadata,
+                kind,
+                timestamp,
                 step_name,
-                None if error is None else _message(error),
+                error,
+                self,
+                status,
+                self.run_count,
+                self.error_count,
+                self._last_error,
+                self._last_run,
+                self.labels.copy() if self.labels else None,
+                self._steps.capture() if self._has_steps else None,
+                self._finished_runs,
+                self._total_duration,
+                self._next_run,
+                self._cron_schedule,
             ),
         )
-        # deliver() inlined for the common case of one subscriber somewhere.
-        if subject.observers:
-            deliver(subject, event)
-        for sink in sinks:
+        if self._event_subject.observers:
+            deliver(self._event_subject, event)
+        for sink in self._sinks:
+            # deliver() inlined for one subscriber. A subject with observers is neither
+            # stopped nor disposed (both clear the list), and reactivex's AutoDetachObserver
+            # (what subscribe() wraps a callback in) is called past its own on_next frame.
             observers = sink.observers
-            if len(observers) == 1 and not (sink.is_stopped or sink.is_disposed):
+            if len(observers) == 1:
+                observer = observers[0]
                 try:
-                    observers[0].on_next(event)
+                    if type(observer) is AutoDetachObserver:
+                        if not observer.is_stopped:
+                            observer._on_next(event)
+                    else:
+                        observer.on_next(event)
                 except Exception:
                     _log_subscriber_error(event)
             elif observers:
@@ -517,7 +554,7 @@ class Task(Generic[R, D]):
         # usually with nobody subscribed to it.
         sinks = self._sinks
         if self._event_subject.observers or (sinks and (sinks[0].observers or len(sinks) > 1)):
-            self._emit("started", "running", timestamp=self._last_run)
+            self._publish("started", "running", self._last_run, None, None)
         try:
             if self._plain:
                 # No setup, pre/after task, retries or timeout: call in place (hot path).
@@ -555,7 +592,7 @@ class Task(Generic[R, D]):
         self._last_error = None
         self._outcome = "completed"
         if self._event_subject.observers or (sinks and (sinks[0].observers or len(sinks) > 1)):
-            self._emit("completed", "completed", timestamp=anchor + end)
+            self._publish("completed", "completed", anchor + end, None, None)
         return result
 
     def _end_run(self, clock: Callable[[], float], start: float) -> None:

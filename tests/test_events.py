@@ -243,13 +243,14 @@ async def test_emitting_builds_no_event_without_subscribers(
 ) -> None:
     """Without subscribers, a run creates no event object at all (and so no snapshot)."""
     created: list[type] = []
-    original = taskbuffer._task._new_event
 
-    def counting(cls: type) -> Any:
-        created.append(cls)
-        return original(cls)
+    class Counting(taskbuffer._events._PendingEvent):
+        __slots__ = ()
 
-    monkeypatch.setattr(taskbuffer._task, "_new_event", counting)
+        def __init__(self) -> None:
+            created.append(type(self))
+
+    monkeypatch.setattr(taskbuffer._task, "_PendingEvent", Counting)
 
     def function(fail: bool) -> None:
         t.notify_step("s")
