@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Any, Literal, SupportsIndex, TypeAlias
 
+from reactivex import abc
+from reactivex.observer.autodetachobserver import AutoDetachObserver
 from reactivex.subject import Subject
+from reactivex.subject.innersubscription import InnerSubscription
 
 from ._metadata import TaskMetadata
 
@@ -51,9 +55,10 @@ class TaskEvent:
 
 
 # An event's fields and its task's state, copied at emission time, in this order:
-# (build_metadata, type, timestamp, step_name, error, task, <task state...>). The first item
-# builds the TaskMetadata from the whole tuple.
+# (type, timestamp, step_name, error, task, <task state...>). ``task._metadata_from(capture)``
+# builds the TaskMetadata from the whole tuple (taskbuffer/_task.py owns the layout).
 StateCapture: TypeAlias = tuple[Any, ...]
+CAPTURE_TASK = 4
 
 _TASK_SLOT = TaskEvent.__dict__["task"]
 _SETTERS = tuple(
@@ -61,11 +66,15 @@ _SETTERS = tuple(
 )
 
 
+def _frozen(self: _PendingEvent, value: Any = None) -> None:
+    raise FrozenInstanceError("cannot assign to or delete a field of a TaskEvent")
+
+
 def _captured(index: int) -> property:
     def read(self: _PendingEvent) -> Any:
-        return _TASK_SLOT.__get__(self, TaskEvent)[index]
+        return self._capture[index]
 
-    return property(read)
+    return property(read, _frozen, _frozen)
 
 
 class _PendingEvent(TaskEvent):
@@ -76,27 +85,35 @@ class _PendingEvent(TaskEvent):
     time either way. ``type``, ``timestamp``, ``step_name`` and ``error`` read from the tuple;
     the first read of ``task`` (or a comparison, copy or pickle) builds the snapshot, fills
     the fields, and the instance becomes a plain ``TaskEvent``.
+
+    Emitting is ``event = _PendingEvent(); event._capture = capture``, both at C speed: no
+    dataclass ``__init__``, and a plain slot store. ``_capture`` is the ``task`` slot under a
+    private name; the frozen dataclass's ``__setattr__``/``__delattr__`` are replaced by
+    object's so that CPython can specialise that store. The public fields stay frozen: here
+    they are properties whose setter and deleter raise ``FrozenInstanceError``.
     """
 
     __slots__ = ()
-    # ``_PendingEvent()`` makes an empty instance at C speed (no dataclass __init__); the
-    # emitter then stores the capture in the ``task`` slot.
     __init__ = object.__init__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    _capture = _TASK_SLOT
 
-    type = _captured(1)
-    timestamp = _captured(2)
-    step_name = _captured(3)
-    error = _captured(4)
+    type = _captured(0)
+    timestamp = _captured(1)
+    step_name = _captured(2)
+    error = _captured(3)
 
-    @property
-    def task(self) -> TaskMetadata:
-        capture = _TASK_SLOT.__get__(self, TaskEvent)
-        metadata: TaskMetadata = capture[0](capture)
-        for setter, value in zip(_SETTERS, capture[1:5], strict=True):
+    def _materialise(self) -> TaskMetadata:
+        capture = self._capture
+        metadata: TaskMetadata = capture[CAPTURE_TASK]._metadata_from(capture)
+        for setter, value in zip(_SETTERS, capture, strict=False):
             setter(self, value)
-        _TASK_SLOT.__set__(self, metadata)
+        self._capture = metadata
         object.__setattr__(self, "__class__", TaskEvent)
         return metadata
+
+    task = property(_materialise, _frozen, _frozen)
 
     def __eq__(self, other: object) -> bool:
         _ = self.task  # materialise, which also makes this a plain TaskEvent
@@ -134,7 +151,64 @@ class EventSubject(Subject[TaskEvent]):
 
     A subscriber that raises is logged on the ``taskbuffer`` logger and stays subscribed; the
     remaining subscribers still receive the event and the run goes on.
+
+    ``sole`` is the emitter's fast path: while exactly one callback is subscribed (through
+    ``subscribe()``, which wraps it in an ``AutoDetachObserver``), it is that callback, called
+    without reactivex's per-event frames; otherwise it is ``None`` and events go through
+    :func:`deliver`. It is kept in step with every change of ``observers``: subscribe,
+    unsubscribe, completion, error and dispose.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sole: Callable[[TaskEvent], None] | None = None
 
     def on_next(self, value: TaskEvent) -> None:
         deliver(self, value)
+
+    def _subscribe_core(
+        self,
+        observer: abc.ObserverBase[TaskEvent],
+        scheduler: abc.SchedulerBase | None = None,
+    ) -> abc.DisposableBase:
+        with self.lock:
+            if not (self.is_stopped or self.is_disposed):
+                self.observers.append(observer)
+                self._find_sole()
+                return _Subscription(self, observer)
+        # Stopped or disposed: reactivex's own answer (completes, errors, or raises).
+        return super()._subscribe_core(observer, scheduler)
+
+    def _find_sole(self) -> None:
+        observers = self.observers
+        # An AutoDetachObserver is only ever stopped on its way out of ``observers``, so its
+        # callback can be called without its ``is_stopped`` check.
+        if len(observers) == 1 and type(observers[0]) is AutoDetachObserver:
+            self.sole = observers[0]._on_next
+        else:
+            self.sole = None
+
+    def _on_completed_core(self) -> None:
+        self.sole = None
+        super()._on_completed_core()
+
+    def _on_error_core(self, error: Exception) -> None:
+        self.sole = None
+        super()._on_error_core(error)
+
+    def dispose(self) -> None:
+        self.sole = None
+        super().dispose()
+
+
+class _Subscription(InnerSubscription):
+    """Reactivex's subscription to a subject, which also keeps ``EventSubject.sole`` right."""
+
+    def __init__(self, subject: EventSubject, observer: abc.ObserverBase[TaskEvent]) -> None:
+        super().__init__(subject, observer)
+        self.event_subject = subject
+
+    def dispose(self) -> None:
+        super().dispose()
+        if not self.event_subject.is_disposed:
+            self.event_subject._find_sole()

@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
-from reactivex.observer.autodetachobserver import AutoDetachObserver
 from typing_extensions import TypeVar, Unpack
 
 from . import _clock
@@ -18,7 +17,7 @@ from ._buffer import TaskBuffer
 from ._clock import now_wall, to_datetime, wall_anchor
 from ._events import (
     EventSubject,
-    TaskEvent,
+    StateCapture,
     TaskEventType,
     _log_subscriber_error,
     _PendingEvent,
@@ -31,14 +30,12 @@ from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from reactivex.subject import Subject
 
 __all__ = ("Task", "TaskOptions", "task")
 
 logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
 _DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
-_set_event_capture = TaskEvent.__dict__["task"].__set__
 
 # Covariant: a Task[int] is usable where a Task[int | None] is expected (trigger only returns R).
 R = TypeVar("R", covariant=True)
@@ -272,7 +269,7 @@ class Task(Generic[R, D]):
         self._event_subject = EventSubject()
         # Other subjects that receive this task's events (the task_subject of each manager it
         # is registered with). A tuple so that emitting never sees it change mid-iteration.
-        self._sinks: tuple[Subject[TaskEvent], ...] = ()
+        self._sinks: tuple[EventSubject, ...] = ()
         self._running = 0
         self.run_count = 0
         self.error_count = 0
@@ -387,19 +384,19 @@ class Task(Generic[R, D]):
     def _capture(
         self,
         status: TaskStatus | None,
-        type: TaskEventType | None = None,
+        kind: TaskEventType | None = None,
         timestamp: float | None = None,
         step_name: str | None = None,
         error: str | None = None,
-    ) -> tuple[Any, ...]:
+    ) -> StateCapture:
         """Copy what can change of the task's state; the metadata is built from it later.
 
-        The layout is ``StateCapture``'s (taskbuffer/_events.py): the builder, the event's
-        fields (``None`` for a plain snapshot), then the task's state.
+        The layout is ``StateCapture``'s (taskbuffer/_events.py): the event's fields (``None``
+        for a plain snapshot), the task, then its state. ``_publish`` builds the same tuple
+        in place and ``_metadata_from`` reads it.
         """
         return (
-            _build_metadata,
-            type,
+            kind,
             timestamp,
             step_name,
             error,
@@ -416,6 +413,9 @@ class Task(Generic[R, D]):
             self._next_run,
             self._cron_schedule,
         )
+
+    def _metadata_from(self, capture: StateCapture) -> TaskMetadata:
+        return _build_metadata(capture)
 
     # ---------------------------------------------------------------------------- events
 
@@ -459,46 +459,42 @@ class Task(Generic[R, D]):
         snapshot is built only if a subscriber reads ``event.task``.
         """
         event = _PendingEvent()
-        _set_event_capture(
-            event,
-            (
-                _build_metadata,
-                kind,
-                timestamp,
-                step_name,
-                error,
-                self,
-                status,
-                self.run_count,
-                self.error_count,
-                self._last_error,
-                self._last_run,
-                self.labels.copy() if self.labels else None,
-                self._steps.capture() if self._has_steps else None,
-                self._finished_runs,
-                self._total_duration,
-                self._next_run,
-                self._cron_schedule,
-            ),
+        event._capture = (  # _capture()'s tuple, built in place (the hot path)
+            kind,
+            timestamp,
+            step_name,
+            error,
+            self,
+            status,
+            self.run_count,
+            self.error_count,
+            self._last_error,
+            self._last_run,
+            self.labels.copy() if self.labels else None,
+            self._steps.capture() if self._has_steps else None,
+            self._finished_runs,
+            self._total_duration,
+            self._next_run,
+            self._cron_schedule,
         )
-        if self._event_subject.observers:
-            deliver(self._event_subject, event)
+        # deliver() inlined for a sole subscriber (see EventSubject.sole).
+        own = self._event_subject
+        sole = own.sole
+        if sole is not None:
+            try:
+                sole(event)
+            except Exception:
+                _log_subscriber_error(event)
+        elif own.observers:
+            deliver(own, event)
         for sink in self._sinks:
-            # deliver() inlined for one subscriber. A subject with observers is neither
-            # stopped nor disposed (both clear the list), and reactivex's AutoDetachObserver
-            # (what subscribe() wraps a callback in) is called past its own on_next frame.
-            observers = sink.observers
-            if len(observers) == 1:
-                observer = observers[0]
+            sole = sink.sole
+            if sole is not None:
                 try:
-                    if type(observer) is AutoDetachObserver:
-                        if not observer.is_stopped:
-                            observer._on_next(event)
-                    else:
-                        observer.on_next(event)
+                    sole(event)
                 except Exception:
                     _log_subscriber_error(event)
-            elif observers:
+            elif sink.observers:
                 deliver(sink, event)
 
     # ------------------------------------------------------------------------------ runs
@@ -707,10 +703,9 @@ def _message(error: BaseException | str) -> str:
     return str(error) or type(error).__name__
 
 
-def _build_metadata(capture: tuple[Any, ...]) -> TaskMetadata:
+def _build_metadata(capture: StateCapture) -> TaskMetadata:
     """The metadata snapshot of a state captured by ``Task._capture``."""
     (
-        _,
         _type,
         _timestamp,
         _step_name,

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import reactivex.internal
 from reactivex.subject import Subject
 
 import taskbuffer._metadata
 import taskbuffer._task
-from taskbuffer import Task, TaskEvent, TaskMetadata
+from taskbuffer import Task, TaskEvent, TaskManager, TaskMetadata
 
 Record = Callable[[Task[Any, Any]], list[TaskEvent]]
 
@@ -302,3 +303,163 @@ async def test_a_completed_subject_delivers_nothing(record: Record) -> None:
     await t.trigger()
     assert types(events) == ["started", "completed"]
     assert t.run_count == 2
+
+
+async def test_events_nobody_has_read_are_frozen_too() -> None:
+    """An event is read-only from the moment it is emitted, not only once its ``task`` is read."""
+    t = Task(name="frozen", task_function=lambda: None)
+    events: list[TaskEvent] = []
+    subscription = t.event_subject.subscribe(events.append)
+    await t.trigger()
+    subscription.dispose()
+    started = events[0]
+    for field in ("type", "task", "timestamp", "step_name", "error"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(started, field, None)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(started, field)
+    with pytest.raises(AttributeError):
+        started.extra = 1  # type: ignore[attr-defined]
+    assert (started.type, started.step_name, started.error) == ("started", None, None)
+    assert started.task.name == "frozen"
+
+
+@pytest.mark.parametrize("subject_of", ["task", "manager"])
+async def test_deliveries_follow_every_change_of_the_subscribers(subject_of: str) -> None:
+    """One subscriber, several, none, and back: each gets exactly the events of its time."""
+    t = Task(name="followed", task_function=lambda: None)
+    manager = TaskManager()
+    manager.add_task(t)
+    subject = t.event_subject if subject_of == "task" else manager.task_subject
+    a: list[str] = []
+    b: list[str] = []
+    c: list[str] = []
+
+    first = subject.subscribe(lambda event: a.append(event.type))
+    await t.trigger()
+    second = subject.subscribe(lambda event: b.append(event.type))
+    await t.trigger()
+    first.dispose()
+    await t.trigger()
+    second.dispose()
+    await t.trigger()
+    third = subject.subscribe(lambda event: c.append(event.type))
+    await t.trigger()
+    third.dispose()
+    third.dispose()  # twice is harmless
+    await t.trigger()
+    # Events still flow (to a subscriber of the other subject), and none reaches a
+    # subscription that has ended.
+    other = manager.task_subject if subject_of == "task" else t.event_subject
+    bystander: list[str] = []
+    other.subscribe(lambda event: bystander.append(event.type))
+    await t.trigger()
+
+    run = ["started", "completed"]
+    assert (a, b, c) == (run * 2, run * 2, run)
+    assert bystander == run
+    assert t.run_count == 7
+
+
+@pytest.mark.parametrize("end", ["on_completed", "on_error", "dispose"])
+@pytest.mark.parametrize("subject_of", ["task", "manager"])
+async def test_a_subject_that_ends_delivers_nothing_more(subject_of: str, end: str) -> None:
+    t = Task(name="ending", task_function=lambda: None, steps=[{"name": "while ending"}])
+    manager = TaskManager()
+    manager.add_task(t)
+    subject = t.event_subject if subject_of == "task" else manager.task_subject
+    other = manager.task_subject if subject_of == "task" else t.event_subject
+    seen: list[str] = []
+    bystander: list[str] = []
+
+    def on_end(error: Exception | None = None) -> None:
+        # An event emitted while the subscriber hears of the end does not reach it either.
+        t.notify_step("while ending")
+
+    subject.subscribe(lambda event: seen.append(event.type), on_end, on_end)
+    other.subscribe(lambda event: bystander.append(event.type))
+    await t.trigger()
+    if end == "on_error":
+        subject.on_error(RuntimeError("closed"))
+    else:
+        getattr(subject, end)()
+    await t.trigger()
+    assert seen == ["started", "completed"]
+    ended_with_a_step = ["step"] if end != "dispose" else []
+    assert bystander == ["started", "completed", *ended_with_a_step, "started", "completed"]
+
+
+async def test_a_subscriber_can_unsubscribe_itself_and_others_mid_event() -> None:
+    t = Task(task_function=lambda: None)
+    seen: list[str] = []
+    subscriptions: dict[str, Any] = {}
+
+    def first(event: TaskEvent) -> None:
+        seen.append(f"first:{event.type}")
+        subscriptions["first"].dispose()  # itself, during its first event
+        subscriptions["second"].dispose()  # and the next one, before it is called
+
+    def second(event: TaskEvent) -> None:
+        seen.append(f"second:{event.type}")
+
+    subscriptions["first"] = t.event_subject.subscribe(first)
+    subscriptions["second"] = t.event_subject.subscribe(second)
+    await t.trigger()
+    assert seen == ["first:started"]
+
+    # The sole subscriber unsubscribes itself: it gets nothing after that.
+    alone: list[str] = []
+
+    def once(event: TaskEvent) -> None:
+        alone.append(event.type)
+        subscriptions["once"].dispose()
+
+    subscriptions["once"] = t.event_subject.subscribe(once)
+    await t.trigger()
+    await t.trigger()
+    assert alone == ["started"]
+
+
+async def test_an_observer_object_and_a_callback_subscribe_alike(record: Record) -> None:
+    class Observer:
+        def __init__(self) -> None:
+            self.types: list[str] = []
+
+        def on_next(self, event: TaskEvent) -> None:
+            self.types.append(event.type)
+
+        def on_error(self, error: Exception) -> None:
+            raise AssertionError("no error expected")
+
+        def on_completed(self) -> None:
+            self.types.append("<completed>")
+
+    t = Task(task_function=lambda: None)
+    observer = Observer()
+    t.event_subject.subscribe(observer)
+    await t.trigger()
+    t.event_subject.on_completed()
+    await t.trigger()
+    assert observer.types == ["started", "completed", "<completed>"]
+
+
+async def test_an_ended_or_disposed_subject_delivers_nothing_and_takes_no_subscriber() -> None:
+    ended = Task(task_function=lambda: None)
+    errors: list[Exception] = []
+    events: list[TaskEvent] = []
+    ended.event_subject.subscribe(events.append, errors.append)
+    problem = RuntimeError("stream closed")
+    ended.event_subject.on_error(problem)
+    await ended.trigger()
+    late_errors: list[Exception] = []
+    ended.event_subject.subscribe(events.append, late_errors.append)
+    await ended.trigger()
+    assert (events, errors, late_errors) == ([], [problem], [problem])
+
+    disposed = Task(task_function=lambda: None)
+    disposed.event_subject.subscribe(events.append)
+    disposed.event_subject.dispose()
+    assert await disposed.trigger() is None
+    assert events == []
+    with pytest.raises(reactivex.internal.DisposedException):
+        disposed.event_subject.subscribe(events.append)
