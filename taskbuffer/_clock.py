@@ -13,30 +13,51 @@ import time
 import weakref
 from datetime import UTC, datetime
 
-__all__ = ("loop_to_wall", "now_wall", "to_datetime", "wall_anchor", "wall_to_loop")
+__all__ = ("loop_facts", "loop_to_wall", "now_wall", "to_datetime", "wall_anchor", "wall_to_loop")
 
 # One anchor per event loop, dropped with the loop. This is a cache, not shared state: it
 # only ever holds ``time.time() - loop.time()`` as read on the loop's first use.
 _anchors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.WeakKeyDictionary()
 
 
-# The hot path (an event timestamp per emission) asks for the same loop over and over: a
-# one-entry cache in front of the weak mapping saves a weakref per call.
-_last: tuple[weakref.ref[asyncio.AbstractEventLoop], float] | None = None
+# The hot path (every run reads its start on the wall clock) asks about the same loop over and
+# over: a one-entry cache in front of the weak mapping. It holds (a weak reference to the loop,
+# the loop's class, its anchor, whether its clock is time.monotonic). The class is part of the
+# key because a virtual-time plugin (looptime) switches a live loop's class to change its clock.
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], type, float, bool] | None = None
+_DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
-def wall_anchor(loop: asyncio.AbstractEventLoop) -> float:
-    """``time.time() - loop.time()`` for ``loop``, read once per loop."""
+def loop_facts(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[weakref.ref[asyncio.AbstractEventLoop], type, float, bool]:
+    """The one-entry cache's entry for ``loop``, which becomes the cached one.
+
+    Its last item says that ``loop.time()`` is ``time.monotonic()`` (the class keeps asyncio's
+    clock), so a caller on the hot path may call the latter directly: ``loop.time`` is a
+    Python method, ``time.monotonic`` a C function.
+    """
     global _last
     last = _last
-    if last is not None and last[0]() is loop:
-        return last[1]
+    loop_class = type(loop)
+    if last is not None and last[0]() is loop and last[1] is loop_class:
+        return last
     try:
         anchor = _anchors[loop]
     except KeyError:
         anchor = _anchors[loop] = time.time() - loop.time()
-    _last = (weakref.ref(loop), anchor)
-    return anchor
+    last = _last = (
+        weakref.ref(loop),
+        loop_class,
+        anchor,
+        getattr(loop_class, "time", None) is _DEFAULT_LOOP_TIME,
+    )
+    return last
+
+
+def wall_anchor(loop: asyncio.AbstractEventLoop) -> float:
+    """``time.time() - loop.time()`` for ``loop``, read once per loop."""
+    return loop_facts(loop)[2]
 
 
 def now_wall() -> float:

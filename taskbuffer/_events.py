@@ -18,6 +18,17 @@ __all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver")
 
 logger = logging.getLogger("taskbuffer")
 
+# Bumped whenever the subscribers of any EventSubject change. A task caches where its events
+# go (``Task._route``) together with the generation it was worked out in, so an emission
+# asks "has anything changed?" with one comparison instead of walking its subjects.
+generation = 0
+
+
+def _bump() -> None:
+    global generation
+    generation += 1
+
+
 # "missed": cron ticks were missed while the event loop was blocked and are coalesced into the
 # run that follows; ``error`` carries the message (how many were missed).
 TaskEventType: TypeAlias = Literal[
@@ -187,18 +198,22 @@ class EventSubject(Subject[TaskEvent]):
             self.sole = observers[0]._on_next
         else:
             self.sole = None
+        _bump()
 
     def _on_completed_core(self) -> None:
         self.sole = None
+        _bump()
         super()._on_completed_core()
 
     def _on_error_core(self, error: Exception) -> None:
         self.sole = None
+        _bump()
         super()._on_error_core(error)
 
     def dispose(self) -> None:
         self.sole = None
         super().dispose()
+        _bump()
 
 
 class _Subscription(InnerSubscription):

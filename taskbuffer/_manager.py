@@ -151,7 +151,7 @@ class TaskManager:
             raise ValueError(f"a task named {name!r} is already registered")
         self._tasks[name] = task
         if self._forwarding:
-            task._sinks = (*task._sinks, self.task_subject)
+            task._forward_to((*task._sinks, self.task_subject))
 
     def remove_task(self, task: Task[Any, Any]) -> None:
         """Unregister ``task``: stop forwarding its events and drop its schedules.
@@ -166,7 +166,7 @@ class TaskManager:
         self._scheduler.remove(task)
 
     def _unsink(self, task: Task[Any, Any]) -> None:
-        task._sinks = tuple(s for s in task._sinks if s is not self.task_subject)
+        task._forward_to(tuple(s for s in task._sinks if s is not self.task_subject))
 
     def get_task_by_name(self, name: str) -> Task[Any, Any] | None:
         """The task registered as ``name``, or ``None``."""
@@ -497,7 +497,7 @@ class TaskManager:
         if not self._forwarding:
             self._forwarding = True
             for task in self._tasks.values():
-                task._sinks = (*task._sinks, self.task_subject)
+                task._forward_to((*task._sinks, self.task_subject))
         if self.distributed_coordinator is not None:
             await self.distributed_coordinator.start()
         self._scheduler.start()

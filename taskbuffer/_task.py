@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
 from typing_extensions import TypeVar, Unpack
 
-from . import _clock
+from . import _clock, _events
 from ._buffer import TaskBuffer
-from ._clock import now_wall, to_datetime, wall_anchor
+from ._clock import loop_facts, now_wall, to_datetime
 from ._events import (
     EventSubject,
     StateCapture,
+    TaskEvent,
     TaskEventType,
     _log_subscriber_error,
     _PendingEvent,
@@ -35,7 +36,6 @@ __all__ = ("Task", "TaskOptions", "task")
 
 logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
-_DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
 
 # Covariant: a Task[int] is usable where a Task[int | None] is expected (trigger only returns R).
 R = TypeVar("R", covariant=True)
@@ -144,6 +144,8 @@ class Task(Generic[R, D]):
         "_retries",
         "_retry_backoff",
         "_retry_delay",
+        "_route",
+        "_routed",
         "_running",
         "_setup",
         "_setup_done",
@@ -269,7 +271,12 @@ class Task(Generic[R, D]):
         self._event_subject = EventSubject()
         # Other subjects that receive this task's events (the task_subject of each manager it
         # is registered with). A tuple so that emitting never sees it change mid-iteration.
+        # Manager subjects this task's events are forwarded to (set with _forward_to).
         self._sinks: tuple[EventSubject, ...] = ()
+        # Where events go: None (nobody listens), a sole subscriber's callback, or _fan_out;
+        # worked out again when _events.generation moves on (see _reroute).
+        self._route: Callable[[TaskEvent], None] | None = None
+        self._routed = -1
         self._running = 0
         self.run_count = 0
         self.error_count = 0
@@ -428,30 +435,51 @@ class Task(Generic[R, D]):
         error: BaseException | str | None = None,
         timestamp: float | None = None,
     ) -> None:
-        # Nothing is built unless somebody listens.
-        if not self._event_subject.observers:
-            for sink in self._sinks:
-                if sink.observers:
-                    break
-            else:
-                return
-        self._publish(
-            type,
-            status or self._status(),
-            now_wall() if timestamp is None else timestamp,
-            step_name,
-            None if error is None else _message(error),
-        )
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:  # nothing is built unless somebody listens
+            self._publish(
+                route,
+                type,
+                status or self._status(),
+                now_wall() if timestamp is None else timestamp,
+                step_name,
+                None if error is None else _message(error),
+            )
+
+    def _forward_to(self, sinks: tuple[EventSubject, ...]) -> None:
+        """Forward this task's events to ``sinks`` (manager subjects) besides its own."""
+        self._sinks = sinks
+        self._routed = -1
+
+    def _reroute(self) -> Callable[[TaskEvent], None] | None:
+        """Work out where events go now, and remember it until subscribers change."""
+        self._routed = _events.generation  # read first: a change from now on is seen later
+        listening = [s for s in (self._event_subject, *self._sinks) if s.observers]
+        if not listening:
+            route = None
+        elif len(listening) == 1 and listening[0].sole is not None:
+            route = listening[0].sole
+        else:
+            route = self._fan_out
+        self._route = route
+        return route
+
+    def _fan_out(self, event: TaskEvent) -> None:
+        """Hand ``event`` to the task's own subscribers, then to each manager's."""
+        deliver(self._event_subject, event)
+        for sink in self._sinks:
+            deliver(sink, event)
 
     def _publish(
         self,
+        route: Callable[[TaskEvent], None],
         kind: TaskEventType,
         status: TaskStatus,
         timestamp: float,
         step_name: str | None,
         error: str | None,
     ) -> None:
-        """Build one event and hand it to every subscriber; the caller checked there is one.
+        """Build one event and hand it to ``route`` (see ``_reroute``).
 
         ``_run`` calls this directly for ``started`` and ``completed``: with a subscriber it
         runs twice per trigger, so it is written for speed. The event is one tuple (the
@@ -477,25 +505,10 @@ class Task(Generic[R, D]):
             self._next_run,
             self._cron_schedule,
         )
-        # deliver() inlined for a sole subscriber (see EventSubject.sole).
-        own = self._event_subject
-        sole = own.sole
-        if sole is not None:
-            try:
-                sole(event)
-            except Exception:
-                _log_subscriber_error(event)
-        elif own.observers:
-            deliver(own, event)
-        for sink in self._sinks:
-            sole = sink.sole
-            if sole is not None:
-                try:
-                    sole(event)
-                except Exception:
-                    _log_subscriber_error(event)
-            elif sink.observers:
-                deliver(sink, event)
+        try:
+            route(event)
+        except Exception:  # a sole subscriber's own error (deliver() shields the others)
+            _log_subscriber_error(event)
 
     # ------------------------------------------------------------------------------ runs
 
@@ -534,27 +547,28 @@ class Task(Generic[R, D]):
         ``catch_errors`` swallowed a failure; typed ``Any`` so the hot path needs no casts.
         """
         loop = asyncio.get_running_loop()
-        # loop.time() is a Python method; for a loop class that keeps the default clock it is
-        # time.monotonic(), called here directly. A loop with its own clock (looptime's
-        # virtual time, uvloop) is asked as always.
-        clock = _monotonic if type(loop).time is _DEFAULT_LOOP_TIME else loop.time
-        start = clock()
-        last = _clock._last  # wall_anchor()'s one-entry cache, read in place (hot path)
-        anchor = last[1] if last is not None and last[0]() is loop else wall_anchor(loop)
+        # The loop's wall-clock anchor and whether its clock is time.monotonic(), from
+        # _clock's one-entry cache, read in place (hot path; see _clock.loop_facts). A loop
+        # with its own clock (looptime's virtual time, uvloop) is asked as always.
+        facts = _clock._last
+        if facts is None or facts[0]() is not loop or facts[1] is not type(loop):
+            facts = loop_facts(loop)
+        monotonic = facts[3]
+        start = _monotonic() if monotonic else loop.time()
+        anchor = facts[2]
         self.run_count += 1
         self._running += 1
         self._last_run = anchor + start
         if self._has_steps:
             self._steps.reset()
-        # Inline checks (no call) for "does anybody listen": a task in a manager has a sink,
-        # usually with nobody subscribed to it.
-        sinks = self._sinks
-        if self._event_subject.observers or (sinks and (sinks[0].observers or len(sinks) > 1)):
-            self._publish("started", "running", self._last_run, None, None)
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:
+            self._publish(route, "started", "running", self._last_run, None, None)
         try:
             if self._plain:
                 # No setup, pre/after task, retries or timeout: call in place (hot path).
-                result = self._call(input)
+                call = self._call  # an attribute load, then a call: both specialise
+                result = call(input)
                 if self._is_async or inspect.isawaitable(result):
                     result = await result
             elif self._retries or self._timeout is not None:
@@ -562,11 +576,11 @@ class Task(Generic[R, D]):
             else:
                 result = await self._attempt(input, visited)
         except asyncio.CancelledError:
-            self._end_run(clock, start)
+            self._end_run(loop, start)
             self._emit("cancelled", None, error="cancelled")
             raise
         except Exception as exc:
-            self._end_run(clock, start)
+            self._end_run(loop, start)
             self._last_error = exc
             self.error_count += 1
             self._outcome = "failed"
@@ -576,10 +590,10 @@ class Task(Generic[R, D]):
                 return None
             raise
         except BaseException:
-            self._end_run(clock, start)
+            self._end_run(loop, start)
             raise
         # _end_run inlined: this is the hot path.
-        end = clock()
+        end = _monotonic() if monotonic else loop.time()
         self._running -= 1
         self._finished_runs += 1
         self._total_duration += end - start
@@ -587,14 +601,15 @@ class Task(Generic[R, D]):
             self._steps.finish_run()
         self._last_error = None
         self._outcome = "completed"
-        if self._event_subject.observers or (sinks and (sinks[0].observers or len(sinks) > 1)):
-            self._publish("completed", "completed", anchor + end, None, None)
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:
+            self._publish(route, "completed", "completed", anchor + end, None, None)
         return result
 
-    def _end_run(self, clock: Callable[[], float], start: float) -> None:
+    def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
         self._running -= 1
         self._finished_runs += 1
-        self._total_duration += clock() - start
+        self._total_duration += loop.time() - start
         self._steps.finish_run()
 
     async def _attempts(self, input: Any, visited: set[Task[Any, Any]] | None) -> R:
