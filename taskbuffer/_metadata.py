@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 from ._steps import TaskStepInfo
 
@@ -68,19 +68,44 @@ class TaskMetadata:
         }
 
 
-_METADATA_SETTERS = tuple(
-    TaskMetadata.__dict__[name].__set__
-    for name in TaskMetadata.__dataclass_fields__  # definition order
-)
+class _Filling(TaskMetadata):
+    """A ``TaskMetadata`` being filled in by :func:`make_metadata`; it never escapes.
+
+    Same layout, but object's ``__init__``/``__setattr__``/``__delattr__`` instead of the
+    frozen dataclass's, so each field is a plain slot store that CPython specialises.
+    """
+
+    __slots__ = ()
+    __init__ = object.__init__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
 
 
 def make_metadata(values: tuple[Any, ...]) -> TaskMetadata:
     """A ``TaskMetadata`` from its field values in definition order, without the dataclass
-    ``__init__`` (whose frozen-attribute writes dominate the cost of an event snapshot)."""
-    metadata = object.__new__(TaskMetadata)
-    for setter, value in zip(_METADATA_SETTERS, values, strict=True):
-        setter(metadata, value)
-    return metadata
+    ``__init__`` (its frozen-attribute writes dominated the cost of reading ``event.task``)."""
+    m = _Filling()
+    (
+        m.name,
+        m.version,
+        m.status,
+        m.steps,
+        m.current_step,
+        m.current_progress,
+        m.run_count,
+        m.labels,
+        m.last_error,
+        m.error_count,
+        m.last_run,
+        m.next_run,
+        m.cron_schedule,
+        m.buffered,
+        m.buffer_max,
+        m.timeout,
+        m.average_duration,
+    ) = values
+    object.__setattr__(m, "__class__", TaskMetadata)
+    return cast(TaskMetadata, m)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

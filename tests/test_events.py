@@ -9,6 +9,7 @@ import json
 import logging
 import pickle
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -464,3 +465,34 @@ async def test_an_ended_or_disposed_subject_delivers_nothing_and_takes_no_subscr
     assert events == []
     with pytest.raises(reactivex.internal.DisposedException):
         disposed.event_subject.subscribe(events.append)
+
+
+async def test_a_snapshot_read_from_an_event_is_a_plain_frozen_metadata(record: Record) -> None:
+    t = Task(name="plain", version="1", task_function=lambda: None, labels={"k": "v"})
+    events = record(t)
+    await t.trigger()
+    snapshot = events[-1].task
+    assert type(snapshot) is TaskMetadata
+    assert snapshot == t.get_metadata()
+    fields = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot)}
+    assert isinstance(fields.pop("last_run"), datetime)
+    assert isinstance(fields.pop("average_duration"), float)
+    assert fields == {
+        "name": "plain",
+        "version": "1",
+        "status": "completed",
+        "steps": [],
+        "current_step": None,
+        "current_progress": 0,
+        "run_count": 1,
+        "labels": {"k": "v"},
+        "last_error": None,
+        "error_count": 0,
+        "next_run": None,
+        "cron_schedule": None,
+        "buffered": False,
+        "buffer_max": None,
+        "timeout": None,
+    }
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.name = "other"  # type: ignore[misc]
