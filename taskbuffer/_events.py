@@ -163,7 +163,7 @@ class EventSubject(Subject[TaskEvent]):
     A subscriber that raises is logged on the ``taskbuffer`` logger and stays subscribed; the
     remaining subscribers still receive the event and the run goes on.
 
-    ``sole`` is the emitter's fast path: while exactly one callback is subscribed (through
+    ``_sole`` is the emitter's fast path: while exactly one callback is subscribed (through
     ``subscribe()``, which wraps it in an ``AutoDetachObserver``), it is that callback, called
     without reactivex's per-event frames; otherwise it is ``None`` and events go through
     :func:`deliver`. It is kept in step with every change of ``observers``: subscribe,
@@ -172,7 +172,7 @@ class EventSubject(Subject[TaskEvent]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sole: Callable[[TaskEvent], None] | None = None
+        self._sole: Callable[[TaskEvent], None] | None = None
 
     def on_next(self, value: TaskEvent) -> None:
         deliver(self, value)
@@ -195,29 +195,29 @@ class EventSubject(Subject[TaskEvent]):
         # An AutoDetachObserver is only ever stopped on its way out of ``observers``, so its
         # callback can be called without its ``is_stopped`` check.
         if len(observers) == 1 and type(observers[0]) is AutoDetachObserver:
-            self.sole = observers[0]._on_next
+            self._sole = observers[0]._on_next
         else:
-            self.sole = None
+            self._sole = None
         _bump()
 
     def _on_completed_core(self) -> None:
-        self.sole = None
+        self._sole = None
         _bump()
         super()._on_completed_core()
 
     def _on_error_core(self, error: Exception) -> None:
-        self.sole = None
+        self._sole = None
         _bump()
         super()._on_error_core(error)
 
     def dispose(self) -> None:
-        self.sole = None
+        self._sole = None
         super().dispose()
         _bump()
 
 
 class _Subscription(InnerSubscription):
-    """Reactivex's subscription to a subject, which also keeps ``EventSubject.sole`` right."""
+    """Reactivex's subscription to a subject, which also keeps ``EventSubject._sole`` right."""
 
     def __init__(self, subject: EventSubject, observer: abc.ObserverBase[TaskEvent]) -> None:
         super().__init__(subject, observer)

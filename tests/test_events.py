@@ -496,3 +496,25 @@ async def test_a_snapshot_read_from_an_event_is_a_plain_frozen_metadata(record: 
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         snapshot.name = "other"  # type: ignore[misc]
+
+    # The started event's snapshot, field by field (run() builds its tuple in place).
+    fields = {f.name: getattr(events[0].task, f.name) for f in dataclasses.fields(snapshot)}
+    assert fields.pop("last_run") == snapshot.last_run
+    assert fields == {
+        "name": "plain",
+        "version": "1",
+        "status": "running",
+        "steps": [],
+        "current_step": None,
+        "current_progress": 0,
+        "run_count": 1,
+        "labels": {"k": "v"},
+        "last_error": None,
+        "error_count": 0,
+        "next_run": None,
+        "cron_schedule": None,
+        "buffered": False,
+        "buffer_max": None,
+        "timeout": None,
+        "average_duration": None,
+    }
