@@ -235,16 +235,20 @@ def _c6_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
 def _e1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     row = _base_row(run, mode)
     a, b = _median(run.taskbuffer, "us_per_op"), _median(run.baseline, "us_per_op")
-    added = _paired(run, _difference, "us_per_op")
+    # Judged on the in-process paired difference (see e1_taskbuffer); the cross-process one
+    # is kept in the JSON for comparison.
+    added = _median(run.taskbuffer, "added_us")
+    across = _paired(run, _difference, "us_per_op")
     reading = _paired(run, _difference, "us_per_op_reading", "us_per_op")
     row.taskbuffer, row.baseline = _fmt(a, " µs/op"), _fmt(b, " µs/op")
     row.ratio = _fmt(_paired(run, _ratio, "us_per_op"), "x")
     row.verdict = _verdict(_at_most(added, run.spec.targets.get("added_us")))
     row.notes = (
-        f"added {_fmt(added, ' µs/trigger')} (a subscriber that reads event.task: "
-        f"{_fmt(reading, ' µs')}); " + row.notes
+        f"added {_fmt(added, ' µs/trigger')} in paired passes (a subscriber that reads "
+        f"event.task: {_fmt(reading, ' µs')}); " + row.notes
     )
     row.values = {"taskbuffer_us_per_op": a, "baseline_us_per_op": b, "added_us": added}
+    row.values["added_us_across_processes"] = across
     row.values["added_us_reading_task"] = reading
     return [row]
 

@@ -38,37 +38,60 @@ async def _w1_in_manager(
     return watch, total
 
 
+# Rounds of back-to-back passes with and without the subscriber inside one process (E1).
+E1_ROUNDS = 5
+
+
 async def e1_taskbuffer(p: Params) -> Outcome:
     """E1: W1 in a manager with one subscriber on ``task_subject``.
 
-    The measured subscriber only counts events (it does not read ``event.task``). A second
-    timed pass with a subscriber that also reads ``event.task.name`` (what a subscriber to a
-    manager-wide subject usually needs) is kept as ``us_per_op_reading``, for information.
+    The measured subscriber only counts events (it does not read ``event.task``).
+
+    ``added_us`` is what the target is judged on: the median, over ``E1_ROUNDS`` rounds in
+    this process, of (a pass with the subscriber) minus (a pass without it), the two run back
+    to back. The difference is about 1 µs between two figures of about 2 µs; measured in two
+    processes, as the baseline column is, it would be mostly process-to-process noise.
+
+    A last pass with a subscriber that also reads ``event.task.name`` (what a subscriber to
+    a manager-wide subject usually needs) is kept as ``us_per_op_reading``, for information.
     """
     n = p["n"]
     out = Outcome()
     expected = n * (n - 1) // 2 + n
-    for metric, reads_task in (("us_per_op", False), ("us_per_op_reading", True)):
+    seen = 0
+    names: set[str] = set()
+
+    def count(_event: TaskEvent) -> None:
+        nonlocal seen
+        seen += 1
+
+    def count_and_read(event: TaskEvent) -> None:
+        nonlocal seen
+        seen += 1
+        names.add(event.task.name)
+
+    with_subscriber: list[float] = []
+    differences: list[float] = []
+    for _ in range(E1_ROUNDS):
+        plain, plain_total = await _w1_in_manager(n, None)
         seen = 0
-        names: set[str] = set()
+        watch, total = await _w1_in_manager(n, count)
+        with_subscriber.append(watch.us_per(n))
+        differences.append(watch.us_per(n) - plain.us_per(n))
+        out.check_equal("sum of results (counting)", total, expected)
+        out.check_equal("sum of results (no subscriber)", plain_total, expected)
+        out.check_equal("events seen, started + completed (counting)", seen, 2 * n)
+    out.metrics["us_per_op"] = statistics.median(with_subscriber)
+    out.metrics["added_us"] = statistics.median(differences)
 
-        def count(_event: TaskEvent) -> None:
-            nonlocal seen
-            seen += 1
-
-        def count_and_read(event: TaskEvent, names: set[str] = names) -> None:
-            nonlocal seen
-            seen += 1
-            names.add(event.task.name)
-
-        watch, total = await _w1_in_manager(n, count_and_read if reads_task else count)
-        out.metrics[metric] = watch.us_per(n)
-        label = "reading event.task" if reads_task else "counting"
-        out.check_equal(f"sum of results ({label})", total, expected)
-        out.check_equal(f"events seen, started + completed ({label})", seen, 2 * n)
-        if reads_task:
-            out.check_equal("task names seen", names, {"inc"})
+    seen = 0
+    watch, total = await _w1_in_manager(n, count_and_read)
+    out.metrics["us_per_op_reading"] = watch.us_per(n)
+    out.check_equal("sum of results (reading event.task)", total, expected)
+    out.check_equal("events seen, started + completed (reading event.task)", seen, 2 * n)
+    out.check_equal("task names seen", names, {"inc"})
     out.info["n"] = n
+    out.info["rounds"] = E1_ROUNDS
     return out
 
 
