@@ -946,3 +946,22 @@ async def test_results_and_data_are_typed() -> None:
     assert_type(await greet.trigger(), str)
     once = TaskOnce(task_function=double)
     assert_type(await once.trigger(1), int)
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+async def test_trigger_returns_a_coroutine_that_runs_only_when_awaited(buffered: bool) -> None:
+    calls: list[int] = []
+
+    def record(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    t = Task(task_function=record, buffered=buffered, buffer_max=10 if buffered else None)
+    pending = t.trigger(1)
+    assert asyncio.iscoroutine(pending)
+    await asyncio.sleep(0)
+    assert (calls, t.run_count) == ([], 0)  # nothing happens until it is awaited
+    assert await pending == 10
+    assert await asyncio.create_task(t.trigger(2)) == 20
+    assert await asyncio.gather(t.trigger(3), t.trigger(4)) == [30, 40]
+    assert calls == [1, 2, 3, 4]
