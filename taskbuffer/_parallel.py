@@ -38,25 +38,58 @@ class Taskparallel(Task[list[Any]]):
         return list(self._tasks)
 
     async def _run_parallel(self, input: Any) -> list[Any]:
-        results = await asyncio.gather(
-            *(
-                task._run(input) if task._direct else task._trigger_coro(input)
-                for task in self._tasks
-            ),
-            return_exceptions=True,
-        )
+        loop = asyncio.get_running_loop()
+        children = [
+            loop.create_task(task._run(input) if task._direct else task._trigger_coro(input))
+            for task in self._tasks
+        ]
+        # What asyncio.gather(..., return_exceptions=True) does, with one wake-up instead of
+        # one done-callback per child: the children usually finish in the same loop turn, so
+        # waiting for each in order suspends this run once. A cancellation of this run
+        # cancels every child and, as with gather, is raised once they have all finished.
+        try:
+            for child in children:
+                if not child.done():
+                    await _finished(loop, child)
+        except asyncio.CancelledError:
+            for child in children:
+                child.cancel()
+            await asyncio.wait(children)
+            for child in children:
+                if not child.cancelled():
+                    child.exception()  # retrieved: the cancellation is what is raised
+            raise
+        results: list[Any] = []
         errors: list[Exception] = []
-        for result in results:
-            if isinstance(result, Exception):
-                errors.append(result)
-            elif isinstance(result, BaseException):
-                # A child cancelled on its own (or KeyboardInterrupt...): not an ExceptionGroup
-                # member, so it propagates as itself.
-                raise result
+        for child in children:
+            if child.cancelled():
+                # A child cancelled on its own: not an ExceptionGroup member, so it
+                # propagates as itself (as gather would report it).
+                raise asyncio.CancelledError()
+            error = child.exception()
+            if error is None:
+                results.append(child.result())
+            elif isinstance(error, Exception):
+                errors.append(error)
+                results.append(error)
+            else:
+                raise error  # KeyboardInterrupt, SystemExit...
         if errors:
             raise TaskParallelError(
                 f"{len(errors)} of {len(self._tasks)} tasks of parallel "
                 f"{self.name or 'unnamed'!r} failed",
                 errors,
             )
-        return list(results)
+        return results
+
+
+def _finished(loop: asyncio.AbstractEventLoop, child: asyncio.Task[Any]) -> asyncio.Future[None]:
+    """A future done when ``child`` is; cancelling it leaves ``child`` alone."""
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: asyncio.Task[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    child.add_done_callback(wake)
+    return waiter

@@ -129,3 +129,40 @@ async def test_parallel_is_a_task() -> None:
     results = list(await asyncio.gather(parallel.trigger(1), parallel.trigger(2)))
     assert results == [[("a", 1)], [("a", 1)]]
     assert parallel.run_count == 1
+
+
+async def test_a_cancelled_run_waits_for_its_members_to_clean_up() -> None:
+    loop = asyncio.get_running_loop()
+    cleaned: list[float] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(2)  # cleanup that takes time
+            cleaned.append(loop.time())
+            raise
+
+    parallel = Taskparallel(task_array=[Task(task_function=slow_to_stop), sleeper(10, "b")])
+    start = loop.time()
+    caller = asyncio.create_task(parallel.trigger())
+    loop.call_later(1, caller.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    # The cancellation reached the caller only once the member had cleaned up.
+    assert cleaned == [pytest.approx(start + 3)]
+    assert loop.time() == pytest.approx(start + 3)
+    assert not parallel.running
+
+
+async def test_a_timeout_around_a_run_is_a_timeout_and_leaves_nothing_behind() -> None:
+    before = asyncio.all_tasks()
+    failed_early = failer(0.5, "early")
+    parallel = Taskparallel(task_array=[failed_early, sleeper(10, "late")])
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1):
+            await parallel.trigger("x")
+    # The member that failed before the timeout had its error retrieved (no warning under
+    # filterwarnings=error), and no member task is left.
+    assert failed_early.error_count == 1
+    assert asyncio.all_tasks() == before
