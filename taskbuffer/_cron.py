@@ -5,6 +5,13 @@ seconds **first** (``"*/5 * * * * *"`` is every 5 seconds). croniter parses them
 matching times on the local clock of the manager's time zone (local time by default); anything
 croniter accepts in those fields works (lists, ranges, steps, names, ``L``, ``#``, ``W``).
 
+The day rule. A day field is *given* unless it is ``*`` or ``?``. With one given, it alone picks
+the days; with both given, a day matching either one counts. croniter intersects the two fields
+instead when one of them uses ``#``, ``L<n>`` or ``W`` (and reads some full ranges as ``*``), so
+with both given each field gets a croniter of its own (the other field ``*``) and the earlier
+match wins. A day-of-week list that mixes plain days with ``#`` or ``L<n>`` items is rejected:
+croniter rejects most such lists and reads the rest as the ``#`` items alone.
+
 Daylight-saving policy. When the local clock of the time zone jumps forward or repeats an hour:
 
 * A *fixed-time* expression (its hour field names particular hours, e.g. ``30 2 * * *`` or
@@ -26,6 +33,7 @@ matching is done here on naive local times and mapped to instants by the rules a
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_right
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -48,6 +56,8 @@ _SCAN_SPAN = 7 * _DAY
 # After a look-up found no offset change, at least this much is remembered as change-free, so
 # that frequent schedules do not look again on every tick.
 _STABLE_SPAN = 3600.0
+# croniter's day-of-week items that name a weekday of the month: "1#2", "mon-fri#2", "L5".
+_NTH_ITEM = re.compile(r"#|^l\d", re.IGNORECASE)
 
 
 def _seconds(naive: datetime) -> float:
@@ -153,13 +163,13 @@ class CronSchedule:
     """
 
     __slots__ = (
-        "_iter",
         "_known",
         "_last_fire",
         "_last_local",
         "_last_offset",
         "_minutes",
         "_seconds",
+        "_sides",
         "_six",
         "_zone",
         "expression",
@@ -173,19 +183,26 @@ class CronSchedule:
         if len(fields) not in (5, 6):
             raise InvalidCronExpressionError(expression, f"it has {len(fields)} field(s)")
         six = len(fields) == 6
+        items = [item for item in fields[-1].split(",") if item]
+        if len({bool(_NTH_ITEM.search(item)) for item in items}) == 2:
+            raise InvalidCronExpressionError(
+                expression,
+                f"its day-of-week field {fields[-1]!r} mixes plain days with '#' or 'L' items; "
+                "a day-of-week list is all plain days or all '#' and 'L' items",
+            )
         try:
             # Naive datetimes: croniter matches local wall times; instants are mapped here.
             it = croniter(
                 " ".join(fields), datetime(2000, 1, 1), ret_type=datetime, second_at_beginning=six
             )
-            it.get_next(datetime)  # an expression that never matches (Feb 30) fails here
-        except CroniterBadDateError as exc:
-            raise InvalidCronExpressionError(expression, "it never matches a date") from exc
+            sides = _sides(it, fields, six)
         except Exception as exc:  # croniter raises assorted errors for assorted bad input
             reason = str(exc) or type(exc).__name__
             raise InvalidCronExpressionError(expression, reason) from exc
+        if not sides:  # e.g. Feb 30
+            raise InvalidCronExpressionError(expression, "it never matches a date")
         self.expression = expression
-        self._iter = it
+        self._sides = sides
         self._six = six
         self._zone = Zone(tz)
         minutes = _values(it.expanded[0])
@@ -252,7 +269,7 @@ class CronSchedule:
                 self._known = following
                 return following
         start = floor - _MICROSECOND if inclusive else floor
-        local = self._iter.get_next(datetime, start)
+        local = _first_match(self._sides, start)
         self._known = local
         return local
 
@@ -291,3 +308,57 @@ def _values(field: list[Any]) -> tuple[int, ...] | None:
     if "*" in field:
         return None
     return tuple(sorted({int(v) for v in field}))
+
+
+def _sides(it: croniter[datetime], fields: list[str], six: bool) -> tuple[croniter[datetime], ...]:
+    """croniters that together match what the expression ``fields`` (parsed as ``it``) does.
+
+    One, ``it``, unless both day fields are given: then one per day field with the other
+    ``*``, so that a day matching either counts (module docstring). Those that never match a
+    date are left out.
+    """
+    day_of_month, day_of_week = fields[-3], fields[-1]
+    if day_of_month in ("*", "?") or day_of_week in ("*", "?"):
+        candidates = [it]
+    else:
+        # The other fields as croniter resolved them: an "R" is random per parse, and both
+        # sides must fire at the same times of day.
+        minute, hour, _, month, _, *second = [_text(field) for field in it.expanded]
+        candidates = [
+            croniter(
+                " ".join([*second, minute, hour, days, month, weekdays]),
+                datetime(2000, 1, 1),
+                ret_type=datetime,
+                second_at_beginning=six,
+            )
+            for days, weekdays in ((day_of_month, "*"), ("*", day_of_week))
+        ]
+    return tuple(side for side in candidates if _matches_a_date(side))
+
+
+def _matches_a_date(side: croniter[datetime]) -> bool:
+    try:
+        side.get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
+
+
+def _first_match(sides: tuple[croniter[datetime], ...], start: datetime) -> datetime:
+    """The first local time after ``start`` that one of ``sides`` matches."""
+    if len(sides) == 1:
+        return sides[0].get_next(datetime, start)
+    found = []
+    for side in sides:
+        try:
+            found.append(side.get_next(datetime, start))
+        except CroniterBadDateError:
+            continue  # no date within croniter's horizon; another side may have one
+    if not found:
+        raise CroniterBadDateError("failed to find next date")
+    return min(found)
+
+
+def _text(field: list[Any]) -> str:
+    """A croniter-expanded field written back as a cron field."""
+    return ",".join(str(v) for v in field)

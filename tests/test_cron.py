@@ -7,14 +7,17 @@ Manager tests run on looptime's virtual clock with the wall clock pinned to a kn
 from __future__ import annotations
 
 import asyncio
+import calendar
 import gc
 import logging
 import re
 import sys
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import time as dt_time
 from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -459,9 +462,7 @@ def cron_specs(draw: st.DrawFn) -> Spec:
     seconds = draw(cron_field(0, 55, step=5)) if six else None
     minutes = draw(cron_field(0, 59))
     hours = draw(cron_field(0, 23))
-    # At most one of the day fields: with both, croniter's reading of cron's either-day rule
-    # varies by spelling ("*/2" and "0-6" are AND-ed, "*/2" and "0" OR-ed), and that rule is
-    # croniter's business, not the time zone mapping tested here.
+    # At most one of the day fields: how two combine is the day rule's own property test.
     day_field = draw(st.sampled_from(["neither", "days", "weekdays"]))
     days = draw(cron_field(1, 31)) if day_field == "days" else ("*", frozenset(range(1, 32)))
     months = draw(cron_field(1, 12)) if draw(st.booleans()) else ("*", frozenset(range(1, 13)))
@@ -576,6 +577,291 @@ def test_fire_instants_over_a_year_strictly_increase_and_follow_the_policy(
         local = datetime.fromtimestamp(fire, tz).replace(tzinfo=None)
         # Every fire shows a matching time, except a fixed-time run right after a jump.
         assert spec.matches(local) or (schedule.fixed_time and fire in transitions(tz, year))
+
+
+# --------------------------------------------------------------------------- the day rule
+
+# A day field is given unless it is "*" or "?"; with both given, a day matching either counts.
+
+
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # Day 1 (every */100 is day 1) or the fourth Monday.
+        (
+            "1 1 */100 * MON#4",
+            "2020-01-01T00:00:00+00:00",
+            ["2020-01-01T01:01", "2020-01-27T01:01", "2020-02-01T01:01", "2020-02-24T01:01"],
+        ),
+        # Days 1-7 or the first Monday (always one of them): not only the first Mondays.
+        (
+            "0 0 1-7 * 1#1",
+            "2024-05-31T12:00:00+00:00",
+            [f"2024-06-0{d}T00:00" for d in range(1, 8)] + ["2024-07-01T00:00"],
+        ),
+        # Mondays or the weekday nearest the 15th (Saturday 2024-06-15: Friday the 14th).
+        (
+            "0 0 15W * 1",
+            "2024-06-01T00:00:00+00:00",
+            [
+                "2024-06-03T00:00",
+                "2024-06-10T00:00",
+                "2024-06-14T00:00",
+                "2024-06-17T00:00",
+                "2024-06-24T00:00",
+                "2024-07-01T00:00",
+            ],
+        ),
+    ],
+)
+async def test_a_day_matching_either_day_field_counts_with_hash_and_w(
+    wall_clock: WallClock, expression: str, start: str, expected: list[str]
+) -> None:
+    wall_clock(instant(start))
+    job, starts = recorder()
+    end = instant(f"{expected[-1]}+00:00")
+    async with asyncio.timeout(end - instant(start) + 60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, expression)
+        await asyncio.sleep(end - now_wall() + 1)
+    assert starts == [instant(f"{e}+00:00") for e in expected]
+
+
+DAY_RULE_GOLDEN: list[tuple[str, datetime, list[str]]] = [
+    # The last day of the month or the last Friday.
+    ("0 0 L * L5", datetime(2024, 5, 1), ["2024-05-31", "2024-06-28", "2024-06-30", "2024-07-26"]),
+    # The weekday nearest the 1st (never in the month before) or the second Monday.
+    ("0 0 1W * 1#2", datetime(2024, 5, 31), ["2024-06-03", "2024-06-10", "2024-07-01"]),
+    # A day field that never matches (February 30th) leaves the other one.
+    ("0 0 30 2 1", datetime(2024, 2, 20), ["2024-02-26", "2025-02-03"]),
+    # "*/2" and "0-6" are both given: every day (croniter alone: every other day).
+    ("0 0 */2 * 0-6", datetime(2024, 6, 1), ["2024-06-02", "2024-06-03", "2024-06-04"]),
+    ("0 0 1-31 * */2", datetime(2024, 6, 1), ["2024-06-02", "2024-06-03", "2024-06-04"]),
+    # "L" ends a range: days 28 to the last.
+    ("0 0 28-L * *", datetime(2024, 2, 27), ["2024-02-28", "2024-02-29", "2024-03-28"]),
+    # Past the month's end, "nW" is the weekday nearest its last day (2024-06-30 is a Sunday).
+    ("0 0 31W * *", datetime(2024, 6, 1), ["2024-06-28", "2024-07-31", "2024-08-30"]),
+    # "?" is not given: the other field alone decides.
+    ("0 0 ? * 1#1", datetime(2024, 6, 1), ["2024-06-03", "2024-07-01"]),
+    ("0 0 15W * ?", datetime(2024, 6, 1), ["2024-06-14", "2024-07-15"]),
+    # A list of "#" and "L" items is their union.
+    ("0 0 * * 1#1,L5", datetime(2024, 6, 1), ["2024-06-03", "2024-06-28", "2024-07-01"]),
+    ("0 0 * * mon-wed#2", datetime(2024, 6, 1), ["2024-06-10", "2024-06-11", "2024-06-12"]),
+    # Seconds first: both sides fire at the same times of day.
+    (
+        "30 0 12 1 * 1#1",
+        datetime(2024, 6, 1),
+        ["2024-06-01T12:00:30", "2024-06-03T12:00:30", "2024-07-01T12:00:30"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("expression", "start", "expected"), DAY_RULE_GOLDEN)
+def test_the_day_rule_golden_cases(expression: str, start: datetime, expected: list[str]) -> None:
+    got = fires(expression, UTC, start.replace(tzinfo=UTC), len(expected))
+    assert got == [datetime.fromisoformat(e).replace(tzinfo=UTC).isoformat() for e in expected]
+
+
+def test_random_fields_fire_at_one_time_of_day_on_both_day_fields() -> None:
+    # croniter picks an "R" value at each parse; both day fields must use the same one.
+    schedule = CronSchedule("R R 1 * 1", UTC)
+    first = schedule.next_after(instant("2024-06-30T00:00:00+00:00"))  # Monday 2024-07-01
+    later = [schedule.next_after(first)]  # Monday 2024-07-08
+    local = [datetime.fromtimestamp(t, UTC) for t in (first, *later)]
+    assert [t.date().isoformat() for t in local] == ["2024-07-01", "2024-07-08"]
+    assert local[0].time() == local[1].time()
+
+
+@pytest.mark.parametrize("day_of_week", ["1#1,5", "1#1,1", "0-6,1#1", "L5,mon", "mon,fri#2"])
+def test_a_day_of_week_list_mixing_plain_days_and_hash_or_l_is_rejected(
+    day_of_week: str,
+) -> None:
+    expression = f"0 0 * * {day_of_week}"
+    with pytest.raises(InvalidCronExpressionError) as caught:
+        CronSchedule(expression)
+    assert caught.value.reason == (
+        f"its day-of-week field {day_of_week!r} mixes plain days with '#' or 'L' items; "
+        "a day-of-week list is all plain days or all '#' and 'L' items"
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # A reversed range wraps around the end of its field: Friday to Monday ...
+        ("0 0 * * 5-1", datetime(2024, 6, 6), ["06-07", "06-08", "06-09", "06-10", "06-14"]),
+        ("0 0 * * fri-mon", datetime(2024, 6, 6), ["06-07", "06-08", "06-09", "06-10", "06-14"]),
+        # ... days 30, 31, 1 and 2 (a month without the 30th or 31st skips them) ...
+        ("0 0 30-2 * *", datetime(2024, 1, 29), ["01-30", "01-31", "02-01", "02-02", "03-01"]),
+        # ... November to February.
+        ("0 0 1 11-2 *", datetime(2024, 6, 1), ["11-01", "12-01", "01-01", "02-01", "11-01"]),
+        # A step counts on across the wrap: Friday, Sunday, Tuesday.
+        ("0 0 * * fri-tue/2", datetime(2024, 6, 6), ["06-07", "06-09", "06-11", "06-14"]),
+        # An equal range is the whole cycle (write "5" for Friday).
+        ("0 0 * * 5-5", datetime(2024, 6, 6), ["06-07", "06-08", "06-09", "06-10", "06-11"]),
+        ("0 0 5-5 * *", datetime(2024, 6, 6), ["06-07", "06-08", "06-09", "06-10", "06-11"]),
+        # A day field is given unless it is "*": "0-6" matches every day, so does the union.
+        ("0 0 1 * 0-6", datetime(2024, 6, 6), ["06-07", "06-08", "06-09", "06-10", "06-11"]),
+    ],
+)
+def test_how_ranges_are_read(expression: str, start: datetime, expected: list[str]) -> None:
+    got = fires(expression, UTC, start.replace(tzinfo=UTC), len(expected))
+    assert [g[5:10] for g in got] == expected
+
+
+def nearest_weekday(year: int, month: int, day: int) -> int:
+    """The weekday (Monday to Friday) nearest ``day`` within the month; past its end, the end."""
+    last = calendar.monthrange(year, month)[1]
+    day = min(day, last)
+    weekday = calendar.weekday(year, month, day)  # 0 is Monday
+    if weekday == 5:  # Saturday: the Friday before, or the Monday after the 1st
+        return day - 1 if day > 1 else day + 2
+    if weekday == 6:  # Sunday: the Monday after, or the Friday before the last day
+        return day + 1 if day < last else day - 2
+    return day
+
+
+@dataclass(frozen=True)
+class DayField:
+    """A generated day field and which days it matches."""
+
+    text: str
+    matches: Callable[[date], bool]
+
+    @property
+    def given(self) -> bool:
+        return self.text not in ("*", "?")
+
+
+def last_day(d: date) -> int:
+    return calendar.monthrange(d.year, d.month)[1]
+
+
+def weekday(d: date) -> int:
+    """The cron day of the week: 0 is Sunday."""
+    return d.isoweekday() % 7
+
+
+@st.composite
+def days_of_month(draw: st.DrawFn) -> DayField:
+    kind = draw(st.sampled_from(["*", "?", "plain", "L", "L-list", "W"]))
+    if kind in ("*", "?"):
+        return DayField(kind, lambda d: True)
+    if kind == "plain":
+        text, values = draw(cron_field(1, 31))
+        return DayField(text, lambda d: d.day in values)
+    if kind == "L":
+        return DayField("L", lambda d: d.day == last_day(d))
+    if kind == "L-list":
+        n = draw(st.integers(1, 31))
+        return DayField(f"{n},L", lambda d: d.day in (n, last_day(d)))
+    n = draw(st.integers(1, 31))
+    text = draw(st.sampled_from([f"{n}W", f"W{n}"]))
+    return DayField(text, lambda d: d.day == nearest_weekday(d.year, d.month, n))
+
+
+WEEKDAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+
+
+@st.composite
+def nth_weekday(draw: st.DrawFn) -> tuple[str, Callable[[date], bool]]:
+    kind = draw(st.sampled_from(["#", "name#", "range#", "L"]))
+    if kind == "range#":
+        a, b = sorted(draw(st.lists(st.integers(0, 6), min_size=2, max_size=2, unique=True)))
+        k = draw(st.integers(1, 5))
+        text = f"{WEEKDAY_NAMES[a]}-{WEEKDAY_NAMES[b]}#{k}"
+        return text, lambda d: a <= weekday(d) <= b and (d.day - 1) // 7 + 1 == k
+    w = draw(st.integers(0, 7))  # 7 is Sunday too
+    if kind == "L":
+        return f"L{w}", lambda d: weekday(d) == w % 7 and d.day + 7 > last_day(d)
+    k = draw(st.integers(1, 5))
+    text = f"{WEEKDAY_NAMES[w % 7]}#{k}" if kind == "name#" else f"{w}#{k}"
+    return text, lambda d: weekday(d) == w % 7 and (d.day - 1) // 7 + 1 == k
+
+
+@st.composite
+def days_of_week(draw: st.DrawFn) -> DayField:
+    kind = draw(st.sampled_from(["*", "?", "plain", "nth", "nth"]))
+    if kind in ("*", "?"):
+        return DayField(kind, lambda d: True)
+    if kind == "plain":
+        text, values = draw(cron_field(0, 6))
+        return DayField(text, lambda d: weekday(d) in values)
+    items = draw(st.lists(nth_weekday(), min_size=1, max_size=2))
+    return DayField(
+        ",".join(text for text, _ in items), lambda d: any(match(d) for _, match in items)
+    )
+
+
+def day_rule(days: DayField, weekdays: DayField) -> Callable[[date], bool]:
+    """The documented rule, day by day."""
+    if days.given and weekdays.given:
+        return lambda d: days.matches(d) or weekdays.matches(d)
+    if days.given:
+        return days.matches
+    return weekdays.matches
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    days=days_of_month(),
+    weekdays=days_of_week(),
+    months=st.one_of(st.just(("*", frozenset(range(1, 13)))), cron_field(1, 12)),
+    hours=st.lists(st.sampled_from([0, 4, 9, 12, 23]), min_size=1, max_size=2, unique=True),
+    minute=st.integers(0, 59),
+    second=st.none() | st.integers(0, 59),
+    tz=st.sampled_from([UTC, BERLIN, NEW_YORK]),
+    year=st.integers(2020, 2030),
+)
+def test_fire_instants_follow_the_day_rule_with_hash_l_and_w(
+    days: DayField,
+    weekdays: DayField,
+    months: tuple[str, frozenset[int]],
+    hours: list[int],
+    minute: int,
+    second: int | None,
+    tz: tzinfo,
+    year: int,
+) -> None:
+    """Compare with a day-by-day evaluation of the rule over three years (or 150 fires)."""
+    special = re.compile(r"[#LW]")
+    assume(special.search(days.text) or special.search(weekdays.text))
+    hours = sorted(hours)  # none near a daylight-saving change: the day rule alone is tested
+    fields = [str(minute), ",".join(map(str, hours)), days.text, months[0], weekdays.text]
+    expression = " ".join(fields if second is None else [str(second), *fields])
+    rule = day_rule(days, weekdays)
+    start = datetime(year, 1, 1, tzinfo=tz).timestamp() - 0.5
+    expected = []
+    day = date(year, 1, 1)
+    while day.year < year + 3:
+        if day.month in months[1] and rule(day):
+            for hour in hours:
+                at = datetime.combine(day, dt_time(hour, minute, second or 0), tz)
+                expected.append(at.timestamp())
+        day += timedelta(days=1)
+    try:
+        schedule = CronSchedule(expression, tz)
+    except InvalidCronExpressionError as exc:
+        # Only a schedule that matches nothing (in croniter's 50-year horizon) is rejected.
+        assert exc.reason == "it never matches a date" and not expected, expression
+        return
+    end = datetime(year + 3, 1, 1, tzinfo=tz).timestamp()
+    got: list[float] = []
+    t = start
+    while len(got) < 150:
+        t = schedule.next_after(t)
+        if t >= end:
+            break
+        got.append(t)
+    assert [iso(g, tz) for g in got] == [iso(e, tz) for e in expected[:150]], expression
+    # Starting anywhere gives the next fire.
+    for probe in (start + 86400 * 17.3, start + 86400 * 200.7, got[-1] - 1 if got else start):
+        i = bisect_right(expected, probe)
+        if i < len(expected):
+            assert iso(schedule.next_after(probe), tz) == iso(expected[i], tz), (expression, probe)
+
+
+def iso(t: float, tz: tzinfo) -> str:
+    return datetime.fromtimestamp(t, tz).isoformat()
 
 
 # ----------------------------------------------------------------------- the manager
