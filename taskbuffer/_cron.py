@@ -345,18 +345,12 @@ def _matches_a_date(side: croniter[datetime]) -> bool:
 
 
 def _first_match(sides: tuple[croniter[datetime], ...], start: datetime) -> datetime:
-    """The first local time after ``start`` that one of ``sides`` matches."""
-    if len(sides) == 1:
-        return sides[0].get_next(datetime, start)
-    found = []
-    for side in sides:
-        try:
-            found.append(side.get_next(datetime, start))
-        except CroniterBadDateError:
-            continue  # no date within croniter's horizon; another side may have one
-    if not found:
-        raise CroniterBadDateError("failed to find next date")
-    return min(found)
+    """The first local time after ``start`` that one of ``sides`` matches.
+
+    Each side matched a date when parsed, and cron dates recur well within the 50 years
+    croniter looks ahead, so none runs out.
+    """
+    return min(side.get_next(datetime, start) for side in sides)
 
 
 def _text(field: list[Any]) -> str:
