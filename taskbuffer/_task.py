@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
@@ -27,6 +26,13 @@ from ._events import (
 from ._exceptions import TaskTimeoutError
 from ._metadata import TaskMetadata, TaskStatus, make_metadata
 from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
+from ._validation import (
+    check_count,
+    check_labels,
+    check_number,
+    check_optional_str,
+    check_seconds,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -66,19 +72,6 @@ class TaskOptions(_CoreOptions, total=False):
     """The keyword options every task kind accepts besides its function."""
 
     data: Any
-
-
-def _check_duration(name: str, value: float | None, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    accepted = "a number of seconds >= 0 or None" if allow_none else "a number of seconds >= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be {accepted}, not {value!r}")
-    if math.isnan(value):
-        raise ValueError(f"{name} must be {accepted}, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be non-negative, not {value!r}")
-    return float(value)
 
 
 def _arity(fn: Callable[..., Any]) -> int:
@@ -203,23 +196,19 @@ class Task(Generic[R, D]):
             raise TypeError(f"task_function must be callable, not {task_function!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, not {name!r}")
+        version = check_optional_str("version", version)
+        labels = check_labels("labels", labels)
         if buffered:
             if buffer_max is None:
                 raise ValueError("buffer_max is required when buffered=True (an int >= 1)")
-            if isinstance(buffer_max, bool) or not isinstance(buffer_max, int) or buffer_max < 1:
-                raise ValueError(f"buffer_max must be an int >= 1, not {buffer_max!r}")
+            check_count("buffer_max", buffer_max, minimum=1)
         elif buffer_max is not None:
             raise ValueError("buffer_max only applies to buffered tasks; pass buffered=True")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        if (
-            isinstance(retry_backoff, bool)
-            or not isinstance(retry_backoff, int | float)
-            or not (retry_backoff >= 1)
-        ):
-            raise ValueError(f"retry_backoff must be a number >= 1, not {retry_backoff!r}")
-        if timeout is not None and _check_duration("timeout", timeout, allow_none=True) == 0:
-            raise ValueError("timeout must be positive (seconds) or None, not 0")
+        check_count("retries", retries, minimum=0)
+        check_number("retry_backoff", retry_backoff, minimum=1)
+        # math.inf means no limit and is stored as None, which keeps to_dict() JSON-clean.
+        timeout = check_seconds("timeout", timeout, positive=True, infinite=True, none=True)
+        retry_delay = check_seconds("retry_delay", retry_delay) or 0.0
         for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
             if ref is not None and not isinstance(ref, Task) and not callable(ref):
                 raise TypeError(f"{label} must be a Task or a callable returning one, not {ref!r}")
@@ -247,7 +236,7 @@ class Task(Generic[R, D]):
         self._name = name
         self.version = version
         self.data: D = data if data is not None else cast(D, {})
-        self.labels: dict[str, str] = dict(labels or {})
+        self.labels: dict[str, str] = labels
         self._steps = StepTracker(validate_steps(steps))
         self._has_steps = bool(self._steps.steps)
         self._buffer_max = buffer_max if buffered else None
@@ -263,9 +252,9 @@ class Task(Generic[R, D]):
         self._setup_value: Any = None
         self._setup_task: asyncio.Task[Any] | None = None
         self.catch_errors = catch_errors
-        self._timeout = _check_duration("timeout", timeout, allow_none=True)
+        self._timeout = timeout
         self._retries = retries
-        self._retry_delay = _check_duration("retry_delay", retry_delay, allow_none=False) or 0.0
+        self._retry_delay = retry_delay
         self._retry_backoff = float(retry_backoff)
 
         self._event_subject = EventSubject()

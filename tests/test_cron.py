@@ -636,13 +636,6 @@ async def test_a_listing_shows_the_last_run_and_steps(wall_clock: WallClock) -> 
     assert info.metadata.run_count == 1 and info.metadata.cron_schedule == "*/10 * * * * *"
 
 
-def test_the_limit_of_next_scheduled_runs_must_be_an_int_of_at_least_zero() -> None:
-    m = TaskManager()
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="limit must be an int >= 0"):
-            m.get_next_scheduled_runs(bad)  # type: ignore[arg-type]
-
-
 async def test_add_execute_remove_task_schedules_the_task_while_it_is_registered(
     wall_clock: WallClock,
 ) -> None:
