@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
@@ -19,9 +20,9 @@ from ._events import (
     StateCapture,
     TaskEvent,
     TaskEventType,
-    _log_subscriber_error,
     _PendingEvent,
-    deliver,
+    _subscriber_raised,
+    deliver_all,
 )
 from ._exceptions import TaskTimeoutError
 from ._metadata import TaskMetadata, TaskStatus, make_metadata
@@ -32,6 +33,8 @@ from ._validation import (
     check_number,
     check_optional_str,
     check_seconds,
+    error_message,
+    safe_str,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +103,34 @@ def _arity(fn: Callable[..., Any]) -> int:
     return min(positional, 2)
 
 
+def _warn_sync_timeout(task: Task[Any, Any], timeout: float) -> None:
+    """Warn that ``timeout`` cannot stop the task's plain function, at its definition.
+
+    Called once per task, when a run finds that the function returned a plain value: only
+    then is it known to be sync (a plain function or lambda that returns an awaitable is
+    timed out as usual, on that awaitable).
+    """
+    function = task._function
+    message = (
+        f"task {task._name or 'unnamed'!r}: timeout={timeout:g} cannot interrupt a plain (sync) "
+        "task function: it runs on the event loop's thread, blocking the loop until it "
+        "returns, and the time limit applies only to an awaitable it returns; make it an "
+        "async def function (move blocking work into asyncio.to_thread) for the timeout to hold"
+    )
+    target = getattr(function, "func", function)  # a functools.partial: what it wraps
+    code = getattr(target, "__code__", None) or getattr(type(target).__call__, "__code__", None)
+    if code is None:  # a builtin or C callable: no definition to point at
+        warnings.warn(message, UserWarning, stacklevel=2)
+    else:
+        warnings.warn_explicit(
+            message,
+            UserWarning,
+            code.co_filename,
+            code.co_firstlineno,
+            module=getattr(target, "__module__", None),
+        )
+
+
 class Task(Generic[R, D]):
     """One unit of async work.
 
@@ -146,6 +177,7 @@ class Task(Generic[R, D]):
         "_setup_value",
         "_sinks",
         "_steps",
+        "_sync_warned",
         "_timeout",
         "_total_duration",
         "catch_errors",
@@ -253,6 +285,7 @@ class Task(Generic[R, D]):
         self._setup_task: asyncio.Task[Any] | None = None
         self.catch_errors = catch_errors
         self._timeout = timeout
+        self._sync_warned = False  # see _warn_sync_timeout
         self._retries = retries
         self._retry_delay = retry_delay
         self._retry_backoff = float(retry_backoff)
@@ -432,7 +465,7 @@ class Task(Generic[R, D]):
                 status or self._status(),
                 now_wall() if timestamp is None else timestamp,
                 step_name,
-                None if error is None else _message(error),
+                None if error is None else error_message(error),
             )
 
     def _forward_to(self, sinks: tuple[EventSubject, ...]) -> None:
@@ -455,9 +488,7 @@ class Task(Generic[R, D]):
 
     def _fan_out(self, event: TaskEvent) -> None:
         """Hand ``event`` to the task's own subscribers, then to each manager's."""
-        deliver(self._event_subject, event)
-        for sink in self._sinks:
-            deliver(sink, event)
+        deliver_all((self._event_subject, *self._sinks), event)
 
     def _publish(
         self,
@@ -478,8 +509,8 @@ class Task(Generic[R, D]):
         event._capture = self._capture(status, kind, timestamp, step_name, error)
         try:
             route(event)
-        except Exception:  # a sole subscriber's own error (deliver() shields the others)
-            _log_subscriber_error(event)
+        except BaseException as exc:  # a sole subscriber's (deliver_all shields the rest)
+            _subscriber_raised(event, exc)
 
     # ------------------------------------------------------------------------------ runs
 
@@ -561,8 +592,8 @@ class Task(Generic[R, D]):
             )
             try:
                 route(event)
-            except Exception:
-                _log_subscriber_error(event)
+            except BaseException as exc:  # a sole subscriber's (deliver_all shields the rest)
+                _subscriber_raised(event, exc)
         try:
             if self._plain:
                 # No setup, pre/after task, retries or timeout: call in place (hot path).
@@ -578,18 +609,17 @@ class Task(Generic[R, D]):
             self._end_run(loop, start)
             self._emit("cancelled", None, error="cancelled")
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            # An Exception, or a BaseException that is not a cancellation (KeyboardInterrupt,
+            # SystemExit, a custom one): a failed run either way, recorded before it goes on.
             self._end_run(loop, start)
             self._last_error = exc
             self.error_count += 1
             self._outcome = "failed"
             self._emit("failed", "failed", error=exc)
             logger.debug("task %r failed", self._name, exc_info=exc)
-            if self.catch_errors:
+            if self.catch_errors and isinstance(exc, Exception):
                 return None
-            raise
-        except BaseException:
-            self._end_run(loop, start)
             raise
         # _end_run inlined: this is the hot path.
         end = _monotonic() if monotonic else loop.time()
@@ -624,8 +654,8 @@ class Task(Generic[R, D]):
             )
             try:
                 route(event)
-            except Exception:
-                _log_subscriber_error(event)
+            except BaseException as exc:  # a sole subscriber's (deliver_all shields the rest)
+                _subscriber_raised(event, exc)
         return result
 
     def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
@@ -698,6 +728,9 @@ class Task(Generic[R, D]):
             result: R = await cast(Awaitable[R], value)
         else:
             result = value
+            if self._timeout is not None and not self._sync_warned:
+                self._sync_warned = True
+                _warn_sync_timeout(self, self._timeout)
         if after is not None:
             assert visited is not None
             after_task = _resolve(after, "after_task")
@@ -732,12 +765,6 @@ class Task(Generic[R, D]):
             f"<{type(self).__name__} {self._name or 'unnamed'!r} status={self._status()} "
             f"runs={self.run_count} errors={self.error_count}>"
         )
-
-
-def _message(error: BaseException | str) -> str:
-    if isinstance(error, str):
-        return error
-    return str(error) or type(error).__name__
 
 
 def _build_metadata(capture: StateCapture) -> TaskMetadata:
@@ -788,7 +815,7 @@ def _build_metadata(capture: StateCapture) -> TaskMetadata:
             progress,
             run_count,
             labels or {},
-            None if last_error is None else str(last_error),
+            None if last_error is None else safe_str(last_error),
             error_count,
             last_run_at,
             None if next_run is None else to_datetime(next_run),
