@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ._validation import check_count, check_seconds
+
 if TYPE_CHECKING:
     from ._task import Task
     from ._waiting import Waiter
@@ -34,12 +36,8 @@ class RateLimit:
     window: float
 
     def __post_init__(self) -> None:
-        cap = self.max_per_window
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise ValueError(f"max_per_window must be an int >= 1, not {cap!r}")
-        w = self.window
-        if isinstance(w, bool) or not isinstance(w, int | float) or math.isnan(w) or w <= 0:
-            raise ValueError(f"window must be a positive number of seconds, not {w!r}")
+        check_count("max_per_window", self.max_per_window, minimum=1)
+        check_seconds("window", self.window, positive=True)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -136,28 +134,8 @@ class TaskConstraintGroup:
                 "constraint_key_for_execution must be a callable (task, input) -> str | None, "
                 f"not {constraint_key_for_execution!r}"
             )
-        if (
-            isinstance(max_concurrent, bool)
-            or not isinstance(max_concurrent, int | float)
-            or math.isnan(max_concurrent)
-            or max_concurrent < 1
-            or (
-                isinstance(max_concurrent, float)
-                and not math.isinf(max_concurrent)
-                and not max_concurrent.is_integer()
-            )
-        ):
-            raise ValueError(
-                f"max_concurrent must be a whole number >= 1 or math.inf, not {max_concurrent!r}"
-            )
-        if (
-            isinstance(cooldown, bool)
-            or not isinstance(cooldown, int | float)
-            or math.isnan(cooldown)
-            or cooldown < 0
-            or math.isinf(cooldown)
-        ):
-            raise ValueError(f"cooldown must be a finite number of seconds >= 0, not {cooldown!r}")
+        check_count("max_concurrent", max_concurrent, minimum=1, infinite=True)
+        cooldown = check_seconds("cooldown", cooldown) or 0.0
         if should_execute is not None and not callable(should_execute):
             raise TypeError(f"should_execute must be callable or None, not {should_execute!r}")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
@@ -169,7 +147,7 @@ class TaskConstraintGroup:
         self.name = name
         self.constraint_key_for_execution = constraint_key_for_execution
         self.max_concurrent = max_concurrent
-        self.cooldown = float(cooldown)
+        self.cooldown = cooldown
         self.should_execute = should_execute
         self.rate_limit = rate_limit
         self.result_sharing: ResultSharing = result_sharing

@@ -13,7 +13,8 @@ from reactivex.subject import Subject
 from typing_extensions import Unpack
 
 from ._shared import SharedRun
-from ._task import D, R, Task, TaskFunction, TaskOptions, _check_duration, _CoreOptions
+from ._task import D, R, Task, TaskFunction, TaskOptions, _CoreOptions
+from ._validation import check_seconds
 
 __all__ = ("TaskDebounced",)
 
@@ -64,7 +65,7 @@ class TaskDebounced(Task[R, D]):
         debounce_time: float,
         **options: Unpack[TaskOptions],
     ) -> None:
-        seconds = _check_duration("debounce_time", debounce_time, allow_none=False)
+        seconds = check_seconds("debounce_time", debounce_time)
         super().__init__(task_function=task_function, **options)
         self._debounce_time = seconds or 0.0
         self._pipeline: _Pipeline | None = None

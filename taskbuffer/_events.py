@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
@@ -14,7 +15,7 @@ from reactivex.subject.innersubscription import InnerSubscription
 
 from ._metadata import TaskMetadata
 
-__all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver")
+__all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver", "deliver_all")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -138,30 +139,84 @@ class _PendingEvent(TaskEvent):
 
 
 def deliver(subject: Subject[TaskEvent], event: TaskEvent) -> None:
-    """``subject.on_next(event)``, minus reactivex's per-call lock, and shielded: a subscriber
-    that raises is logged on the ``taskbuffer`` logger, stays subscribed, and the others still
-    get the event. Events are emitted from the event loop's thread only."""
+    """``subject.on_next(event)``, minus reactivex's per-call lock, and shielded (see
+    :func:`_subscriber_raised`). Events are emitted from the event loop's thread only."""
     if subject.is_stopped or subject.is_disposed:
         return
-    observers = subject.observers
-    for observer in observers.copy() if len(observers) > 1 else observers:
+    # A snapshot: an observer subscribed during this event gets the next one, not this one.
+    # One unsubscribed during it gets nothing more (its AutoDetachObserver is stopped).
+    for observer in tuple(subject.observers):
         try:
             observer.on_next(event)
-        except Exception:
-            _log_subscriber_error(event)
+        except BaseException as exc:
+            _subscriber_raised(event, exc)
 
 
-def _log_subscriber_error(event: TaskEvent) -> None:
-    logger.exception(
-        "an event subscriber raised on a %r event of task %r", event.type, event.task.name
-    )
+def deliver_all(subjects: tuple[Subject[TaskEvent], ...], event: TaskEvent) -> None:
+    """:func:`deliver` to each of ``subjects`` in turn, with the observers of all of them taken
+    before the first is called: what subscribers change while the event is delivered (even
+    on another of the subjects) applies from the next event."""
+    batches = [
+        tuple(subject.observers)
+        for subject in subjects
+        if not (subject.is_stopped or subject.is_disposed)
+    ]
+    for observers in batches:
+        for observer in observers:
+            try:
+                observer.on_next(event)
+            except BaseException as exc:
+                _subscriber_raised(event, exc)
+
+
+def _subscriber_raised(event: TaskEvent, error: BaseException) -> None:
+    """What happens when a subscriber raises: it never reaches the emitter.
+
+    Whatever a subscriber raises, ``BaseException`` subclasses included, is logged with its
+    traceback on the ``taskbuffer`` logger; the subscriber stays subscribed and the other
+    subscribers still get the event. ``KeyboardInterrupt`` and ``SystemExit`` are then raised
+    again from a callback of the running event loop (as asyncio treats them when a callback
+    raises them): the emitting code finishes what it was doing first, so the run's
+    bookkeeping (counts, status, slots, events) is complete before they propagate out of the
+    loop. With no running loop they are raised again at once.
+    """
+    try:
+        logger.error(
+            "an event subscriber raised on a %r event of task %r",
+            event.type,
+            _task_name(event),
+            exc_info=error,
+        )
+    except Exception:  # a broken handler or formatter is the logging setup's problem
+        pass
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise error from None
+        loop.call_soon(_reraise, error)
+
+
+def _reraise(error: BaseException) -> None:
+    raise error
+
+
+def _task_name(event: TaskEvent) -> str:
+    """The event's task name, without building its metadata snapshot."""
+    if isinstance(event, _PendingEvent):
+        name: str | None = event._capture[CAPTURE_TASK]._name
+        return name or "unnamed"
+    return event.task.name
 
 
 class EventSubject(Subject[TaskEvent]):
     """A reactivex ``Subject`` whose subscribers cannot break the emitter or each other.
 
     A subscriber that raises is logged on the ``taskbuffer`` logger and stays subscribed; the
-    remaining subscribers still receive the event and the run goes on.
+    remaining subscribers still receive the event and the run goes on (``KeyboardInterrupt``
+    and ``SystemExit`` propagate afterwards, from the event loop: see ``_subscriber_raised``).
+    A subscription made while an event is being delivered receives the events after it; an
+    unsubscription takes effect at once.
 
     ``_sole`` is the emitter's fast path: while exactly one callback is subscribed (through
     ``subscribe()``, which wraps it in an ``AutoDetachObserver``), it is that callback, called

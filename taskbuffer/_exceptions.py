@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._validation import safe_str
+
 if TYPE_CHECKING:
     from ._metadata import TaskExecutionReport
 
@@ -85,7 +87,7 @@ class TaskChainError(TaskbufferError):
     def __init__(self, chain_name: str, task_name: str, task_index: int, cause: BaseException):
         super().__init__(
             f"chain {chain_name!r} failed at task {task_name!r} (index {task_index}): "
-            f"{type(cause).__name__}: {cause}"
+            f"{type(cause).__name__}: {safe_str(cause)}"
         )
         self.chain_name = chain_name
         self.task_name = task_name
@@ -105,7 +107,8 @@ class TaskExecutionError(TaskbufferError):
 
     def __init__(self, report: TaskExecutionReport, *args: Any) -> None:
         super().__init__(
-            f"task {report.task_name!r} failed: {type(report.error).__name__}: {report.error}",
+            f"task {report.task_name!r} failed: "
+            f"{type(report.error).__name__}: {safe_str(report.error)}",
             *args,
         )
         self.report = report

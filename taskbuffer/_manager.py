@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFou
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._scheduler import Scheduler
 from ._task import Task
+from ._validation import check_count, check_seconds
 from ._waiting import GO, Claim, Shared, Waiter, enqueue, leave, release, share, try_acquire
 from .distributed import AbstractDistributedCoordinator
 
@@ -485,8 +485,7 @@ class TaskManager:
         One entry per cron schedule (its next tick) and one per pending one-off run (whose
         ``schedule`` is ``"once"``).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be an int >= 0, not {limit!r}")
+        check_count("limit", limit, minimum=0)
         return self._scheduler.next_runs(limit)
 
     # -------------------------------------------------------------------------- lifecycle
@@ -516,13 +515,7 @@ class TaskManager:
         as long as it takes) for the runs, and cancels what is left; their awaiters get
         ``TaskManagerStoppedError``. Safe to call without ``start()`` and more than once.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or math.isnan(timeout)
-            or timeout < 0
-        ):
-            raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+        timeout = check_seconds("timeout", timeout, infinite=True, none=True)
         self._accepting = False
         self._scheduler.stop()
         if self._forwarding:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias, cast
 
 from ._steps import TaskStepInfo
+from ._validation import safe_str
 
 __all__ = (
     "ScheduledTaskInfo",
@@ -133,7 +134,7 @@ class TaskExecutionReport:
             "steps_completed": list(self.steps_completed),
             "progress": self.progress,
             "result": self.result,
-            "error": None if self.error is None else str(self.error),
+            "error": None if self.error is None else safe_str(self.error),
         }
 
 

@@ -61,19 +61,28 @@ class Taskparallel(Task[list[Any]]):
             raise
         results: list[Any] = []
         errors: list[Exception] = []
+        fatal: BaseException | None = None
+        cancelled = False
+        # Every child's outcome is retrieved before anything is raised: none is left to be
+        # logged as "never retrieved".
         for child in children:
             if child.cancelled():
-                # A child cancelled on its own: not an ExceptionGroup member, so it
-                # propagates as itself (as gather would report it).
-                raise asyncio.CancelledError()
+                cancelled = True
+                continue
             error = child.exception()
             if error is None:
                 results.append(child.result())
             elif isinstance(error, Exception):
                 errors.append(error)
                 results.append(error)
-            else:
-                raise error  # KeyboardInterrupt, SystemExit...
+            elif fatal is None:
+                fatal = error  # KeyboardInterrupt, SystemExit...: not an ExceptionGroup member
+        if fatal is not None:
+            raise fatal
+        if cancelled:
+            # A child cancelled on its own: not an ExceptionGroup member, so it propagates
+            # as itself (as gather would report it).
+            raise asyncio.CancelledError()
         if errors:
             raise TaskParallelError(
                 f"{len(errors)} of {len(self._tasks)} tasks of parallel "

@@ -27,6 +27,7 @@ from ._clock import loop_to_wall, now_wall, to_datetime
 from ._cron import ONCE, CronSchedule, Zone
 from ._exceptions import TaskManagerStoppedError
 from ._metadata import ScheduledTaskInfo
+from ._validation import safe_str
 from .distributed import (
     COORDINATOR_TIMEOUT,
     AbstractDistributedCoordinator,
@@ -410,6 +411,18 @@ class Scheduler:
                     logger.debug("%s did not complete: %s", _describe(task, cron), exc)
                 except Exception as exc:
                     logger.error("%s failed", _describe(task, cron), exc_info=exc)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    # Not an Exception, yet the run recorded it as a failure like any other.
+                    logger.error("%s failed", _describe(task, cron), exc_info=exc)
+                    if isinstance(exc, KeyboardInterrupt | SystemExit):
+                        # asyncio raises these out of the loop; retrieved, so that it does
+                        # not also log "Task exception was never retrieved" for the tick.
+                        tick.add_done_callback(_retrieve)
+                        raise
+                    # Any other: nobody awaits a tick, so it ends here, logged (raising it
+                    # would only leave an exception that is never retrieved).
             # else: removed from the manager while the run was on its way
             if request is not None and coordinator is not None:
                 await self._report(coordinator, replace(request, status=status))
@@ -448,7 +461,7 @@ class Scheduler:
             if isinstance(exc, TimeoutError):
                 reason = f"the coordinator did not answer within {COORDINATOR_TIMEOUT:g} s"
             else:
-                reason = f"the coordinator failed: {type(exc).__name__}: {exc}"
+                reason = f"the coordinator failed: {type(exc).__name__}: {safe_str(exc)}"
             message = f"tick at {to_datetime(when).isoformat()} not run here: {reason}"
             logger.warning("task %r: %s", task.name, message, exc_info=exc)
             task._emit("skipped", None, error=message)
@@ -478,6 +491,11 @@ class Scheduler:
                 to_datetime(request.task_execution_time).isoformat(),
                 exc_info=exc,
             )
+
+
+def _retrieve(tick: asyncio.Task[Any]) -> None:
+    if not tick.cancelled():
+        tick.exception()
 
 
 def _describe(task: Task[Any, Any], cron: CronSchedule | None) -> str:

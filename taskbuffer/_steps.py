@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from ._clock import now_wall
+from ._validation import check_number
 
 __all__ = ("StepSpec", "StepStatus", "TaskStep", "TaskStepInfo")
 
@@ -89,16 +90,9 @@ def validate_steps(specs: object) -> tuple[TaskStep, ...]:
         if step.name in seen:
             raise ValueError(f"step names must be unique; {step.name!r} is declared twice")
         seen.add(step.name)
-        pct = step.percentage
-        if (
-            isinstance(pct, bool)
-            or not isinstance(pct, int | float)
-            or math.isnan(pct)
-            or not 0 <= pct <= 100
-        ):
-            raise ValueError(
-                f"step {step.name!r} percentage must be a number from 0 to 100, not {pct!r}"
-            )
+        pct = check_number(
+            f"step {step.name!r} percentage", step.percentage, minimum=0, maximum=100
+        )
         total += pct
     if total > 100:
         raise ValueError(f"step percentages must sum to at most 100; they sum to {total:g}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
@@ -20,13 +20,22 @@ from ._events import (
     StateCapture,
     TaskEvent,
     TaskEventType,
-    _log_subscriber_error,
     _PendingEvent,
-    deliver,
+    _subscriber_raised,
+    deliver_all,
 )
 from ._exceptions import TaskTimeoutError
 from ._metadata import TaskMetadata, TaskStatus, make_metadata
 from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
+from ._validation import (
+    check_count,
+    check_labels,
+    check_number,
+    check_optional_str,
+    check_seconds,
+    error_message,
+    safe_str,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -68,19 +77,6 @@ class TaskOptions(_CoreOptions, total=False):
     data: Any
 
 
-def _check_duration(name: str, value: float | None, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    accepted = "a number of seconds >= 0 or None" if allow_none else "a number of seconds >= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be {accepted}, not {value!r}")
-    if math.isnan(value):
-        raise ValueError(f"{name} must be {accepted}, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be non-negative, not {value!r}")
-    return float(value)
-
-
 def _arity(fn: Callable[..., Any]) -> int:
     """How many positional arguments to pass: 0, 1 (input) or 2 (input, setup value)."""
     try:
@@ -105,6 +101,34 @@ def _arity(fn: Callable[..., Any]) -> int:
             "with 0, 1 (input) or 2 (input, setup value) positional arguments"
         )
     return min(positional, 2)
+
+
+def _warn_sync_timeout(task: Task[Any, Any], timeout: float) -> None:
+    """Warn that ``timeout`` cannot stop the task's plain function, at its definition.
+
+    Called once per task, when a run finds that the function returned a plain value: only
+    then is it known to be sync (a plain function or lambda that returns an awaitable is
+    timed out as usual, on that awaitable).
+    """
+    function = task._function
+    message = (
+        f"task {task._name or 'unnamed'!r}: timeout={timeout:g} cannot interrupt a plain (sync) "
+        "task function: it runs on the event loop's thread, blocking the loop until it "
+        "returns, and the time limit applies only to an awaitable it returns; make it an "
+        "async def function (move blocking work into asyncio.to_thread) for the timeout to hold"
+    )
+    target = getattr(function, "func", function)  # a functools.partial: what it wraps
+    code = getattr(target, "__code__", None) or getattr(type(target).__call__, "__code__", None)
+    if code is None:  # a builtin or C callable: no definition to point at
+        warnings.warn(message, UserWarning, stacklevel=2)
+    else:
+        warnings.warn_explicit(
+            message,
+            UserWarning,
+            code.co_filename,
+            code.co_firstlineno,
+            module=getattr(target, "__module__", None),
+        )
 
 
 class Task(Generic[R, D]):
@@ -153,6 +177,7 @@ class Task(Generic[R, D]):
         "_setup_value",
         "_sinks",
         "_steps",
+        "_sync_warned",
         "_timeout",
         "_total_duration",
         "catch_errors",
@@ -203,23 +228,19 @@ class Task(Generic[R, D]):
             raise TypeError(f"task_function must be callable, not {task_function!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, not {name!r}")
+        version = check_optional_str("version", version)
+        labels = check_labels("labels", labels)
         if buffered:
             if buffer_max is None:
                 raise ValueError("buffer_max is required when buffered=True (an int >= 1)")
-            if isinstance(buffer_max, bool) or not isinstance(buffer_max, int) or buffer_max < 1:
-                raise ValueError(f"buffer_max must be an int >= 1, not {buffer_max!r}")
+            check_count("buffer_max", buffer_max, minimum=1)
         elif buffer_max is not None:
             raise ValueError("buffer_max only applies to buffered tasks; pass buffered=True")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        if (
-            isinstance(retry_backoff, bool)
-            or not isinstance(retry_backoff, int | float)
-            or not (retry_backoff >= 1)
-        ):
-            raise ValueError(f"retry_backoff must be a number >= 1, not {retry_backoff!r}")
-        if timeout is not None and _check_duration("timeout", timeout, allow_none=True) == 0:
-            raise ValueError("timeout must be positive (seconds) or None, not 0")
+        check_count("retries", retries, minimum=0)
+        check_number("retry_backoff", retry_backoff, minimum=1)
+        # math.inf means no limit and is stored as None, which keeps to_dict() JSON-clean.
+        timeout = check_seconds("timeout", timeout, positive=True, infinite=True, none=True)
+        retry_delay = check_seconds("retry_delay", retry_delay) or 0.0
         for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
             if ref is not None and not isinstance(ref, Task) and not callable(ref):
                 raise TypeError(f"{label} must be a Task or a callable returning one, not {ref!r}")
@@ -247,7 +268,7 @@ class Task(Generic[R, D]):
         self._name = name
         self.version = version
         self.data: D = data if data is not None else cast(D, {})
-        self.labels: dict[str, str] = dict(labels or {})
+        self.labels: dict[str, str] = labels
         self._steps = StepTracker(validate_steps(steps))
         self._has_steps = bool(self._steps.steps)
         self._buffer_max = buffer_max if buffered else None
@@ -263,9 +284,10 @@ class Task(Generic[R, D]):
         self._setup_value: Any = None
         self._setup_task: asyncio.Task[Any] | None = None
         self.catch_errors = catch_errors
-        self._timeout = _check_duration("timeout", timeout, allow_none=True)
+        self._timeout = timeout
+        self._sync_warned = False  # see _warn_sync_timeout
         self._retries = retries
-        self._retry_delay = _check_duration("retry_delay", retry_delay, allow_none=False) or 0.0
+        self._retry_delay = retry_delay
         self._retry_backoff = float(retry_backoff)
 
         self._event_subject = EventSubject()
@@ -443,7 +465,7 @@ class Task(Generic[R, D]):
                 status or self._status(),
                 now_wall() if timestamp is None else timestamp,
                 step_name,
-                None if error is None else _message(error),
+                None if error is None else error_message(error),
             )
 
     def _forward_to(self, sinks: tuple[EventSubject, ...]) -> None:
@@ -466,9 +488,7 @@ class Task(Generic[R, D]):
 
     def _fan_out(self, event: TaskEvent) -> None:
         """Hand ``event`` to the task's own subscribers, then to each manager's."""
-        deliver(self._event_subject, event)
-        for sink in self._sinks:
-            deliver(sink, event)
+        deliver_all((self._event_subject, *self._sinks), event)
 
     def _publish(
         self,
@@ -489,8 +509,8 @@ class Task(Generic[R, D]):
         event._capture = self._capture(status, kind, timestamp, step_name, error)
         try:
             route(event)
-        except Exception:  # a sole subscriber's own error (deliver() shields the others)
-            _log_subscriber_error(event)
+        except BaseException as exc:  # a sole subscriber's (deliver_all shields the rest)
+            _subscriber_raised(event, exc)
 
     # ------------------------------------------------------------------------------ runs
 
@@ -572,8 +592,8 @@ class Task(Generic[R, D]):
             )
             try:
                 route(event)
-            except Exception:
-                _log_subscriber_error(event)
+            except BaseException as exc:  # a sole subscriber's (deliver_all shields the rest)
+                _subscriber_raised(event, exc)
         try:
             if self._plain:
                 # No setup, pre/after task, retries or timeout: call in place (hot path).
@@ -589,18 +609,17 @@ class Task(Generic[R, D]):
             self._end_run(loop, start)
             self._emit("cancelled", None, error="cancelled")
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            # An Exception, or a BaseException that is not a cancellation (KeyboardInterrupt,
+            # SystemExit, a custom one): a failed run either way, recorded before it goes on.
             self._end_run(loop, start)
             self._last_error = exc
             self.error_count += 1
             self._outcome = "failed"
             self._emit("failed", "failed", error=exc)
             logger.debug("task %r failed", self._name, exc_info=exc)
-            if self.catch_errors:
+            if self.catch_errors and isinstance(exc, Exception):
                 return None
-            raise
-        except BaseException:
-            self._end_run(loop, start)
             raise
         # _end_run inlined: this is the hot path.
         end = _monotonic() if monotonic else loop.time()
@@ -635,8 +654,8 @@ class Task(Generic[R, D]):
             )
             try:
                 route(event)
-            except Exception:
-                _log_subscriber_error(event)
+            except BaseException as exc:  # a sole subscriber's (deliver_all shields the rest)
+                _subscriber_raised(event, exc)
         return result
 
     def _end_run(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
@@ -709,6 +728,9 @@ class Task(Generic[R, D]):
             result: R = await cast(Awaitable[R], value)
         else:
             result = value
+            if self._timeout is not None and not self._sync_warned:
+                self._sync_warned = True
+                _warn_sync_timeout(self, self._timeout)
         if after is not None:
             assert visited is not None
             after_task = _resolve(after, "after_task")
@@ -743,12 +765,6 @@ class Task(Generic[R, D]):
             f"<{type(self).__name__} {self._name or 'unnamed'!r} status={self._status()} "
             f"runs={self.run_count} errors={self.error_count}>"
         )
-
-
-def _message(error: BaseException | str) -> str:
-    if isinstance(error, str):
-        return error
-    return str(error) or type(error).__name__
 
 
 def _build_metadata(capture: StateCapture) -> TaskMetadata:
@@ -799,7 +815,7 @@ def _build_metadata(capture: StateCapture) -> TaskMetadata:
             progress,
             run_count,
             labels or {},
-            None if last_error is None else str(last_error),
+            None if last_error is None else safe_str(last_error),
             error_count,
             last_run_at,
             None if next_run is None else to_datetime(next_run),

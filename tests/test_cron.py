@@ -922,13 +922,6 @@ async def test_a_listing_shows_the_last_run_and_steps(wall_clock: WallClock) -> 
     assert info.metadata.run_count == 1 and info.metadata.cron_schedule == "*/10 * * * * *"
 
 
-def test_the_limit_of_next_scheduled_runs_must_be_an_int_of_at_least_zero() -> None:
-    m = TaskManager()
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="limit must be an int >= 0"):
-            m.get_next_scheduled_runs(bad)  # type: ignore[arg-type]
-
-
 async def test_add_execute_remove_task_schedules_the_task_while_it_is_registered(
     wall_clock: WallClock,
 ) -> None:
@@ -1183,6 +1176,56 @@ async def test_a_failing_tick_reaches_the_event_stream_and_the_log(
     assert all(isinstance(r.exc_info and r.exc_info[1], RuntimeError) for r in errors)
     assert not [r for r in caplog.records if r.name == "asyncio"]
     assert job.error_count == 2
+
+
+class Halt(BaseException):
+    """A BaseException that is neither an Exception nor a cancellation."""
+
+
+async def test_a_tick_whose_run_raises_a_base_exception_is_recorded_and_logged_not_lost(
+    wall_clock: WallClock, record: Record, caplog: pytest.LogCaptureFixture
+) -> None:
+    wall_clock(MONDAY_NOON)
+    caplog.set_level(logging.DEBUG)
+
+    def halting() -> None:
+        raise Halt("halt")
+
+    job = Task(task_function=halting, name="halting")
+    events = record(job)
+    async with asyncio.timeout(60), TaskManager(timezone=UTC) as m:
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(2)
+    gc.collect()  # a lost task exception would be reported when the task is collected
+    assert [(e.type, e.error) for e in events] == [("started", None), ("failed", "halt")] * 2
+    errors = [r for r in caplog.records if r.name == "taskbuffer" and r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["scheduled run of task 'halting' failed"] * 2
+    assert all(isinstance(r.exc_info and r.exc_info[1], Halt) for r in errors)
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+    assert (job.error_count, job.running, job.get_metadata().status) == (2, False, "failed")
+
+
+@pytest.mark.parametrize("error_type", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_in_a_scheduled_run_stops_the_loop_once_it_is_recorded(
+    error_type: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    def interrupt() -> None:
+        raise error_type("halt")
+
+    job = Task(task_function=interrupt, name="interrupting")
+
+    async def main() -> None:
+        async with TaskManager(timezone=UTC) as m:
+            m.add_task(job)
+            m.schedule_task_at("interrupting", datetime(2000, 1, 1, tzinfo=UTC))
+            await asyncio.sleep(60)
+
+    with pytest.raises(error_type):
+        asyncio.run(main())
+    gc.collect()
+    assert (job.error_count, job.running, job.get_metadata().status) == (1, False, "failed")
+    assert isinstance(job.last_error, error_type)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 async def test_missed_ticks_coalesce_into_one_run(

@@ -86,7 +86,7 @@ class Recording(AbstractDistributedCoordinator):
 def ticker(name: str, runs: list[tuple[str, float]], node: str) -> Task[None]:
     """A task recording which node ran it, and when."""
 
-    def job() -> None:
+    async def job() -> None:  # async: a timeout cannot hold for a plain function
         runs.append((node, now_wall()))
 
     return Task(task_function=job, name=name, version="2.1", timeout=5)

@@ -18,7 +18,15 @@ from reactivex.subject import Subject
 
 import taskbuffer._metadata
 import taskbuffer._task
-from taskbuffer import Task, TaskEvent, TaskManager, TaskMetadata
+from taskbuffer import (
+    Task,
+    Taskchain,
+    TaskChainError,
+    TaskEvent,
+    TaskExecutionError,
+    TaskManager,
+    TaskMetadata,
+)
 
 Record = Callable[[Task[Any, Any]], list[TaskEvent]]
 
@@ -518,3 +526,200 @@ async def test_a_snapshot_read_from_an_event_is_a_plain_frozen_metadata(record: 
         "timeout": None,
         "average_duration": None,
     }
+
+
+# ------------------------------------------------------- hostile errors and subscribers
+
+
+class UnprintableError(Exception):
+    """An error whose message cannot be rendered: its ``__str__`` and ``__repr__`` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+UNPRINTABLE = "<UnprintableError object: str() failed: RuntimeError>"
+
+
+async def test_an_error_whose_str_raises_fails_the_run_with_that_error(record: Record) -> None:
+    fail = True
+
+    async def work() -> str:
+        if fail:
+            raise UnprintableError()
+        return "ok"
+
+    t = Task(name="hostile", task_function=work)
+    events = record(t)
+    with pytest.raises(UnprintableError):
+        await t.trigger()
+    assert (t.running, t.error_count) == (False, 1)
+    metadata = t.get_metadata()
+    assert (metadata.status, metadata.last_error) == ("failed", UNPRINTABLE)
+    assert [(e.type, e.error) for e in events] == [("started", None), ("failed", UNPRINTABLE)]
+    assert events[-1].task.last_error == UNPRINTABLE
+
+    # The next run, with a subscriber that reads the snapshot (last_error included), completes.
+    fail = False
+    snapshots: list[TaskMetadata] = []
+    subscription = t.event_subject.subscribe(lambda event: snapshots.append(event.task))
+    assert await t.trigger() == "ok"
+    subscription.dispose()
+    assert [s.last_error for s in snapshots] == [UNPRINTABLE, None]
+    assert (t.running, t.get_metadata().status) == (False, "completed")
+
+
+async def test_an_unprintable_error_inside_a_chain_or_a_report_still_gives_their_errors() -> None:
+    async def work() -> None:
+        raise UnprintableError()
+
+    chain = Taskchain(name="c", task_array=[Task(name="inner", task_function=work)])
+    with pytest.raises(TaskChainError) as chained:
+        await chain.trigger()
+    assert str(chained.value).endswith(f"UnprintableError: {UNPRINTABLE}")
+
+    manager = TaskManager()
+    with pytest.raises(TaskExecutionError) as failed:
+        await manager.add_execute_remove_task(Task(name="t", task_function=work))
+    assert failed.value.report.to_dict()["error"] == UNPRINTABLE
+    json.dumps(failed.value.report.to_dict())
+
+
+class Halt(BaseException):
+    """A BaseException that is neither an Exception nor a cancellation."""
+
+
+@pytest.mark.parametrize("error_type", [Halt, GeneratorExit, asyncio.CancelledError])
+@pytest.mark.parametrize("subject_of", ["task", "manager", "both"])
+async def test_a_subscriber_raising_a_base_exception_never_breaks_the_run(
+    error_type: type[BaseException], subject_of: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = Task(name="guarded", task_function=lambda x: x * 2)
+    manager = TaskManager()
+    manager.add_task(t)
+    seen: list[str] = []
+
+    def hostile(event: TaskEvent) -> None:
+        raise error_type("subscriber")
+
+    subjects = {"task": [t.event_subject], "manager": [manager.task_subject]}
+    subjects["both"] = subjects["task"] + subjects["manager"]
+    for subject in subjects[subject_of]:
+        subject.subscribe(hostile)
+    t.event_subject.subscribe(lambda event: seen.append(event.type))
+    with caplog.at_level(logging.ERROR, logger="taskbuffer"):
+        assert await t.trigger(21) == 42
+        assert await manager.trigger_task(t, 1) == 2
+    assert seen == ["started", "completed"] * 2
+    assert (t.running, t.run_count, t.error_count) == (False, 2, 0)
+    records = [r for r in caplog.records if r.name == "taskbuffer"]
+    assert len(records) == 4 * len(subjects[subject_of])
+    assert all(r.exc_info and isinstance(r.exc_info[1], error_type) for r in records)
+    assert all("'guarded'" in r.getMessage() for r in records)
+
+
+@pytest.mark.parametrize("error_type", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_subscriber_raising_an_interrupt_lets_the_bookkeeping_finish_then_it_propagates(
+    error_type: type[BaseException], is_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logged, the other subscribers get the event, then it is raised from the event loop."""
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    t = Task(name="interrupted", task_function=slow if is_async else (lambda x: x * 2))
+    interrupting: list[str] = []
+    others: list[str] = []
+
+    def interrupt(event: TaskEvent) -> None:
+        interrupting.append(event.type)
+        if event.type == "started":
+            raise error_type()
+
+    t.event_subject.subscribe(interrupt)
+    t.event_subject.subscribe(lambda event: others.append(event.type))
+    results: list[int] = []
+
+    async def main() -> None:
+        results.append(await t.trigger(21))
+        await asyncio.sleep(1)  # the loop goes on: the interrupt comes out of it
+
+    with pytest.raises(error_type):
+        asyncio.run(main())
+    # A sync run finished before the loop got to the interrupt; an async one was cancelled
+    # by asyncio.run() on its way out. Either way the bookkeeping is complete.
+    end = ["completed"] if not is_async else ["cancelled"]
+    assert interrupting == others == ["started", *end]
+    assert results == ([42] if not is_async else [])
+    assert (t.running, t.run_count, t.error_count) == (False, 1, 0)
+    # (a cancelled run neither completes nor fails: the status stays what it was)
+    assert t.get_metadata().status == ("completed" if not is_async else "idle")
+    logged = [r for r in caplog.records if r.name == "taskbuffer" and r.levelno == logging.ERROR]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert isinstance(logged[0].exc_info[1], error_type)
+
+
+# -------------------------------------------------- subscribing during an event
+
+
+@pytest.mark.parametrize("listeners", ["task only", "task and manager"])
+async def test_a_subscription_made_during_an_event_starts_with_the_next_event(
+    listeners: str,
+) -> None:
+    t = Task(name="growing", task_function=lambda: None)
+    manager = TaskManager()
+    manager.add_task(t)
+    if listeners == "task and manager":  # the events fan out over both subjects
+        manager.task_subject.subscribe(lambda event: None)
+    late_task: list[str] = []
+    late_manager: list[str] = []
+
+    def subscribe_more(event: TaskEvent) -> None:
+        if event.type == "started":
+            t.event_subject.subscribe(lambda e: late_task.append(e.type))
+            manager.task_subject.subscribe(lambda e: late_manager.append(e.type))
+
+    t.event_subject.subscribe(subscribe_more)
+    await t.trigger()
+    assert late_task == late_manager == ["completed"]  # not the "started" they were made in
+
+
+async def test_a_subscription_made_during_a_direct_on_next_starts_with_the_next_event() -> None:
+    t = Task(name="direct", task_function=lambda: None)
+    late: list[str] = []
+
+    def subscribe_more(event: TaskEvent) -> None:
+        t.event_subject.subscribe(lambda e: late.append(e.type))
+
+    subscription = t.event_subject.subscribe(subscribe_more)
+    event = TaskEvent(type="queued", task=t.get_metadata(), timestamp=0.0)
+    t.event_subject.on_next(event)
+    subscription.dispose()
+    assert late == []
+    t.event_subject.on_next(event)
+    assert late == ["queued"]
+
+
+@pytest.mark.parametrize("listeners", ["task only", "task and manager"])
+async def test_an_observer_unsubscribed_during_an_event_gets_nothing_more(listeners: str) -> None:
+    """Unsubscribing takes effect at once: not even the rest of the current event."""
+    t = Task(name="shrinking", task_function=lambda: None)
+    manager = TaskManager()
+    manager.add_task(t)
+    victim_subject = t.event_subject if listeners == "task only" else manager.task_subject
+    victim: list[str] = []
+    subscriptions: list[Any] = []
+
+    def unsubscribe_the_victim(event: TaskEvent) -> None:
+        subscriptions[0].dispose()
+
+    t.event_subject.subscribe(unsubscribe_the_victim)
+    subscriptions.append(victim_subject.subscribe(lambda e: victim.append(e.type)))
+    await t.trigger()
+    await t.trigger()
+    assert victim == []

@@ -19,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'taskbuffer[redis]'"
     ) from exc
 
+from .._validation import check_seconds
 from . import AbstractDistributedCoordinator, DistributedTaskRequest, DistributedTaskRequestResult
 
 __all__ = ("RedisDistributedCoordinator",)
@@ -42,12 +43,7 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
         key_prefix: str = "taskbuffer",
         claim_ttl: float = 300.0,
     ) -> None:
-        if (
-            isinstance(claim_ttl, bool)
-            or not isinstance(claim_ttl, int | float)
-            or not (0 < claim_ttl < math.inf)
-        ):
-            raise ValueError(f"claim_ttl must be a positive number of seconds, not {claim_ttl!r}")
+        check_seconds("claim_ttl", claim_ttl, positive=True)
         if not key_prefix:
             raise ValueError("key_prefix must be a non-empty string")
         self.url = url
