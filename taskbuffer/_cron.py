@@ -30,8 +30,6 @@ from bisect import bisect_right
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from croniter import CroniterBadDateError, croniter
-
 from ._exceptions import InvalidCronExpressionError
 
 __all__ = ("ONCE", "CronSchedule", "Zone")
@@ -173,6 +171,8 @@ class CronSchedule:
         if len(fields) not in (5, 6):
             raise InvalidCronExpressionError(expression, f"it has {len(fields)} field(s)")
         six = len(fields) == 6
+        from croniter import CroniterBadDateError, croniter  # lazily: import taskbuffer stays fast
+
         try:
             # Naive datetimes: croniter matches local wall times; instants are mapped here.
             it = croniter(
