@@ -39,6 +39,10 @@ from ._task import Task as Task
 from ._task import TaskOptions as TaskOptions
 from ._task import task as task
 
+# The release, as in pyproject.toml (tests/test_package.py keeps the two equal). A literal, not
+# importlib.metadata: that import alone costs a fifth of ``import taskbuffer``.
+__version__ = "0.1.0"
+
 __all__ = [
     "ConstraintGroupStatistics",
     "EventSubject",

@@ -36,11 +36,12 @@ import math
 import re
 from bisect import bisect_right
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
-
-from croniter import CroniterBadDateError, croniter
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidCronExpressionError
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 __all__ = ("ONCE", "CronSchedule", "Zone")
 
@@ -183,6 +184,8 @@ class CronSchedule:
         if len(fields) not in (5, 6):
             raise InvalidCronExpressionError(expression, f"it has {len(fields)} field(s)")
         six = len(fields) == 6
+        from croniter import croniter  # lazily: import taskbuffer stays fast
+
         items = [item for item in fields[-1].split(",") if item]
         if len({bool(_NTH_ITEM.search(item)) for item in items}) == 2:
             raise InvalidCronExpressionError(
@@ -317,6 +320,8 @@ def _sides(it: croniter[datetime], fields: list[str], six: bool) -> tuple[cronit
     ``*``, so that a day matching either counts (module docstring). Those that never match a
     date are left out.
     """
+    from croniter import croniter  # lazily, as in CronSchedule
+
     day_of_month, day_of_week = fields[-3], fields[-1]
     if day_of_month in ("*", "?") or day_of_week in ("*", "?"):
         candidates = [it]
@@ -337,6 +342,8 @@ def _sides(it: croniter[datetime], fields: list[str], six: bool) -> tuple[cronit
 
 
 def _matches_a_date(side: croniter[datetime]) -> bool:
+    from croniter import CroniterBadDateError
+
     try:
         side.get_next(datetime)
     except CroniterBadDateError:

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, overload
 
-import reactivex.operators as ops
 from reactivex.abc import DisposableBase
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
@@ -91,6 +90,8 @@ class TaskDebounced(Task[R, D]):
         return self.trigger(input)
 
     def _pipeline_for(self, loop: asyncio.AbstractEventLoop) -> _Pipeline:
+        import reactivex.operators as ops  # lazily: import taskbuffer stays fast
+
         pipeline = self._pipeline
         if pipeline is not None and pipeline.loop is loop:
             return pipeline

@@ -18,7 +18,7 @@ import heapq
 import itertools
 import logging
 import math
-import uuid
+import os
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -107,7 +107,7 @@ class Scheduler:
         # stop() cancels those not handed yet (they may be waiting for the coordinator).
         self._ticks: dict[asyncio.Task[None], _Entry | None] = {}
         # Names this manager to a distributed coordinator, the same for all its requests.
-        self.submitter_id = uuid.uuid4().hex
+        self.submitter_id = os.urandom(16).hex()
 
     def __repr__(self) -> str:
         return (
@@ -446,7 +446,7 @@ class Scheduler:
         """Offer the tick at ``when``; the request if it is to run here, else ``None``."""
         request = DistributedTaskRequest(
             submitter_id=self.submitter_id,
-            request_response_id=uuid.uuid4().hex,
+            request_response_id=os.urandom(16).hex(),
             task_name=task.name or "unnamed",
             task_version=task.version,
             task_execution_time=when,

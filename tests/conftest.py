@@ -9,6 +9,7 @@ Tests marked ``realtime`` opt out and run on the real clock.
 from __future__ import annotations
 
 import asyncio
+import os
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -18,6 +19,45 @@ from pytest_asyncio import is_async_test
 from reactivex.abc import DisposableBase
 
 from taskbuffer import Task, TaskEvent
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """In CI, a test that needs an external service (marked ``external``) may not skip.
+
+    .ci/run installs every service the suite needs, so such a skip means a test proved
+    nothing; it fails instead, with the reason it gave for skipping.
+    """
+    report = yield
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("external") is not None
+        and _in_ci()
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"an external test was skipped in CI (CI={os.environ['CI']}): {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """In CI, a test module may not skip itself (``pytest.importorskip`` at module level)."""
+    report = yield
+    if report.skipped and _in_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"a test module was skipped in CI (CI={os.environ['CI']}): {reason}"
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -99,7 +99,8 @@ class Outcome:
 
 
 def example_names() -> list[str]:
-    return sorted(path.name for path in EXAMPLES.glob("*.py"))
+    # examples/test_*.py are test modules (tests/test_docs.py runs them under pytest).
+    return sorted(path.name for path in EXAMPLES.glob("*.py") if not path.name.startswith("test_"))
 
 
 @pytest.fixture(scope="module")
