@@ -13,7 +13,7 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._shared import SharedRun
+from ._shared import SharedRun, current_task_in
 
 if TYPE_CHECKING:
     from ._task import Task
@@ -60,6 +60,14 @@ class TaskBuffer(Generic[R]):
         if runs and runs[0].future.get_loop() is not loop:
             # The runs of another loop drain there, in their own queue; this loop starts anew.
             runs = self._runs = deque()
+        elif runs and runs[0].task is not None and runs[0].task is current_task_in(loop):
+            # Joining the run in progress or queueing behind it: either waits for that run,
+            # which is the caller.
+            raise RuntimeError(
+                f"buffered task {self._task.name or 'unnamed'!r} was triggered from inside "
+                "its own run: it would wait for itself forever. Call trigger_unbuffered() "
+                "from inside the run, or trigger it from outside"
+            )
         if not runs or len(runs) - runs[0].abandoned < self._max:
             run = _BufferedRun(self, loop, input, runs)
             runs.append(run)

@@ -291,6 +291,19 @@ class TaskConstraintGroup:
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:
+            old = self._loop
+            if (
+                old is not None
+                and not old.is_closed()
+                and (self._running_total or self._waiting_total)
+            ):
+                # Forgetting them would let this loop's runs ignore max_concurrent.
+                raise RuntimeError(
+                    f"constraint group {self.name!r} has {self._running_total} runs and "
+                    f"{self._waiting_total} waiting triggers in another event loop (another "
+                    "thread?); a group serves one event loop at a time: use one group per "
+                    "loop, or let the other loop's runs finish first"
+                )
             if self._loop is not None:
                 for st in self._state.values():
                     self._cancel_timer(st)

@@ -65,12 +65,14 @@ class TaskManager:
         "_forwarding",
         "_groups",
         "_hard_stop",
+        "_held",
         "_idle",
         "_running",
         "_scheduler",
         "_seq",
         "_started",
         "_stop_cancelled",
+        "_stoppers",
         "_tasks",
         "_waiting",
         "distributed_coordinator",
@@ -105,6 +107,10 @@ class TaskManager:
         # so that stop(timeout=...) can cancel exactly those.
         self._active: set[asyncio.Task[Any]] = set()
         self._stop_cancelled: set[asyncio.Task[Any]] = set()
+        # Per caller asyncio task, the claims of its constrained runs in flight, outermost
+        # first: a nested trigger that needs a slot only its own callers hold would wait
+        # forever (see _check_self_deadlock).
+        self._held: dict[asyncio.Task[Any], list[list[Claim]]] = {}
         self._running = 0
         self._waiting = 0
         # Triggers past the queue (holding their slots) and not yet finished: in
@@ -113,6 +119,7 @@ class TaskManager:
         self._hard_stop = False  # stop(timeout=...) ran out: admitted triggers must not start
         self._seq = itertools.count()
         self._idle: asyncio.Future[None] | None = None
+        self._stoppers = 0  # stop() calls waiting for the runs (they share _idle)
         self._scheduler = Scheduler(self)
 
     def __repr__(self) -> str:
@@ -245,13 +252,16 @@ class TaskManager:
         current = _current_task()
         tracked = current not in self._active  # a nested run is tracked by the outer one
         if tracked:
+            if self._active:
+                self._check_one_loop(current.get_loop(), current)
             self._active.add(current)
         self._admitted += 1
         self._running += 1
         try:
             return await (task._run(input) if task._direct else task._trigger_coro(input))
         except asyncio.CancelledError:
-            self._raise_if_stopping(current, task)
+            if tracked:  # a nested level lets the cancellation reach the runs around it
+                self._raise_if_stopping(current, task)
             raise
         finally:
             self._running -= 1
@@ -299,6 +309,8 @@ class TaskManager:
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             blocked = try_acquire(claims, loop.time(), priority)
             if blocked is not None:
+                if self._held:
+                    self._check_self_deadlock(task, claims, loop.time())
                 waited = True
                 waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
                 enqueue(waiter, *blocked)
@@ -334,8 +346,16 @@ class TaskManager:
         tracked = current not in self._active  # a nested run is tracked by the outer one
         if tracked:
             self._active.add(current)
+        if claims:
+            held = self._held.get(current)
+            if held is None:
+                self._held[current] = [claims]
+            else:
+                held.append(claims)
         ran = refused = False
         try:
+            if tracked and len(self._active) > 1:
+                self._check_one_loop(current.get_loop(), current)
             if self._hard_stop:
                 refused = True
                 task._emit("cancelled", None, error="the TaskManager stopped")
@@ -361,22 +381,78 @@ class TaskManager:
         except asyncio.CancelledError:
             if not ran:  # cancelled inside an async should_execute
                 task._emit("cancelled", None, error="cancelled before it started")
-            self._raise_if_stopping(current, task)
+            if tracked:  # a nested level lets the cancellation reach the runs around it
+                self._raise_if_stopping(current, task)
             raise
         except Exception as exc:
-            if not ran and not refused:  # should_execute raised
+            if not ran and not refused:  # should_execute raised (or the loop check)
                 task._emit("failed", "failed", error=exc)
             raise
         finally:
             if claims is not None:
                 release(claims, loop.time(), ran=ran)
+                if claims:
+                    self._unhold(current)
             self._end_admitted(current, tracked)
 
     # Same signature with an optional ``priority``; an alias so it costs no extra frame.
     trigger_task = trigger_task_constrained
 
+    def _unhold(self, current: asyncio.Task[Any]) -> None:
+        held = self._held[current]
+        held.pop()
+        if not held:
+            del self._held[current]
+
+    def _check_self_deadlock(self, task: Task[Any, Any], claims: list[Claim], now: float) -> None:
+        """Refuse a blocked trigger that waits for a key only its own callers hold.
+
+        The runs in flight in the calling asyncio task (the run that triggers, and the runs
+        that triggered it) wait for this trigger, so slots they hold are never given back
+        while it waits.
+        """
+        held = self._held.get(_current_task())
+        if not held:
+            return
+        for st in claims:
+            group = st.group
+            if group not in self._groups:  # removed: it no longer blocks
+                continue
+            mine = sum(1 for outer in held for claim in outer if claim is st)
+            if mine and mine >= group.max_concurrent:
+                error = RuntimeError(
+                    f"task {task.name!r} would wait forever for key {st.key!r} of constraint "
+                    f"group {group.name!r}: every slot of it (max_concurrent="
+                    f"{group.max_concurrent}) is held by the run that triggers it or by that "
+                    "run's callers, which wait for this trigger. Give the nested trigger "
+                    "another key (or None), raise max_concurrent, or call the inner task "
+                    "directly (task.trigger()) instead of through the TaskManager"
+                )
+                for claim in claims:
+                    claim.group.maybe_drop(claim, now)
+                task._emit("failed", "failed", error=error)
+                raise error
+
+    def _check_one_loop(
+        self, loop: asyncio.AbstractEventLoop, current: asyncio.Task[Any] | None
+    ) -> None:
+        """Refuse to serve ``loop`` while runs are in flight in another event loop."""
+        for other in self._active:
+            if other is not current:
+                if other.get_loop() is not loop:
+                    raise RuntimeError(
+                        "this TaskManager has runs in flight in another event loop (another "
+                        "thread?); a TaskManager serves one event loop at a time: use one "
+                        "TaskManager per loop, or let the other loop's runs finish first"
+                    )
+                return
+
     def _raise_if_stopping(self, current: asyncio.Task[Any], task: Task[Any, Any]) -> None:
-        """Turn a cancellation that ``stop(timeout=...)`` caused into its error."""
+        """Turn a cancellation that ``stop(timeout=...)`` caused into its error.
+
+        Called only at the outermost trigger of the caller's asyncio task: the runs nested
+        inside it must see the cancellation as such (no retry, no failure), all the way up.
+        """
         if current in self._stop_cancelled:
             self._stop_cancelled.discard(current)
             current.uncancel()
@@ -514,8 +590,26 @@ class TaskManager:
         with ``drain=True`` they still run. Then it waits up to ``timeout`` seconds (``None``:
         as long as it takes) for the runs, and cancels what is left; their awaiters get
         ``TaskManagerStoppedError``. Safe to call without ``start()`` and more than once.
+
+        A call made while another is winding down joins it: every call returns once the
+        runs are over, the runs are cancelled when the earliest deadline among the calls
+        passes (a shorter ``timeout`` tightens the stop in progress, a longer one does not
+        loosen it), and a call with ``drain=False`` fails the triggers still waiting.
+
+        :raises RuntimeError: awaited from inside a run of this manager (it would wait for
+            itself), or from an event loop other than that of the runs in flight.
         """
         timeout = check_seconds("timeout", timeout, infinite=True, none=True)
+        current = asyncio.current_task()
+        if current is not None and current in self._active:
+            raise RuntimeError(
+                "TaskManager.stop() was awaited from inside a run of that manager: it would "
+                "wait for the run, and the run for it. Stop the manager from outside its "
+                "runs (for one run to stop it, start the stop without awaiting it: "
+                "asyncio.create_task(manager.stop()))"
+            )
+        if self._active:
+            self._check_one_loop(asyncio.get_running_loop(), current)
         self._accepting = False
         self._scheduler.stop()
         if self._forwarding:
@@ -525,29 +619,42 @@ class TaskManager:
         if not drain:
             self._fail_waiters()
         if self._running or self._waiting or self._admitted:
-            loop = asyncio.get_running_loop()
-            idle = self._idle = loop.create_future()
+            # Overlapping calls share one future: whichever call's deadline passes first
+            # cancels the runs, and every call returns when they are over.
+            idle = self._idle
+            if idle is None or idle.done():
+                idle = self._idle = asyncio.get_running_loop().create_future()
+            self._stoppers += 1
             self._check_idle()
             try:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(idle)
             except TimeoutError:
-                self._hard_stop = True
-                self._fail_waiters()
-                for caller in list(self._active):
-                    self._stop_cancelled.add(caller)
-                    caller.cancel()
-                self._check_idle()
+                self._cancel_runs()
                 await asyncio.shield(idle)
             finally:
-                self._idle = None
-                self._hard_stop = False
+                self._stoppers -= 1
+                if not self._stoppers:
+                    self._idle = None
+                    self._hard_stop = False
         # Cron ticks still reporting to the coordinator: done before the coordinator stops.
         await self._scheduler.wait_stopped()
-        self._stop_cancelled.clear()
+        if not self._stoppers:
+            self._stop_cancelled.clear()
         if self.distributed_coordinator is not None and self._started:
+            self._started = False  # an overlapping call must not stop it a second time
             await self.distributed_coordinator.stop()
         self._started = False
+
+    def _cancel_runs(self) -> None:
+        """A stop's deadline passed: refuse what was admitted, cancel what runs."""
+        self._hard_stop = True
+        self._fail_waiters()
+        for caller in list(self._active):
+            if caller not in self._stop_cancelled:  # once, however many stops time out
+                self._stop_cancelled.add(caller)
+                caller.cancel()
+        self._check_idle()
 
     def _check_idle(self) -> None:
         idle = self._idle

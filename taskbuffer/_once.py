@@ -8,7 +8,7 @@ from typing import Any, overload
 
 from typing_extensions import Unpack
 
-from ._shared import SharedRun
+from ._shared import SharedRun, current_task_in
 from ._task import D, R, Task, TaskFunction, TaskOptions, _CoreOptions
 
 __all__ = ("TaskOnce",)
@@ -61,6 +61,12 @@ class TaskOnce(Task[R, D]):
             run = self._once_run = SharedRun(loop)
             self._has_triggered = True
             run.start(self._run_once(input), self._forget_run)
+        elif run.task is not None and run.task is current_task_in(loop):
+            raise RuntimeError(
+                f"TaskOnce {self.name or 'unnamed'!r} was triggered from inside its own run: "
+                "it would wait for itself forever. Do not trigger a TaskOnce from its own "
+                "function (or from a task it runs in the same asyncio task)"
+            )
         return await run.join()
 
     trigger_unbuffered = trigger

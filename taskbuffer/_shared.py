@@ -8,12 +8,22 @@ when its last awaiter is cancelled.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-__all__ = ("SharedRun", "settle_future")
+__all__ = ("SharedRun", "current_task_in", "settle_future")
 
 R = TypeVar("R")
+
+current_task_in: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
+if sys.version_info >= (3, 12):
+    current_task_in = asyncio.current_task  # implemented in C
+else:
+    # On 3.11 asyncio.current_task() is a Python function; this is the dict it reads.
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+
+    current_task_in = _current_tasks.get
 
 
 def settle_future(future: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:

@@ -217,3 +217,33 @@ async def test_after_an_abandoned_run_the_next_waiting_run_starts(record: Record
         assert await t.trigger("b") == (2, "b")
     assert recorder.inputs == ["a", "b"]
     assert [event.type for event in events] == ["started", "cancelled", "started", "completed"]
+
+
+@pytest.mark.parametrize("buffer_max", [1, 2])
+async def test_a_buffered_task_triggering_itself_from_its_run_raises(buffer_max: int) -> None:
+    """With buffer_max=1 it would join its own run, with room it would queue behind it:
+    both wait for the caller itself."""
+
+    async def calls_itself(depth: int) -> int:
+        if depth == 0:
+            return await t.trigger(1)
+        return depth
+
+    t = Task(name="selfish", task_function=calls_itself, buffered=True, buffer_max=buffer_max)
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match=r"'selfish' was triggered from inside its own run"):
+            await t.trigger(0)
+        # trigger_unbuffered() from inside the run is the way, and the buffer still works.
+        assert await t.trigger(5) == 5
+    assert (t.run_count, t.error_count, t.running) == (2, 1, False)
+
+
+async def test_a_buffered_task_may_run_itself_unbuffered_from_its_run() -> None:
+    async def calls_itself(depth: int) -> int:
+        if depth == 0:
+            return await t.trigger_unbuffered(1) + 1
+        return depth
+
+    t = Task(task_function=calls_itself, buffered=True, buffer_max=1)
+    async with asyncio.timeout(10):
+        assert await t.trigger(0) == 2

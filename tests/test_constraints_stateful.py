@@ -21,7 +21,11 @@ Checked:
   still waits for the same keys;
 * every outcome: a run's own result, a ``share-latest`` result of a run of a shared key
   that succeeded while it waited, ``None`` after ``should_execute`` said no, the injected
-  error, or a cancellation we asked for;
+  error, a cancellation we asked for, or ``TaskManagerStoppedError`` after a ``stop()``;
+* overlapping ``stop()`` calls (with and without timeout and drain) and runs that trigger
+  another task through the manager: every ``stop()`` returns, by its own deadline on
+  virtual time; a run cancelled by a stop emits ``cancelled`` at every nested level, counts
+  no error and is never retried;
 * at teardown, after letting everything finish: every awaiter has settled, the manager
   counts nothing, every group (including removed ones) holds no per-key state, and no
   asyncio task is left.
@@ -46,7 +50,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from taskbuffer import RateLimit, Task, TaskConstraintGroup, TaskEvent, TaskManager
+from taskbuffer import (
+    RateLimit,
+    Task,
+    TaskConstraintGroup,
+    TaskEvent,
+    TaskManager,
+    TaskManagerStoppedError,
+)
 
 KEY_SLOTS = 3  # each trigger carries one key choice per slot; each group reads one slot
 KEYS = ("x", "y", None)
@@ -88,6 +99,35 @@ class Trigger:
     gate: asyncio.Future[str] | None = None
     events: list[str] = field(default_factory=list)
 
+
+@dataclass
+class StopCall:
+    """One ``manager.stop()`` call the machine made."""
+
+    timeout: float | None
+    drain: bool
+    called: float  # loop time of the call
+    task: asyncio.Task[None]
+    returned: float | None = None  # loop time it returned at
+
+
+@dataclass
+class NestedRun:
+    """An outer task (with retries) whose run triggers an inner task through the manager;
+    the inner run blocks on ``gate``. Both are exempt from every group."""
+
+    nid: int
+    outer: Task[Any, Any]
+    inner: Task[Any, Any]
+    outer_events: list[str] = field(default_factory=list)
+    inner_events: list[str] = field(default_factory=list)
+    caller: asyncio.Task[Any] | None = None
+    gate: asyncio.Future[str] | None = None
+    outcome: str | None = None  # "result", "stopped"
+
+
+STOP_TIMEOUTS = st.sampled_from([None, None, 0.0, 0.5, 2.0])
+NO_KEYS = (None,) * KEY_SLOTS
 
 # Built once: strategies made inside rules would be re-validated on every draw.
 SPEC_FIELDS = st.tuples(
@@ -138,6 +178,10 @@ class ConstraintMachine(RuleBasedStateMachine):
         # Broken rules seen inside the loop (where raising would only fail the trigger);
         # the ``no_violations`` invariant reports them after the step.
         self.violations: list[str] = []
+        self.stops: list[StopCall] = []
+        self.stopped = False  # a stop() was called since the last start()
+        self.stopped_at: dict[int, int] = {}  # tid -> event counter of its TaskManagerStoppedError
+        self.nested: list[NestedRun] = []
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -182,6 +226,8 @@ class ConstraintMachine(RuleBasedStateMachine):
     # -------------------------------------------------------------- admission checks
 
     async def should_execute(self, task: Task[Any, Any], x: Any) -> bool:
+        if task.data["tid"] is None:  # a task of a NestedRun, not a Trigger
+            return True
         tid: int = task.data["tid"]
         trigger = self.triggers[tid]
         if trigger.admitted is None:
@@ -257,6 +303,10 @@ class ConstraintMachine(RuleBasedStateMachine):
             )
         except InjectedError:
             trigger.outcome = "failed"
+            return
+        except TaskManagerStoppedError:
+            trigger.outcome = "stopped"
+            self.stopped_at[trigger.tid] = self.tick()
             return
         except asyncio.CancelledError:
             trigger.outcome = "cancelled"
@@ -385,6 +435,140 @@ class ConstraintMachine(RuleBasedStateMachine):
 
         self.run(advance())
 
+    # ------------------------------------------------------ stops and nested triggers
+
+    def start_stop(self, timeout: float | None, drain: bool) -> None:
+        task = self.loop.create_task(self.manager.stop(timeout=timeout, drain=drain))
+        call = StopCall(timeout=timeout, drain=drain, called=self.now(), task=task)
+
+        def returned(_: asyncio.Task[None]) -> None:
+            call.returned = self.now()
+
+        task.add_done_callback(returned)
+        self.stops.append(call)
+        self.stopped = True
+
+    @rule(
+        timeout=STOP_TIMEOUTS,
+        drain=st.booleans(),
+        overlapping=st.one_of(st.none(), st.tuples(STOP_TIMEOUTS, st.booleans())),
+    )
+    def stop(
+        self,
+        timeout: float | None,
+        drain: bool,
+        overlapping: tuple[float | None, bool] | None,
+    ) -> None:
+        """One stop() call, or two at once; a stop still under way overlaps them too."""
+        self.start_stop(timeout, drain)
+        if overlapping is not None:
+            self.start_stop(*overlapping)
+        self.step()
+
+    @precondition(lambda self: self.stopped and all(c.task.done() for c in self.stops))
+    @rule()
+    def start_again(self) -> None:
+        self.run(self.manager.start())
+        self.stopped = False
+        self.step()
+
+    @rule()
+    def nested_trigger(self) -> None:
+        nid = len(self.nested)
+
+        async def inner_function() -> str:
+            pair.gate = self.loop.create_future()
+            return await pair.gate
+
+        async def outer_function() -> Any:
+            return await self.manager.trigger_task(pair.inner)
+
+        data = {"tid": None, "keys": NO_KEYS}
+        pair = NestedRun(
+            nid=nid,
+            outer=Task(
+                name=f"outer{nid}",
+                task_function=outer_function,
+                data=data,
+                retries=2,
+                retry_delay=1.0,
+            ),
+            inner=Task(name=f"inner{nid}", task_function=inner_function, data=data),
+        )
+        pair.outer.event_subject.subscribe(lambda event: pair.outer_events.append(event.type))
+        pair.inner.event_subject.subscribe(lambda event: pair.inner_events.append(event.type))
+        self.nested.append(pair)
+        pair.caller = self.loop.create_task(self.call_nested(pair))
+        self.step()
+
+    async def call_nested(self, pair: NestedRun) -> None:
+        try:
+            value = await self.manager.trigger_task(pair.outer)
+        except TaskManagerStoppedError:
+            pair.outcome = "stopped"
+            return
+        except Exception as error:
+            self.violations.append(f"nested run {pair.nid} raised {error!r}")
+            return
+        pair.outcome = "result"
+        if value != f"n{pair.nid}":
+            self.violations.append(f"nested run {pair.nid} returned {value!r}")
+
+    def nested_gates(self) -> list[NestedRun]:
+        return [p for p in self.nested if p.gate is not None and not p.gate.done()]
+
+    @precondition(lambda self: bool(self.nested_gates()))
+    @rule(data=st.data())
+    def complete_nested(self, data: st.DataObject) -> None:
+        pair = pick(data, self.nested_gates())
+        assert pair.gate is not None
+        pair.gate.set_result(f"n{pair.nid}")
+        self.step()
+
+    def nested_running(self) -> int:
+        return sum(p.outer.running + p.inner.running for p in self.nested)
+
+    @invariant()
+    def stops_return_by_their_deadline(self) -> None:
+        now = self.now()
+        for i, call in enumerate(self.stops):
+            if call.task.done():
+                assert not call.task.cancelled() and call.task.exception() is None, i
+            if call.timeout is None:
+                continue
+            deadline = call.called + call.timeout
+            if now >= deadline:
+                assert call.task.done(), f"stop() {i} ({call}) not returned at {now}"
+            if call.returned is not None:
+                assert call.returned <= deadline, f"stop() {i} returned late: {call}"
+
+    @invariant()
+    def stopped_outcomes_come_from_a_stop(self) -> None:
+        for trigger in self.triggers:
+            if trigger.outcome != "stopped":
+                continue
+            assert self.stops, f"trigger {trigger.tid} got TaskManagerStoppedError unstopped"
+            assert "failed" not in trigger.events, (trigger.tid, trigger.events)
+            if trigger.started is not None:
+                # Its run was cancelled by a stop: cancelled, not failed.
+                assert trigger.events[-1] == "cancelled", (trigger.tid, trigger.events)
+
+    @invariant()
+    def nested_runs_are_cancelled_by_stop_never_failed_or_retried(self) -> None:
+        for pair in self.nested:
+            for task, events in ((pair.outer, pair.outer_events), (pair.inner, pair.inner_events)):
+                assert "failed" not in events and "retrying" not in events, (task, events)
+                assert task.error_count == 0, task
+            if pair.outcome == "result":
+                assert pair.outer_events == ["started", "completed"], pair
+                assert pair.inner_events == ["started", "completed"], pair
+            elif pair.outcome == "stopped":
+                assert self.stops
+                # Refused at once (no run), or cancelled at every level.
+                assert pair.outer_events in ([], ["started", "cancelled"]), pair
+                assert pair.inner_events in ([], ["started", "cancelled"]), pair
+                assert bool(pair.outer_events) == bool(pair.inner_events), pair
+
     # --------------------------------------------------------------------- invariants
 
     @invariant()
@@ -396,7 +580,8 @@ class ConstraintMachine(RuleBasedStateMachine):
         running = self.running()
         waiting = self.waiting()
         stats = self.manager.statistics()
-        assert stats.running == len(running), (stats, [t.tid for t in running])
+        nested = self.nested_running()
+        assert stats.running == len(running) + nested, (stats, [t.tid for t in running], nested)
         assert stats.waiting == len(waiting), (stats, [t.tid for t in waiting])
         for name, group in self.groups.items():
             g = group.statistics()
@@ -422,6 +607,8 @@ class ConstraintMachine(RuleBasedStateMachine):
                 assert trigger.cancel_requested is not None
                 if trigger.queued and trigger.admitted is None:
                     assert trigger.events[-1] == "cancelled"
+            elif trigger.outcome == "stopped":
+                pass  # see stopped_outcomes_come_from_a_stop
             else:
                 self.check_shared(trigger)
 
@@ -446,7 +633,7 @@ class ConstraintMachine(RuleBasedStateMachine):
                 return t.cancel_requested
             if t.outcome == "shared":
                 return self.triggers[int(str(t.value)[1:])].completed
-            return None
+            return self.stopped_at.get(t.tid)
 
         queued = [t for t in self.triggers if t.queued and t.admitted is not None]
         everyone = [t for t in self.triggers if t.queued]
@@ -479,11 +666,14 @@ class ConstraintMachine(RuleBasedStateMachine):
             for _ in range(1000):
                 await settle()
                 pending = [t for t in self.triggers if t.caller is not None and not t.caller.done()]
-                if not pending:
+                if not pending and not self.unsettled_stops_and_nested():
                     break
                 for trigger in self.running():
                     assert trigger.gate is not None
                     trigger.gate.set_result(f"r{trigger.tid}")
+                for pair in self.nested_gates():
+                    assert pair.gate is not None
+                    pair.gate.set_result(f"n{pair.nid}")
                 await settle()
                 await asyncio.sleep(HORIZON)
             else:
@@ -493,10 +683,18 @@ class ConstraintMachine(RuleBasedStateMachine):
 
         self.run(drain())
 
+    def unsettled_stops_and_nested(self) -> bool:
+        return any(not c.task.done() for c in self.stops) or any(
+            p.caller is not None and not p.caller.done() for p in self.nested
+        )
+
     def teardown(self) -> None:
         try:
             self.drain()
             self.no_violations()
+            assert not self.unsettled_stops_and_nested()
+            self.stops_return_by_their_deadline()
+            self.nested_runs_are_cancelled_by_stop_never_failed_or_retried()
             for trigger in self.triggers:
                 assert trigger.caller is not None and trigger.caller.done()
                 assert trigger.outcome is not None
@@ -526,6 +724,9 @@ class ConstraintMachine(RuleBasedStateMachine):
                 and not trigger.caller.cancelled()
             ):
                 trigger.caller.exception()  # retrieved: no "never retrieved" log
+        for task in [c.task for c in self.stops] + [p.caller for p in self.nested if p.caller]:
+            if task.done() and not task.cancelled():
+                task.exception()
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -825,6 +825,343 @@ async def test_stop_stops_forwarding_before_waiting(manager_events: Subscribe) -
     await stopping
     assert await run == "done"
     assert event_types(events) == ["started"]  # "completed" came after stop() began
+
+
+# ------------------------------------------- overlapping stops, nested runs, waits that never end
+
+
+async def test_two_overlapping_stops_both_return_when_the_run_ends() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    first = spawn(manager.stop())
+    second = spawn(manager.stop())
+    await asyncio.sleep(2)
+    assert not first.done() and not second.done()
+    gates.finish(None, "done")
+    async with asyncio.timeout(1):
+        await asyncio.gather(first, second)
+    assert loop.time() == 2.0
+    assert await run == "done"
+
+
+async def test_a_stop_with_a_timeout_returns_by_it_when_a_second_stop_overlaps() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    first = spawn(manager.stop(timeout=1))
+    await settle()
+    second = spawn(manager.stop())
+    async with asyncio.timeout(5):
+        await first
+    assert loop.time() == 1.0
+    async with asyncio.timeout(1):
+        await second
+    assert loop.time() == 1.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    assert manager.statistics().running == 0
+
+
+async def test_a_second_stop_with_a_shorter_timeout_tightens_the_stop_in_progress() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    first = spawn(manager.stop(timeout=10))
+    await asyncio.sleep(1)
+    second = spawn(manager.stop(timeout=2))
+    async with asyncio.timeout(20):
+        await asyncio.gather(first, second)
+    assert loop.time() == 3.0  # the second call's deadline, 1 + 2
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+
+
+async def test_a_second_stop_with_a_longer_timeout_does_not_loosen_the_first() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    first = spawn(manager.stop(timeout=2))
+    await asyncio.sleep(1)
+    second = spawn(manager.stop(timeout=10))
+    async with asyncio.timeout(20):
+        await asyncio.gather(first, second)
+    assert loop.time() == 2.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+
+
+async def test_a_second_stop_without_drain_fails_the_triggers_a_draining_stop_waits_for() -> None:
+    group = one_at_a_time()
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    running = spawn(manager.trigger_task(t, "running"))
+    await gates.wait_started("running")
+    waiting = spawn(manager.trigger_task(t, "waiting"))
+    await settle()
+    draining = spawn(manager.stop(drain=True))
+    await settle()
+    assert not waiting.done()
+    failing = spawn(manager.stop())
+    await settle()
+    with pytest.raises(TaskManagerStoppedError):
+        await waiting
+    gates.finish("running")
+    async with asyncio.timeout(1):
+        await asyncio.gather(draining, failing)
+    assert await running == "running"
+    assert gates.started == ["running"]
+    assert group.statistics() == idle(group)
+
+
+async def test_cancelling_one_of_two_overlapping_stops_leaves_the_other_working() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    first = spawn(manager.stop())
+    second = spawn(manager.stop(timeout=3))
+    await asyncio.sleep(1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(10):
+        await second
+    assert loop.time() == 3.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    # Stopped and startable again, with nothing left over.
+    await manager.start()
+    assert await manager.trigger_task(named("again", "ran")) == "ran"
+    await manager.stop()
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["no-group", "group"])
+@pytest.mark.parametrize("depth", [2, 3])
+async def test_stop_timeout_cancels_a_nested_run_at_every_level(
+    record: Record, constrained: bool, depth: int
+) -> None:
+    """A run that triggers another task through the manager, stopped with a timeout: each
+    level is cancelled (not failed, not retried) and only the outermost awaiter gets
+    TaskManagerStoppedError."""
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    if constrained:
+        manager.add_constraint_group(
+            TaskConstraintGroup(name="per-task", constraint_key_for_execution=lambda t, x: t.name)
+        )
+
+    async def innermost() -> None:
+        await asyncio.sleep(100)
+
+    def triggering(name: str) -> Callable[[], Awaitable[Any]]:
+        async def outer() -> Any:
+            return await manager.trigger_task_by_name(name)
+
+        return outer
+
+    tasks = [Task(name="level0", task_function=innermost, retries=3, retry_delay=1)]
+    for level in range(1, depth):
+        function = triggering(f"level{level - 1}")
+        tasks.append(Task(name=f"level{level}", task_function=function, retries=3, retry_delay=1))
+    for t in tasks:
+        manager.add_task(t)
+    events = [record(t) for t in tasks]
+    run = spawn(manager.trigger_task_by_name(tasks[-1].name or ""))
+    await settle()
+    assert manager.statistics().running == depth
+    async with asyncio.timeout(10):
+        await manager.stop(timeout=0.05)
+    assert loop.time() == 0.05
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    for t, seen in zip(tasks, events, strict=True):
+        assert event_types(seen) == ["started", "cancelled"], t.name
+        assert (t.run_count, t.error_count, t.last_error) == (1, 0, None)
+    assert manager.statistics().running == 0
+
+
+async def test_stop_awaited_inside_a_run_of_the_manager_raises() -> None:
+    manager = TaskManager()
+
+    async def stops_its_manager() -> None:
+        await manager.stop()
+
+    t = Task(name="stopper", task_function=stops_its_manager)
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match=r"stop\(\) was awaited from inside a run"):
+            await manager.trigger_task(t)
+    assert t.error_count == 1
+    # Nothing was stopped: the manager still takes triggers, and stops from outside.
+    assert await manager.trigger_task(named("job", "ran")) == "ran"
+    async with asyncio.timeout(10):
+        await manager.stop()
+
+
+async def test_a_run_may_start_a_stop_that_it_does_not_await() -> None:
+    manager = TaskManager()
+    stopping: list[asyncio.Task[None]] = []
+
+    async def starts_a_stop() -> str:
+        stopping.append(asyncio.create_task(manager.stop()))
+        await asyncio.sleep(1)
+        return "done"
+
+    assert await manager.trigger_task(Task(name="job", task_function=starts_a_stop)) == "done"
+    async with asyncio.timeout(10):
+        await stopping[0]
+    assert asyncio.get_running_loop().time() == 1.0
+
+
+@pytest.mark.parametrize(("cap", "depth"), [(1, 2), (2, 3)])
+async def test_a_nested_trigger_waiting_for_a_slot_only_its_callers_hold_raises(
+    record: Record, cap: int, depth: int
+) -> None:
+    group = TaskConstraintGroup(
+        name="mutex", constraint_key_for_execution=lambda t, x: "k", max_concurrent=cap
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    innermost = Task(name="inner", task_function=lambda: "never")
+    inner_events = record(innermost)
+
+    def triggering(below: Task[Any]) -> Callable[[], Awaitable[Any]]:
+        async def outer() -> Any:
+            return await manager.trigger_task(below)
+
+        return outer
+
+    below: Task[Any] = innermost
+    for level in range(1, depth):
+        below = Task(name=f"outer{level}", task_function=triggering(below))
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match=r"'inner' would wait forever for key 'k'"):
+            await manager.trigger_task(below)
+    assert innermost.run_count == 0
+    assert event_types(inner_events) == ["failed"]
+    assert group.statistics() == idle(group)
+    assert manager.statistics().running == manager.statistics().waiting == 0
+
+
+async def test_a_nested_trigger_with_a_free_slot_of_its_callers_key_runs() -> None:
+    group = TaskConstraintGroup(
+        name="pair", constraint_key_for_execution=lambda t, x: "k", max_concurrent=2
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    inner = Task(name="inner", task_function=lambda: "inner")
+
+    async def outer() -> Any:
+        return await manager.trigger_task(inner)
+
+    async with asyncio.timeout(10):
+        assert await manager.trigger_task(Task(name="outer", task_function=outer)) == "inner"
+    assert group.statistics() == idle(group)
+
+
+async def test_a_nested_trigger_waiting_for_a_slot_another_run_holds_waits_for_it() -> None:
+    loop = asyncio.get_running_loop()
+    group = TaskConstraintGroup(
+        name="per-input", constraint_key_for_execution=lambda t, x: x, max_concurrent=1
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    gates = Gates()
+    other = spawn(manager.trigger_task(Task(name="other", task_function=gates.function), "k"))
+    await gates.wait_started("k")
+    inner = Task(name="inner", task_function=lambda x: f"inner {x}")
+
+    async def outer(x: str) -> Any:
+        return await manager.trigger_task(inner, "k")
+
+    run = spawn(manager.trigger_task(Task(name="outer", task_function=outer), "o"))
+    await asyncio.sleep(1)
+    assert not run.done()
+    gates.finish("k")
+    async with asyncio.timeout(10):
+        assert await run == "inner k"
+    assert await other == "k"
+    assert loop.time() == 1.0
+
+
+def _hold_a_run_in_a_loop(
+    manager: TaskManager, loop: asyncio.AbstractEventLoop
+) -> tuple[asyncio.Task[Any], asyncio.Future[str]]:
+    """Start a run through ``manager`` in ``loop`` and leave it in flight (loop paused)."""
+    gate: asyncio.Future[str] = loop.create_future()
+
+    async def held() -> str:
+        return await gate
+
+    run = loop.create_task(manager.trigger_task(Task(name="held", task_function=held), "k"))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert manager.statistics().running == 1
+    return run, gate
+
+
+@pytest.mark.parametrize("with_group", [True, False], ids=["group", "no-group"])
+def test_a_manager_used_from_a_second_loop_while_runs_are_in_flight_raises(
+    with_group: bool,
+) -> None:
+    manager = TaskManager()
+    group = one_at_a_time()
+    if with_group:
+        manager.add_constraint_group(group)
+    first = asyncio.new_event_loop()
+    try:
+        run, gate = _hold_a_run_in_a_loop(manager, first)
+
+        async def from_another_loop() -> None:
+            with pytest.raises(RuntimeError, match="another event loop"):
+                await manager.trigger_task(named("second", "ran"), "k")
+            with pytest.raises(RuntimeError, match="another event loop"):
+                await manager.stop()
+
+        asyncio.run(from_another_loop())
+        # The first loop's run was not disturbed, and the group still counts it.
+        if with_group:
+            assert group.statistics().running == 1
+        gate.set_result("held")
+        assert first.run_until_complete(run) == "held"
+    finally:
+        first.close()
+    # Its runs over, the manager (and group) serve a new loop as before.
+    assert asyncio.run(manager.trigger_task(named("third", "ran"), "k")) == "ran"
+    asyncio.run(manager.stop())
+
+
+def test_a_group_used_from_a_second_loop_while_runs_are_in_flight_raises() -> None:
+    group = one_at_a_time()
+    first_manager, second_manager = TaskManager(), TaskManager()
+    first_manager.add_constraint_group(group)
+    second_manager.add_constraint_group(group)
+    first = asyncio.new_event_loop()
+    try:
+        run, gate = _hold_a_run_in_a_loop(first_manager, first)
+
+        async def from_another_loop() -> None:
+            with pytest.raises(RuntimeError, match="constraint group 'one' has 1 runs"):
+                await second_manager.trigger_task(named("second", "ran"), "k")
+            with pytest.raises(RuntimeError, match="another event loop"):
+                group.can_run("k")
+
+        asyncio.run(from_another_loop())
+        gate.set_result("held")
+        assert first.run_until_complete(run) == "held"
+    finally:
+        first.close()
+    assert asyncio.run(second_manager.trigger_task(named("third", "ran"), "k")) == "ran"
 
 
 # ----------------------------------------------------------------------------- statistics

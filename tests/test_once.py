@@ -147,3 +147,29 @@ async def test_once_is_a_task_with_options() -> None:
     assert await t.trigger("x") == "run 2 with 'x'"
     assert (t.run_count, t.error_count) == (1, 0)
     assert t.get_metadata().name == "once"
+
+
+async def test_a_task_once_triggering_itself_from_its_run_raises() -> None:
+    async def calls_itself() -> str:
+        return await t.trigger()
+
+    t: TaskOnce[str] = TaskOnce(name="selfish", task_function=calls_itself)
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match=r"'selfish' was triggered from inside its own run"):
+            await t.trigger()
+    assert (t.run_count, t.error_count, t.running) == (1, 1, False)
+
+
+async def test_a_task_once_triggering_itself_through_a_plain_task_raises() -> None:
+    async def calls_back() -> str:
+        return await once.trigger()
+
+    between = Task(name="between", task_function=calls_back)
+
+    async def calls_between() -> str:
+        return await between.trigger()
+
+    once: TaskOnce[str] = TaskOnce(name="once", task_function=calls_between)
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match="from inside its own run"):
+            await once.trigger()
