@@ -24,7 +24,7 @@ R = TypeVar("R")
 
 
 class _BufferedRun(SharedRun[R]):
-    __slots__ = ("abandoned", "input", "queue")
+    __slots__ = ("input", "queue")
 
     def __init__(
         self,
@@ -36,9 +36,8 @@ class _BufferedRun(SharedRun[R]):
         super().__init__(loop, buffer._abandon)
         self.input = input
         self.queue = queue  # the queue of its event loop (see ``TaskBuffer.submit``)
-        # Given up by all its awaiters but still winding down: it keeps the next run from
-        # starting, but nobody may join it and it takes no room.
-        self.abandoned = False
+        # ``abandoned`` (given up by all its awaiters but still winding down): it keeps the
+        # next run from starting, but nobody may join it and it takes no room.
 
 
 class TaskBuffer(Generic[R]):
@@ -91,7 +90,6 @@ class TaskBuffer(Generic[R]):
         run = shared
         assert isinstance(run, _BufferedRun)
         if run.task is not None:
-            run.abandoned = True
             run.task.cancel()
         else:
             run.queue.remove(run)

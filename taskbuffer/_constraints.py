@@ -19,7 +19,7 @@ from ._validation import check_count, check_seconds
 
 if TYPE_CHECKING:
     from ._task import Task
-    from ._waiting import Waiter
+    from ._waiting import SharingRun, Waiter
 
 __all__ = ("ConstraintGroupStatistics", "RateLimit", "TaskConstraintGroup")
 
@@ -55,6 +55,7 @@ class KeyState:
 
     __slots__ = (
         "dead",
+        "detached",
         "group",
         "heap",
         "key",
@@ -78,6 +79,8 @@ class KeyState:
         self.dead = 0  # heap entries whose waiter has already left
         self.waiting = 0  # waiters that claim this key, wherever they are parked
         self.sharers: dict[Waiter, None] | None = None  # claimants, for share-latest
+        # share-latest runs of this key whose caller left, kept going for the sharers
+        self.detached: list[SharingRun] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from functools import partial
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -19,7 +20,19 @@ from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._scheduler import Scheduler
 from ._task import Task
 from ._validation import check_count, check_seconds
-from ._waiting import GO, Claim, Shared, Waiter, enqueue, leave, release, share, try_acquire
+from ._waiting import (
+    GO,
+    Claim,
+    Shared,
+    SharingRun,
+    Waiter,
+    enqueue,
+    leave,
+    release,
+    share,
+    sharing,
+    try_acquire,
+)
 from .distributed import AbstractDistributedCoordinator
 
 __all__ = ("TaskManager", "TaskManagerStatistics")
@@ -352,7 +365,7 @@ class TaskManager:
                 self._held[current] = [claims]
             else:
                 held.append(claims)
-        ran = refused = False
+        ran = refused = handed_off = False
         try:
             if tracked and len(self._active) > 1:
                 self._check_one_loop(current.get_loop(), current)
@@ -371,12 +384,13 @@ class TaskManager:
                         return None
             ran = True
             self._running += 1
+            if claims and sharing(claims):
+                handed_off = True  # the run gives back its slots (and counts) when it ends
+                return await self._run_shared(task, input, claims)  # type: ignore[no-any-return]
             try:
                 result = await (task._run(input) if task._direct else task._trigger_coro(input))
             finally:
                 self._running -= 1
-            if claims:
-                share(claims, result, loop.time())
             return result
         except asyncio.CancelledError:
             if not ran:  # cancelled inside an async should_execute
@@ -390,7 +404,8 @@ class TaskManager:
             raise
         finally:
             if claims is not None:
-                release(claims, loop.time(), ran=ran)
+                if not handed_off:
+                    release(claims, loop.time(), ran=ran)
                 if claims:
                     self._unhold(current)
             self._end_admitted(current, tracked)
@@ -446,6 +461,68 @@ class TaskManager:
                         "TaskManager per loop, or let the other loop's runs finish first"
                     )
                 return
+
+    async def _run_shared(self, task: Task[Any, Any], input: Any, claims: list[Claim]) -> Any:
+        """Run a trigger that holds a ``share-latest`` key, in a task of its own.
+
+        The triggers waiting for that key await the run as much as its caller does: if the
+        caller is cancelled while any of them waits, it just leaves and the run goes on (it
+        is cancelled when the last of them leaves, see ``SharingRun``); else the run is
+        cancelled and the caller waits for it to end, as for a run in its own task.
+        """
+        run = SharingRun(claims)
+        runner = run.task = asyncio.get_running_loop().create_task(self._drive(task, input, run))
+        self._active.add(runner)  # stop(timeout=...) reaches it even once its caller left
+        runner.add_done_callback(partial(self._shared_done, task, run))
+        try:
+            return await asyncio.shield(runner)
+        except asyncio.CancelledError:
+            if not runner.done():
+                if run.has_sharers():
+                    run.detach()
+                else:
+                    run.abandon()
+                    await asyncio.wait((runner,))
+            raise
+
+    async def _drive(self, task: Task[Any, Any], input: Any, run: SharingRun) -> Any:
+        run.began = True
+        result = None
+        succeeded = False
+        try:
+            result = await (task._run(input) if task._direct else task._trigger_coro(input))
+            succeeded = True
+        finally:
+            # In the run's last step, as for a run in its caller's task: a trigger woken
+            # in between would start without the cooldown of this end.
+            self._end_shared(run, succeeded, result)
+        return result
+
+    def _end_shared(self, run: SharingRun, succeeded: bool, result: Any) -> None:
+        """A shared run ended: share its result, give back its slots and counts, once."""
+        runner = run.task
+        assert runner is not None
+        now = runner.get_loop().time()
+        run.end()
+        self._running -= 1
+        self._active.discard(runner)
+        self._stop_cancelled.discard(runner)
+        if succeeded and not run.abandoned:
+            share(run.claims, result, now)
+        release(run.claims, now, ran=run.began)
+        if self._idle is not None:
+            self._check_idle()
+
+    def _shared_done(
+        self, task: Task[Any, Any], run: SharingRun, runner: asyncio.Task[Any]
+    ) -> None:
+        if not run.began:  # cancelled before its first step: it never ran
+            task._emit("cancelled", None, error="cancelled before it started")
+            self._end_shared(run, False, None)
+        elif not runner.cancelled():
+            # Retrieved: a failure whose caller left is not "never retrieved" (the run
+            # reported it on the event stream and the logger).
+            runner.exception()
 
     def _raise_if_stopping(self, current: asyncio.Task[Any], task: Task[Any, Any]) -> None:
         """Turn a cancellation that ``stop(timeout=...)`` caused into its error.

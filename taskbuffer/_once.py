@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, overload
 
 from typing_extensions import Unpack
@@ -57,16 +58,21 @@ class TaskOnce(Task[R, D]):
             return self._result  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
         run = self._once_run
-        if run is None or run.future.get_loop() is not loop:
-            run = self._once_run = SharedRun(loop)
-            self._has_triggered = True
-            run.start(self._run_once(input), self._forget_run)
-        elif run.task is not None and run.task is current_task_in(loop):
+        if run is not None and run.task is not None and run.task is current_task_in(loop):
             raise RuntimeError(
                 f"TaskOnce {self.name or 'unnamed'!r} was triggered from inside its own run: "
                 "it would wait for itself forever. Do not trigger a TaskOnce from its own "
                 "function (or from a task it runs in the same asyncio task)"
             )
+        if run is None or run.abandoned or run.future.get_loop() is not loop:
+            # A run being cancelled (all its awaiters left) is not joined: a fresh run
+            # follows it, once it has wound down.
+            winding_down = None
+            if run is not None and run.abandoned and run.future.get_loop() is loop:
+                winding_down = run.task
+            run = self._once_run = SharedRun(loop)
+            self._has_triggered = True
+            run.start(self._run_once(input, winding_down), partial(self._forget_run, run))
         return await run.join()
 
     trigger_unbuffered = trigger
@@ -74,7 +80,13 @@ class TaskOnce(Task[R, D]):
     def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
         return self.trigger(input)
 
-    async def _run_once(self, input: Any) -> R:
+    async def _run_once(self, input: Any, previous: asyncio.Task[R] | None = None) -> R:
+        if previous is not None:
+            # Never two runs at once: if the abandoned run succeeded after all (its function
+            # swallowed the cancellation), that was the one successful run.
+            await asyncio.wait((previous,))
+            if self._has_result:
+                return self._result  # type: ignore[return-value]
         errors_before = self.error_count
         result = await Task.trigger(self, input)
         if self.error_count == errors_before:  # not a failure swallowed by catch_errors
@@ -82,5 +94,6 @@ class TaskOnce(Task[R, D]):
             self._has_result = True
         return result
 
-    def _forget_run(self, _finished: asyncio.Task[R]) -> None:
-        self._once_run = None
+    def _forget_run(self, run: SharedRun[R], _finished: asyncio.Task[R]) -> None:
+        if self._once_run is run:  # not a fresh run that replaced an abandoned one
+            self._once_run = None

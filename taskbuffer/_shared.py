@@ -2,7 +2,9 @@
 
 Buffered joiners, ``TaskOnce`` waiters and debounced triggers all await one run. Cancelling one
 awaiter only detaches it; the run is abandoned (cancelled, or dropped if it has not started)
-when its last awaiter is cancelled.
+when its last awaiter is cancelled. An abandoned run that is still winding down is marked
+``abandoned``: its owner must not let a new trigger join it (that trigger would get a
+``CancelledError`` it never asked for) but start or join a fresh run instead.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def settle_future(future: asyncio.Future[Any], task: asyncio.Future[Any]) -> Non
 class SharedRun(Generic[R]):
     """One outcome (``future``) awaited by any number of triggers, produced by ``task``."""
 
-    __slots__ = ("_abandon", "awaiters", "future", "task")
+    __slots__ = ("_abandon", "abandoned", "awaiters", "future", "task")
 
     def __init__(
         self,
@@ -60,6 +62,8 @@ class SharedRun(Generic[R]):
         self.awaiters = 0
         self.task: asyncio.Task[R] | None = None
         self._abandon = abandon
+        # Every awaiter left while the task ran: it is being cancelled; nobody may join it.
+        self.abandoned = False
 
     def start(
         self,
@@ -77,12 +81,14 @@ class SharedRun(Generic[R]):
 
     async def join(self) -> R:
         """Await the shared outcome; being cancelled detaches only this awaiter."""
+        assert not self.abandoned, "a new trigger joined a run that is being cancelled"
         self.awaiters += 1
         try:
             return await asyncio.shield(self.future)
         except asyncio.CancelledError:
             self.awaiters -= 1
             if self.awaiters == 0 and not self.future.done():
+                self.abandoned = self.task is not None
                 if self._abandon is not None:
                     self._abandon(self)
                 elif self.task is not None:

@@ -11,6 +11,12 @@ O(log n) in the waiters of the keys involved, however many wait elsewhere.
 Slots are handed over at release time, before the woken trigger resumes, so a newcomer
 arriving in between cannot take them (no queue jumping); a woken trigger cancelled before it
 resumes gives them back, which wakes the next one.
+
+A run that holds a ``share-latest`` key is shared: the triggers waiting for that key (its
+*sharers*) await its result as much as its caller does. Such a run goes in a task of its own
+(a :class:`SharingRun`); cancelling its caller only detaches the caller while sharers wait,
+and the run is cancelled when the last of them leaves. A run being cancelled shares nothing:
+a trigger that comes meanwhile waits for the slot and runs afresh.
 """
 
 from __future__ import annotations
@@ -23,7 +29,17 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 if TYPE_CHECKING:
     from ._constraints import KeyState, TaskConstraintGroup
 
-__all__ = ("GO", "Claim", "Shared", "Waiter", "dispatch", "release", "try_acquire")
+__all__ = (
+    "GO",
+    "Claim",
+    "Shared",
+    "SharingRun",
+    "Waiter",
+    "dispatch",
+    "release",
+    "sharing",
+    "try_acquire",
+)
 
 # What a trigger claims: one key state per applicable group (each knows its group).
 Claim: TypeAlias = "KeyState"
@@ -39,6 +55,55 @@ class Shared:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+class SharingRun:
+    """A run whose keys share their result (``share-latest``), in an asyncio task of its own."""
+
+    __slots__ = ("abandoned", "began", "claims", "task")
+
+    def __init__(self, claims: list[Claim]) -> None:
+        self.claims = claims
+        self.task: asyncio.Task[Any] | None = None
+        self.began = False  # its coroutine started (a task cancelled before that never runs)
+        self.abandoned = False  # cancelled because nobody awaits it: shares nothing
+
+    def __repr__(self) -> str:
+        return f"<SharingRun keys={[st.key for st in self.claims]!r} abandoned={self.abandoned}>"
+
+    def has_sharers(self) -> bool:
+        """Whether a trigger waits to share this run's result."""
+        return any(st.sharers for st in self.claims)
+
+    def detach(self) -> None:
+        """Its caller left: the run goes on while sharers wait (``leave`` watches them)."""
+        for st in self.claims:
+            if st.sharers is not None:
+                if st.detached is None:
+                    st.detached = []
+                st.detached.append(self)
+
+    def abandon(self) -> None:
+        """Cancel the run: every awaiter has left."""
+        self.abandoned = True
+        assert self.task is not None
+        self.task.cancel()
+
+    def end(self) -> None:
+        """The run's task is done: stop watching its sharers."""
+        for st in self.claims:
+            if st.detached is not None and self in st.detached:
+                st.detached.remove(self)
+                if not st.detached:
+                    st.detached = None
+
+
+def sharing(claims: list[Claim]) -> bool:
+    """Whether a run with these claims is shared (one of them is a ``share-latest`` key)."""
+    for st in claims:
+        if st.sharers is not None:
+            return True
+    return False
 
 
 class Waiter:
@@ -132,6 +197,12 @@ def leave(waiter: Waiter, now: float) -> None:
         claimed.group._waiting_total -= 1
         if claimed.sharers is not None:
             claimed.sharers.pop(waiter, None)
+            if claimed.detached is not None and not claimed.sharers:
+                # The last sharer of this key left: a run whose caller left too and that
+                # nobody else awaits is cancelled.
+                for run in list(claimed.detached):
+                    if not run.abandoned and not run.has_sharers():
+                        run.abandon()
         claimed.group.maybe_drop(claimed, now)
 
 

@@ -247,3 +247,23 @@ async def test_a_buffered_task_may_run_itself_unbuffered_from_its_run() -> None:
     t = Task(task_function=calls_itself, buffered=True, buffer_max=1)
     async with asyncio.timeout(10):
         assert await t.trigger(0) == 2
+
+
+@pytest.mark.parametrize("buffer_max", [1, 2])
+@pytest.mark.parametrize("turns", [1, 2, 3])
+async def test_a_trigger_never_joins_a_run_being_cancelled(buffer_max: int, turns: int) -> None:
+    """The only joiner is cancelled; ``turns`` loop turns later (it has left, the run is
+    winding down) a new trigger gets a fresh run's result, not a CancelledError."""
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=buffer_max)
+    async with asyncio.timeout(10):
+        leaving = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()
+        leaving.cancel()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        assert await t.trigger("b") == (2, "b")
+    assert leaving.cancelled()
+    assert recorder.inputs == ["a", "b"]
+    assert recorder.max_active == 1
+    assert asyncio.all_tasks() == {asyncio.current_task()}

@@ -23,6 +23,7 @@ from taskbuffer import (
     TaskConstraintGroup,
     TaskEvent,
     TaskManager,
+    TaskManagerStoppedError,
     TaskTimeoutError,
 )
 
@@ -957,6 +958,212 @@ async def test_share_latest_applies_only_to_the_keys_of_its_group() -> None:
     assert gates.started == ["a1"]
     assert sharing.statistics() == idle(sharing)
     assert plain.statistics() == idle(plain)
+
+
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(60):
+            await task
+    assert task.cancelled()
+
+
+def only_this_task_left() -> None:
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_share_latest_cancelling_the_running_caller_detaches_only_it(
+    record: Record,
+) -> None:
+    """The caller whose trigger runs the shared run is cancelled: the run goes on for the
+    triggers waiting to share it, and they get its result."""
+    group = make_group(max_concurrent=1, result_sharing="share-latest")
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    events = record(t)
+    first = spawn(manager.trigger_task(t, "a"))
+    await gates.wait_started("a")
+    waiters = [spawn(manager.trigger_task(t, x)) for x in ("b", "c")]
+    await settle()
+    first.cancel()
+    await cancelled(first)
+    await settle()
+    assert gates.cancelled == [] and gates.running == {"a"}
+    assert (group.get_running_count("k"), group.statistics().waiting) == (1, 2)
+    assert manager.statistics().running == 1
+    late = spawn(manager.trigger_task(t, "d"))  # the run is not being cancelled: it shares
+    await settle()
+    gates.finish("a", "fresh")
+    async with asyncio.timeout(60):
+        assert await asyncio.gather(*waiters, late) == ["fresh"] * 3
+    assert gates.started == ["a"]
+    assert event_types(events) == ["started", "queued", "queued", "queued", "completed"]
+    assert (t.run_count, t.error_count) == (1, 0)
+    assert group.statistics() == idle(group)
+    assert manager.statistics().running == 0
+    only_this_task_left()
+
+
+async def test_share_latest_run_is_cancelled_when_every_awaiter_is_cancelled(
+    record: Record,
+) -> None:
+    group = make_group(max_concurrent=1, cooldown=1, result_sharing="share-latest")
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    events = record(t)
+    first = spawn(manager.trigger_task(t, "a"))
+    await gates.wait_started("a")
+    waiters = [spawn(manager.trigger_task(t, x)) for x in ("b", "c")]
+    await settle()
+    first.cancel()
+    await cancelled(first)
+    waiters[0].cancel()
+    await cancelled(waiters[0])
+    await settle()
+    assert gates.cancelled == []  # c still awaits the run
+    waiters[1].cancel()
+    await cancelled(waiters[1])
+    await settle()
+    assert gates.cancelled == ["a"]
+    run_events = [e for e in events if e.type in ("started", "completed", "cancelled")]
+    assert [(e.type, e.error) for e in run_events] == [
+        ("started", None),
+        ("cancelled", "cancelled while waiting"),
+        ("cancelled", "cancelled while waiting"),
+        ("cancelled", "cancelled"),
+    ]
+    assert (t.run_count, t.error_count, t.running) == (1, 0, False)
+    # Its slot was given back once, with the cooldown of a run that ran.
+    assert group.get_running_count("k") == 0
+    assert group.get_cooldown_remaining("k") == 1.0
+    assert manager.statistics() == dataclasses.replace(manager.statistics(), running=0, waiting=0)
+    await asyncio.sleep(1)
+    assert group.statistics() == idle(group)
+    only_this_task_left()
+    later = spawn(manager.trigger_task(t, "e"))
+    await gates.wait_started("e")
+    gates.finish("e")
+    assert await later == "e"
+
+
+async def test_share_latest_detached_run_that_fails_lets_its_waiters_run() -> None:
+    group = make_group(max_concurrent=1, result_sharing="share-latest")
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    first = spawn(manager.trigger_task(t, "a"))
+    await gates.wait_started("a")
+    waiters = [spawn(manager.trigger_task(t, x)) for x in ("b", "c")]
+    await settle()
+    first.cancel()
+    await cancelled(first)
+    gates.fail("a", ValueError("boom"))
+    await gates.wait_started("b")  # a failure is not shared: b runs, c shares b's result
+    assert group.get_running_count("k") == 1
+    gates.finish("b", "from b")
+    async with asyncio.timeout(60):
+        assert await asyncio.gather(*waiters) == ["from b", "from b"]
+    assert gates.started == ["a", "b"]
+    assert (t.run_count, t.error_count) == (2, 1)
+    assert group.statistics() == idle(group)
+    assert manager.statistics().running == 0
+    only_this_task_left()
+
+
+@pytest.mark.parametrize("sharer", [False, True])
+@pytest.mark.parametrize("turns", [1, 2, 3])
+async def test_share_latest_a_trigger_never_joins_a_run_being_cancelled(
+    sharer: bool, turns: int
+) -> None:
+    """Every awaiter of the run has been cancelled (with ``sharer``, a waiter too, after
+    the caller detached); ``turns`` loop turns later a new trigger runs on its own, even if
+    the cancelled run's function swallows the cancellation and returns."""
+    group = make_group(max_concurrent=1, result_sharing="share-latest")
+    manager = manager_with(group)
+    loop = asyncio.get_running_loop()
+    starts: list[str] = []
+
+    async def stubborn(x: str) -> str:
+        starts.append(x)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # winds down over a loop turn, then returns anyway
+        return f"result of {x}"
+
+    t = Task(name="t", task_function=stubborn)
+    first = spawn(manager.trigger_task(t, "a"))
+    await asyncio.sleep(1)
+    waiter = spawn(manager.trigger_task(t, "w")) if sharer else None
+    await settle()
+    first.cancel()
+    if waiter is not None:
+        await settle()
+        waiter.cancel()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    async with asyncio.timeout(60):
+        assert await manager.trigger_task(t, "b") == "result of b"
+    assert loop.time() == 11.0
+    assert starts == ["a", "b"]
+    for task in (first, waiter):
+        if task is not None:
+            await cancelled(task)
+    assert group.statistics() == idle(group)
+    only_this_task_left()
+
+
+@pytest.mark.parametrize("drain", [True, False])
+async def test_share_latest_stop_ends_a_detached_run(drain: bool) -> None:
+    """``drain=True``: the run goes on for its waiter until the timeout cancels it.
+    ``drain=False``: stop fails the waiter at once, so nobody awaits the run any more."""
+    group = make_group(max_concurrent=1, result_sharing="share-latest")
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    first = spawn(manager.trigger_task(t, "a"))
+    await gates.wait_started("a")
+    waiter = spawn(manager.trigger_task(t, "b"))
+    await settle()
+    first.cancel()
+    await cancelled(first)
+    async with asyncio.timeout(60):
+        await manager.stop(timeout=5, drain=drain)
+    assert asyncio.get_running_loop().time() == (5.0 if drain else 0.0)
+    assert gates.cancelled == ["a"]
+    with pytest.raises(TaskManagerStoppedError):
+        await waiter
+    assert manager.statistics() == dataclasses.replace(manager.statistics(), running=0, waiting=0)
+    assert group.statistics() == idle(group)
+    only_this_task_left()
+
+
+async def test_share_latest_run_stopped_before_its_first_step_never_runs(record: Record) -> None:
+    """``stop(timeout=1)`` runs out in the instant the trigger's ``should_execute`` lets it
+    through: its run is cancelled before it started, and nothing is left behind."""
+
+    async def check(task: Task[Any, Any], x: Any) -> bool:
+        await asyncio.sleep(1)
+        return True
+
+    group = make_group(max_concurrent=1, result_sharing="share-latest", should_execute=check)
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    events = record(t)
+    caller = spawn(manager.trigger_task(t, "a"))
+    await asyncio.sleep(0)
+    async with asyncio.timeout(60):
+        await manager.stop(timeout=1)
+        with pytest.raises(TaskManagerStoppedError):
+            await caller
+    assert asyncio.get_running_loop().time() == 1.0
+    assert event_types(events)[-1] == "cancelled"
+    assert gates.started == [] or gates.cancelled == ["a"]
+    assert manager.statistics() == dataclasses.replace(manager.statistics(), running=0, waiting=0)
+    assert group.statistics() == idle(group)
+    only_this_task_left()
 
 
 # --------------------------------------------------------------------------- should_execute

@@ -561,16 +561,41 @@ async def test_cancel_a_share_latest_waiter() -> None:
     await v.assert_clean()
 
 
-async def test_cancelling_the_only_awaiter_of_a_share_latest_run_cancels_that_run() -> None:
+async def test_cancelling_the_caller_of_a_share_latest_run_detaches_it_while_a_sharer_waits(
+    record: Record,
+) -> None:
     v = Victim(share=True)
+    events = record(v.task)
     first = spawn(v.manager.trigger_task(v.task, "first"))
     await asyncio.sleep(1)
     sharer = spawn(v.manager.trigger_task(v.task, "sharer"))
     await settle()
     first.cancel()
     await cancelled(first)
-    # The run that was to be shared is gone; the waiter runs on its own.
-    assert await sharer == "sharer"
+    # The sharer still awaits the run: it goes on, and the sharer gets its result.
+    assert await sharer == "first"
+    assert [x for x, _ in v.runs] == ["first"]
+    assert "cancelled" not in event_types(events)
+    await v.assert_clean()
+
+
+async def test_a_share_latest_run_is_cancelled_once_its_caller_and_its_sharer_are(
+    record: Record,
+) -> None:
+    v = Victim(share=True)
+    events = record(v.task)
+    first = spawn(v.manager.trigger_task(v.task, "first"))
+    await asyncio.sleep(1)
+    sharer = spawn(v.manager.trigger_task(v.task, "sharer"))
+    await settle()
+    first.cancel()
+    await cancelled(first)
+    sharer.cancel()
+    await cancelled(sharer)
+    await settle()
+    assert event_types(events)[-2:] == ["cancelled", "cancelled"]  # the sharer, the run
+    assert v.lock.get_running_count("k") == 0
+    assert [x for x, _ in v.runs] == ["first"]
     await v.assert_clean()
 
 

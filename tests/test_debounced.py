@@ -199,3 +199,22 @@ async def test_debounce_on_the_real_clock() -> None:
     assert results == ["result of 'b'"] * 2
     assert [value for _, value in calls.runs] == ["b"]
     assert 0.04 <= elapsed < 2
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+async def test_a_trigger_never_joins_a_run_being_cancelled(turns: int) -> None:
+    """The only awaiter of a started run is cancelled; ``turns`` loop turns later a new
+    trigger starts the next burst and gets its result, not a CancelledError."""
+    calls = Calls(seconds=10)
+    t = TaskDebounced(task_function=calls, debounce_time=1)
+    async with asyncio.timeout(30):
+        leaving = asyncio.create_task(t.trigger("a"))
+        await calls.started.wait()
+        leaving.cancel()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        calls.seconds = 0
+        assert await t.trigger("b") == "result of 'b'"
+    assert leaving.cancelled()
+    assert calls.runs == [(1.0, "a"), (2.0, "b")]
+    assert asyncio.all_tasks() == {asyncio.current_task()}

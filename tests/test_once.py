@@ -173,3 +173,54 @@ async def test_a_task_once_triggering_itself_through_a_plain_task_raises() -> No
     async with asyncio.timeout(10):
         with pytest.raises(RuntimeError, match="from inside its own run"):
             await once.trigger()
+
+
+async def test_a_trigger_after_the_run_was_abandoned_starts_a_fresh_run(record: Record) -> None:
+    """The only awaiter is cancelled; one loop turn later (it has left, the run is being
+    cancelled) a new trigger must not join that run: it gets a fresh run's result."""
+    function = Flaky(seconds=10)
+    t = TaskOnce(task_function=function)
+    events = record(t)
+    async with asyncio.timeout(30):
+        leaving = asyncio.create_task(t.trigger("a"))
+        await function.started.wait()
+        leaving.cancel()
+        await asyncio.sleep(0)  # ``leaving`` has left; the run's cancellation is pending
+        assert not leaving.done() or leaving.cancelled()
+        function.seconds = 1
+        assert await t.trigger("b") == "run 2 with 'b'"
+        assert leaving.cancelled()
+    assert [event.type for event in events] == ["started", "cancelled", "started", "completed"]
+    assert await t.trigger("c") == "run 2 with 'b'"
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_fresh_run_waits_for_the_abandoned_one_and_keeps_its_late_success() -> None:
+    """A run whose function swallows the cancellation and succeeds anyway is that task's one
+    successful run: the trigger that came while it was winding down gets its result (the
+    task never runs twice successfully, nor two runs at once)."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def stubborn(value: str) -> str:
+        runs.append(value)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await release.wait()  # a slow cleanup, after which it returns anyway
+        return f"result of {value!r}"
+
+    t = TaskOnce(task_function=stubborn)
+    async with asyncio.timeout(30):
+        leaving = asyncio.create_task(t.trigger("a"))
+        await asyncio.sleep(1)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        late = asyncio.create_task(t.trigger("b"))
+        await asyncio.sleep(1)
+        assert runs == ["a"] and not late.done()
+        release.set()
+        assert await late == "result of 'a'"
+    assert leaving.cancelled()
+    assert runs == ["a"]
+    assert await t.trigger("c") == "result of 'a'"
