@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
-from typing import Any, Literal, SupportsIndex, TypeAlias
+from typing import Any, Generic, Literal, SupportsIndex, TypeAlias
 
 from reactivex import abc
 from reactivex.observer.autodetachobserver import AutoDetachObserver
 from reactivex.subject import Subject
 from reactivex.subject.innersubscription import InnerSubscription
+from typing_extensions import TypeVar
 
 from ._metadata import TaskMetadata
 
@@ -137,7 +138,11 @@ class _PendingEvent(TaskEvent):
         return self.__reduce_ex__(protocol)
 
 
-def deliver(subject: Subject[TaskEvent], event: TaskEvent) -> None:
+# The event type an EventSubject carries: TaskEvent unless said otherwise (ServiceEvent).
+E = TypeVar("E", default=TaskEvent)
+
+
+def deliver(subject: Subject[E], event: E) -> None:
     """``subject.on_next(event)``, minus reactivex's per-call lock, and shielded: a subscriber
     that raises is logged on the ``taskbuffer`` logger, stays subscribed, and the others still
     get the event. Events are emitted from the event loop's thread only."""
@@ -151,13 +156,15 @@ def deliver(subject: Subject[TaskEvent], event: TaskEvent) -> None:
             _log_subscriber_error(event)
 
 
-def _log_subscriber_error(event: TaskEvent) -> None:
-    logger.exception(
-        "an event subscriber raised on a %r event of task %r", event.type, event.task.name
-    )
+def _log_subscriber_error(event: Any) -> None:
+    if isinstance(event, TaskEvent):
+        source = f"task {event.task.name!r}"
+    else:  # a ServiceEvent
+        source = f"service {event.service.name!r}"
+    logger.exception("an event subscriber raised on a %r event of %s", event.type, source)
 
 
-class EventSubject(Subject[TaskEvent]):
+class EventSubject(Subject[E], Generic[E]):
     """A reactivex ``Subject`` whose subscribers cannot break the emitter or each other.
 
     A subscriber that raises is logged on the ``taskbuffer`` logger and stays subscribed; the
@@ -172,14 +179,14 @@ class EventSubject(Subject[TaskEvent]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._sole: Callable[[TaskEvent], None] | None = None
+        self._sole: Callable[[E], None] | None = None
 
-    def on_next(self, value: TaskEvent) -> None:
+    def on_next(self, value: E) -> None:
         deliver(self, value)
 
     def _subscribe_core(
         self,
-        observer: abc.ObserverBase[TaskEvent],
+        observer: abc.ObserverBase[E],
         scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
         with self.lock:
@@ -219,7 +226,7 @@ class EventSubject(Subject[TaskEvent]):
 class _Subscription(InnerSubscription):
     """Reactivex's subscription to a subject, which also keeps ``EventSubject._sole`` right."""
 
-    def __init__(self, subject: EventSubject, observer: abc.ObserverBase[TaskEvent]) -> None:
+    def __init__(self, subject: EventSubject[Any], observer: abc.ObserverBase[Any]) -> None:
         super().__init__(subject, observer)
         self.event_subject = subject
 
