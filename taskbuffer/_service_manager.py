@@ -399,19 +399,12 @@ class ServiceManager:
 
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[tuple[str, asyncio.Task[BaseException | None]]] = asyncio.Queue()
+        # Per member, how many of what must be done before it are not done yet. A member
+        # that fails, or needs a service outside the wave that is not running, never
+        # brings the counts of what waits for it to zero: those are skipped.
         pending: dict[str, int] = {}
-        skipped: set[str] = set()
         failed: dict[str, BaseException] = {}
         tasks: set[asyncio.Task[BaseException | None]] = set()
-
-        def skip(name: str) -> None:
-            todo = [name]
-            while todo:
-                current = todo.pop()
-                if current in skipped:
-                    continue
-                skipped.add(current)
-                todo.extend(n for n in after(current) if n in names)
 
         def launch(name: str) -> None:
             service = names[name]
@@ -421,15 +414,12 @@ class ServiceManager:
             task.add_done_callback(lambda t: finished.put_nowait((name, t)))
 
         for name in names:
-            count = 0
-            for other in before(name):
-                if other in names:
-                    count += 1
-                elif forward and services[other].state != "running":
-                    skip(name)
-            pending[name] = count
+            pending[name] = sum(
+                other in names or (forward and services[other].state != "running")
+                for other in before(name)
+            )
         for name, count in pending.items():
-            if count == 0 and name not in skipped:
+            if count == 0:
                 launch(name)
         try:
             while tasks:
@@ -439,12 +429,11 @@ class ServiceManager:
                 if error is not None or task.cancelled():
                     if error is not None:
                         failed[name] = error
-                    skip(name)
                     continue
                 for other in after(name):
                     if other in names:
                         pending[other] -= 1
-                        if pending[other] == 0 and other not in skipped:
+                        if pending[other] == 0:
                             launch(other)
         except BaseException:
             for task in tasks:
