@@ -152,9 +152,10 @@ class ServiceManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        # name -> {future: condition}: futures resolved at the first change after which the
-        # condition holds (wait_for_state, tasks waiting for a service).
-        self._waiters: dict[str, dict[asyncio.Future[None], Callable[[], bool]]] = {}
+        # name -> {future: condition}: futures resolved at the first change of that service
+        # (None: of any service) after which the condition holds (wait_for_state; tasks
+        # waiting for services).
+        self._waiters: dict[str | None, dict[asyncio.Future[None], Callable[[], bool]]] = {}
 
     def __repr__(self) -> str:
         counts = self.statistics().to_dict()
@@ -594,9 +595,10 @@ class ServiceManager:
                     error=None if error is None else str(error),
                 )
             )
-        waiters = self._waiters.get(service.name)
-        if waiters:
-            self._wake(waiters)
+        for key in (service.name, None):
+            waiters = self._waiters.get(key)
+            if waiters:
+                self._wake(waiters)
 
     def _set_phase(self, phase: Phase) -> None:
         self._phase = phase
@@ -620,10 +622,10 @@ class ServiceManager:
                 future.set_result(None)
 
     async def _wait_until(
-        self, name: str, condition: Callable[[], bool], limit: float | None
+        self, name: str | None, condition: Callable[[], bool], limit: float | None
     ) -> None:
-        """Wait (up to ``limit`` seconds) for a change of service ``name`` or of the
-        manager after which ``condition()`` holds.
+        """Wait (up to ``limit`` seconds) for a change of service ``name`` (``None``: of any
+        service) or of the manager after which ``condition()`` holds.
 
         :raises TimeoutError: ``limit`` passed first (a bare one; callers word it).
         """
@@ -699,12 +701,13 @@ class ServiceManager:
         """A constraint group that makes tasks wait for the services they need.
 
         Add it to a ``TaskManager``; a task labelled ``{label: "db"}`` (or ``"db,cache"`` for
-        several) then starts only while those services are ``running``: a trigger waits
-        while they are starting or being restarted, and fails with
-        :class:`ServiceUnavailableError` when one is ``failed``, cannot start because a
-        dependency failed, or the manager is stopped, or when ``timeout`` seconds pass first.
-        An unknown name fails it with :class:`ServiceNotFoundError`. Tasks without the label
-        are not affected.
+        several) then starts only while those services, and every service they depend on,
+        are ``running``. A trigger waits while they are starting, unhealthy or being
+        restarted, and fails with :class:`ServiceUnavailableError` when one is ``failed``,
+        cannot start because a dependency failed, or the manager is stopped, or when
+        ``timeout`` seconds pass first. An unknown name fails it with
+        :class:`ServiceNotFoundError`. Tasks without the label are not affected. The check
+        is made when a run starts; a run in progress is not stopped.
         """
         if not isinstance(label, str) or not label:
             raise ValueError(f"label must be a non-empty string, not {label!r}")
@@ -728,21 +731,22 @@ class ServiceManager:
         )
 
     def _availability(self, name: str) -> bool | str:
-        """True: running. False: not yet, but it may be. A string: why it will not be.
+        """Whether service ``name`` can be used: True when it and everything it depends on
+        run; False when not yet, but they may; a string saying why they will not.
 
         :raises ServiceNotFoundError: no such service.
         """
         service = self._require(name)
-        state = service.state
-        if state == "running":
+        dependencies = self._dependencies(service)
+        if service.state == "running" and all(s.state == "running" for s in dependencies):
             return True
-        if state == "failed":
+        if service.state == "failed":
             return f"it failed: {service.last_error}"
         if self._phase in ("stopped", "stopping"):
             return f"the ServiceManager is {self._phase}"
-        blocker = next((s.name for s in self._dependencies(service) if s.state == "failed"), None)
-        if blocker is not None and state == "stopped":
-            return f"it depends on service {blocker!r}, which failed"
+        blocker = next((s for s in dependencies if s.state == "failed"), None)
+        if blocker is not None:
+            return f"it depends on service {blocker.name!r}, which failed"
         return False
 
     def _dependencies(self, service: Service[Any]) -> list[Service[Any]]:
@@ -769,8 +773,8 @@ class ServiceManager:
                     return self._availability(name) is not False
 
                 remaining = None if deadline is None else deadline - loop.time()
-                try:
-                    await self._wait_until(name, decided, remaining)
+                try:  # woken by a change of any service: its dependencies count too
+                    await self._wait_until(None, decided, remaining)
                 except TimeoutError:
                     state = self._services[name].state
                     raise ServiceUnavailableError(
