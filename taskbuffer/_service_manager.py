@@ -141,7 +141,9 @@ class ServiceManager:
         "stop_timeout",
     )
 
-    def __init__(self, *, start_timeout: float | None = None, stop_timeout: float | None = None):
+    def __init__(
+        self, *, start_timeout: float | None = None, stop_timeout: float | None = None
+    ) -> None:
         self.start_timeout = _check_timeout("start_timeout", start_timeout)
         self.stop_timeout = _check_timeout("stop_timeout", stop_timeout)
         self.service_subject: EventSubject[ServiceEvent] = EventSubject()

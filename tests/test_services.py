@@ -621,6 +621,27 @@ async def test_plain_function_callbacks_work_too() -> None:
     assert log == ["stop instance"]
 
 
+async def test_a_cancelled_start_cancels_the_starts_in_flight_and_can_be_stopped(
+    life: Lifecycle,
+) -> None:
+    manager = manager_of(
+        life.service("fast", start_time=1),
+        life.service("slow", start_time=10),
+        life.service("after", depends_on=["slow"]),
+    )
+    starting = asyncio.ensure_future(manager.start())
+    await asyncio.sleep(2)
+    starting.cancel()
+    async with asyncio.timeout(LIMIT):
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert states(manager) == {"fast": "running", "slow": "stopped", "after": "stopped"}
+        assert left_over()[0] == set()  # no start left behind
+        await manager.stop()
+    assert life.what("stopped") == ["fast"]
+    assert not is_started(manager)
+
+
 async def test_start_twice_raises(life: Lifecycle) -> None:
     manager = manager_of(life.service("db"))
     await start_quietly(manager)
