@@ -543,7 +543,7 @@ class ServiceManager:
                     self._set(service, "stopped")
                     raise
                 except Exception as exc:
-                    logger.error(
+                    logger.warning(  # tried again after the next delay
                         "restart %d of service %r failed: %s",
                         service.restart_count,
                         service.name,
