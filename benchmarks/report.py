@@ -269,6 +269,34 @@ def _s1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     return [row]
 
 
+def _v1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    """V1: µs per service (start + stop) at each size, then the ratio largest : smallest."""
+    rows = []
+    for name in ("n1", "n2"):
+        n = run.params[name]
+        row = _base_row(run, mode, f"{run.spec.name} n={n:,}")
+        row.target = NONE
+        a = _median(run.taskbuffer, f"us_{name}")
+        row.taskbuffer = _fmt(a, " µs/service")
+        row.notes = f"n={n:,}, {max(1, run.params['volume'] // n)} round(s); start + stop"
+        row.values = {"taskbuffer_us": a}
+        rows.append(row)
+    ratios = [
+        r.metrics["us_n2"] / r.metrics["us_n1"]
+        for r in run.taskbuffer
+        if r.status == "ok" and r.metrics.get("us_n1") and "us_n2" in r.metrics
+    ]
+    scaling = statistics.median(ratios) if ratios else None
+    n1, n2 = run.params["n1"], run.params["n2"]
+    row = _base_row(run, mode, f"{run.spec.name} n={n2:,}:{n1:,}")
+    row.taskbuffer = _fmt(scaling)
+    row.verdict = _verdict(_at_most(scaling, run.spec.targets.get("scaling")))
+    row.notes = "per-service cost at the largest n / at the smallest (flat = 1.0)"
+    row.values = {"scaling": scaling}
+    rows.append(row)
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[WorkloadRun, Mode], list[Row]]] = {
     "W3": _w3_rows,
     "C4": _c4_rows,
@@ -276,6 +304,7 @@ SUMMARIES: dict[str, Callable[[WorkloadRun, Mode], list[Row]]] = {
     "C6": _c6_rows,
     "E1": _e1_rows,
     "S1": _s1_rows,
+    "V1": _v1_rows,
 }
 
 

@@ -190,6 +190,19 @@ SPECS: tuple[Spec, ...] = (
         max_reps=1,
         warmup=False,
     ),
+    Spec(
+        id="V1",
+        name="services_scaling",
+        what="start + stop of n services in a random dependency DAG: cost per service by n",
+        baseline=None,
+        sizes=_sizes(
+            {"n1": 100, "n2": 1_000, "volume": 10_000},
+            {"n1": 100, "n2": 1_000, "volume": 3_000},
+            {"n1": 10, "n2": 100, "volume": 200},
+        ),
+        targets={"scaling": 1.5},
+        target_text="ratio <= 1.5",
+    ),
 )
 
 

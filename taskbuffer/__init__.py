@@ -16,6 +16,10 @@ from ._events import EventSubject as EventSubject
 from ._events import TaskEvent as TaskEvent
 from ._events import TaskEventType as TaskEventType
 from ._exceptions import InvalidCronExpressionError as InvalidCronExpressionError
+from ._exceptions import ServiceHealthCheckError as ServiceHealthCheckError
+from ._exceptions import ServiceNotFoundError as ServiceNotFoundError
+from ._exceptions import ServiceStartError as ServiceStartError
+from ._exceptions import ServiceUnavailableError as ServiceUnavailableError
 from ._exceptions import TaskbufferError as TaskbufferError
 from ._exceptions import TaskChainError as TaskChainError
 from ._exceptions import TaskExecutionError as TaskExecutionError
@@ -31,6 +35,15 @@ from ._metadata import TaskMetadata as TaskMetadata
 from ._metadata import TaskStatus as TaskStatus
 from ._once import TaskOnce as TaskOnce
 from ._parallel import Taskparallel as Taskparallel
+from ._service import Service as Service
+from ._service import ServiceEvent as ServiceEvent
+from ._service import ServiceEventType as ServiceEventType
+from ._service import ServiceMetadata as ServiceMetadata
+from ._service import ServiceOptions as ServiceOptions
+from ._service import ServiceState as ServiceState
+from ._service import service as service
+from ._service_manager import ServiceManager as ServiceManager
+from ._service_manager import ServiceManagerStatistics as ServiceManagerStatistics
 from ._steps import StepSpec as StepSpec
 from ._steps import StepStatus as StepStatus
 from ._steps import TaskStep as TaskStep
@@ -49,6 +62,18 @@ __all__ = [
     "InvalidCronExpressionError",
     "RateLimit",
     "ScheduledTaskInfo",
+    "Service",
+    "ServiceEvent",
+    "ServiceEventType",
+    "ServiceHealthCheckError",
+    "ServiceManager",
+    "ServiceManagerStatistics",
+    "ServiceMetadata",
+    "ServiceNotFoundError",
+    "ServiceOptions",
+    "ServiceStartError",
+    "ServiceState",
+    "ServiceUnavailableError",
     "StepSpec",
     "StepStatus",
     "Task",
@@ -74,5 +99,6 @@ __all__ = [
     "TaskbufferError",
     "Taskchain",
     "Taskparallel",
+    "service",
     "task",
 ]

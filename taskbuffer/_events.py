@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
-from typing import Any, Literal, SupportsIndex, TypeAlias
+from typing import Any, Generic, Literal, SupportsIndex, TypeAlias
 
 from reactivex import abc
 from reactivex.observer.autodetachobserver import AutoDetachObserver
 from reactivex.subject import Subject
 from reactivex.subject.innersubscription import InnerSubscription
+from typing_extensions import TypeVar
 
 from ._metadata import TaskMetadata
 
@@ -138,7 +139,11 @@ class _PendingEvent(TaskEvent):
         return self.__reduce_ex__(protocol)
 
 
-def deliver(subject: Subject[TaskEvent], event: TaskEvent) -> None:
+# The event type an EventSubject carries: TaskEvent unless said otherwise (ServiceEvent).
+E = TypeVar("E", default=TaskEvent)
+
+
+def deliver(subject: Subject[E], event: E) -> None:
     """``subject.on_next(event)``, minus reactivex's per-call lock, and shielded (see
     :func:`_subscriber_raised`). Events are emitted from the event loop's thread only."""
     if subject.is_stopped or subject.is_disposed:
@@ -169,7 +174,7 @@ def deliver_all(subjects: tuple[Subject[TaskEvent], ...], event: TaskEvent) -> N
                 _subscriber_raised(event, exc)
 
 
-def _subscriber_raised(event: TaskEvent, error: BaseException) -> None:
+def _subscriber_raised(event: Any, error: BaseException) -> None:
     """What happens when a subscriber raises: it never reaches the emitter.
 
     Whatever a subscriber raises, ``BaseException`` subclasses included, is logged with its
@@ -182,9 +187,9 @@ def _subscriber_raised(event: TaskEvent, error: BaseException) -> None:
     """
     try:
         logger.error(
-            "an event subscriber raised on a %r event of task %r",
+            "an event subscriber raised on a %r event of %s",
             event.type,
-            _task_name(event),
+            _source(event),
             exc_info=error,
         )
     except Exception:  # a broken handler or formatter is the logging setup's problem
@@ -201,15 +206,18 @@ def _reraise(error: BaseException) -> None:
     raise error
 
 
-def _task_name(event: TaskEvent) -> str:
-    """The event's task name, without building its metadata snapshot."""
+def _source(event: Any) -> str:
+    """What emitted ``event``, for the log; a task's name is read without building its
+    metadata snapshot."""
     if isinstance(event, _PendingEvent):
         name: str | None = event._capture[CAPTURE_TASK]._name
-        return name or "unnamed"
-    return event.task.name
+        return f"task {name or 'unnamed'!r}"
+    if isinstance(event, TaskEvent):
+        return f"task {event.task.name!r}"
+    return f"service {event.service.name!r}"  # a ServiceEvent
 
 
-class EventSubject(Subject[TaskEvent]):
+class EventSubject(Subject[E], Generic[E]):
     """A reactivex ``Subject`` whose subscribers cannot break the emitter or each other.
 
     A subscriber that raises is logged on the ``taskbuffer`` logger and stays subscribed; the
@@ -227,14 +235,14 @@ class EventSubject(Subject[TaskEvent]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._sole: Callable[[TaskEvent], None] | None = None
+        self._sole: Callable[[E], None] | None = None
 
-    def on_next(self, value: TaskEvent) -> None:
+    def on_next(self, value: E) -> None:
         deliver(self, value)
 
     def _subscribe_core(
         self,
-        observer: abc.ObserverBase[TaskEvent],
+        observer: abc.ObserverBase[E],
         scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
         with self.lock:
@@ -274,7 +282,7 @@ class EventSubject(Subject[TaskEvent]):
 class _Subscription(InnerSubscription):
     """Reactivex's subscription to a subject, which also keeps ``EventSubject._sole`` right."""
 
-    def __init__(self, subject: EventSubject, observer: abc.ObserverBase[TaskEvent]) -> None:
+    def __init__(self, subject: EventSubject[Any], observer: abc.ObserverBase[Any]) -> None:
         super().__init__(subject, observer)
         self.event_subject = subject
 

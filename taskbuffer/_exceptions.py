@@ -10,7 +10,11 @@ callers can catch either::
      ├── TaskManagerStoppedError      (RuntimeError)  trigger after/while ``stop()``
      ├── TaskParallelError            (ExceptionGroup) one or more tasks of a Taskparallel failed
      ├── TaskChainError               a task of a Taskchain failed
-     └── TaskExecutionError           ``add_execute_remove_task`` failed; carries the report
+     ├── TaskExecutionError           ``add_execute_remove_task`` failed; carries the report
+     ├── ServiceNotFoundError         (KeyError)      unknown service name
+     ├── ServiceStartError            (RuntimeError)  ``ServiceManager.start()``: services failed
+     ├── ServiceHealthCheckError      (RuntimeError)  a service failed its health checks
+     └── ServiceUnavailableError      (RuntimeError)  a task needs a service that will not run
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = (
     "InvalidCronExpressionError",
+    "ServiceHealthCheckError",
+    "ServiceNotFoundError",
+    "ServiceStartError",
+    "ServiceUnavailableError",
     "TaskChainError",
     "TaskExecutionError",
     "TaskManagerStoppedError",
@@ -115,3 +123,64 @@ class TaskExecutionError(TaskbufferError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.report,))
+
+
+class ServiceNotFoundError(TaskbufferError, KeyError):
+    """No service is registered under the given name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"no service named {self.name!r} is registered with this ServiceManager"
+
+
+class ServiceStartError(TaskbufferError, RuntimeError):
+    """``ServiceManager.start()`` could not start every service.
+
+    ``failed`` maps the name of each service whose start failed (or passed its timeout) to
+    that error; the services skipped because a dependency failed are not in it.
+    """
+
+    def __init__(self, failed: dict[str, BaseException]) -> None:
+        listing = "; ".join(
+            f"{name!r}: {type(error).__name__}: {error}" for name, error in failed.items()
+        )
+        count = len(failed)
+        super().__init__(f"{count} service{'s' if count != 1 else ''} failed to start: {listing}")
+        self.failed = dict(failed)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.failed,))
+
+
+class ServiceHealthCheckError(TaskbufferError, RuntimeError):
+    """A service failed ``failures`` health checks in a row; ``problem`` says how the last did.
+
+    When the last check raised, that error is the ``__cause__``.
+    """
+
+    def __init__(self, service_name: str, failures: int, problem: str) -> None:
+        super().__init__(
+            f"service {service_name!r} failed {failures} health check"
+            f"{'s' if failures != 1 else ''} in a row; the last {problem}"
+        )
+        self.service_name = service_name
+        self.failures = failures
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.service_name, self.failures, self.problem))
+
+
+class ServiceUnavailableError(TaskbufferError, RuntimeError):
+    """A task needs a service that is not running and is not about to be."""
+
+    def __init__(self, service_name: str, reason: str) -> None:
+        super().__init__(f"service {service_name!r} is not available: {reason}")
+        self.service_name = service_name
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.service_name, self.reason))

@@ -88,6 +88,18 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "database: 6 rows, connected 1 time(s)",
         "best-effort tasks: ['sentiment']",
     ],
+    "services.py": [
+        "ingest: 3 messages via pool #1",
+        "  database  unhealthy  service 'database' failed 2 health checks in a row; the last "
+        "returned False",
+        "  database  restarting service 'database' failed 2 health checks in a row",
+        "  consumer  stopped\n  database  running\n  consumer  starting\n  consumer  running\n"
+        "ingest: 3 messages via pool #2",
+        "database restarts: 1; ServiceManagerStatistics(services=2, stopped=0, starting=0, "
+        "running=2, unhealthy=0, restarting=0, stopping=0, failed=0)",
+        "  consumer  stopped\n  database  stopping\n  database  stopped\n",
+        "after stop: service 'consumer' is not available: the ServiceManager is stopped",
+    ],
 }
 
 

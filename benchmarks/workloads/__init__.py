@@ -14,6 +14,7 @@ from ..specs import Params
 from . import constraints as c
 from . import core as w
 from . import events_cron as e
+from . import services as v
 
 __all__ = ("IMPLEMENTATIONS", "Implementation", "Side")
 
@@ -43,4 +44,5 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "C6": Implementation(c.c6_taskbuffer),
     "E1": Implementation(e.e1_taskbuffer, e.e1_baseline),
     "S1": Implementation(e.s1_taskbuffer),
+    "V1": Implementation(v.v1_taskbuffer),
 }

@@ -1,0 +1,608 @@
+"""``Service``: a long-running part of an application, with its start, stop and health check.
+
+A service is what its ``start`` callback returns (a database pool, a consumer, a server), kept
+between a start and a stop. It holds its options and its state; a :class:`ServiceManager`
+(``_service_manager.py``) decides when it starts, stops and restarts, through the small
+interface at the bottom of the class (``_open``, ``_close``, ``_probe``, ``_enter``).
+
+Two ways to build one: ``Service(name=..., start=..., stop=..., ...)``, or ``@service`` on an
+async generator function whose code before ``yield`` is the start, the yielded value the
+instance and the code after it the stop, the way ``contextlib.asynccontextmanager`` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, cast, overload
+
+from typing_extensions import Unpack
+
+from ._clock import now_wall, to_datetime
+
+__all__ = (
+    "SERVICE_STATES",
+    "Service",
+    "ServiceEvent",
+    "ServiceEventType",
+    "ServiceMetadata",
+    "ServiceOptions",
+    "ServiceState",
+    "service",
+)
+
+logger = logging.getLogger("taskbuffer")
+
+T = TypeVar("T")
+
+ServiceState: TypeAlias = Literal[
+    "stopped", "starting", "running", "unhealthy", "restarting", "stopping", "failed"
+]
+# Every state entered emits the event of the same name.
+ServiceEventType: TypeAlias = ServiceState
+SERVICE_STATES: tuple[ServiceState, ...] = (
+    "stopped",
+    "starting",
+    "running",
+    "unhealthy",
+    "restarting",
+    "stopping",
+    "failed",
+)
+RestartPolicy: TypeAlias = Literal["never", "on-failure"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServiceMetadata:
+    """A snapshot of a service's state. Datetimes are timezone-aware (UTC)."""
+
+    name: str
+    state: ServiceState
+    labels: dict[str, str]
+    depends_on: tuple[str, ...]
+    restart_count: int
+    last_error: str | None
+    last_health_check: datetime | None
+    started_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready values (datetimes as ISO 8601 strings)."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "labels": dict(self.labels),
+            "depends_on": list(self.depends_on),
+            "restart_count": self.restart_count,
+            "last_error": self.last_error,
+            "last_health_check": _iso(self.last_health_check),
+            "started_at": _iso(self.started_at),
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServiceEvent:
+    """A service entered the state ``type``; ``service`` is a snapshot taken at that moment."""
+
+    type: ServiceEventType
+    service: ServiceMetadata
+    timestamp: float  # epoch seconds
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready values."""
+        return {
+            "type": self.type,
+            "service": self.service.to_dict(),
+            "timestamp": self.timestamp,
+            "error": self.error,
+        }
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _duration(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """A finite duration option as float seconds."""
+    accepted = "a finite number of seconds " + (">= 0" if allow_zero else "> 0")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0 <= value < math.inf)
+        or (value == 0 and not allow_zero)
+    ):
+        raise ValueError(f"{name} must be {accepted}, not {value!r}")
+    return float(value)
+
+
+def _limit(name: str, value: float | None) -> float | None:
+    """A time limit as float seconds (``math.inf``: no limit), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0):
+        raise ValueError(
+            f"{name} must be a number of seconds > 0, math.inf (no limit) or None, not {value!r}"
+        )
+    return float(value)
+
+
+def _effective(limit: float | None, default: float | None) -> float | None:
+    """The limit to apply: the service's own, else the manager's; ``None`` = no limit."""
+    chosen = default if limit is None else limit
+    return None if chosen is None or chosen == math.inf else chosen
+
+
+def _count(name: str, value: int, *, minimum: int, accepted: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be {accepted or f'an int >= {minimum}'}, not {value!r}")
+    return value
+
+
+def _names(service_name: str, depends_on: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):
+        raise TypeError(
+            f"depends_on must be a sequence of service names (e.g. a list), not {depends_on!r}"
+        )
+    names = tuple(depends_on)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"depends_on must hold non-empty service names, not {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"depends_on names a service more than once: {list(names)!r}")
+    if service_name in names:
+        raise ValueError(f"service {service_name!r} cannot depend on itself (depends_on)")
+    return names
+
+
+def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(labels, Mapping):
+        raise TypeError(f"labels must be a mapping of str to str, not {labels!r}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"labels are str -> str; got {key!r} -> {value!r}")
+    return dict(labels)
+
+
+async def _call(function: Callable[..., Any], *args: Any) -> Any:
+    """Call a plain or async callback and return its (awaited) result."""
+    result = function(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+# -------------------------------------------------------------------------------- Service
+
+
+class Service(Generic[T]):
+    """A long-running part of an application, started and stopped by a ``ServiceManager``.
+
+    Durations are float seconds; ``None`` means no limit.
+
+    :param start: builds the service and returns its instance (plain or ``async``).
+    :param stop: ``stop(instance)``, releases it (plain or ``async``).
+    :param health_check: ``health_check(instance) -> bool`` (plain or ``async``), run every
+        ``health_interval`` seconds while the service runs; False, an error or taking longer
+        than ``health_timeout`` (default: ``health_interval``) counts as a failed check.
+    :param unhealthy_threshold: failed checks in a row that make the service ``unhealthy``.
+    :param depends_on: names of the services that must be running before this one starts.
+    :param start_timeout: a start taking longer fails; ``None``: the manager's default.
+    :param stop_timeout: a stop taking longer is cut short; ``None``: the manager's default.
+    :param restart: ``"on-failure"`` restarts an unhealthy service, ``"never"`` fails it.
+    :param restart_delay: seconds from becoming unhealthy to the first restart, multiplied by
+        ``restart_backoff`` for each further restart, at most ``restart_max_delay``.
+    :param max_restarts: restarts allowed before the service is ``failed`` (``None``: no cap).
+    """
+
+    __slots__ = (
+        "_depends_on",
+        "_health_check",
+        "_instance",
+        "_last_error",
+        "_last_health_check",
+        "_name",
+        "_opened",
+        "_owner",
+        "_restart_count",
+        "_start",
+        "_started_at",
+        "_state",
+        "_stop",
+        "health_interval",
+        "health_timeout",
+        "labels",
+        "max_restarts",
+        "restart",
+        "restart_backoff",
+        "restart_delay",
+        "restart_max_delay",
+        "start_timeout",
+        "stop_timeout",
+        "unhealthy_threshold",
+    )
+
+    # Two signatures so that an ``async def`` start makes a Service of what it returns.
+    @overload
+    def __init__(
+        self: Service[T],
+        *,
+        name: str,
+        start: Callable[[], Awaitable[T]],
+        stop: Callable[[T], Awaitable[None] | None] | None = None,
+        health_check: Callable[[T], Awaitable[bool] | bool] | None = None,
+        health_interval: float = 30.0,
+        health_timeout: float | None = None,
+        unhealthy_threshold: int = 3,
+        depends_on: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        restart: RestartPolicy = "on-failure",
+        restart_delay: float = 1.0,
+        restart_backoff: float = 2.0,
+        restart_max_delay: float = 60.0,
+        max_restarts: int | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Service[T],
+        *,
+        name: str,
+        start: Callable[[], T],
+        stop: Callable[[T], Awaitable[None] | None] | None = None,
+        health_check: Callable[[T], Awaitable[bool] | bool] | None = None,
+        health_interval: float = 30.0,
+        health_timeout: float | None = None,
+        unhealthy_threshold: int = 3,
+        depends_on: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        restart: RestartPolicy = "on-failure",
+        restart_delay: float = 1.0,
+        restart_backoff: float = 2.0,
+        restart_max_delay: float = 60.0,
+        max_restarts: int | None = None,
+    ) -> None: ...
+    def __init__(
+        self,
+        *,
+        name: str,
+        start: Callable[[], Awaitable[T]] | Callable[[], T],
+        stop: Callable[[T], Awaitable[None] | None] | None = None,
+        health_check: Callable[[T], Awaitable[bool] | bool] | None = None,
+        health_interval: float = 30.0,
+        health_timeout: float | None = None,
+        unhealthy_threshold: int = 3,
+        depends_on: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        restart: RestartPolicy = "on-failure",
+        restart_delay: float = 1.0,
+        restart_backoff: float = 2.0,
+        restart_max_delay: float = 60.0,
+        max_restarts: int | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, not {name!r}")
+        for option, function in (("start", start), ("stop", stop), ("health_check", health_check)):
+            if function is not None and not callable(function):
+                raise TypeError(f"{option} must be callable, not {function!r}")
+        if start is None:
+            raise TypeError("start must be callable, not None")
+        if restart not in ("never", "on-failure"):
+            raise ValueError(f"restart must be 'never' or 'on-failure', not {restart!r}")
+        if (
+            isinstance(restart_backoff, bool)
+            or not isinstance(restart_backoff, int | float)
+            or not (1 <= restart_backoff < math.inf)
+        ):
+            raise ValueError(
+                f"restart_backoff must be a finite number >= 1, not {restart_backoff!r}"
+            )
+        self._name = name
+        self._start = start
+        self._stop = stop
+        self._health_check = health_check
+        self.health_interval = _duration("health_interval", health_interval)
+        self.health_timeout = _limit("health_timeout", health_timeout)
+        self.unhealthy_threshold = _count("unhealthy_threshold", unhealthy_threshold, minimum=1)
+        self._depends_on = _names(name, depends_on)
+        self.labels = _labels(labels or {})
+        self.start_timeout = _limit("start_timeout", start_timeout)
+        self.stop_timeout = _limit("stop_timeout", stop_timeout)
+        self.restart: RestartPolicy = restart
+        self.restart_delay = _duration("restart_delay", restart_delay, allow_zero=True)
+        self.restart_backoff = float(restart_backoff)
+        self.restart_max_delay = _duration("restart_max_delay", restart_max_delay, allow_zero=True)
+        self.max_restarts = (
+            None
+            if max_restarts is None
+            else _count("max_restarts", max_restarts, minimum=0, accepted="an int >= 0 or None")
+        )
+
+        self._state: ServiceState = "stopped"
+        self._instance: T | None = None
+        self._opened = False  # a start succeeded and no stop ran since (instance may be None)
+        self._restart_count = 0
+        self._last_error: BaseException | None = None
+        self._last_health_check: float | None = None  # epoch seconds
+        self._started_at: float | None = None  # epoch seconds
+        self._owner: object | None = None  # the ServiceManager it is registered with
+
+    def __repr__(self) -> str:
+        return (
+            f"<Service {self._name!r} state={self._state!r} restarts={self._restart_count}"
+            f" depends_on={list(self._depends_on)!r}>"
+        )
+
+    # ---------------------------------------------------------------------------- state
+
+    @property
+    def name(self) -> str:
+        """The service's name, unique within its manager."""
+        return self._name
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """The names of the services this one needs running before it starts."""
+        return self._depends_on
+
+    @property
+    def state(self) -> ServiceState:
+        """Where the service is in its lifecycle."""
+        return self._state
+
+    @property
+    def instance(self) -> T | None:
+        """What ``start`` returned, while the service is started; ``None`` otherwise."""
+        return self._instance
+
+    @property
+    def restart_count(self) -> int:
+        """Restarts since the manager's latest ``start()``."""
+        return self._restart_count
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The error that last failed a start or made the service unhealthy (kept after a
+        recovery, cleared by the manager's next ``start()``)."""
+        return self._last_error
+
+    @property
+    def last_health_check(self) -> datetime | None:
+        """When the latest health check finished (UTC), or ``None``."""
+        at = self._last_health_check
+        return None if at is None else to_datetime(at)
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the current instance was started (UTC), or ``None`` when not started."""
+        at = self._started_at
+        return None if at is None else to_datetime(at)
+
+    def get_metadata(self) -> ServiceMetadata:
+        """A snapshot of the service."""
+        error = self._last_error
+        return ServiceMetadata(
+            name=self._name,
+            state=self._state,
+            labels=dict(self.labels),
+            depends_on=self._depends_on,
+            restart_count=self._restart_count,
+            last_error=None if error is None else str(error),
+            last_health_check=self.last_health_check,
+            started_at=self.started_at,
+        )
+
+    def restart_delay_for(self, restart_number: int) -> float:
+        """Seconds before restart number ``restart_number`` (1 for the first)."""
+        delay = self.restart_delay * self.restart_backoff ** max(0, restart_number - 1)
+        return min(delay, self.restart_max_delay)
+
+    # ------------------------------------------------------ interface of the ServiceManager
+
+    def _enter(self, state: ServiceState, error: BaseException | None = None) -> None:
+        self._state = state
+        if error is not None:
+            self._last_error = error
+
+    def _reset(self) -> None:
+        """Forget the previous run (the manager starts afresh; nothing is open)."""
+        self._state = "stopped"
+        self._instance = None
+        self._opened = False
+        self._restart_count = 0
+        self._last_error = None
+        self._started_at = None
+
+    def _count_restart(self) -> int:
+        self._restart_count += 1
+        return self._restart_count
+
+    @property
+    def _is_open(self) -> bool:
+        return self._opened
+
+    @property
+    def _has_health_check(self) -> bool:
+        return self._health_check is not None
+
+    async def _open(self, default_timeout: float | None) -> None:
+        """Run ``start``; on success the instance is kept.
+
+        :param default_timeout: the manager's ``start_timeout``, for a service without one.
+        :raises TimeoutError: ``start`` took longer than its timeout.
+        :raises Exception: whatever ``start`` raised.
+        """
+        timeout = _effective(self.start_timeout, default_timeout)
+        try:
+            async with asyncio.timeout(timeout) as window:
+                instance = await _call(self._start)
+        except TimeoutError:
+            if window.expired():
+                raise TimeoutError(
+                    f"service {self._name!r} did not start within {timeout:g} s"
+                ) from None
+            raise
+        self._instance = instance
+        self._opened = True
+        self._started_at = now_wall()
+
+    async def _close(self, default_timeout: float | None) -> None:
+        """Run ``stop`` on the instance and drop it; an error or timeout is logged, not raised.
+
+        :param default_timeout: the manager's ``stop_timeout``, for a service without one.
+        """
+        timeout = _effective(self.stop_timeout, default_timeout)
+        instance = self._instance
+        self._instance = None
+        self._opened = False
+        self._started_at = None
+        if self._stop is None:
+            return
+        try:
+            async with asyncio.timeout(timeout) as window:
+                await _call(self._stop, instance)
+        except TimeoutError:
+            if not window.expired():
+                logger.exception("stopping service %r raised", self._name)
+            else:
+                logger.error(
+                    "stopping service %r took longer than its stop timeout (%g s); cut short",
+                    self._name,
+                    timeout,
+                )
+        except Exception:
+            logger.exception("stopping service %r raised", self._name)
+
+    async def _probe(self) -> tuple[str, BaseException | None] | None:
+        """Run the health check once: ``None`` when healthy, else what went wrong."""
+        assert self._health_check is not None
+        timeout = _effective(self.health_timeout, self.health_interval)
+        problem: tuple[str, BaseException | None] | None
+        try:
+            async with asyncio.timeout(timeout) as window:
+                verdict = await _call(self._health_check, self._instance)
+        except TimeoutError as exc:
+            if window.expired():
+                problem = (f"took longer than {timeout or 0:g} s", None)
+            else:
+                problem = (f"raised TimeoutError: {exc}", exc)
+        except Exception as exc:
+            problem = (f"raised {type(exc).__name__}: {exc}", exc)
+        else:
+            problem = None if verdict else (f"returned {verdict!r}", None)
+        self._last_health_check = now_wall()
+        return problem
+
+
+# ---------------------------------------------------------------------- @service decorator
+
+
+class ServiceOptions(TypedDict, total=False):
+    """The keyword options of :func:`service`: those of :class:`Service` but ``name``,
+    ``start`` and ``stop``."""
+
+    health_check: Callable[[Any], Awaitable[bool] | bool] | None
+    health_interval: float
+    health_timeout: float | None
+    unhealthy_threshold: int
+    depends_on: Sequence[str]
+    labels: Mapping[str, str] | None
+    start_timeout: float | None
+    stop_timeout: float | None
+    restart: RestartPolicy
+    restart_delay: float
+    restart_backoff: float
+    restart_max_delay: float
+    max_restarts: int | None
+
+
+class _Lifecycle(Generic[T]):
+    """``start`` and ``stop`` of a service written as one async generator function."""
+
+    __slots__ = ("_factory", "_generator")
+
+    def __init__(self, factory: Callable[[], AsyncIterator[T]]) -> None:
+        self._factory = factory
+        self._generator: AsyncGenerator[T, None] | None = None
+
+    async def start(self) -> T:
+        generator = cast("AsyncGenerator[T, None]", self._factory())
+        try:
+            instance = await anext(generator)
+        except StopAsyncIteration:
+            raise RuntimeError(
+                f"service function {self._factory.__qualname__} returned without yielding "
+                "its instance"
+            ) from None
+        self._generator = generator
+        return instance
+
+    async def stop(self, instance: T) -> None:
+        generator, self._generator = self._generator, None
+        if generator is None:
+            return
+        try:
+            await anext(generator)
+        except StopAsyncIteration:
+            return
+        await generator.aclose()
+        raise RuntimeError(f"service function {self._factory.__qualname__} yielded more than once")
+
+
+@overload
+def service(function: Callable[[], AsyncIterator[T]], /) -> Service[T]: ...
+@overload
+def service(
+    function: None = None, /, *, name: str | None = None, **options: Unpack[ServiceOptions]
+) -> _ServiceDecorator: ...
+def service(
+    function: Callable[[], AsyncIterator[Any]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    **options: Unpack[ServiceOptions],
+) -> Service[Any] | _ServiceDecorator:
+    """Build a :class:`Service` from an async generator function: ``@service`` or
+    ``@service(depends_on=[...], ...)``.
+
+    The code before ``yield`` starts the service, the value yielded is its instance, and the
+    code after ``yield`` (put it in ``finally`` to run it on errors too) stops it. The name
+    defaults to the function's name.
+    """
+    decorator = _ServiceDecorator(name, options)
+    return decorator if function is None else decorator(function)
+
+
+class _ServiceDecorator:
+    __slots__ = ("_name", "_options")
+
+    def __init__(self, name: str | None, options: ServiceOptions) -> None:
+        self._name = name
+        self._options = options
+
+    def __call__(self, function: Callable[[], AsyncIterator[T]], /) -> Service[T]:
+        if not inspect.isasyncgenfunction(function):
+            raise TypeError(
+                "@service decorates an async generator function (start, yield the instance, "
+                f"stop); {function!r} is not one. For separate callbacks use "
+                "Service(name=..., start=..., stop=...)"
+            )
+        lifecycle = _Lifecycle(function)
+        return Service(
+            name=self._name or function.__name__,
+            start=lifecycle.start,
+            stop=lifecycle.stop,
+            **self._options,
+        )
