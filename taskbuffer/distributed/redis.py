@@ -48,10 +48,6 @@ if mark and instant <= tonumber(mark) then
     return {'passed', mark}
 end
 redis.call('SET', KEYS[2], ARGV[1])
-if max_age >= 0 then
-    -- Past this, every tick at or below the mark is refused as too old: the mark is not needed.
-    redis.call('PEXPIREAT', KEYS[2], instant + max_age + 1000)
-end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return {'won', ARGV[2]}
 """
@@ -66,9 +62,10 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
 
     A claim is one Lua script, so it is atomic. It refuses the tick when the tick's instant
     is more than ``max_tick_age`` seconds before the Redis server's clock, or at or below the
-    task's **high-water mark** (the latest instant claimed for that task name); otherwise it
-    raises the mark to the tick and wins it. The tick's own key (``<prefix>:tick:<task>:<ms>``,
-    kept ``claim_ttl`` seconds) only records who claimed it, for the refusal's reason.
+    task's **high-water mark** (the latest instant claimed for that task name, one key per
+    task name, kept without expiry); otherwise it raises the mark to the tick and wins it.
+    The tick's own key (``<prefix>:tick:<task>:<ms>``, kept ``claim_ttl`` seconds) only
+    records who claimed it, for the refusal's reason.
 
     What holds, whatever the pauses of the managers (SIGSTOP, GC, a suspended VM) and however
     their requests interleave:
@@ -89,8 +86,8 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
     Assumptions: every manager scheduling a task under one name computes the same instants
     (same cron string and time zone); each host's clock is within ``max_tick_age`` of the
     Redis server's, minus the usual delay from a tick to its claim (a host whose clock lags
-    further has all its claims refused); the managers share one Redis primary (not a cluster
-    of independent shards). A host clock that runs ahead makes that host claim ticks early,
+    further has all its claims refused); the managers share one Redis primary, version 5 or
+    later (not a cluster of independent shards). A host clock that runs ahead makes that host claim ticks early,
     never twice.
 
     :param url: where Redis is, e.g. ``"redis://localhost:6379/0"`` (ignored with ``client``).
