@@ -87,8 +87,8 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
     (same cron string and time zone); each host's clock is within ``max_tick_age`` of the
     Redis server's, minus the usual delay from a tick to its claim (a host whose clock lags
     further has all its claims refused); the managers share one Redis primary, version 5 or
-    later (not a cluster of independent shards). A host clock that runs ahead makes that host claim ticks early,
-    never twice.
+    later (not a cluster of independent shards). A host clock that runs ahead makes that
+    host claim ticks early, never twice.
 
     :param url: where Redis is, e.g. ``"redis://localhost:6379/0"`` (ignored with ``client``).
     :param client: an existing ``redis.asyncio.Redis`` to use instead; it is not closed on
