@@ -269,6 +269,35 @@ def _s1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     return [row]
 
 
+def _s2_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    rows = []
+    names = ("k1", "k2", "k3")
+    for name in names:
+        k = run.params[name]
+        row = _base_row(run, mode, f"{run.spec.name} K={k:,}")
+        row.target = NONE
+        call, fire = (
+            _median(run.taskbuffer, f"us_call_{name}"),
+            _median(run.taskbuffer, f"us_fire_{name}"),
+        )
+        row.taskbuffer = f"{_fmt(call, ' µs/call')}, {_fmt(fire, ' µs/fire')}"
+        row.notes = f"K={k:,} runs of one task pending"
+        row.values = {"us_per_call": call, "us_per_firing": fire}
+        rows.append(row)
+    call_scaling = _median(run.taskbuffer, "call_scaling")
+    fire_scaling = _median(run.taskbuffer, "fire_scaling")
+    k1, k3 = run.params["k1"], run.params["k3"]
+    row = _base_row(run, mode, f"{run.spec.name} K={k3:,}:{k1:,}")
+    row.taskbuffer = f"calls {_fmt(call_scaling)}, fires {_fmt(fire_scaling)}"
+    limit = run.spec.targets.get("scaling")
+    ok_call, ok_fire = _at_most(call_scaling, limit), _at_most(fire_scaling, limit)
+    row.verdict = _verdict(None if ok_call is None or ok_fire is None else ok_call and ok_fire)
+    row.notes = "cost per call and per firing at the largest K / at the smallest K (flat = 1.0)"
+    row.values = {"call_scaling": call_scaling, "fire_scaling": fire_scaling}
+    rows.append(row)
+    return rows
+
+
 def _v1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     """V1: µs per service (start + stop) at each size, then the ratio largest : smallest."""
     rows = []
@@ -304,6 +333,7 @@ SUMMARIES: dict[str, Callable[[WorkloadRun, Mode], list[Row]]] = {
     "C6": _c6_rows,
     "E1": _e1_rows,
     "S1": _s1_rows,
+    "S2": _s2_rows,
     "V1": _v1_rows,
 }
 

@@ -191,6 +191,22 @@ SPECS: tuple[Spec, ...] = (
         warmup=False,
     ),
     Spec(
+        id="S2",
+        name="schedule_at_scaling",
+        what=(
+            "schedule_task_at of one task with K one-off runs already pending, and firing K due"
+            " runs of one task; K = k1 / k2 / k3"
+        ),
+        baseline=None,
+        sizes=_sizes(
+            {"k1": 100, "k2": 1_000, "k3": 10_000, "calls": 2_000},
+            {"k1": 100, "k2": 1_000, "k3": 10_000, "calls": 1_000},
+            {"k1": 10, "k2": 100, "k3": 1_000, "calls": 100},
+        ),
+        targets={"scaling": 1.5},
+        target_text="ratio <= 1.5 (calls and firings)",
+    ),
+    Spec(
         id="V1",
         name="services_scaling",
         what="start + stop of n services in a random dependency DAG: cost per service by n",

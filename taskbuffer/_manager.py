@@ -595,9 +595,9 @@ class TaskManager:
 
         :raises InvalidCronExpressionError: ``cron`` cannot be parsed.
         """
-        self._scheduler.validate(cron)
+        parsed = self._scheduler.parse(cron)  # before registering: a bad string adds nothing
         self.add_task(task)
-        self._scheduler.schedule(task, cron)
+        self._scheduler.schedule(task, parsed)
 
     def schedule_task_by_name(self, name: str, cron: str) -> None:
         """Schedule the registered task ``name`` with ``cron``, replacing its cron schedule.

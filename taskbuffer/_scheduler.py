@@ -50,16 +50,24 @@ _MISSED_COUNT_LIMIT = 100_000
 class _Entry:
     """One schedule: a cron schedule of a task, or one pending one-off run."""
 
-    __slots__ = ("active", "cron", "input", "task", "when")
+    __slots__ = ("active", "cron", "input", "seq", "task", "when")
 
     def __init__(
-        self, task: Task[Any, Any], when: float, cron: CronSchedule | None, input: Any
+        self,
+        task: Task[Any, Any],
+        when: float,
+        cron: CronSchedule | None,
+        input: Any,
+        seq: int,
     ) -> None:
         self.task = task
         self.when = when  # epoch seconds of the next fire
         self.cron = cron  # None for a one-off run
         self.input = input
         self.active = True
+        # Breaks ties between equal instants, first scheduled first. A one-off run keeps its
+        # number, so it has the same place in the manager's heap and in its task's heap.
+        self.seq = seq
 
     @property
     def schedule(self) -> str:
@@ -93,7 +101,9 @@ class Scheduler:
     def __init__(self, manager: TaskManager) -> None:
         self._manager = manager
         self._cron: dict[Task[Any, Any], _Entry] = {}
-        self._once: dict[Task[Any, Any], list[_Entry]] = {}
+        # Each task's pending one-off runs, a heap on (when, seq): the soonest is [0], and it
+        # is the one the timer fires next, so scheduling and firing cost O(log n) each.
+        self._once: dict[Task[Any, Any], list[tuple[float, int, _Entry]]] = {}
         self._once_count = 0
         self._heap: list[tuple[float, int, _Entry]] = []
         self._dead = 0  # inactive entries still in the heap
@@ -117,22 +127,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------------- schedules
 
-    def _parse(self, cron: str) -> CronSchedule:
+    def parse(self, cron: str) -> CronSchedule:
+        """``cron`` parsed in the manager's time zone, for :meth:`schedule`.
+
+        :raises InvalidCronExpressionError: ``cron`` cannot be scheduled.
+        """
         return CronSchedule(cron, self._manager.timezone)
 
-    def validate(self, cron: str) -> None:
-        """Raise :class:`InvalidCronExpressionError` unless ``cron`` can be scheduled."""
-        self._parse(cron)
+    def schedule(self, task: Task[Any, Any], cron: str | CronSchedule) -> None:
+        """Give ``task`` the cron schedule ``cron``, replacing any it had.
 
-    def schedule(self, task: Task[Any, Any], cron: str) -> None:
-        """Give ``task`` the cron schedule ``cron``, replacing any it had."""
-        parsed = self._parse(cron)
+        ``cron`` may be parsed already (by :meth:`parse`), so that it is parsed once.
+        """
+        parsed = cron if isinstance(cron, CronSchedule) else self.parse(cron)
         old = self._cron.pop(task, None)
         if old is not None:
             self._retire(old)
-        entry = _Entry(task, parsed.next_after(now_wall()), parsed, None)
+        entry = _Entry(task, parsed.next_after(now_wall()), parsed, None, next(self._seq))
         self._cron[task] = entry
-        task._cron_schedule = cron
+        task._cron_schedule = parsed.expression
         self._push(entry)
         self._refresh(task)
         self._arm()
@@ -147,19 +160,27 @@ class Scheduler:
             instant = Zone(self._manager.timezone).first_reaching(when.replace(tzinfo=None))
         else:
             instant = when.timestamp()
-        entry = _Entry(task, instant, None, input)
-        self._once.setdefault(task, []).append(entry)
-        self._once_count += 1
-        self._push(entry)
-        self._refresh(task)
+        entry = _Entry(task, instant, None, input, next(self._seq))
+        self._add_once(entry)
         self._arm()
+
+    def _add_once(self, entry: _Entry) -> None:
+        """Make the one-off run ``entry`` pending."""
+        item = (entry.when, entry.seq, entry)
+        pending = self._once.get(entry.task)
+        if pending is None:
+            pending = self._once[entry.task] = []
+        heapq.heappush(pending, item)
+        self._once_count += 1
+        heapq.heappush(self._heap, item)
+        self._refresh(entry.task)
 
     def remove(self, task: Task[Any, Any]) -> None:
         """Drop the cron schedule and the pending one-off runs of ``task``."""
         entry = self._cron.pop(task, None)
         if entry is not None:
             self._retire(entry)
-        for pending in self._once.pop(task, ()):
+        for _, _, pending in self._once.pop(task, ()):
             self._retire(pending)
             self._once_count -= 1
         task._cron_schedule = None
@@ -176,14 +197,15 @@ class Scheduler:
             self._dead = 0
 
     def _push(self, entry: _Entry) -> None:
-        heapq.heappush(self._heap, (entry.when, next(self._seq), entry))
+        heapq.heappush(self._heap, (entry.when, entry.seq, entry))
 
     def _refresh(self, task: Task[Any, Any]) -> None:
         """Set the task's ``next_run`` to its soonest schedule."""
         entry = self._cron.get(task)
         soonest = math.inf if entry is None else entry.when
-        for pending in self._once.get(task, ()):
-            soonest = min(soonest, pending.when)
+        pending = self._once.get(task)
+        if pending:
+            soonest = min(soonest, pending[0][0])
         task._next_run = None if soonest == math.inf else soonest
 
     # --------------------------------------------------------------------------- listings
@@ -209,7 +231,8 @@ class Scheduler:
     def next_runs(self, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` soonest scheduled runs: one per cron schedule, one per one-off run."""
         entries = itertools.chain(
-            self._cron.values(), itertools.chain.from_iterable(self._once.values())
+            self._cron.values(),
+            (item[2] for pending in self._once.values() for item in pending),
         )
         soonest = heapq.nsmallest(limit, entries, key=lambda entry: entry.when)
         return [
@@ -266,10 +289,7 @@ class Scheduler:
             tick.cancel()
             if entry.cron is None and not tick.done():
                 entry.active = True
-                self._once.setdefault(entry.task, []).append(entry)
-                self._once_count += 1
-                self._push(entry)
-                self._refresh(entry.task)
+                self._add_once(entry)
 
     async def wait_stopped(self) -> None:
         """Wait for tick runs still in flight (reporting to the coordinator) after ``stop()``.
@@ -284,15 +304,11 @@ class Scheduler:
             del self._ticks[tick]
 
     def _rebuild(self) -> None:
-        self._heap = [(e.when, next(self._seq), e) for e in self._all_entries()]
+        self._heap = [(e.when, e.seq, e) for e in self._cron.values()]
+        for pending in self._once.values():
+            self._heap.extend(pending)
         heapq.heapify(self._heap)
         self._dead = 0
-
-    def _all_entries(self) -> list[_Entry]:
-        entries = list(self._cron.values())
-        for pending in self._once.values():
-            entries.extend(pending)
-        return entries
 
     # ------------------------------------------------------------------------------ timer
 
@@ -341,7 +357,9 @@ class Scheduler:
             if cron is None:
                 entry.active = False
                 pending = self._once[task]
-                pending.remove(entry)
+                # Both heaps order by (when, seq): the soonest of the task is this one.
+                assert pending[0][2] is entry
+                heapq.heappop(pending)
                 if not pending:
                     del self._once[task]
                 self._once_count -= 1
@@ -367,7 +385,8 @@ class Scheduler:
                     task._cron_schedule = None
                 else:
                     entry.when = following
-                    heapq.heappush(heap, (following, next(self._seq), entry))
+                    entry.seq = next(self._seq)
+                    heapq.heappush(heap, (following, entry.seq, entry))
                 if task in self._once:
                     self._refresh(task)
                 else:

@@ -22,8 +22,10 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import croniter as croniter_module
 import looptime
 import pytest
+from croniter import croniter
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -1038,6 +1040,24 @@ def test_a_bad_cron_string_leaves_the_task_unregistered() -> None:
     with pytest.raises(InvalidCronExpressionError):
         m.schedule_task_by_name("job", "* * * *")
     assert job.get_metadata().cron_schedule is None
+
+
+def test_a_cron_string_is_parsed_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+
+    def counting(expression: str, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(expression)
+        return croniter(expression, *args, **kwargs)
+
+    # taskbuffer imports croniter lazily, from the croniter module, at each parse.
+    monkeypatch.setattr(croniter_module, "croniter", counting)
+    m = TaskManager()
+    job, _ = recorder()
+    m.add_and_schedule_task(job, "*/5 * * * * *")
+    assert parsed == ["*/5 * * * * *"]
+    m.schedule_task_by_name("job", "0 * * * *")
+    assert parsed == ["*/5 * * * * *", "0 * * * *"]
+    assert job.get_metadata().cron_schedule == "0 * * * *"
 
 
 async def test_ticks_fire_on_time_in_the_manager_zone(wall_clock: WallClock) -> None:

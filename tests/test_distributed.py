@@ -416,14 +416,17 @@ async def test_the_in_memory_coordinator_gives_each_tick_to_the_first_askers() -
     assert repr(c) == "<InMemoryDistributedCoordinator ticks=3>"
 
 
-async def test_the_in_memory_coordinator_forgets_ticks_after_its_retention() -> None:
+async def test_the_in_memory_coordinator_forgets_old_ticks_and_refuses_them() -> None:
     c = InMemoryDistributedCoordinator()
     c.retention = 100.0
     assert (await c.fire_distributed_task_request(request("a", 0.0))).should_trigger
     for n in range(1, 2000):  # enough distinct ticks to make it prune
         await c.fire_distributed_task_request(request("a", float(n)))
     assert len(c._ticks) < 1100
-    # A tick older than the retention is no longer known: a late asker would get it.
-    assert (await c.fire_distributed_task_request(request("b", 0.0))).should_trigger
-    # A recent one still is.
-    assert not (await c.fire_distributed_task_request(request("b", 1999.0))).should_trigger
+    # A forgotten tick is refused to a late asker, not given out a second time.
+    late = await c.fire_distributed_task_request(request("b", 0.0))
+    assert not late.should_trigger
+    assert late.reason == "the tick is older than the coordinator's retention (100 s)"
+    # A recent one is still known.
+    recent = await c.fire_distributed_task_request(request("b", 1999.0))
+    assert not recent.should_trigger and recent.reason == "another manager claimed this tick (a)"

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
+import math
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +71,11 @@ def redis_url() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+def _now() -> float:
+    """The current whole second: a tick instant within any ``max_tick_age``."""
+    return float(math.floor(time.time()))
+
+
 def _request(submitter: str, instant: float, task: str = "job") -> DistributedTaskRequest:
     return DistributedTaskRequest(
         submitter_id=submitter,
@@ -108,10 +120,11 @@ async def test_ticks_of_other_tasks_and_instants_are_independent(redis_url: str)
     async with asyncio.timeout(10):
         await c.start()
         try:
-            a = await c.fire_distributed_task_request(_request("m", 100.0, task="a"))
-            b = await c.fire_distributed_task_request(_request("m", 100.0, task="b"))
-            later = await c.fire_distributed_task_request(_request("m", 101.0, task="a"))
-            again = await c.fire_distributed_task_request(_request("m", 100.0, task="a"))
+            now = _now()
+            a = await c.fire_distributed_task_request(_request("m", now, task="a"))
+            b = await c.fire_distributed_task_request(_request("m", now, task="b"))
+            later = await c.fire_distributed_task_request(_request("m", now + 1, task="a"))
+            again = await c.fire_distributed_task_request(_request("m", now, task="a"))
         finally:
             await c.stop()
     assert (a.should_trigger, b.should_trigger, later.should_trigger) == (True, True, True)
@@ -148,11 +161,278 @@ async def test_a_given_client_is_used_and_left_open(redis_url: str) -> None:
     c = RedisDistributedCoordinator(client=client, key_prefix=uuid.uuid4().hex)
     async with asyncio.timeout(10):
         await c.start()
-        result = await c.fire_distributed_task_request(_request("m", 7.0))
+        result = await c.fire_distributed_task_request(_request("m", _now()))
         await c.stop()
         assert result.should_trigger
         assert await client.ping()  # still usable after the coordinator stopped
         await client.aclose()
+
+
+async def test_a_claimed_tick_is_refused_after_its_claim_expired_by_the_high_water_mark(
+    redis_url: str,
+) -> None:
+    prefix = uuid.uuid4().hex
+    first = RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=None)
+    late = RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=None)
+    now = _now()
+    async with asyncio.timeout(10):
+        await first.start()
+        await late.start()
+        try:
+            assert (await first.fire_distributed_task_request(_request("a", now))).should_trigger
+            # Its claim expires (claim_ttl), as while a manager is paused for longer.
+            client = first._redis()
+            assert await client.delete(first.tick_key(_request("a", now))) == 1
+            again = await late.fire_distributed_task_request(_request("b", now))
+            earlier = await late.fire_distributed_task_request(_request("b", now - 1))
+            later = await late.fire_distributed_task_request(_request("b", now + 1))
+            other = await late.fire_distributed_task_request(_request("b", now - 1, task="x"))
+            mark = await client.get(first.mark_key("job"))
+            mark_ttl = await client.pttl(first.mark_key("job"))
+        finally:
+            await first.stop()
+            await late.stop()
+    assert (again.should_trigger, again.rank) == (False, 1)
+    assert again.reason == (
+        f"a tick at or after this one was claimed (the task's high-water mark is {now:.3f})"
+    )
+    assert not earlier.should_trigger and "high-water mark" in earlier.reason
+    assert later.should_trigger and later.reason == "claimed the tick"
+    assert other.should_trigger  # each task name has its own mark
+    assert mark == str(round((now + 1) * 1000)).encode()
+    assert mark_ttl == -1
+
+
+async def test_a_tick_older_than_max_tick_age_is_refused(redis_url: str) -> None:
+    prefix = uuid.uuid4().hex
+    c = RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=5)
+    now = _now()
+    async with asyncio.timeout(10):
+        await c.start()
+        try:
+            old = await c.fire_distributed_task_request(_request("a", now - 7))
+            recent = await c.fire_distributed_task_request(_request("a", now - 2))
+            mark_ttl = await c._redis().pttl(c.mark_key("job"))
+        finally:
+            await c.stop()
+    assert (old.should_trigger, old.rank) == (False, 1)
+    assert re.fullmatch(
+        r"the tick is 7\.\d{3} s old by the Redis server's clock, beyond max_tick_age \(5 s\)",
+        old.reason,
+    ), old.reason
+    assert recent.should_trigger
+    assert mark_ttl == -1  # the mark does not expire: refusing by it needs no clock
+
+
+async def test_after_redis_lost_its_keys_only_ticks_within_max_tick_age_can_be_claimed_again(
+    redis_url: str,
+) -> None:
+    prefix = uuid.uuid4().hex
+    c = RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=30)
+    now = _now()
+    async with asyncio.timeout(10):
+        await c.start()
+        try:
+            for instant in (now - 60, now - 1):
+                await c.fire_distributed_task_request(_request("a", instant))
+            client = c._redis()
+            await client.delete(*[key async for key in client.scan_iter(f"{prefix}:*")])
+            stale = await c.fire_distributed_task_request(_request("b", now - 60))
+            recent = await c.fire_distributed_task_request(_request("b", now - 1))
+        finally:
+            await c.stop()
+    # The guarantee after a loss of writes: a tick older than max_tick_age never runs again;
+    # a more recent one can be claimed a second time (the documented limit).
+    assert not stale.should_trigger and "max_tick_age" in stale.reason
+    assert recent.should_trigger
+
+
+# --------------------------------------------------- managers in real processes, paused
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One manager in its own process: an every-second cron task coordinated through Redis. It
+# appends a JSON line per event to its log: each offer of a tick and the answer, each run of
+# the task, and each tick reported as run (with its instant). SIGTERM stops it.
+NODE = """
+import asyncio, json, signal, sys
+from datetime import UTC
+from taskbuffer import Task, TaskManager
+from taskbuffer.distributed.redis import RedisDistributedCoordinator
+
+url, prefix, log, claim_ttl, max_tick_age = sys.argv[1:]
+
+def write(*fields):
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(fields) + "\\n")
+
+class Logged(RedisDistributedCoordinator):
+    async def fire_distributed_task_request(self, request):
+        answer = await super().fire_distributed_task_request(request)
+        write("offer", request.task_execution_time, answer.should_trigger, answer.reason)
+        return answer
+
+    async def update_distributed_task_request(self, request):
+        write("ran", request.task_execution_time, request.status)
+        await super().update_distributed_task_request(request)
+
+async def main():
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    coordinator = Logged(
+        url=url,
+        key_prefix=prefix,
+        claim_ttl=float(claim_ttl),
+        max_tick_age=None if max_tick_age == "none" else float(max_tick_age),
+    )
+    async with TaskManager(distributed_coordinator=coordinator, timezone=UTC) as manager:
+        manager.add_and_schedule_task(Task(task_function=lambda: write("exec"), name="job"),
+                                      "* * * * * *")
+        write("started")
+        await stop.wait()
+
+asyncio.run(main())
+"""
+
+
+class Node:
+    """A manager process (:data:`NODE`) and what it logged."""
+
+    def __init__(
+        self, name: str, log_dir: Path, url: str, prefix: str, *, claim_ttl: float, max_age: str
+    ) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", NODE, url, prefix, str(self.log), str(claim_ttl), max_age],
+            cwd=ROOT,
+            env=env,
+        )
+
+    def records(self) -> list[list[Any]]:
+        if not self.log.exists():
+            return []
+        text = self.log.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+    def offers(self) -> list[list[Any]]:
+        return [r for r in self.records() if r[0] == "offer"]
+
+    def ran(self) -> list[float]:
+        return [r[1] for r in self.records() if r[0] == "ran"]
+
+    def wait_for_offers(self, count: int) -> None:
+        """Wait (polling its log, up to 30 s) until the process has offered ``count`` ticks."""
+        deadline = time.monotonic() + 30
+        while len(self.offers()) < count:
+            assert self.proc.poll() is None, f"{self.name} exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, f"{self.name} offered {self.offers()}"
+            time.sleep(0.05)
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def finish(self) -> None:
+        self.resume()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+@pytest.fixture
+def nodes(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Starts manager processes on one key prefix; stops them all at the end."""
+    prefix = uuid.uuid4().hex
+    started: list[Node] = []
+
+    def start(name: str, *, claim_ttl: float = 300.0, max_age: str = "60") -> Node:
+        node = Node(name, tmp_path, redis_url, prefix, claim_ttl=claim_ttl, max_age=max_age)
+        started.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in started:
+            if node.proc.poll() is None:
+                node.finish()
+
+
+def assert_each_tick_ran_at_most_once(*nodes: Node) -> None:
+    for node in nodes:
+        assert node.proc.returncode == 0, f"{node.name} exited with {node.proc.returncode}"
+        executions = [r for r in node.records() if r[0] == "exec"]
+        assert len(executions) == len(node.ran())  # every run of the task was reported
+    runs = Counter(instant for node in nodes for instant in node.ran())
+    assert runs, "no tick ran"
+    twice = {instant: n for instant, n in runs.items() if n > 1}
+    assert not twice, f"ticks run more than once: {twice}"
+
+
+def test_a_manager_paused_past_claim_ttl_does_not_run_a_tick_again(
+    nodes: Callable[..., Node],
+) -> None:
+    # No age bound: the high-water mark alone must refuse the old tick.
+    a = nodes("a", claim_ttl=0.5, max_age="none")
+    b = nodes("b", claim_ttl=0.5, max_age="none")
+    a.wait_for_offers(1)
+    b.wait_for_offers(1)
+    a.pause()  # SIGSTOP: its timer for the next tick fires only when it resumes
+    b.wait_for_offers(len(b.offers()) + 3)  # b runs 3 ticks; their claims expire after 0.5 s
+    offered_before = len(a.offers())
+    a.resume()
+    a.wait_for_offers(offered_before + 2)
+    a.finish()
+    b.finish()
+    assert_each_tick_ran_at_most_once(a, b)
+    # a offered ticks b had run (the first one's claim had expired), and was refused.
+    b_ran = set(b.ran())
+    stale = [offer for offer in a.offers()[offered_before:] if offer[1] in b_ran]
+    assert stale, f"a offered no tick that b ran: {a.offers()}"
+    assert not any(won for _, _, won, _ in stale), stale
+    assert any("high-water mark" in reason for _, _, _, reason in stale), stale
+
+
+def test_keys_lost_while_a_manager_is_paused_do_not_make_a_tick_run_again(
+    nodes: Callable[..., Node], redis_url: str
+) -> None:
+    a = nodes("a", max_age="1")
+    b = nodes("b", max_age="1")
+    a.wait_for_offers(1)
+    b.wait_for_offers(1)
+    a.pause()
+    b.wait_for_offers(len(b.offers()) + 2)  # b runs ticks that a then offers when resumed
+    b.pause()  # so that no claim after the flush raises the mark again before a asks
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()  # every claim and high-water mark is gone
+    finally:
+        client.close()
+    offered_before = len(a.offers())
+    a.resume()
+    a.wait_for_offers(offered_before + 2)
+    b_offered = len(b.offers())
+    b.resume()
+    b.wait_for_offers(b_offered + 2)
+    a.finish()
+    b.finish()
+    assert_each_tick_ran_at_most_once(a, b)
+    b_ran = set(b.ran())
+    stale = [offer for offer in a.offers()[offered_before:] if offer[1] in b_ran]
+    assert stale, f"a offered no tick that b ran: {a.offers()}"
+    assert not any(won for _, _, won, _ in stale), stale
+    assert any("max_tick_age" in reason for _, _, _, reason in stale), stale
 
 
 def test_bad_arguments_are_rejected() -> None:
@@ -160,6 +440,16 @@ def test_bad_arguments_are_rejected() -> None:
         RedisDistributedCoordinator(claim_ttl=0)
     with pytest.raises(ValueError, match="key_prefix"):
         RedisDistributedCoordinator(key_prefix="")
+    accepted = "max_tick_age must be a number of seconds > 0, math.inf or None"
+    for bad in (0, -1.0, math.nan):
+        with pytest.raises(ValueError, match=accepted):
+            RedisDistributedCoordinator(max_tick_age=bad)
+    for wrong in ("60", True):
+        with pytest.raises(TypeError, match=accepted):
+            RedisDistributedCoordinator(max_tick_age=wrong)  # type: ignore[arg-type]
+    assert RedisDistributedCoordinator().max_tick_age == 60.0
+    assert RedisDistributedCoordinator(max_tick_age=math.inf).max_tick_age is None
+    assert RedisDistributedCoordinator(max_tick_age=None).max_tick_age is None
 
 
 def test_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
+from pathlib import Path
+from types import FrameType, SimpleNamespace, TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+import taskbuffer
 from taskbuffer import Task, TaskConstraintGroup, TaskEvent, TaskManager, TaskNotFoundError, _clock
 from taskbuffer._clock import now_wall
 
@@ -345,3 +349,86 @@ async def test_a_failing_one_off_is_reported_not_lost(
     assert logged.getMessage() == "one-off run of task 'broken' failed"
     assert logged.exc_info is not None and isinstance(logged.exc_info[1], ValueError)
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+class CallCounter:
+    """Counts the calls made inside taskbuffer's code while active (``sys.setprofile``).
+
+    Calls into taskbuffer's functions and builtins they call (``min``, ``list.remove``...): a
+    loop over the pending runs shows as calls in proportion to them, so the count measures
+    the work done, deterministically and without timing.
+    """
+
+    PACKAGE = str(Path(taskbuffer.__file__).parent)
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._previous: Any = None
+
+    def _profile(self, frame: FrameType, event: str, arg: object) -> None:
+        if event in ("call", "c_call") and frame.f_code.co_filename.startswith(self.PACKAGE):
+            self.calls += 1
+
+    def __enter__(self) -> CallCounter:
+        self._previous = sys.getprofile()
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        sys.setprofile(self._previous)
+
+
+async def test_scheduling_a_one_off_costs_no_more_with_thousands_pending(
+    wall_clock: WallClock,
+) -> None:
+    wall_clock(START.timestamp())
+
+    async def calls_per_schedule(pending: int) -> float:
+        job, _ = recorder()
+        async with TaskManager(timezone=UTC) as m:
+            m.add_task(job)
+            for i in range(pending):
+                m.schedule_task_at("job", START + timedelta(hours=1, seconds=i))
+            later = [START + timedelta(hours=2, seconds=i) for i in range(100)]
+            with CallCounter() as counter:
+                for when in later:
+                    m.schedule_task_at("job", when)
+            assert m.statistics().scheduled == pending + 100
+        return counter.calls / 100
+
+    async with asyncio.timeout(60):
+        few, many = await calls_per_schedule(10), await calls_per_schedule(3000)
+    assert many <= few * 1.1, f"{few} calls per schedule_task_at with 10 pending, {many} with 3000"
+
+
+async def test_firing_many_due_one_offs_costs_the_same_per_run_and_keeps_their_order(
+    wall_clock: WallClock,
+) -> None:
+    wall_clock(START.timestamp())
+
+    async def calls_per_firing(due: int) -> float:
+        job, runs = recorder()
+        m = TaskManager(timezone=UTC)
+        m.add_task(job)
+        order = list(range(due))
+        random.Random(due).shuffle(order)
+        for i in order:  # all due when the manager starts, scheduled out of order
+            m.schedule_task_at("job", START - timedelta(hours=1) + timedelta(seconds=i), input=i)
+        try:
+            with CallCounter() as counter:
+                await m.start()
+                await runs.wait_for(due)
+        finally:
+            await m.stop()
+        assert [input for _, input in runs] == list(range(due))
+        assert m.statistics().scheduled == 0 and job.get_metadata().next_run is None
+        return counter.calls / due
+
+    async with asyncio.timeout(60):
+        few, many = await calls_per_firing(100), await calls_per_firing(1500)
+    assert many <= few * 1.2, f"{few} calls per firing of 100 due runs, {many} of 1500"

@@ -44,5 +44,6 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "C6": Implementation(c.c6_taskbuffer),
     "E1": Implementation(e.e1_taskbuffer, e.e1_baseline),
     "S1": Implementation(e.s1_taskbuffer),
+    "S2": Implementation(e.s2_taskbuffer),
     "V1": Implementation(v.v1_taskbuffer),
 }

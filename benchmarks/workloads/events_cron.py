@@ -1,11 +1,14 @@
-"""E1 (the cost of one event subscriber) and S1 (cron lateness)."""
+"""E1 (the cost of one event subscriber), S1 (cron lateness), S2 (one-off runs at scale)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import random
 import statistics
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from taskbuffer import Task, TaskEvent, TaskManager
 
@@ -13,7 +16,7 @@ from ..measure import Outcome, Stopwatch
 from ..specs import Params
 from .core import inc
 
-__all__ = ("e1_baseline", "e1_taskbuffer", "s1_taskbuffer")
+__all__ = ("e1_baseline", "e1_taskbuffer", "s1_taskbuffer", "s2_taskbuffer")
 
 
 # ---------------------------------------------------------------------------------- E1 events
@@ -157,4 +160,115 @@ async def s1_taskbuffer(p: Params) -> Outcome:
         all(x >= -1.0 for x in late_ms),
         f"earliest {min(late_ms, default=0.0):.3f} ms",
     )
+    return out
+
+
+# ---------------------------------------------------------------------- S2 schedule_at_scaling
+
+S2_SIZES = ("k1", "k2", "k3")
+
+
+def _nothing() -> None:
+    pass
+
+
+async def _s2_calls(out: Outcome, k: int, calls: int) -> float:
+    """µs per ``schedule_task_at`` call on a started manager whose task has ``k`` runs pending.
+
+    Each round builds the ``k`` pending runs (at random instants a day ahead, not timed), then
+    times ``max(100, k // 10)`` more calls, so the pending count stays within 10 % of ``k``
+    (doubles for the smallest sizes, which changes nothing for an O(log n) cost); rounds
+    repeat until about ``calls`` calls were timed. The datetimes are built before the timed
+    block; the collector is not forced between rounds (a forced collection right before a
+    short timed block makes it look slower than it is).
+    """
+    per_round = max(100, k // 10)
+    rounds = max(1, calls // per_round)
+    rng = random.Random(k)
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    elapsed = 0.0
+    scheduled: set[int] = set()
+    gc.collect()
+    for _ in range(rounds):
+        whens = [ahead + timedelta(seconds=rng.random() * 3600) for _ in range(k + per_round)]
+        manager = TaskManager()
+        manager.add_task(Task(task_function=_nothing, name="job"))
+        await manager.start()
+        try:
+            for when in whens[:k]:
+                manager.schedule_task_at("job", when)
+            timed = whens[k:]
+            start = time.perf_counter()
+            for when in timed:
+                manager.schedule_task_at("job", when)
+            elapsed += time.perf_counter() - start
+            scheduled.add(manager.statistics().scheduled)
+        finally:
+            await manager.stop()
+    out.check_equal(f"K={k:,}: runs pending after the calls", scheduled, {k + per_round})
+    return elapsed * 1e6 / (rounds * per_round)
+
+
+async def _s2_fire_round(watch: Stopwatch, k: int) -> tuple[int, int]:
+    """Fire ``k`` due one-off runs of one task, timed; the runs made and the runs left."""
+    done = asyncio.Event()
+    count = 0
+
+    def job() -> None:
+        nonlocal count
+        count += 1
+        if count == k:
+            done.set()
+
+    manager = TaskManager()
+    manager.add_task(Task(task_function=job, name="job"))
+    past = datetime.now(UTC) - timedelta(hours=1)
+    for i in range(k):
+        manager.schedule_task_at("job", past + timedelta(milliseconds=i))
+    try:
+        with watch:
+            await manager.start()
+            async with asyncio.timeout(600):
+                await done.wait()
+        return count, manager.statistics().scheduled
+    finally:
+        await manager.stop()
+
+
+async def _s2_fires(out: Outcome, k: int, calls: int) -> float:
+    """µs per firing of ``k`` one-off runs of one task, all due when the manager starts.
+
+    Timed from ``start()`` until the last run has run (each run goes through the manager's
+    constraints in its own asyncio task); rounds repeat until about ``calls`` runs were timed.
+    """
+    rounds = max(1, calls // k)
+    watch = Stopwatch()
+    counts: set[int] = set()
+    left: set[int] = set()
+    for _ in range(rounds):
+        count, pending = await _s2_fire_round(watch, k)
+        counts.add(count)
+        left.add(pending)
+    out.check_equal(f"K={k:,}: runs per round", counts, {k})
+    out.check_equal(f"K={k:,}: runs still pending after firing", left, {0})
+    return watch.us_per(rounds * k)
+
+
+async def s2_taskbuffer(p: Params) -> Outcome:
+    """S2: cost of ``schedule_task_at`` and of firing one-off runs, against runs pending.
+
+    For each K of ``k1`` / ``k2`` / ``k3``: µs per call with K runs of the task pending
+    (``us_call_<k>``), µs per firing of K due runs of the task (``us_fire_<k>``); and the
+    ratios largest K : smallest K of both (flat = O(log n) per call and per firing).
+    """
+    out = Outcome()
+    calls = p["calls"]
+    for name in S2_SIZES:
+        k = p[name]
+        out.metrics[f"us_call_{name}"] = await _s2_calls(out, k, calls)
+        out.metrics[f"us_fire_{name}"] = await _s2_fires(out, k, calls)
+    out.metrics["call_scaling"] = out.metrics["us_call_k3"] / out.metrics["us_call_k1"]
+    out.metrics["fire_scaling"] = out.metrics["us_fire_k3"] / out.metrics["us_fire_k1"]
+    out.info.update({name: p[name] for name in S2_SIZES})
+    out.info["calls"] = calls
     return out

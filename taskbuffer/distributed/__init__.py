@@ -87,8 +87,9 @@ class InMemoryDistributedCoordinator(AbstractDistributedCoordinator):
     A tick is named by its task name and scheduled instant. The first
     ``task_execution_parallel`` requests for a tick are told to run it (``rank`` counts the
     requests in order of arrival); later ones are not. Ticks are remembered for
-    :attr:`retention` seconds of schedule time, which only has to outlast the spread between
-    the managers' requests for one tick.
+    :attr:`retention` seconds of schedule time before the newest tick; a tick older than
+    the ticks already forgotten is refused, never given out again, however late it is asked
+    for.
     """
 
     retention: float = 3600.0
@@ -97,6 +98,7 @@ class InMemoryDistributedCoordinator(AbstractDistributedCoordinator):
         # (task name, instant) -> submitter ids in order of arrival.
         self._ticks: dict[tuple[str, float], list[str]] = {}
         self._newest = -math.inf
+        self._forgotten = -math.inf  # ticks before this instant may have been forgotten
         self._prune_at = 1024
 
     def __repr__(self) -> str:
@@ -108,6 +110,15 @@ class InMemoryDistributedCoordinator(AbstractDistributedCoordinator):
         """Record the request; ``should_trigger`` for the first ``parallel`` per tick."""
         key = (request.task_name, request.task_execution_time)
         submitters = self._ticks.get(key)
+        if submitters is None and request.task_execution_time < self._forgotten:
+            return DistributedTaskRequestResult(
+                submitter_id=request.submitter_id,
+                request_response_id=request.request_response_id,
+                considered=True,
+                rank=1,
+                reason=f"the tick is older than the coordinator's retention ({self.retention:g} s)",
+                should_trigger=False,
+            )
         if submitters is None:
             submitters = self._ticks[key] = []
             self._newest = max(self._newest, request.task_execution_time)
@@ -134,5 +145,6 @@ class InMemoryDistributedCoordinator(AbstractDistributedCoordinator):
 
     def _prune(self) -> None:
         cutoff = self._newest - self.retention
+        self._forgotten = max(self._forgotten, cutoff)
         self._ticks = {key: ids for key, ids in self._ticks.items() if key[1] >= cutoff}
         self._prune_at = max(1024, 2 * len(self._ticks))
