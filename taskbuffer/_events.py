@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
@@ -14,6 +13,7 @@ from reactivex.subject import Subject
 from reactivex.subject.innersubscription import InnerSubscription
 
 from ._metadata import TaskMetadata
+from ._validation import reraise_interrupt_later
 
 __all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver", "deliver_all")
 
@@ -189,16 +189,7 @@ def _subscriber_raised(event: TaskEvent, error: BaseException) -> None:
         )
     except Exception:  # a broken handler or formatter is the logging setup's problem
         pass
-    if isinstance(error, KeyboardInterrupt | SystemExit):
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise error from None
-        loop.call_soon(_reraise, error)
-
-
-def _reraise(error: BaseException) -> None:
-    raise error
+    reraise_interrupt_later(error)
 
 
 def _task_name(event: TaskEvent) -> str:
