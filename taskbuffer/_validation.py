@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +87,9 @@ def error_message(error: BaseException | str) -> str:
     return safe_str(error) or _type_name(error)
 
 
+_FLOAT_MAX = int(sys.float_info.max)
+
+
 def _type_name(value: object) -> str:
     return type(value).__qualname__
 
@@ -127,8 +131,13 @@ def check_number(
     ):
         accepted = _accepted(minimum, maximum, above, unit, integer, infinite, none)
         raise TypeError(f"{name} must be {accepted}, not {_shown(value)}")
+    if not integer and isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        # An int beyond any float: not a usable number of seconds or ratio (a count may be
+        # as large as it likes). Compared as ints: float(value) would raise OverflowError.
+        accepted = _accepted(minimum, maximum, above, unit, integer, infinite, none)
+        raise ValueError(f"{name} must be {accepted}, not {safe_repr(value)}")
     if (
-        math.isnan(value)
+        (isinstance(value, float) and math.isnan(value))  # isnan(int) overflows for huge ints
         or (value == math.inf and not infinite)
         or value < minimum
         or (above and value == minimum)
