@@ -133,6 +133,10 @@ class _PendingEvent(TaskEvent):
 
     __hash__ = TaskEvent.__hash__
 
+    def __repr__(self) -> str:
+        _ = self.task  # materialise first: it shows as the TaskEvent it is
+        return TaskEvent.__repr__(self)
+
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         _ = self.task  # materialise first: copies and pickles are plain TaskEvents
         return self.__reduce_ex__(protocol)

@@ -303,6 +303,16 @@ async def test_events_copy_pickle_and_compare_by_value(record: Record) -> None:
     assert started_again.task.run_count == completed_again.task.run_count == 2
 
 
+async def test_an_event_nobody_has_read_yet_shows_as_a_task_event(record: Record) -> None:
+    t = Task(name="shown", task_function=lambda: None)
+    events = record(t)
+    await t.trigger()
+    started, completed = events
+    assert repr(started).startswith("TaskEvent(type='started', task=TaskMetadata(name='shown'")
+    assert repr(completed) == repr(copy.copy(completed))  # the same as a plain TaskEvent
+    assert str(started) == repr(started)
+
+
 async def test_a_completed_subject_delivers_nothing(record: Record) -> None:
     t = Task(task_function=lambda: None)
     events = record(t)
