@@ -598,6 +598,24 @@ async def test_an_unprintable_error_inside_a_chain_or_a_report_still_gives_their
     json.dumps(failed.value.report.to_dict())
 
 
+async def test_an_error_with_an_empty_message_shows_its_type_in_events_and_snapshots(
+    record: Record,
+) -> None:
+    async def work() -> None:
+        raise LookupError()
+
+    t = Task(name="silent", task_function=work)
+    events = record(t)
+    with pytest.raises(LookupError):
+        await t.trigger()
+    assert events[-1].error == events[-1].task.last_error == "LookupError"
+    assert t.get_metadata().last_error == "LookupError"
+    manager = TaskManager()
+    with pytest.raises(TaskExecutionError) as failed:
+        await manager.add_execute_remove_task(Task(name="r", task_function=work))
+    assert failed.value.report.to_dict()["error"] == "LookupError"
+
+
 class Halt(BaseException):
     """A BaseException that is neither an Exception nor a cancellation."""
 
