@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
@@ -15,6 +14,7 @@ from reactivex.subject.innersubscription import InnerSubscription
 from typing_extensions import TypeVar
 
 from ._metadata import TaskMetadata
+from ._validation import reraise_interrupt_later
 
 __all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver", "deliver_all")
 
@@ -134,6 +134,10 @@ class _PendingEvent(TaskEvent):
 
     __hash__ = TaskEvent.__hash__
 
+    def __repr__(self) -> str:
+        _ = self.task  # materialise first: it shows as the TaskEvent it is
+        return TaskEvent.__repr__(self)
+
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         _ = self.task  # materialise first: copies and pickles are plain TaskEvents
         return self.__reduce_ex__(protocol)
@@ -194,16 +198,7 @@ def _subscriber_raised(event: Any, error: BaseException) -> None:
         )
     except Exception:  # a broken handler or formatter is the logging setup's problem
         pass
-    if isinstance(error, KeyboardInterrupt | SystemExit):
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise error from None
-        loop.call_soon(_reraise, error)
-
-
-def _reraise(error: BaseException) -> None:
-    raise error
+    reraise_interrupt_later(error)
 
 
 def _source(event: Any) -> str:

@@ -313,11 +313,12 @@ class TaskManager:
                     key = group.get_constraint_key(task, input)
                     if key is not None:
                         claims.append(group._ensure(key, loop))
-            except Exception as exc:
+            except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
                 now = loop.time()
                 for st in claims:
                     st.group.maybe_drop(st, now)
-                task._emit("failed", "failed", error=exc)
+                if not isinstance(exc, asyncio.CancelledError):
+                    task._emit("failed", "failed", error=exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             blocked = try_acquire(claims, loop.time(), priority)
@@ -398,7 +399,7 @@ class TaskManager:
             if tracked:  # a nested level lets the cancellation reach the runs around it
                 self._raise_if_stopping(current, task)
             raise
-        except Exception as exc:
+        except BaseException as exc:  # not a cancellation (caught above)
             if not ran and not refused:  # should_execute raised (or the loop check)
                 task._emit("failed", "failed", error=exc)
             raise

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias, cast
 
 from ._steps import TaskStepInfo
-from ._validation import safe_str
+from ._validation import error_message
 
 __all__ = (
     "ScheduledTaskInfo",
@@ -134,7 +134,7 @@ class TaskExecutionReport:
             "steps_completed": list(self.steps_completed),
             "progress": self.progress,
             "result": self.result,
-            "error": None if self.error is None else safe_str(self.error),
+            "error": None if self.error is None else error_message(self.error),
         }
 
 

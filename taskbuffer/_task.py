@@ -34,7 +34,6 @@ from ._validation import (
     check_optional_str,
     check_seconds,
     error_message,
-    safe_str,
 )
 
 if TYPE_CHECKING:
@@ -815,7 +814,7 @@ def _build_metadata(capture: StateCapture) -> TaskMetadata:
             progress,
             run_count,
             labels or {},
-            None if last_error is None else safe_str(last_error),
+            None if last_error is None else error_message(last_error),
             error_count,
             last_run_at,
             None if next_run is None else to_datetime(next_run),

@@ -18,7 +18,9 @@ an exception (or any value) for a message without ever raising.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,25 +31,52 @@ __all__ = (
     "check_optional_str",
     "check_seconds",
     "error_message",
+    "reraise_interrupt_later",
     "safe_repr",
     "safe_str",
 )
 
 
 def safe_str(value: object) -> str:
-    """``str(value)``, or a stand-in naming its type when ``__str__`` raises."""
+    """``str(value)``, or a stand-in naming its type when ``__str__`` raises.
+
+    Whatever ``__str__`` raises, ``BaseException`` subclasses included, never reaches the
+    caller: it renders an error in the middle of a run's bookkeeping or of a snapshot. A
+    ``KeyboardInterrupt`` or ``SystemExit`` is raised again afterwards (see
+    :func:`reraise_interrupt_later`).
+    """
     try:
         return str(value)
-    except Exception as exc:  # a hostile or broken __str__ must not break the caller
+    except BaseException as exc:  # a hostile or broken __str__ must not break the caller
+        reraise_interrupt_later(exc)
         return f"<{_type_name(value)} object: str() failed: {_type_name(exc)}>"
 
 
 def safe_repr(value: object) -> str:
-    """``repr(value)``, or a stand-in naming its type when ``__repr__`` raises."""
+    """``repr(value)``, or a stand-in naming its type when ``__repr__`` raises (as
+    :func:`safe_str`)."""
     try:
         return repr(value)
-    except Exception as exc:
+    except BaseException as exc:
+        reraise_interrupt_later(exc)
         return f"<{_type_name(value)} object: repr() failed: {_type_name(exc)}>"
+
+
+def reraise_interrupt_later(error: BaseException) -> None:
+    """Raise ``error`` again from a callback of the running loop if it is a
+    ``KeyboardInterrupt`` or ``SystemExit`` (as asyncio treats them when a callback raises
+    them), so that the code that caught it finishes first; at once with no running loop.
+    Any other error is left alone: the caller has dealt with it."""
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise error from None
+        loop.call_soon(_reraise, error)
+
+
+def _reraise(error: BaseException) -> None:
+    raise error
 
 
 def error_message(error: BaseException | str) -> str:
@@ -56,6 +85,9 @@ def error_message(error: BaseException | str) -> str:
     if isinstance(error, str):
         return error
     return safe_str(error) or _type_name(error)
+
+
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def _type_name(value: object) -> str:
@@ -99,8 +131,13 @@ def check_number(
     ):
         accepted = _accepted(minimum, maximum, above, unit, integer, infinite, none)
         raise TypeError(f"{name} must be {accepted}, not {_shown(value)}")
+    if not integer and isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        # An int beyond any float: not a usable number of seconds or ratio (a count may be
+        # as large as it likes). Compared as ints: float(value) would raise OverflowError.
+        accepted = _accepted(minimum, maximum, above, unit, integer, infinite, none)
+        raise ValueError(f"{name} must be {accepted}, not {safe_repr(value)}")
     if (
-        math.isnan(value)
+        (isinstance(value, float) and math.isnan(value))  # isnan(int) overflows for huge ints
         or (value == math.inf and not infinite)
         or value < minimum
         or (above and value == minimum)

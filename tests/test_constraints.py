@@ -1652,6 +1652,44 @@ async def test_a_raising_key_function_fails_only_that_trigger(record: Record) ->
     assert await good == "good"
 
 
+class Halt(BaseException):
+    """A BaseException that is neither an Exception nor a cancellation."""
+
+
+@pytest.mark.parametrize("error_type", [Halt, GeneratorExit])
+@pytest.mark.parametrize("raiser", ["key function", "should_execute", "async should_execute"])
+async def test_a_key_function_or_check_raising_a_base_exception_is_recorded_and_released(
+    record: Record, error_type: type[BaseException], raiser: str
+) -> None:
+    """As for an Exception: a failed event, nothing held, then the error propagates."""
+
+    def hostile(task: Task[Any, Any], x: Any) -> Any:
+        raise error_type("hostile")
+
+    async def async_hostile(task: Task[Any, Any], x: Any) -> bool:
+        raise error_type("hostile")
+
+    first = make_group(
+        name="first", max_concurrent=1, cooldown=5, constraint_key_for_execution=lambda t, x: "f"
+    )
+    if raiser == "key function":
+        second = make_group(name="second", constraint_key_for_execution=hostile)
+    else:
+        check = hostile if raiser == "should_execute" else async_hostile
+        second = make_group(name="second", should_execute=check)
+    manager = manager_with(first, second)
+    t = Task(name="t", task_function=lambda: "ran")
+    events = record(t)
+    with pytest.raises(error_type):
+        await manager.trigger_task(t)
+    assert [(e.type, e.error) for e in events] == [("failed", "hostile")]
+    assert (t.run_count, t.error_count) == (0, 0)
+    # The key it took in "first" is dropped: no slot, no cooldown, no state kept.
+    assert first.statistics() == idle(first)
+    assert second.statistics() == idle(second)
+    assert manager.statistics().running == manager.statistics().waiting == 0
+
+
 async def test_a_raising_key_function_of_a_waiting_peer_does_not_disturb_the_queue() -> None:
     def key(task: Task[Any, Any], x: Any) -> str:
         if x == "bad":

@@ -303,6 +303,16 @@ async def test_events_copy_pickle_and_compare_by_value(record: Record) -> None:
     assert started_again.task.run_count == completed_again.task.run_count == 2
 
 
+async def test_an_event_nobody_has_read_yet_shows_as_a_task_event(record: Record) -> None:
+    t = Task(name="shown", task_function=lambda: None)
+    events = record(t)
+    await t.trigger()
+    started, completed = events
+    assert repr(started).startswith("TaskEvent(type='started', task=TaskMetadata(name='shown'")
+    assert repr(completed) == repr(copy.copy(completed))  # the same as a plain TaskEvent
+    assert str(started) == repr(started)
+
+
 async def test_a_completed_subject_delivers_nothing(record: Record) -> None:
     t = Task(task_function=lambda: None)
     events = record(t)
@@ -588,8 +598,91 @@ async def test_an_unprintable_error_inside_a_chain_or_a_report_still_gives_their
     json.dumps(failed.value.report.to_dict())
 
 
+async def test_an_error_with_an_empty_message_shows_its_type_in_events_and_snapshots(
+    record: Record,
+) -> None:
+    async def work() -> None:
+        raise LookupError()
+
+    t = Task(name="silent", task_function=work)
+    events = record(t)
+    with pytest.raises(LookupError):
+        await t.trigger()
+    assert events[-1].error == events[-1].task.last_error == "LookupError"
+    assert t.get_metadata().last_error == "LookupError"
+    manager = TaskManager()
+    with pytest.raises(TaskExecutionError) as failed:
+        await manager.add_execute_remove_task(Task(name="r", task_function=work))
+    assert failed.value.report.to_dict()["error"] == "LookupError"
+
+
 class Halt(BaseException):
     """A BaseException that is neither an Exception nor a cancellation."""
+
+
+def error_whose_str_raises(raised: type[BaseException]) -> BaseException:
+    """An error whose ``__str__`` and ``__repr__`` raise ``raised`` (not an Exception)."""
+
+    class HostileError(Exception):
+        def __str__(self) -> str:
+            raise raised()
+
+        def __repr__(self) -> str:
+            raise raised()
+
+    return HostileError()
+
+
+@pytest.mark.parametrize("raised", [Halt, GeneratorExit, asyncio.CancelledError])
+async def test_an_error_whose_str_raises_a_base_exception_still_fails_the_run_with_it(
+    record: Record, raised: type[BaseException]
+) -> None:
+    error = error_whose_str_raises(raised)
+
+    async def work() -> None:
+        raise error
+
+    t = Task(name="hostile", task_function=work)
+    events = record(t)
+    with pytest.raises(type(error)):
+        await t.trigger()
+    shown = f"<{type(error).__qualname__} object: str() failed: {raised.__qualname__}>"
+    assert (t.running, t.error_count, t.get_metadata().last_error) == (False, 1, shown)
+    assert [(e.type, e.error) for e in events] == [("started", None), ("failed", shown)]
+    chained = Taskchain(name="c", task_array=[t])
+    with pytest.raises(TaskChainError, match="str\\(\\) failed"):
+        await chained.trigger()
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+def test_an_error_whose_str_raises_an_interrupt_is_recorded_then_the_interrupt_propagates(
+    raised: type[BaseException],
+) -> None:
+    """The run fails with its own error; the interrupt comes out of the loop afterwards."""
+    error = error_whose_str_raises(raised)
+
+    async def work() -> None:
+        raise error
+
+    t = Task(name="hostile", task_function=work)
+    events: list[tuple[str, str | None]] = []
+    t.event_subject.subscribe(lambda event: events.append((event.type, event.error)))
+    failures: list[BaseException] = []
+    shown = f"<{type(error).__qualname__} object: str() failed: {raised.__qualname__}>"
+
+    async def main() -> None:
+        try:
+            await t.trigger()
+        except BaseException as exc:
+            failures.append(exc)
+        assert t.get_metadata().last_error == shown
+        await asyncio.sleep(1)  # the loop goes on: the interrupt comes out of it
+
+    with pytest.raises(raised):
+        asyncio.run(main())
+    assert failures == [error]
+    assert events == [("started", None), ("failed", shown)]
+    assert (t.running, t.error_count, t.last_error) == (False, 1, error)
 
 
 @pytest.mark.parametrize("error_type", [Halt, GeneratorExit, asyncio.CancelledError])

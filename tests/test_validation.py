@@ -137,12 +137,19 @@ BAD: list[tuple[str, Any, type[Exception], str]] = [
     ("claim_ttl", "2", TypeError, "str '2'"),
     ("limit", -1, ValueError, "-1"),
     ("limit", 1.5, TypeError, "float 1.5"),
+    # An int beyond the float range is no number of seconds (float() of it overflows).
+    ("timeout", 10**400, ValueError, repr(10**400)),
+    ("retry_delay", 10**400, ValueError, repr(10**400)),
+    ("retry_backoff", 10**400, ValueError, repr(10**400)),
+    ("cooldown", -(10**400), ValueError, repr(-(10**400))),
+    ("percentage", 10**400, ValueError, repr(10**400)),
+    ("retries", -(10**400), ValueError, repr(-(10**400))),
 ]
 
 
 @pytest.mark.parametrize(
     ("option", "bad", "error", "shown"),
-    [pytest.param(*case, id=f"{case[0]}={case[1]!r}") for case in BAD],
+    [pytest.param(*case, id=f"{case[0]}={case[1]!r}"[:40]) for case in BAD],
 )
 def test_a_bad_numeric_option_raises_naming_it_and_what_is_accepted(
     option: str, bad: Any, error: type[Exception], shown: str
@@ -195,9 +202,16 @@ def test_an_infinite_timeout_means_no_limit_and_keeps_metadata_json_clean() -> N
     json.dumps(metadata.to_dict(), allow_nan=False)  # raises on inf or nan
 
 
-@pytest.mark.parametrize("good", [1, 3, math.inf])
+@pytest.mark.parametrize("good", [1, 3, math.inf, 10**400], ids=["1", "3", "inf", "10**400"])
 def test_max_concurrent_accepts_ints_and_inf(good: float) -> None:
     assert group_with(max_concurrent=good).max_concurrent == good
+
+
+def test_a_count_may_be_an_int_beyond_the_float_range() -> None:
+    huge = 10**400
+    assert task_with(retries=huge)._retries == huge
+    assert buffered_with(huge).buffer_max == huge
+    assert rate_limit_with(max_per_window=huge).max_per_window == huge
 
 
 @pytest.mark.parametrize("good", [0, 0.0, 2, 1e-9, 1e9])
