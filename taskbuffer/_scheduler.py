@@ -476,7 +476,9 @@ class Scheduler:
         try:
             async with asyncio.timeout(COORDINATOR_TIMEOUT):
                 answer = await coordinator.fire_distributed_task_request(request)
-        except Exception as exc:
+        except BaseException as exc:
+            if _passes_through(exc):
+                raise
             if isinstance(exc, TimeoutError):
                 reason = f"the coordinator did not answer within {COORDINATOR_TIMEOUT:g} s"
             else:
@@ -503,13 +505,28 @@ class Scheduler:
         try:
             async with asyncio.timeout(COORDINATOR_TIMEOUT):
                 await coordinator.update_distributed_task_request(request)
-        except Exception as exc:
+        except BaseException as exc:
+            if _passes_through(exc):
+                raise
             logger.warning(
                 "task %r: reporting the tick at %s to the coordinator failed",
                 request.task_name,
                 to_datetime(request.task_execution_time).isoformat(),
                 exc_info=exc,
             )
+
+
+def _passes_through(error: BaseException) -> bool:
+    """Whether what a coordinator raised must leave the tick: a cancellation (the tick's own)
+    or an interrupt (asyncio raises it out of the loop; retrieved, so that it is not also
+    logged as "never retrieved"). Anything else, ``BaseException`` subclasses included, is a
+    coordinator failure: nobody awaits a tick, so raising it would only lose it."""
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        tick = asyncio.current_task()
+        if tick is not None:
+            tick.add_done_callback(_retrieve)
+        return True
+    return isinstance(error, asyncio.CancelledError)
 
 
 def _retrieve(tick: asyncio.Task[Any]) -> None:

@@ -7,6 +7,7 @@ the Redis coordinator has its own module against a real server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -201,10 +202,18 @@ async def test_a_tick_whose_instant_was_claimed_does_not_run(
 class Failing(AbstractDistributedCoordinator):
     """Raises on the first ``fail`` requests, hangs on the next ``hang``, then says yes."""
 
-    def __init__(self, *, fail: int = 0, hang: int = 0, fail_updates: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        fail: int = 0,
+        hang: int = 0,
+        fail_updates: bool = False,
+        error: Callable[[str], BaseException] = ConnectionError,
+    ) -> None:
         self.fail = fail
         self.hang = hang
         self.fail_updates = fail_updates
+        self.error = error
         self.cancelled = 0
 
     async def fire_distributed_task_request(
@@ -212,7 +221,7 @@ class Failing(AbstractDistributedCoordinator):
     ) -> DistributedTaskRequestResult:
         if self.fail:
             self.fail -= 1
-            raise ConnectionError("coordinator unreachable")
+            raise self.error("coordinator unreachable")
         if self.hang:
             self.hang -= 1
             try:
@@ -231,7 +240,7 @@ class Failing(AbstractDistributedCoordinator):
 
     async def update_distributed_task_request(self, request: DistributedTaskRequest) -> None:
         if self.fail_updates:
-            raise ConnectionError("cannot report")
+            raise self.error("cannot report")
 
 
 async def test_a_coordinator_that_raises_makes_the_tick_not_run_here(
@@ -256,6 +265,40 @@ async def test_a_coordinator_that_raises_makes_the_tick_not_run_here(
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.name == "taskbuffer"
     assert warning.getMessage() == f"task 'job': {expected}"
+
+
+class CoordinatorHalt(BaseException):
+    """Not an Exception: what a buggy coordinator (or a library under it) might raise."""
+
+
+async def test_a_coordinator_raising_a_base_exception_is_handled_like_any_failure(
+    record: Record, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the offer nor the report may leave the tick's asyncio task with an exception
+    that nobody retrieves: the tick is not run here, and both are logged."""
+    unhandled: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: unhandled.append(context))
+    runs: list[tuple[str, float]] = []
+    job = ticker("job", runs, "here")
+    events = record(job)
+    coordinator = Failing(fail=1, fail_updates=True, error=CoordinatorHalt)
+    async with (
+        asyncio.timeout(60),
+        TaskManager(distributed_coordinator=coordinator, timezone=UTC) as m,
+    ):
+        m.add_and_schedule_task(job, "* * * * * *")
+        await asyncio.sleep(2)
+    gc.collect()
+    assert [t for _, t in runs] == [BASE + 2]
+    assert [(e.type, e.error) for e in events][0] == (
+        "skipped",
+        "tick at 2024-06-03T12:00:01+00:00 not run here: the coordinator failed: "
+        "CoordinatorHalt: coordinator unreachable",
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "reporting the tick at 2024-06-03T12:00:02+00:00" in warnings[1]
+    assert unhandled == []
 
 
 async def test_a_coordinator_that_does_not_answer_times_out(record: Record) -> None:
