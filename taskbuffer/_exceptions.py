@@ -145,7 +145,7 @@ class ServiceStartError(TaskbufferError, RuntimeError):
 
     def __init__(self, failed: dict[str, BaseException]) -> None:
         listing = "; ".join(
-            f"{name!r}: {type(error).__name__}: {error}" for name, error in failed.items()
+            f"{name!r}: {type(error).__name__}: {safe_str(error)}" for name, error in failed.items()
         )
         count = len(failed)
         super().__init__(f"{count} service{'s' if count != 1 else ''} failed to start: {listing}")

@@ -24,6 +24,7 @@ from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, cast, o
 from typing_extensions import Unpack
 
 from ._clock import now_wall, to_datetime
+from ._validation import error_message, reraise_interrupt_later, safe_repr, safe_str
 
 __all__ = (
     "SERVICE_STATES",
@@ -169,6 +170,20 @@ def _labels(labels: Mapping[str, str]) -> dict[str, str]:
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"labels are str -> str; got {key!r} -> {value!r}")
     return dict(labels)
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` is the current task being cancelled, which must go on.
+
+    A ``CancelledError`` a callback raises of its own accord while nobody cancels the task is
+    a failure of that callback like any other error, and so is any ``BaseException``
+    subclass; a ``KeyboardInterrupt`` or ``SystemExit`` is recorded as such, then raised again
+    from the loop (:func:`reraise_interrupt_later`).
+    """
+    if not isinstance(error, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:
@@ -399,7 +414,7 @@ class Service(Generic[T]):
             labels=dict(self.labels),
             depends_on=self._depends_on,
             restart_count=self._restart_count,
-            last_error=None if error is None else str(error),
+            last_error=None if error is None else error_message(error),
             last_health_check=self.last_health_check,
             started_at=self.started_at,
         )
@@ -482,8 +497,11 @@ class Service(Generic[T]):
                     self._name,
                     timeout,
                 )
-        except Exception:
-            logger.exception("stopping service %r raised", self._name)
+        except BaseException as exc:
+            if _is_cancellation(exc):
+                raise
+            logger.error("stopping service %r raised", self._name, exc_info=exc)
+            reraise_interrupt_later(exc)
 
     async def _probe(self) -> tuple[str, BaseException | None] | None:
         """Run the health check once: ``None`` when healthy, else what went wrong."""
@@ -493,15 +511,16 @@ class Service(Generic[T]):
         try:
             async with asyncio.timeout(timeout) as window:
                 verdict = await _call(self._health_check, self._instance)
-        except TimeoutError as exc:
-            if window.expired():
+            # Inside the try: a verdict whose truth cannot be told is a failed check too.
+            problem = None if verdict else (f"returned {safe_repr(verdict)}", None)
+        except BaseException as exc:
+            if _is_cancellation(exc):
+                raise
+            reraise_interrupt_later(exc)
+            if isinstance(exc, TimeoutError) and window.expired():
                 problem = (f"took longer than {timeout or 0:g} s", None)
             else:
-                problem = (f"raised TimeoutError: {exc}", exc)
-        except Exception as exc:
-            problem = (f"raised {type(exc).__name__}: {exc}", exc)
-        else:
-            problem = None if verdict else (f"returned {verdict!r}", None)
+                problem = (f"raised {type(exc).__name__}: {safe_str(exc)}", exc)
         self._last_health_check = now_wall()
         return problem
 

@@ -14,6 +14,10 @@ How it works, in one place:
 - Changes to the set of running services (a start wave, a restart, a stop) are serialised by
   one lock, taken after the restart delay and released between attempts. A restart stops the
   running dependants first, then starts every stopped dependant whose dependencies run again.
+  ``stop()`` cancels the watchers, but not one stopping services for a recovery: it lets
+  those stop callbacks finish (within their ``stop_timeout``), then starts nothing more.
+- A callback fails by raising anything, ``BaseException`` subclasses and a ``CancelledError``
+  of its own included; only the cancellation of the task running it passes through.
 - Invariant: a service runs only while every service it depends on runs (or is unhealthy and
   about to be restarted, which stops it first).
 - Everything is bound to the loop of the latest ``start()``; nothing is made at construction.
@@ -22,9 +26,10 @@ How it works, in one place:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -38,7 +43,8 @@ from ._exceptions import (
     ServiceStartError,
     ServiceUnavailableError,
 )
-from ._service import SERVICE_STATES, Service, ServiceEvent, ServiceState
+from ._service import SERVICE_STATES, Service, ServiceEvent, ServiceState, _is_cancellation
+from ._validation import error_message, reraise_interrupt_later
 
 if TYPE_CHECKING:
     from ._task import Task
@@ -133,6 +139,7 @@ class ServiceManager:
         "_lock",
         "_loop",
         "_phase",
+        "_recovery_stops",
         "_services",
         "_waiters",
         "_watchers",
@@ -154,6 +161,9 @@ class ServiceManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        # The watcher stopping services for a recovery, if any: stop() lets it finish those
+        # stops (each within its stop_timeout) rather than cut them short.
+        self._recovery_stops: asyncio.Task[None] | None = None
         # name -> {future: condition}: futures resolved at the first change of that service
         # (None: of any service) after which the condition holds (wait_for_state; tasks
         # waiting for services).
@@ -211,6 +221,12 @@ class ServiceManager:
             raise RuntimeError(
                 f"cannot remove service {name!r} while it is {service.state} (the ServiceManager "
                 f"is {self._phase}); it can be removed when stopped or failed"
+            )
+        if self._lock is not None and self._lock.locked():
+            # A wave in flight holds its members by name: one may be about to start.
+            raise RuntimeError(
+                f"cannot remove service {name!r} while services are being started, stopped or "
+                "restarted; wait for the restart to end (wait_for_state) or stop() first"
             )
         dependants = [s.name for s in self._services.values() if name in s.depends_on]
         if dependants:
@@ -303,7 +319,8 @@ class ServiceManager:
         watchers = list(self._watchers.values())
         self._watchers.clear()
         for watcher in watchers:
-            watcher.cancel()
+            if watcher is not self._recovery_stops:  # that one ends after its stops
+                watcher.cancel()
         if watchers:
             await asyncio.wait(watchers)
         assert self._lock is not None
@@ -451,11 +468,12 @@ class ServiceManager:
         self._set(service, "starting")
         try:
             await service._open(self.start_timeout)
-        except asyncio.CancelledError:
-            self._set(service, "stopped")
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            if _is_cancellation(exc):
+                self._set(service, "stopped")
+                raise
             self._set(service, "failed", exc)
+            reraise_interrupt_later(exc)
             return exc
         self._set(service, "running")
         self._watch(service)
@@ -510,7 +528,7 @@ class ServiceManager:
     async def _recover(self, service: Service[Any], error: BaseException) -> bool:
         """Restart an unhealthy service (with backoff), or fail it; True if it runs again."""
         self._set(service, "unhealthy", error)
-        logger.info("service %r is unhealthy: %s", service.name, error)
+        logger.info("service %r is unhealthy: %s", service.name, error_message(error))
         while True:
             if service.restart == "never" or (
                 service.max_restarts is not None and service.restart_count >= service.max_restarts
@@ -520,11 +538,14 @@ class ServiceManager:
                     if service.restart == "never"
                     else f"max_restarts={service.max_restarts} reached"
                 )
-                logger.error("service %r failed (%s): %s", service.name, reason, error)
+                logger.error(
+                    "service %r failed (%s): %s", service.name, reason, error_message(error)
+                )
                 assert self._lock is not None
                 async with self._lock:
-                    await self._halt_dependants(service)
-                    await self._halt(service, "failed", error)
+                    with self._stopping_for_recovery():
+                        await self._halt_dependants(service)
+                        await self._halt(service, "failed", error)
                 return False
             await asyncio.sleep(service.restart_delay_for(service.restart_count + 1))
             assert self._lock is not None
@@ -534,20 +555,24 @@ class ServiceManager:
                 logger.info(
                     "restarting service %r (restart %d)", service.name, service.restart_count
                 )
-                await self._halt_dependants(service)
-                if service._is_open:
-                    await service._close(self.stop_timeout)
+                with self._stopping_for_recovery():
+                    await self._halt_dependants(service)
+                    if service._is_open:
+                        await service._close(self.stop_timeout)
+                if self._phase not in ("starting", "running"):
+                    return False  # stop() began meanwhile: it stops this one, nothing starts
                 try:
                     await service._open(self.start_timeout)
-                except asyncio.CancelledError:
-                    self._set(service, "stopped")
-                    raise
-                except Exception as exc:
+                except BaseException as exc:
+                    if _is_cancellation(exc):
+                        self._set(service, "stopped")
+                        raise
+                    reraise_interrupt_later(exc)
                     logger.warning(  # tried again after the next delay
                         "restart %d of service %r failed: %s",
                         service.restart_count,
                         service.name,
-                        exc,
+                        error_message(exc),
                     )
                     error = exc
                     service._enter("restarting", exc)
@@ -555,6 +580,15 @@ class ServiceManager:
                 self._set(service, "running")
                 await self._resume_dependants(service)
             return True
+
+    @contextlib.contextmanager
+    def _stopping_for_recovery(self) -> Iterator[None]:
+        """Mark the current watcher as stopping services for a recovery (see ``stop()``)."""
+        self._recovery_stops = asyncio.current_task()
+        try:
+            yield
+        finally:
+            self._recovery_stops = None
 
     def _all_dependants(self, service: Service[Any]) -> list[Service[Any]]:
         """Every service that depends on ``service``, directly or through others."""
@@ -578,7 +612,7 @@ class ServiceManager:
             [s for s in self._all_dependants(service) if s.state == "stopped"]
         )
         for name, error in failed.items():
-            logger.error("service %r failed to start again: %s", name, error)
+            logger.error("service %r failed to start again: %s", name, error_message(error))
 
     # --------------------------------------------------------------------- states, events
 
@@ -594,7 +628,7 @@ class ServiceManager:
                     type=state,
                     service=service.get_metadata(),
                     timestamp=now_wall(),
-                    error=None if error is None else str(error),
+                    error=None if error is None else error_message(error),
                 )
             )
         for key in (service.name, None):
@@ -743,7 +777,8 @@ class ServiceManager:
         if service.state == "running" and all(s.state == "running" for s in dependencies):
             return True
         if service.state == "failed":
-            return f"it failed: {service.last_error}"
+            error = service.last_error
+            return f"it failed: {'?' if error is None else error_message(error)}"
         if self._phase in ("stopped", "stopping"):
             return f"the ServiceManager is {self._phase}"
         blocker = next((s for s in dependencies if s.state == "failed"), None)

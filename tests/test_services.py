@@ -1561,3 +1561,152 @@ async def test_a_waiting_task_holds_its_slots_in_other_groups(life: Lifecycle) -
         await first
         await starting
     await services.stop()
+
+
+# ------------------------------------------------------- hostile callbacks and races
+
+
+class Interrupt(BaseException):
+    """A user's own BaseException subclass (neither an Exception nor a cancellation)."""
+
+
+@pytest.mark.parametrize("error", [Interrupt("start broke"), asyncio.CancelledError()])
+async def test_a_start_raising_a_base_exception_or_its_own_cancellation_is_a_failed_start(
+    life: Lifecycle, error: BaseException
+) -> None:
+    async def broken() -> str:
+        raise error
+
+    manager = manager_of(
+        Service(name="db", start=broken), life.service("api", depends_on=["db"]), life.service("x")
+    )
+    failure = await start_quietly(manager)
+    assert failure is not None and list(failure.failed) == ["db"]
+    assert failure.failed["db"] is error
+    assert states(manager) == {"db": "failed", "api": "stopped", "x": "running"}
+    await manager.stop()
+    assert left_over() == (set(), [])
+
+
+@pytest.mark.parametrize("error", [Interrupt("stop broke"), asyncio.CancelledError()])
+async def test_a_stop_raising_a_base_exception_or_its_own_cancellation_is_logged(
+    life: Lifecycle, error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = manager_of(
+        life.service("db"), life.service("api", depends_on=["db"], stop_error=error)
+    )
+    await start_quietly(manager)
+    async with asyncio.timeout(LIMIT):
+        await manager.stop()  # does not raise, and still stops what api depends on
+    assert states(manager) == {"db": "stopped", "api": "stopped"}
+    assert life.what("stopped") == ["db"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["stopping service 'api' raised"]
+    assert left_over() == (set(), [])
+
+
+class Ambiguous:
+    def __bool__(self) -> bool:
+        raise ValueError("truth value is ambiguous")
+
+
+@pytest.mark.parametrize(
+    "outcome", [Interrupt("check broke"), asyncio.CancelledError(), "ambiguous"]
+)
+async def test_a_check_raising_anything_or_returning_an_unusable_verdict_counts_as_failed(
+    life: Lifecycle, outcome: BaseException | str
+) -> None:
+    async def check(instance: str) -> Any:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return Ambiguous()
+
+    manager = manager_of(
+        life.service(
+            "db", health_check=check, health_interval=1, unhealthy_threshold=2, max_restarts=1
+        )
+    )
+    await start_quietly(manager)
+    async with asyncio.timeout(LIMIT):
+        await manager.wait_for_state("db", "unhealthy")
+        assert now() == 2
+        await manager.wait_for_state("db", "failed")
+    db = manager.get_service("db")
+    assert db is not None and db.restart_count == 1
+    assert isinstance(db.last_error, ServiceHealthCheckError)
+    assert db.last_error.problem.startswith("raised ")
+    await manager.stop()
+    assert left_over() == (set(), [])
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise Interrupt("no str for you")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [(ConnectionError(), "ConnectionError"), (Unprintable(), "<Unprintable object: str()")],
+)
+async def test_an_error_with_an_empty_or_raising_str_is_shown_by_its_type(
+    error: Exception, message: str, subscribe: Callable[[ServiceManager], list[ServiceEvent]]
+) -> None:
+    async def broken() -> str:
+        raise error
+
+    manager = manager_of(Service(name="db", start=broken))
+    events = subscribe(manager)
+    failure = await start_quietly(manager)
+    assert failure is not None and message in str(failure)
+    assert events[-1].type == "failed"
+    assert events[-1].error is not None and events[-1].error.startswith(message)
+    metadata = manager.get_service("db").get_metadata()  # type: ignore[union-attr]
+    assert metadata.last_error is not None and metadata.last_error.startswith(message)
+    tasks = TaskManager()
+    tasks.add_constraint_group(manager.constraint_group())
+    with pytest.raises(ServiceUnavailableError, match=f"it failed: {message}"):
+        await tasks.trigger_task(needs("report", "db"))
+    await manager.stop()
+
+
+async def test_stop_during_a_restart_lets_the_restart_finish_its_stops(
+    life: Lifecycle,
+) -> None:
+    manager = manager_of(
+        life.service("db", health_check=Health(False), health_interval=10, unhealthy_threshold=1),
+        life.service("api", depends_on=["db"], stop_time=5),
+    )
+    await start_quietly(manager)
+    async with asyncio.timeout(LIMIT):
+        await manager.wait_for_state("api", "stopping")  # the restart at 11 stops api first
+        assert now() == 11
+        await asyncio.sleep(1)
+        await manager.stop()
+    assert life.at("stopped") == {"api": 16, "db": 16}  # api's stop was not cut short
+    assert life.what("start") == ["db", "api"]  # nothing started again once stop() began
+    assert states(manager) == {"db": "stopped", "api": "stopped"}
+    assert left_over() == (set(), [])
+
+
+async def test_remove_service_waits_for_a_restart_in_progress_to_end(life: Lifecycle) -> None:
+    manager = manager_of(
+        life.service(
+            "db",
+            health_check=Health(False),
+            health_interval=10,
+            unhealthy_threshold=1,
+            start_time=3,
+        ),
+        life.service("api", depends_on=["db"]),
+    )
+    await start_quietly(manager)
+    async with asyncio.timeout(LIMIT):
+        await manager.wait_for_stopped("api")  # stopped for db's restart, started again after
+        with pytest.raises(RuntimeError, match="cannot remove service 'api' while services"):
+            manager.remove_service("api")
+        await manager.wait_for_running("api")
+    assert now() == 17  # db restarted at 14, taking 3 s
+    assert states(manager) == {"db": "running", "api": "running"}
+    await manager.stop()
+    manager.remove_service("api")
+    assert left_over() == (set(), [])
