@@ -24,7 +24,16 @@ from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, cast, o
 from typing_extensions import Unpack
 
 from ._clock import now_wall, to_datetime
-from ._validation import error_message, reraise_interrupt_later, safe_repr, safe_str
+from ._validation import (
+    check_count,
+    check_labels,
+    check_number,
+    check_seconds,
+    error_message,
+    reraise_interrupt_later,
+    safe_repr,
+    safe_str,
+)
 
 __all__ = (
     "SERVICE_STATES",
@@ -112,39 +121,25 @@ class ServiceEvent:
 
 
 def _duration(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """A finite duration option as float seconds."""
-    accepted = "a finite number of seconds " + (">= 0" if allow_zero else "> 0")
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (0 <= value < math.inf)
-        or (value == 0 and not allow_zero)
-    ):
-        raise ValueError(f"{name} must be {accepted}, not {value!r}")
-    return float(value)
+    """A finite duration option as float seconds (the package's wording: ``_validation``)."""
+    seconds = check_seconds(name, value, positive=not allow_zero)
+    assert seconds is not None
+    return seconds
 
 
 def _limit(name: str, value: float | None) -> float | None:
-    """A time limit as float seconds (``math.inf``: no limit), or ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0):
-        raise ValueError(
-            f"{name} must be a number of seconds > 0, math.inf (no limit) or None, not {value!r}"
-        )
-    return float(value)
+    """A time limit as float seconds, ``math.inf`` (no limit, kept: it overrides the
+    manager's default) or ``None`` (the manager's default)."""
+    seconds = check_number(
+        name, value, minimum=0, above=True, unit="seconds", infinite=True, none=True
+    )
+    return None if seconds is None else float(seconds)
 
 
 def _effective(limit: float | None, default: float | None) -> float | None:
     """The limit to apply: the service's own, else the manager's; ``None`` = no limit."""
     chosen = default if limit is None else limit
     return None if chosen is None or chosen == math.inf else chosen
-
-
-def _count(name: str, value: int, *, minimum: int, accepted: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be {accepted or f'an int >= {minimum}'}, not {value!r}")
-    return value
 
 
 def _names(service_name: str, depends_on: Sequence[str]) -> tuple[str, ...]:
@@ -161,15 +156,6 @@ def _names(service_name: str, depends_on: Sequence[str]) -> tuple[str, ...]:
     if service_name in names:
         raise ValueError(f"service {service_name!r} cannot depend on itself (depends_on)")
     return names
-
-
-def _labels(labels: Mapping[str, str]) -> dict[str, str]:
-    if not isinstance(labels, Mapping):
-        raise TypeError(f"labels must be a mapping of str to str, not {labels!r}")
-    for key, value in labels.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"labels are str -> str; got {key!r} -> {value!r}")
-    return dict(labels)
 
 
 def _is_cancellation(error: BaseException) -> bool:
@@ -307,8 +293,10 @@ class Service(Generic[T]):
         restart_max_delay: float = 60.0,
         max_restarts: int | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, not {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__qualname__} {safe_repr(name)}")
+        if not name:
+            raise ValueError("name must be a non-empty string, not ''")
         for option, function in (("start", start), ("stop", stop), ("health_check", health_check)):
             if function is not None and not callable(function):
                 raise TypeError(f"{option} must be callable, not {function!r}")
@@ -316,33 +304,26 @@ class Service(Generic[T]):
             raise TypeError("start must be callable, not None")
         if restart not in ("never", "on-failure"):
             raise ValueError(f"restart must be 'never' or 'on-failure', not {restart!r}")
-        if (
-            isinstance(restart_backoff, bool)
-            or not isinstance(restart_backoff, int | float)
-            or not (1 <= restart_backoff < math.inf)
-        ):
-            raise ValueError(
-                f"restart_backoff must be a finite number >= 1, not {restart_backoff!r}"
-            )
+        backoff = float(check_number("restart_backoff", restart_backoff, minimum=1))
         self._name = name
         self._start = start
         self._stop = stop
         self._health_check = health_check
         self.health_interval = _duration("health_interval", health_interval)
         self.health_timeout = _limit("health_timeout", health_timeout)
-        self.unhealthy_threshold = _count("unhealthy_threshold", unhealthy_threshold, minimum=1)
+        self.unhealthy_threshold: int = check_count(
+            "unhealthy_threshold", unhealthy_threshold, minimum=1
+        )
         self._depends_on = _names(name, depends_on)
-        self.labels = _labels(labels or {})
+        self.labels = check_labels("labels", labels)
         self.start_timeout = _limit("start_timeout", start_timeout)
         self.stop_timeout = _limit("stop_timeout", stop_timeout)
         self.restart: RestartPolicy = restart
         self.restart_delay = _duration("restart_delay", restart_delay, allow_zero=True)
-        self.restart_backoff = float(restart_backoff)
+        self.restart_backoff = backoff
         self.restart_max_delay = _duration("restart_max_delay", restart_max_delay, allow_zero=True)
-        self.max_restarts = (
-            None
-            if max_restarts is None
-            else _count("max_restarts", max_restarts, minimum=0, accepted="an int >= 0 or None")
+        self.max_restarts: int | None = check_number(
+            "max_restarts", max_restarts, minimum=0, integer=True, none=True
         )
 
         self._state: ServiceState = "stopped"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
@@ -44,7 +43,7 @@ from ._exceptions import (
     ServiceUnavailableError,
 )
 from ._service import SERVICE_STATES, Service, ServiceEvent, ServiceState, _is_cancellation
-from ._validation import error_message, reraise_interrupt_later
+from ._validation import check_seconds, error_message, reraise_interrupt_later
 
 if TYPE_CHECKING:
     from ._task import Task
@@ -84,19 +83,8 @@ class ServiceManagerStatistics:
 
 
 def _check_timeout(name: str, value: float | None, *, allow_zero: bool = False) -> float | None:
-    """A time limit as float seconds; ``None`` or ``math.inf`` = no limit."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        accepted = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a number of seconds {accepted} or None, not {value!r}")
-    return None if value == math.inf else float(value)
+    """A time limit as float seconds; ``None`` or ``math.inf`` = no limit (returned as None)."""
+    return check_seconds(name, value, positive=not allow_zero, infinite=True, none=True)
 
 
 def _cycle_in(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
@@ -745,8 +733,10 @@ class ServiceManager:
         :class:`ServiceNotFoundError`. Tasks without the label are not affected. The check
         is made when a run starts; a run in progress is not stopped.
         """
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"label must be a non-empty string, not {label!r}")
+        if not isinstance(label, str):
+            raise TypeError(f"label must be a str, not {type(label).__qualname__} {label!r}")
+        if not label:
+            raise ValueError("label must be a non-empty string, not ''")
         limit = _check_timeout("timeout", timeout)
 
         def key(task: Task[Any, Any], input: Any) -> str | None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import pickle
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import FrozenInstanceError
 from datetime import datetime
@@ -218,15 +219,15 @@ def test_a_service_holds_its_options_and_starts_stopped() -> None:
         ({"health_interval": math.nan}, ValueError, "health_interval"),
         ({"health_timeout": -1}, ValueError, "health_timeout must be a number of seconds > 0"),
         ({"unhealthy_threshold": 0}, ValueError, "unhealthy_threshold must be an int >= 1"),
-        ({"unhealthy_threshold": True}, ValueError, "unhealthy_threshold must be an int >= 1"),
+        ({"unhealthy_threshold": True}, TypeError, "unhealthy_threshold must be an int >= 1"),
         ({"depends_on": "db"}, TypeError, "depends_on must be a sequence of service names"),
         ({"depends_on": ["db", ""]}, ValueError, "depends_on must hold non-empty service names"),
         ({"depends_on": ["db", "db"]}, ValueError, "depends_on names a service more than once"),
         ({"depends_on": ["me"]}, ValueError, "service 'me' cannot depend on itself"),
-        ({"labels": {"k": 1}}, TypeError, "labels are str -> str"),
+        ({"labels": {"k": 1}}, TypeError, "labels must be a mapping of str to str; got"),
         ({"labels": ["k"]}, TypeError, "labels must be a mapping"),
         ({"start_timeout": 0}, ValueError, "start_timeout must be a number of seconds > 0"),
-        ({"stop_timeout": "1"}, ValueError, "stop_timeout must be a number of seconds > 0"),
+        ({"stop_timeout": "1"}, TypeError, "stop_timeout must be a number of seconds > 0"),
         ({"restart": "always"}, ValueError, "restart must be 'never' or 'on-failure'"),
         (
             {"restart_delay": -0.5},
@@ -254,8 +255,14 @@ def test_no_limit_options_accept_none_and_infinity() -> None:
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ({"start_timeout": -1}, "start_timeout must be a number of seconds > 0 or None"),
-        ({"stop_timeout": math.nan}, "stop_timeout must be a number of seconds > 0 or None"),
+        (
+            {"start_timeout": -1},
+            "start_timeout must be a number of seconds > 0, math.inf or None",
+        ),
+        (
+            {"stop_timeout": math.nan},
+            "stop_timeout must be a number of seconds > 0, math.inf or None",
+        ),
     ],
 )
 def test_bad_manager_options_raise_naming_the_parameter(
@@ -1159,7 +1166,9 @@ async def test_wait_for_state_checks_its_arguments() -> None:
         await manager.wait_for_state("nope", "running")
     with pytest.raises(ValueError, match="state must be one of 'stopped', 'starting'"):
         await manager.wait_for_state("db", "up")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0 or None"):
+    with pytest.raises(
+        ValueError, match="timeout must be a number of seconds >= 0, math.inf or None"
+    ):
         await manager.wait_for_running("db", timeout=-1)
 
 
@@ -1710,3 +1719,84 @@ async def test_remove_service_waits_for_a_restart_in_progress_to_end(life: Lifec
     await manager.stop()
     manager.remove_service("api")
     assert left_over() == (set(), [])
+
+
+HUGE = 10**400  # an int beyond any float
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "words"),
+    [
+        (lambda: Service(name=5, start=lambda: None), TypeError, "name must be a str"),
+        (
+            lambda: Service(name="s", start=lambda: None, health_interval="5"),
+            TypeError,
+            "health_interval must be a finite number of seconds > 0, not str '5'",
+        ),
+        (
+            lambda: Service(name="s", start=lambda: None, health_interval=HUGE),
+            ValueError,
+            "health_interval must be a finite number of seconds > 0",
+        ),
+        (
+            lambda: Service(name="s", start=lambda: None, restart_backoff=HUGE),
+            ValueError,
+            "restart_backoff must be a finite number >= 1",
+        ),
+        (
+            lambda: Service(name="s", start=lambda: None, restart_delay=HUGE),
+            ValueError,
+            "restart_delay must be a finite number of seconds >= 0",
+        ),
+        (
+            lambda: Service(name="s", start=lambda: None, start_timeout=HUGE),
+            ValueError,
+            "start_timeout must be a number of seconds > 0, math.inf or None",
+        ),
+        (
+            lambda: Service(name="s", start=lambda: None, unhealthy_threshold=2.0),
+            TypeError,
+            "unhealthy_threshold must be an int >= 1, not float 2.0",
+        ),
+        (
+            lambda: Service(name="s", start=lambda: None, max_restarts=True),
+            TypeError,
+            "max_restarts must be an int >= 0 or None, not bool True",
+        ),
+        (
+            lambda: ServiceManager(start_timeout="1"),
+            TypeError,
+            "start_timeout must be a number of seconds > 0, math.inf or None, not str '1'",
+        ),
+        (
+            lambda: ServiceManager(stop_timeout=HUGE),
+            ValueError,
+            "stop_timeout must be a number of seconds > 0, math.inf or None",
+        ),
+        (
+            lambda: ServiceManager().constraint_group(timeout=True),
+            TypeError,
+            "timeout must be a number of seconds > 0, math.inf or None, not bool True",
+        ),
+        (
+            lambda: ServiceManager().constraint_group(label=3),
+            TypeError,
+            "label must be a str",
+        ),
+    ],
+)
+def test_option_checks_word_errors_as_the_rest_of_the_package(
+    build: Callable[[], object], error: type[Exception], words: str
+) -> None:
+    # A wrong type is a TypeError, a number out of range (an int beyond any float
+    # included: no OverflowError) a ValueError, both in the package's one wording.
+    with pytest.raises(error, match=f"^{re.escape(words)}"):
+        build()
+
+
+async def test_wait_for_state_checks_its_timeout_as_the_rest_of_the_package() -> None:
+    manager = manager_of(Service(name="db", start=lambda: None))
+    with pytest.raises(TypeError, match="timeout must be a number of seconds >= 0"):
+        await manager.wait_for_state("db", "running", timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        await manager.wait_for_state("db", "running", timeout=HUGE)
