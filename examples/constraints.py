@@ -136,10 +136,34 @@ async def checks_and_sharing() -> None:
     print(f"should_execute: disabled account -> {skipped!r}; events seen: {sorted(set(events))}")
 
 
+async def spawn_from_a_subscriber() -> None:
+    manager = TaskManager()
+    audit_log: list[str] = []
+
+    async def write_audit(entry: str) -> None:
+        await asyncio.sleep(0.01)
+        audit_log.append(entry)
+
+    manager.add_task(Task(task_function=sync_account, name="sync"))
+    manager.add_task(Task(task_function=write_audit, name="audit"))
+
+    def on_event(event: TaskEvent) -> None:
+        # A subscriber is plain code: it cannot await a trigger, so it spawns one. The
+        # manager keeps the run, logs its failure, and stop() waits for it.
+        if event.task.name == "sync" and event.type == "completed":
+            manager.spawn("audit", f"sync run {event.task.run_count} done")
+
+    manager.task_subject.subscribe(on_event)
+    await asyncio.gather(*(manager.trigger_task_by_name("sync", a) for a in ("acme", "hooli")))
+    await manager.stop()
+    print(f"spawn: 2 syncs, {len(audit_log)} audit entries written when stop() returned")
+
+
 async def main() -> None:
     await mutex_and_cap()
     await cooldown_and_rate_limit()
     await checks_and_sharing()
+    await spawn_from_a_subscriber()
 
 
 if __name__ == "__main__":

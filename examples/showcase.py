@@ -144,6 +144,7 @@ def build_pipeline(source: FlakySource, model: SentimentModel) -> Pipeline:
         retries=3,
         retry_delay=0.02,  # then 0.04, then 0.08
         retry_backoff=2.0,
+        retry_on=ConnectionError,  # any other error fails the run at once
     )
     parse_task = Task(task_function=parse, name="parse", labels={"stage": "parse"})
     enrich = Taskparallel(

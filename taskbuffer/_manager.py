@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from functools import partial
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._clock import now_wall
 from ._constraints import TaskConstraintGroup
@@ -19,7 +20,7 @@ from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFou
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._scheduler import Scheduler
 from ._task import Task
-from ._validation import check_count, check_seconds
+from ._validation import check_count, check_seconds, safe_repr
 from ._waiting import (
     GO,
     Claim,
@@ -36,6 +37,8 @@ from ._waiting import (
 from .distributed import AbstractDistributedCoordinator
 
 __all__ = ("TaskManager", "TaskManagerStatistics")
+
+logger = logging.getLogger("taskbuffer")
 
 if sys.version_info >= (3, 12):
     _current_task = asyncio.current_task  # implemented in C
@@ -83,6 +86,7 @@ class TaskManager:
         "_running",
         "_scheduler",
         "_seq",
+        "_spawns",
         "_started",
         "_stop_cancelled",
         "_stoppers",
@@ -134,6 +138,9 @@ class TaskManager:
         self._idle: asyncio.Future[None] | None = None
         self._stoppers = 0  # stop() calls waiting for the runs (they share _idle)
         self._scheduler = Scheduler(self)
+        # The asyncio tasks of spawn(), kept until they end (the loop holds only weak
+        # references); the value says whether the trigger has reached the manager yet.
+        self._spawns: dict[asyncio.Task[Any], bool] = {}
 
     def __repr__(self) -> str:
         return (
@@ -588,6 +595,86 @@ class TaskManager:
             if self._tasks.get(task.name or "") is task:
                 self.remove_task(task)
 
+    # ----------------------------------------------------------------------------- spawn
+
+    @overload
+    def spawn(
+        self, task_or_name: Task[R, Any], input: Any = None, *, priority: int = 0
+    ) -> asyncio.Task[R | None]: ...
+    @overload
+    def spawn(
+        self, task_or_name: str, input: Any = None, *, priority: int = 0
+    ) -> asyncio.Task[Any]: ...
+    def spawn(
+        self, task_or_name: Task[Any, Any] | str, input: Any = None, *, priority: int = 0
+    ) -> asyncio.Task[Any]:
+        """Trigger a task through the constraints without awaiting it.
+
+        Safe to call from synchronous code running in the loop (an event subscriber, a loop
+        callback). The trigger goes on in an asyncio task of its own, which the manager keeps
+        until it ends; awaiting it is optional and gives what ``trigger_task_constrained``
+        would (the result, ``None`` when skipped, or the error). A failure is logged to the
+        ``taskbuffer`` logger (the run emitted ``failed`` already) and never left as an
+        exception nobody retrieved; a trigger that the manager's stop refused or cancelled
+        (``TaskManagerStoppedError``) is logged at debug level. ``stop()`` treats a spawned
+        trigger as any other, including one spawned just before it was called. A task
+        object need not be registered, as with ``trigger_task``.
+
+        :raises TaskNotFoundError: no task is registered as ``task_or_name``.
+        :raises TaskManagerStoppedError: the manager is stopped or stopping.
+        :raises RuntimeError: no event loop is running in this thread.
+        """
+        if isinstance(task_or_name, str):
+            task = self._require(task_or_name)
+        elif isinstance(task_or_name, Task):
+            task = task_or_name
+        else:
+            raise TypeError(
+                "task_or_name must be a Task or the name of a registered task, not "
+                f"{safe_repr(task_or_name)}"
+            )
+        if type(priority) is not int:  # bool is not accepted either
+            raise TypeError(f"priority must be an int, not {safe_repr(priority)}")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "TaskManager.spawn() needs a running event loop in this thread: call it from "
+                "code running in the loop the manager serves (a coroutine, a subscriber, a "
+                "loop callback); from another thread, use asyncio.run_coroutine_threadsafe("
+                "manager.trigger_task(...), loop)"
+            ) from None
+        if not self._accepting:
+            raise TaskManagerStoppedError("the TaskManager is stopped; call start() to use it")
+        runner = loop.create_task(
+            self._spawned(task, input, priority), name=f"taskbuffer spawn {task.name!r}"
+        )
+        self._spawns[runner] = False
+        runner.add_done_callback(self._spawn_done)
+        return runner
+
+    async def _spawned(self, task: Task[Any, Any], input: Any, priority: int) -> Any:
+        """A spawned trigger, in its own asyncio task: the failure is logged here, since
+        nobody may await it (``_spawn_done`` retrieves it)."""
+        runner = asyncio.current_task()
+        assert runner is not None
+        self._spawns[runner] = True  # it reaches the manager in this step
+        try:
+            return await self.trigger_task_constrained(task, input, priority=priority)
+        except TaskManagerStoppedError as exc:
+            logger.debug("spawned trigger of task %r did not complete: %s", task.name, exc)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            logger.error("spawned run of task %r failed", task.name, exc_info=exc)
+            raise
+
+    def _spawn_done(self, runner: asyncio.Task[Any]) -> None:
+        del self._spawns[runner]
+        if not runner.cancelled():
+            runner.exception()  # logged by _spawned: not "never retrieved"
+
     # ------------------------------------------------------------------------ scheduling
 
     def add_and_schedule_task(self, task: Task[Any, Any], cron: str) -> None:
@@ -674,6 +761,9 @@ class TaskManager:
         passes (a shorter ``timeout`` tightens the stop in progress, a longer one does not
         loosen it), and a call with ``drain=False`` fails the triggers still waiting.
 
+        Triggers spawned before the call (``spawn()``) that have not started yet reach the
+        manager first, so they are waited for, failed or cancelled as any other.
+
         :raises RuntimeError: awaited from inside a run of this manager (it would wait for
             itself), or from an event loop other than that of the runs in flight.
         """
@@ -688,6 +778,10 @@ class TaskManager:
             )
         if self._active:
             self._check_one_loop(asyncio.get_running_loop(), current)
+        if not all(self._spawns.values()):
+            # Spawned before this call, not yet started: their first steps run before this
+            # one resumes, so that they meet the stop as the triggers made before it they are.
+            await asyncio.sleep(0)
         self._accepting = False
         self._scheduler.stop()
         if self._forwarding:

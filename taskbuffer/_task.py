@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -29,11 +30,14 @@ from ._metadata import TaskMetadata, TaskStatus, make_metadata
 from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
 from ._validation import (
     check_count,
+    check_error_filter,
     check_labels,
     check_number,
     check_optional_str,
     check_seconds,
     error_message,
+    reraise_interrupt_later,
+    safe_repr,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ T = TypeVar("T")
 D = TypeVar("D", default=dict[str, Any])
 
 TaskFunction = Callable[..., Awaitable[T]] | Callable[..., T]
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
 class _CoreOptions(TypedDict, total=False):
@@ -68,6 +73,9 @@ class _CoreOptions(TypedDict, total=False):
     retries: int
     retry_delay: float
     retry_backoff: float
+    retry_on: RetryOn
+    retry_jitter: float
+    retry_max_delay: float | None
 
 
 class TaskOptions(_CoreOptions, total=False):
@@ -141,6 +149,13 @@ class Task(Generic[R, D]):
     :param timeout: per-attempt time limit; a run past it fails with ``TaskTimeoutError``.
     :param retries: extra attempts after a failed one, ``retry_delay`` seconds apart, each
         further delay multiplied by ``retry_backoff``.
+    :param retry_on: which errors are retried: an exception class, a tuple of them, or a
+        predicate taking the error; any other error fails the run at once. An error that is
+        not an ``Exception`` (``KeyboardInterrupt``, a cancellation...) is never retried.
+    :param retry_jitter: 0-1; each delay is multiplied by a random factor in
+        ``[1 - retry_jitter, 1 + retry_jitter]`` (drawn with :func:`random.uniform`).
+    :param retry_max_delay: the longest one delay may be (after the jitter); ``None`` or
+        ``math.inf`` for no cap.
     """
 
     __slots__ = (
@@ -167,6 +182,9 @@ class Task(Generic[R, D]):
         "_retries",
         "_retry_backoff",
         "_retry_delay",
+        "_retry_jitter",
+        "_retry_max_delay",
+        "_retry_on",
         "_route",
         "_routed",
         "_running",
@@ -222,6 +240,9 @@ class Task(Generic[R, D]):
         retries: int = 0,
         retry_delay: float = 0.0,
         retry_backoff: float = 2.0,
+        retry_on: RetryOn = Exception,
+        retry_jitter: float = 0.0,
+        retry_max_delay: float | None = None,
     ) -> None:
         if not callable(task_function):
             raise TypeError(f"task_function must be callable, not {task_function!r}")
@@ -240,6 +261,11 @@ class Task(Generic[R, D]):
         # math.inf means no limit and is stored as None, which keeps to_dict() JSON-clean.
         timeout = check_seconds("timeout", timeout, positive=True, infinite=True, none=True)
         retry_delay = check_seconds("retry_delay", retry_delay) or 0.0
+        retries_what = check_error_filter("retry_on", retry_on)
+        check_number("retry_jitter", retry_jitter, minimum=0, maximum=1)
+        retry_max_delay = check_seconds(
+            "retry_max_delay", retry_max_delay, infinite=True, none=True
+        )
         for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
             if ref is not None and not isinstance(ref, Task) and not callable(ref):
                 raise TypeError(f"{label} must be a Task or a callable returning one, not {ref!r}")
@@ -288,6 +314,9 @@ class Task(Generic[R, D]):
         self._retries = retries
         self._retry_delay = retry_delay
         self._retry_backoff = float(retry_backoff)
+        self._retry_on = retries_what  # a tuple of classes, or a predicate
+        self._retry_jitter = float(retry_jitter)
+        self._retry_max_delay = retry_max_delay
 
         self._event_subject = EventSubject()
         # Other subjects that receive this task's events (the task_subject of each manager it
@@ -676,14 +705,50 @@ class Task(Generic[R, D]):
                     return await self._attempt(input, visited)
                 return await self._attempt_with_timeout(input, visited, self._timeout)
             except Exception as exc:
-                if attempt >= self._retries:
+                # Only an Exception is retried: a cancellation or an interrupt ends the run.
+                if attempt >= self._retries or not self._should_retry(exc):
                     raise
                 attempt += 1
                 self._emit("retrying", "running", error=exc)
                 logger.debug("task %r attempt %d failed; retrying", self._name, attempt)
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                pause = self._pause(delay)
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 delay *= self._retry_backoff
+
+    def _should_retry(self, error: Exception) -> bool:
+        """Whether ``retry_on`` lets ``error`` be retried.
+
+        A predicate that raises is a bug of its own, logged; the run then fails with the
+        error it was asked about (retrying on a broken predicate could retry forever-failing
+        work, and raising the predicate's error would hide the run's own).
+        """
+        retry_on = self._retry_on
+        if isinstance(retry_on, tuple):
+            return isinstance(error, retry_on)
+        try:
+            return bool(retry_on(error))
+        except BaseException as exc:  # the run's own error goes on; this one is logged
+            logger.error(
+                "task %r: retry_on %s raised; the error is not retried",
+                self._name,
+                safe_repr(retry_on),
+                exc_info=exc,
+            )
+            reraise_interrupt_later(exc)
+            return False
+
+    def _pause(self, delay: float) -> float:
+        """The pause before a retry whose unjittered delay is ``delay``: times the jitter
+        factor, then capped at ``retry_max_delay``."""
+        jitter = self._retry_jitter
+        if jitter:
+            factor = random.uniform(1 - jitter, 1 + jitter)
+            delay = delay * factor if factor else 0.0  # inf * 0 would be NaN
+        cap = self._retry_max_delay
+        if cap is not None and delay > cap:
+            delay = cap
+        return delay
 
     async def _attempt_with_timeout(
         self, input: Any, visited: set[Task[Any, Any]] | None, seconds: float

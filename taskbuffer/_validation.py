@@ -12,8 +12,9 @@ right type outside the accepted range (NaN included) raises ``ValueError``. Both
 the parameter and say what is accepted. ``math.inf`` is accepted only where it means "no
 limit", and ``None`` only where the option is optional.
 
-Also here: the checks of label mappings and optional strings, and :func:`safe_str`, which renders
-an exception (or any value) for a message without ever raising.
+Also here: the checks of label mappings, optional strings and error filters (``retry_on``),
+and :func:`safe_str`, which renders an exception (or any value) for a message without ever
+raising.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 __all__ = (
     "check_count",
+    "check_error_filter",
     "check_labels",
     "check_number",
     "check_optional_str",
@@ -199,6 +201,23 @@ def check_seconds(
 def check_count(name: str, value: Any, *, minimum: int, infinite: bool = False) -> Any:
     """A count: an ``int >= minimum`` (or ``math.inf`` with ``infinite``)."""
     return check_number(name, value, minimum=minimum, integer=True, infinite=infinite)
+
+
+def check_error_filter(
+    name: str, value: Any
+) -> tuple[type[BaseException], ...] | Callable[[BaseException], bool]:
+    """Which errors an option selects: an exception class or a tuple of them (returned as a
+    tuple, for ``isinstance``), or a predicate taking the error (returned as it is)."""
+    classes = value if isinstance(value, tuple) else (value,) if isinstance(value, type) else None
+    if classes is not None:
+        if all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+            return classes
+    elif callable(value):
+        return cast("Callable[[BaseException], bool]", value)
+    raise TypeError(
+        f"{name} must be an exception class, a tuple of exception classes or a callable "
+        f"taking the error and returning a bool, not {_shown(value)}"
+    )
 
 
 def check_optional_str(name: str, value: Any) -> str | None:

@@ -62,6 +62,7 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "cooldown: consecutive calls of one account >= 50 ms apart: True",
         "share-latest: 5 triggers, 1 refreshes, tokens: ['token-for-acme-1']",
         "should_execute: disabled account -> None; events seen: ['queued', 'skipped']",
+        "spawn: 2 syncs, 2 audit entries written when stop() returned",
     ],
     "multi_tenant.py": [
         "acme has 3 tasks: ['acme-billing', 'acme-sales', 'acme-usage']",

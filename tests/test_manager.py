@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, assert_type
 
 import pytest
 from _constraint_support import Gates, event_types, idle, settle
@@ -1215,3 +1218,263 @@ def test_constructor_arguments_are_checked() -> None:
         TaskManager(timezone="UTC")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         TaskManager(None)  # type: ignore[call-arg]
+
+
+# ----------------------------------------------------------------------------------- spawn
+
+
+async def test_spawn_from_a_synchronous_subscriber_runs_the_task() -> None:
+    manager = TaskManager()
+    notified: list[str] = []
+    manager.add_task(Task(name="source", task_function=lambda: "ok"))
+    manager.add_task(Task(name="notify", task_function=notified.append))
+    runners: list[asyncio.Task[Any]] = []
+
+    def on_event(event: TaskEvent) -> None:  # a plain function: it cannot await
+        if event.task.name == "source":
+            runners.append(manager.spawn("notify", event.type))
+
+    subscription = manager.task_subject.subscribe(on_event)
+    try:
+        assert await manager.trigger_task_by_name("source") == "ok"
+        async with asyncio.timeout(5):
+            await asyncio.gather(*runners)
+    finally:
+        subscription.dispose()
+    assert notified == ["started", "completed"]
+
+
+def spawn_on_completion(
+    manager: TaskManager, source: str, target: str
+) -> tuple[list[weakref.ref[asyncio.Task[Any]]], asyncio.Event]:
+    """Make a plain subscriber spawn ``target`` when ``source`` completes, keeping only a weak
+    reference to what spawn returned; the event is set when ``target`` fails."""
+    spawned: list[weakref.ref[asyncio.Task[Any]]] = []
+    failed = asyncio.Event()
+
+    def on_event(event: TaskEvent) -> None:
+        if (event.task.name, event.type) == (source, "completed"):
+            spawned.append(weakref.ref(manager.spawn(target)))
+        elif (event.task.name, event.type) == (target, "failed"):
+            failed.set()
+
+    manager.task_subject.subscribe(on_event)
+    return spawned, failed
+
+
+def broken() -> None:
+    raise ValueError("boom")
+
+
+async def test_a_failed_spawned_run_is_logged_to_the_taskbuffer_logger(
+    manager_events: Subscribe, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = TaskManager()
+    manager.add_task(Task(name="broken", task_function=broken))
+    manager.add_task(Task(name="source", task_function=lambda: "ok"))
+    events = manager_events(manager)
+    _, failed = spawn_on_completion(manager, "source", "broken")
+    await manager.trigger_task_by_name("source")
+    async with asyncio.timeout(5):
+        await failed.wait()
+    assert [(e.task.name, e.type) for e in events][-2:] == [
+        ("broken", "started"),
+        ("broken", "failed"),
+    ]
+    logged = [r for r in caplog.records if r.name == "taskbuffer" and r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in logged] == ["spawned run of task 'broken' failed"]
+    assert logged[0].exc_info is not None and str(logged[0].exc_info[1]) == "boom"
+    await manager.stop()
+
+
+async def test_a_failed_spawned_run_leaves_no_exception_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A log record would hold the error, hence its task: silenced so the task can be collected.
+    caplog.set_level(logging.CRITICAL, logger="taskbuffer")
+    loop = asyncio.get_running_loop()
+    complaints: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: complaints.append(context))
+    try:
+        manager = TaskManager()
+        failing = Task(name="broken", task_function=broken)
+        manager.add_task(failing)
+        manager.add_task(Task(name="source", task_function=lambda: "ok"))
+        spawned, failed = spawn_on_completion(manager, "source", "broken")
+        await manager.trigger_task_by_name("source")
+        async with asyncio.timeout(5):
+            await failed.wait()
+        await manager.stop()
+        await settle()  # the task's done callbacks
+        failing.clear_error()  # last_error's traceback holds the frames, hence the task
+        gc.collect()  # asyncio reports an unretrieved exception when its task is collected
+        assert spawned[0]() is None  # and the manager let the task go once it ended
+    finally:
+        loop.set_exception_handler(previous)
+    assert complaints == []
+
+
+async def test_awaiting_a_spawned_task_gives_the_trigger_result() -> None:
+    manager = TaskManager()
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    t = Task(name="double", task_function=double)
+    manager.add_task(t)
+    runner = manager.spawn(t, 21)
+    assert_type(runner, "asyncio.Task[int | None]")
+    assert await runner == 42
+    assert await manager.spawn("double", 5) == 10
+    # A task object need not be registered, as with trigger_task.
+    assert await manager.spawn(Task(task_function=lambda: "free")) == "free"
+    manager.add_constraint_group(
+        TaskConstraintGroup(
+            name="never",
+            constraint_key_for_execution=lambda t, i: "k",
+            should_execute=lambda t, i: False,
+        )
+    )
+    assert await manager.spawn(t, 1) is None  # skipped
+
+
+async def test_spawned_triggers_are_counted_and_start_by_priority() -> None:
+    manager = TaskManager()
+    manager.add_constraint_group(one_at_a_time())
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    manager.add_task(t)
+    runners = [manager.spawn(t, x, priority=p) for x, p in (("a", 0), ("b", 0), ("c", 5))]
+    await settle()
+    assert manager.statistics() == TaskManagerStatistics(tasks=1, running=1, waiting=2, scheduled=0)
+    for x in ("a", "c", "b"):
+        await gates.wait_started(x)
+        gates.finish(x)
+    async with asyncio.timeout(5):
+        assert await asyncio.gather(*runners) == ["a", "b", "c"]
+    assert gates.started == ["a", "c", "b"]
+    assert manager.statistics().running == manager.statistics().waiting == 0
+
+
+async def test_the_manager_keeps_a_spawned_task_until_it_ends() -> None:
+    manager = TaskManager()
+    loop = asyncio.get_running_loop()
+    wakers: list[weakref.ref[asyncio.Future[str]]] = []
+
+    async def waits() -> str:
+        future: asyncio.Future[str] = loop.create_future()
+        wakers.append(weakref.ref(future))  # only the run itself holds its future
+        return await future
+
+    runner = weakref.ref(manager.spawn(Task(name="waits", task_function=waits)))
+    await settle()
+    gc.collect()
+    future = wakers[0]()
+    assert future is not None and runner() is not None
+    future.set_result("woken")
+    del future
+    await settle()
+    assert runner() is None
+
+
+async def test_stop_right_after_spawn_waits_for_the_spawned_run() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+
+    async def work() -> str:
+        await asyncio.sleep(3)
+        return "done"
+
+    manager.add_task(Task(name="job", task_function=work))
+    await manager.start()
+    runner = manager.spawn("job")  # not started yet when stop() is called
+    await manager.stop()
+    assert loop.time() == 3.0
+    assert runner.result() == "done"
+
+
+async def sleeps_then_returns(x: Any) -> Any:
+    await asyncio.sleep(2)
+    return x
+
+
+async def test_stop_with_drain_runs_the_spawned_triggers_that_wait() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    manager.add_constraint_group(one_at_a_time())
+    t = Task(name="job", task_function=sleeps_then_returns)
+    runners = [manager.spawn(t, x) for x in (1, 2)]
+    await manager.stop(drain=True)
+    assert loop.time() == 4.0
+    assert [runner.result() for runner in runners] == [1, 2]
+
+
+async def test_stop_fails_a_waiting_spawned_trigger_and_logs_it_at_debug_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="taskbuffer")
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    manager.add_constraint_group(one_at_a_time())
+    t = Task(name="job", task_function=sleeps_then_returns)
+    runners = [manager.spawn(t, x) for x in (1, 2)]
+    await manager.stop()
+    assert loop.time() == 2.0
+    assert runners[0].result() == 1
+    assert isinstance(runners[1].exception(), TaskManagerStoppedError)
+    records = [r for r in caplog.records if r.name == "taskbuffer"]
+    assert not [r for r in records if r.levelno > logging.DEBUG]
+    assert any(
+        r.getMessage().startswith("spawned trigger of task 'job' did not complete") for r in records
+    )
+
+
+async def test_stop_timeout_cancels_a_spawned_run(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="taskbuffer")
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    t = Task(name="slow", task_function=lambda: asyncio.sleep(100))
+    runner = manager.spawn(t)
+    await settle()
+    await manager.stop(timeout=2)
+    assert loop.time() == 2.0
+    assert isinstance(runner.exception(), TaskManagerStoppedError)
+    assert (t.error_count, t.get_metadata().status) == (0, "idle")
+    records = [r for r in caplog.records if r.name == "taskbuffer"]
+    assert not [r for r in records if r.levelno > logging.DEBUG]
+    assert any(
+        r.getMessage().startswith("spawned trigger of task 'slow' did not complete")
+        for r in records
+    )
+
+
+async def test_spawn_checks_its_arguments_at_the_call() -> None:
+    manager = TaskManager()
+    before = asyncio.all_tasks()
+    with pytest.raises(TaskNotFoundError):
+        manager.spawn("missing")
+    with pytest.raises(
+        TypeError, match="^task_or_name must be a Task or the name of a registered task, not 42$"
+    ):
+        manager.spawn(42)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="^priority must be an int, not True$"):
+        manager.spawn(named("t"), priority=True)
+    assert asyncio.all_tasks() == before
+
+
+async def test_spawn_on_a_stopped_manager_raises_at_the_call() -> None:
+    manager = TaskManager()
+    t = named("t", "ok")
+    await manager.start()
+    await manager.stop()
+    with pytest.raises(TaskManagerStoppedError):
+        manager.spawn(t)
+    await manager.start()
+    assert await manager.spawn(t) == "ok"
+    await manager.stop()
+
+
+def test_spawn_without_a_running_loop_raises_naming_the_problem() -> None:
+    with pytest.raises(RuntimeError, match=r"^TaskManager.spawn\(\) needs a running event loop"):
+        TaskManager().spawn(named("t"))

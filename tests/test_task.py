@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -25,6 +26,7 @@ from taskbuffer import (
     TaskEvent,
     TaskManager,
     TaskOnce,
+    TaskOptions,
     Taskparallel,
     TaskParallelError,
     TaskTimeoutError,
@@ -786,6 +788,253 @@ async def test_attempt_after_a_timeout_can_succeed() -> None:
     assert t.error_count == 0
 
 
+# ------------------------------------------------------------------------ retry policy
+
+
+def failing_with(errors: list[BaseException], times: list[float]) -> Callable[[], str]:
+    """A function raising ``errors`` in turn (recording when), then returning ``"ok"``."""
+    loop = asyncio.get_running_loop()
+
+    def function() -> str:
+        times.append(loop.time())
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    return function
+
+
+async def test_retry_on_a_class_fails_at_once_on_another_error(record: Record) -> None:
+    times: list[float] = []
+    errors: list[BaseException] = [ConnectionError("flaky"), ValueError("bad input")]
+    t = Task(
+        task_function=failing_with(errors, times),
+        retries=5,
+        retry_delay=1,
+        retry_on=ConnectionError,
+    )
+    events = record(t)
+    with pytest.raises(ValueError, match="^bad input$"):
+        await t.trigger()
+    assert times == [0.0, 1.0]  # no delay, no attempt after the rejected error
+    assert types(events) == ["started", "retrying", "failed"]
+    assert [event.error for event in events[1:]] == ["flaky", "bad input"]
+    assert (t.run_count, t.error_count) == (1, 1)
+
+
+async def test_retry_on_a_tuple_retries_each_of_its_classes(record: Record) -> None:
+    times: list[float] = []
+    errors: list[BaseException] = [ConnectionError("a"), TimeoutError("b"), KeyError("c")]
+    t = Task(
+        task_function=failing_with(errors, times),
+        retries=5,
+        retry_on=(ConnectionError, TimeoutError),
+    )
+    events = record(t)
+    with pytest.raises(KeyError):
+        await t.trigger()
+    assert len(times) == 3
+    assert types(events) == ["started", "retrying", "retrying", "failed"]
+
+
+async def test_retry_on_a_predicate_decides_from_the_error(record: Record) -> None:
+    times: list[float] = []
+    errors: list[BaseException] = [OSError("transient"), OSError("transient"), OSError("disk")]
+    seen: list[BaseException] = []
+
+    def transient(error: BaseException) -> bool:
+        seen.append(error)
+        return "transient" in str(error)
+
+    t = Task(task_function=failing_with(errors, times), retries=5, retry_on=transient)
+    events = record(t)
+    with pytest.raises(OSError, match="^disk$"):
+        await t.trigger()
+    assert [str(error) for error in seen] == ["transient", "transient", "disk"]
+    assert types(events) == ["started", "retrying", "retrying", "failed"]
+
+
+async def test_a_timeout_is_retried_only_when_retry_on_accepts_task_timeout_error() -> None:
+    attempts = 0
+
+    async def slow() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(10)
+
+    t = Task(name="slow", task_function=slow, timeout=1, retries=2, retry_on=ConnectionError)
+    with pytest.raises(TaskTimeoutError):
+        await t.trigger()
+    assert attempts == 1
+    t = Task(name="slow", task_function=slow, timeout=1, retries=2, retry_on=TimeoutError)
+    with pytest.raises(TaskTimeoutError):
+        await t.trigger()
+    assert attempts == 1 + 3
+
+
+async def test_a_retry_on_predicate_that_raises_fails_the_run_with_its_own_error(
+    record: Record, caplog: pytest.LogCaptureFixture
+) -> None:
+    times: list[float] = []
+    errors: list[BaseException] = [ValueError("the run's own")]
+
+    def broken(error: BaseException) -> bool:
+        raise RuntimeError("predicate bug")
+
+    t = Task(name="t", task_function=failing_with(errors, times), retries=3, retry_on=broken)
+    events = record(t)
+    with pytest.raises(ValueError, match="^the run's own$"):
+        await t.trigger()
+    assert times == [0.0]
+    assert types(events) == ["started", "failed"]
+    assert events[-1].error == "the run's own"
+    logged = [r for r in caplog.records if r.name == "taskbuffer" and r.levelname == "ERROR"]
+    assert len(logged) == 1
+    assert "retry_on" in logged[0].getMessage() and "not retried" in logged[0].getMessage()
+    assert logged[0].exc_info is not None
+    assert str(logged[0].exc_info[1]) == "predicate bug"
+
+
+async def test_a_cancelled_attempt_is_not_retried_whatever_retry_on_says(
+    record: Record,
+) -> None:
+    entered = asyncio.Event()
+    attempts = 0
+
+    async def blocks() -> None:
+        nonlocal attempts
+        attempts += 1
+        entered.set()
+        await asyncio.Event().wait()
+
+    t = Task(task_function=blocks, retries=3, retry_on=BaseException)
+    events = record(t)
+    caller = asyncio.create_task(t.trigger())
+    async with asyncio.timeout(5):
+        await entered.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert attempts == 1
+    assert types(events) == ["started", "cancelled"]
+
+
+async def test_retry_max_delay_caps_each_delay() -> None:
+    times: list[float] = []
+    errors: list[BaseException] = [ValueError(str(n)) for n in range(4)]
+    t = Task(
+        task_function=failing_with(errors, times),
+        retries=4,
+        retry_delay=1,
+        retry_backoff=2,
+        retry_max_delay=3,
+    )
+    assert await t.trigger() == "ok"
+    assert times == [0.0, 1.0, 3.0, 6.0, 9.0]  # delays 1, 2, then 4 and 8 capped at 3
+
+
+async def test_retry_jitter_multiplies_each_delay_by_a_factor_drawn_in_its_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    factors = [0.5, 1.5, 1.0]
+    ranges: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        ranges.append((low, high))
+        return factors.pop(0)
+
+    monkeypatch.setattr(random, "uniform", uniform)
+    times: list[float] = []
+    errors: list[BaseException] = [ValueError(str(n)) for n in range(3)]
+    t = Task(
+        task_function=failing_with(errors, times),
+        retries=3,
+        retry_delay=2,
+        retry_backoff=2,
+        retry_jitter=0.5,
+    )
+    assert await t.trigger() == "ok"
+    assert times == [0.0, 1.0, 7.0, 15.0]  # 2 * 0.5, 4 * 1.5, 8 * 1.0
+    assert ranges == [(0.5, 1.5)] * 3
+
+
+async def test_retry_max_delay_applies_after_the_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    factors = [1.5, 0.5]
+    monkeypatch.setattr(random, "uniform", lambda low, high: factors.pop(0))
+    times: list[float] = []
+    errors: list[BaseException] = [ValueError("1"), ValueError("2")]
+    t = Task(
+        task_function=failing_with(errors, times),
+        retries=2,
+        retry_delay=4,
+        retry_backoff=2,
+        retry_jitter=0.5,
+        retry_max_delay=5,
+    )
+    assert await t.trigger() == "ok"
+    # min(4 * 1.5, 5) = 5, then min(8 * 0.5, 5) = 4: the cap bounds the jittered delay.
+    assert times == [0.0, 5.0, 9.0]
+
+
+async def test_a_full_jitter_factor_of_zero_retries_at_once_even_after_overflow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: 0.0)
+    times: list[float] = []
+    errors: list[BaseException] = [ValueError(str(n)) for n in range(3)]
+    # The unjittered delay overflows to inf after the first retry: inf * 0 must not be NaN.
+    t = Task(
+        task_function=failing_with(errors, times),
+        retries=3,
+        retry_delay=1e300,
+        retry_backoff=1e300,
+        retry_jitter=1,
+    )
+    assert await t.trigger() == "ok"
+    assert times == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_every_task_kind_accepts_the_retry_policy_options() -> None:
+    policy: TaskOptions = {
+        "retries": 2,
+        "retry_on": ConnectionError,
+        "retry_jitter": 0.25,
+        "retry_max_delay": 10.0,
+    }
+
+    async def job(value: Any = None) -> Any:
+        return value
+
+    member = Task(task_function=job)
+    built: list[Task[Any, Any]] = [
+        Task(task_function=job, **policy),
+        task(**policy)(job),
+        Taskchain(task_array=[member], **policy),
+        Taskparallel(task_array=[member], **policy),
+        TaskDebounced(task_function=job, debounce_time=1, **policy),
+        TaskOnce(task_function=job, **policy),
+    ]
+    assert len(built) == 6
+
+
+async def test_a_chain_retries_per_its_own_retry_on() -> None:
+    attempts = 0
+
+    async def flaky(value: Any) -> str:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("down")
+
+    chain = Taskchain(
+        task_array=[Task(name="fetch", task_function=flaky)],
+        retries=2,
+        retry_on=lambda error: isinstance(error.__cause__, ConnectionError),
+    )
+    with pytest.raises(TaskbufferError):
+        await chain.trigger()
+    assert attempts == 3
+
+
 # ------------------------------------------------------------------------ cancellation
 
 
@@ -908,6 +1157,28 @@ async def test_a_base_exception_is_not_retried_and_ends_the_timeout(record: Reco
     assert attempts == 1
     assert (t.running, t.error_count, t.get_metadata().status) == (False, 1, "failed")
     assert types(events) == ["started", "failed"]
+
+
+@pytest.mark.parametrize("error_type", kinds_of_base_exception())
+async def test_a_base_exception_is_not_retried_whatever_retry_on_says(
+    record: Record, error_type: type[BaseException]
+) -> None:
+    times: list[float] = []
+    asked: list[BaseException] = []
+
+    def always(error: BaseException) -> bool:
+        asked.append(error)
+        return True
+
+    for retry_on in (BaseException, always):
+        t = Task(
+            task_function=failing_with([error_type("halt")], times), retries=3, retry_on=retry_on
+        )
+        events = record(t)
+        with pytest.raises(error_type):
+            await t.trigger()
+        assert types(events) == ["started", "failed"]
+    assert len(times) == 2 and asked == []
 
 
 def halting_task(kind: str) -> tuple[Task[Any, Any], Task[Any, Any]]:

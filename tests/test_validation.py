@@ -60,6 +60,8 @@ ACCEPTS = {
     "retry_delay": "retry_delay must be a finite number of seconds >= 0",
     "retries": "retries must be an int >= 0",
     "retry_backoff": "retry_backoff must be a finite number >= 1",
+    "retry_jitter": "retry_jitter must be a number from 0 to 1",
+    "retry_max_delay": "retry_max_delay must be a number of seconds >= 0, math.inf or None",
     "buffer_max": "buffer_max must be an int >= 1",
     "debounce_time": "debounce_time must be a finite number of seconds >= 0",
     "max_concurrent": "max_concurrent must be an int >= 1 or math.inf",
@@ -76,6 +78,8 @@ BUILD: dict[str, Callable[[Any], object]] = {
     "retry_delay": lambda v: task_with(retry_delay=v),
     "retries": lambda v: task_with(retries=v),
     "retry_backoff": lambda v: task_with(retry_backoff=v),
+    "retry_jitter": lambda v: task_with(retry_jitter=v),
+    "retry_max_delay": lambda v: task_with(retry_max_delay=v),
     "buffer_max": buffered_with,
     "debounce_time": debounced_with,
     "max_concurrent": lambda v: group_with(max_concurrent=v),
@@ -108,6 +112,14 @@ BAD: list[tuple[str, Any, type[Exception], str]] = [
     ("retry_backoff", math.nan, ValueError, "nan"),
     ("retry_backoff", math.inf, ValueError, "inf"),
     ("retry_backoff", "2", TypeError, "str '2'"),
+    ("retry_jitter", -0.1, ValueError, "-0.1"),
+    ("retry_jitter", 1.5, ValueError, "1.5"),
+    ("retry_jitter", math.nan, ValueError, "nan"),
+    ("retry_jitter", None, TypeError, "NoneType None"),
+    ("retry_jitter", "0.1", TypeError, "str '0.1'"),
+    ("retry_max_delay", -1, ValueError, "-1"),
+    ("retry_max_delay", math.nan, ValueError, "nan"),
+    ("retry_max_delay", "5", TypeError, "str '5'"),
     ("buffer_max", 0, ValueError, "0"),
     ("buffer_max", 1.5, TypeError, "float 1.5"),
     ("buffer_max", "3", TypeError, "str '3'"),
@@ -220,6 +232,48 @@ def test_finite_non_negative_durations_are_accepted(good: float) -> None:
     assert t.get_metadata().timeout == (good or None)
     assert group_with(cooldown=good).cooldown == good
     assert debounced_with(good).debounce_time == good
+
+
+RETRY_ON = (
+    "retry_on must be an exception class, a tuple of exception classes or a callable taking "
+    "the error and returning a bool"
+)
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [
+        (3, "int 3"),
+        ("ValueError", "str 'ValueError'"),
+        (int, "type <class 'int'>"),
+        ((ValueError, int), "tuple (<class 'ValueError'>, <class 'int'>)"),
+        ([ValueError], "list [<class 'ValueError'>]"),
+        (None, "NoneType None"),
+        (ValueError("an instance"), "ValueError ValueError('an instance')"),
+    ],
+)
+def test_a_bad_retry_on_raises_naming_it_and_what_is_accepted(bad: Any, shown: str) -> None:
+    with pytest.raises(TypeError, match=f"^{re.escape(f'{RETRY_ON}, not {shown}')}$"):
+        task_with(retry_on=bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    [ValueError, BaseException, (OSError, TimeoutError), (), lambda error: True],
+    ids=["class", "BaseException", "tuple", "empty tuple", "callable"],
+)
+def test_retry_on_accepts_classes_tuples_and_callables(good: Any) -> None:
+    task_with(retries=1, retry_on=good)
+
+
+@pytest.mark.parametrize("good", [0, 0.5, 1])
+def test_retry_jitter_accepts_zero_to_one(good: float) -> None:
+    task_with(retry_jitter=good)
+
+
+@pytest.mark.parametrize("good", [0, 2.5, math.inf, None])
+def test_retry_max_delay_accepts_seconds_inf_and_none(good: float | None) -> None:
+    task_with(retry_max_delay=good)
 
 
 # ------------------------------------------------------------------- labels and version
