@@ -76,9 +76,10 @@ SPECS: tuple[Spec, ...] = (
         id="W3",
         name="buffered_burst",
         what="buffered task, buffer_max=5, function yields once; n triggers at once",
-        baseline=None,
+        baseline="minimal coalescing buffer, joiners await the run's future",
         sizes=_n(20_000, 2_000, 200),
-        target_text="runs == 5",
+        targets={"ratio": 10.0},
+        target_text="runs == 5, <= 10x",
     ),
     Spec(
         id="W4",

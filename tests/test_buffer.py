@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -266,4 +267,174 @@ async def test_a_trigger_never_joins_a_run_being_cancelled(buffer_max: int, turn
     assert leaving.cancelled()
     assert recorder.inputs == ["a", "b"]
     assert recorder.max_active == 1
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+# ------------------------------------------------- joiners: cancelled at every await point
+
+
+def _collect_loop_errors() -> list[dict[str, Any]]:
+    """What the running loop's exception handler gets ("never retrieved" among others)."""
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    return errors
+
+
+async def test_a_trigger_cancelled_before_it_ran_neither_joins_nor_adds_a_run() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=2)
+    async with asyncio.timeout(10):
+        first = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()
+        never_ran = asyncio.create_task(t.trigger("b"))
+        never_ran.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await never_ran
+        assert await first == (1, "a")
+    assert recorder.inputs == ["a"]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_joiner_cancelled_while_its_run_waits_leaves_the_run_to_the_others() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=2)
+    async with asyncio.timeout(10):
+        first = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()
+        staying = asyncio.create_task(t.trigger("b"))  # adds the waiting run
+        leaving = asyncio.create_task(t.trigger("c"))  # joins it: "c" is its input now
+        await asyncio.sleep(0)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert await first == (1, "a")
+        # The input a leaving joiner gave stays: the newest input wins, whoever waits for it.
+        assert await staying == (2, "c")
+    assert recorder.inputs == ["a", "c"]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_the_last_joiner_leaving_a_waiting_run_drops_it() -> None:
+    recorder = Recorder()
+    t = Task(task_function=recorder, buffered=True, buffer_max=2)
+    async with asyncio.timeout(10):
+        first = asyncio.create_task(t.trigger("a"))
+        await recorder.started.wait()
+        joiners = [asyncio.create_task(t.trigger(c)) for c in "bcd"]
+        await asyncio.sleep(0)
+        for joiner in joiners[:2]:
+            joiner.cancel()
+        await asyncio.wait(joiners[:2])
+        # One joiner is left: the run is kept, and a trigger still finds the buffer full.
+        late = asyncio.create_task(t.trigger("e"))
+        await asyncio.sleep(0)
+        for joiner in (joiners[2], late):
+            joiner.cancel()
+        await asyncio.wait((joiners[2], late))
+        # Nobody waits for it any more: it is gone, and the next trigger adds a fresh run.
+        assert await t.trigger("f") == (2, "f")
+        assert await first == (1, "a")
+    assert all(joiner.cancelled() for joiner in (*joiners, late))
+    assert recorder.inputs == ["a", "f"]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+@pytest.mark.parametrize("fails", [False, True])
+@pytest.mark.parametrize("last", [False, True])
+async def test_a_joiner_cancelled_as_its_run_ends_leaves_the_outcome_to_the_others(
+    record: Record, fails: bool, last: bool
+) -> None:
+    """The run's function cancels a joiner on its way out: the cancellation is not delivered
+    yet when the run hands its outcome out. The run is not cancelled, even when that joiner
+    was the last one; the others get the outcome; an error is not "never retrieved"."""
+    errors = _collect_loop_errors()
+    callers: list[asyncio.Task[Any]] = []
+
+    async def ends(value: str) -> str:
+        await asyncio.sleep(1)
+        callers[-1].cancel()
+        if fails:
+            raise ValueError(value)
+        return value
+
+    t = Task(task_function=ends, buffered=True, buffer_max=1)
+    events = record(t)
+    async with asyncio.timeout(10):
+        callers.extend(asyncio.create_task(t.trigger(c)) for c in ("ab"[int(last) :]))
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+    assert isinstance(outcomes[-1], asyncio.CancelledError)
+    for outcome in outcomes[:-1]:
+        if fails:
+            assert (type(outcome), str(outcome)) == (ValueError, "a")
+        else:
+            assert outcome == "a"
+    assert [event.type for event in events] == ["started", "failed" if fails else "completed"]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    del outcomes
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors == []
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_joiner_cancelled_after_its_outcome_came_but_before_it_resumed(
+    record: Record, fails: bool
+) -> None:
+    """The first joiner to resume cancels the second, whose outcome is already in: the
+    second gets the CancelledError it asked for, and nothing is left unretrieved."""
+    errors = _collect_loop_errors()
+
+    async def ends() -> str:
+        await asyncio.sleep(1)
+        if fails:
+            raise ValueError("no")
+        return "done"
+
+    t = Task(task_function=ends, buffered=True, buffer_max=1)
+    events = record(t)
+
+    async def first() -> str:
+        try:
+            return await t.trigger()
+        finally:
+            second.cancel()
+
+    async with asyncio.timeout(10):
+        leader = asyncio.create_task(first())
+        second = asyncio.create_task(t.trigger())
+        outcomes = await asyncio.gather(leader, second, return_exceptions=True)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    if fails:
+        assert isinstance(outcomes[0], ValueError)
+    else:
+        assert outcomes[0] == "done"
+    assert [event.type for event in events] == ["started", "failed" if fails else "completed"]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    del outcomes
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors == []
+
+
+async def test_a_run_that_ends_cancelled_cancels_every_joiner(record: Record) -> None:
+    """Its function raised ``CancelledError`` of its own: every trigger on that run gets it,
+    and the buffer goes on."""
+    seen: list[str] = []
+
+    async def gives_up(value: str) -> str:
+        seen.append(value)
+        await asyncio.sleep(1)
+        if value == "a":
+            raise asyncio.CancelledError
+        return value
+
+    t = Task(task_function=gives_up, buffered=True, buffer_max=1)
+    events = record(t)
+    async with asyncio.timeout(10):
+        callers = [asyncio.create_task(t.trigger(c)) for c in "ab"]
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+        assert await t.trigger("c") == "c"
+    assert seen == ["a", "c"]
+    assert [event.type for event in events] == ["started", "cancelled", "started", "completed"]
     assert asyncio.all_tasks() == {asyncio.current_task()}

@@ -32,7 +32,7 @@ class Implementation:
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "W1": Implementation(w.w1_taskbuffer, w.w1_baseline),
     "W2": Implementation(w.w2_taskbuffer, w.w2_baseline),
-    "W3": Implementation(w.w3_taskbuffer),
+    "W3": Implementation(w.w3_taskbuffer, w.w3_baseline),
     "W4": Implementation(w.w4_taskbuffer, w.w4_baseline),
     "W5": Implementation(w.w5_taskbuffer, w.w5_baseline),
     "W6": Implementation(w.w6_taskbuffer, w.w1_baseline),

@@ -8,6 +8,8 @@ results. The taskbuffer side and the baseline side run the same loop around a di
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from taskbuffer import Task, Taskchain, TaskManager, Taskparallel
@@ -21,6 +23,7 @@ __all__ = (
     "w1_taskbuffer",
     "w2_baseline",
     "w2_taskbuffer",
+    "w3_baseline",
     "w3_taskbuffer",
     "w4_baseline",
     "w4_taskbuffer",
@@ -106,6 +109,17 @@ async def w2_baseline(p: Params) -> Outcome:
 # ------------------------------------------------------------------------- W3 buffered_burst
 
 
+def _recording_yielder(inputs: list[int]) -> Callable[[int], Coroutine[Any, Any, int]]:
+    """W3's function on both sides: records its input, yields once, returns ``x + 1``."""
+
+    async def yielding(x: int) -> int:
+        inputs.append(x)
+        await asyncio.sleep(0)
+        return x + 1
+
+    return yielding
+
+
 async def w3_taskbuffer(p: Params) -> Outcome:
     """W3: ``n`` triggers at once into a ``buffer_max=5`` task whose function yields once.
 
@@ -114,15 +128,77 @@ async def w3_taskbuffer(p: Params) -> Outcome:
     """
     n = p["n"]
     inputs: list[int] = []
-
-    async def yielding(x: int) -> int:
-        inputs.append(x)
-        await asyncio.sleep(0)
-        return x + 1
-
+    yielding = _recording_yielder(inputs)
     task = Task(task_function=yielding, name="buffered", buffered=True, buffer_max=5)
     with Stopwatch() as watch:
         results = await asyncio.gather(*[task.trigger(i) for i in range(n)])
+    return _w3_checked(watch, n, inputs, results)
+
+
+class _BaselineRun:
+    """One run of W3's baseline buffer: its input until it starts, and its shared future."""
+
+    __slots__ = ("future", "input", "started")
+
+    def __init__(self, input: int, future: asyncio.Future[int]) -> None:
+        self.input = input
+        self.future = future
+        self.started = False
+
+
+class _CoalescingBuffer:
+    """W3's baseline: the least a coalescing buffer must do, in plain asyncio.
+
+    At most ``buffer_max`` runs, in progress and waiting, one at a time; a trigger that finds
+    it full joins the last run and, if that run is still waiting, replaces its input. Every
+    trigger awaits its run's shared future. It does nothing about cancellation (a cancelled
+    trigger would cancel the shared future of everyone on its run), errors, events or event
+    loops: that is what taskbuffer's side pays for on top.
+    """
+
+    __slots__ = ("_fn", "_max", "_runs")
+
+    def __init__(self, fn: Callable[[int], Coroutine[Any, Any, int]], buffer_max: int) -> None:
+        self._fn = fn
+        self._max = buffer_max
+        self._runs: deque[_BaselineRun] = deque()  # the first one is in progress
+
+    async def trigger(self, x: int) -> int:
+        runs = self._runs
+        if len(runs) < self._max:
+            run = _BaselineRun(x, asyncio.get_running_loop().create_future())
+            runs.append(run)
+            if len(runs) == 1:
+                self._start(run)
+        else:
+            run = runs[-1]
+            if not run.started:
+                run.input = x
+        return await run.future
+
+    def _start(self, run: _BaselineRun) -> None:
+        run.started = True
+        asyncio.get_running_loop().create_task(self._fn(run.input)).add_done_callback(self._done)
+
+    def _done(self, finished: asyncio.Task[int]) -> None:
+        self._runs.popleft().future.set_result(finished.result())
+        if self._runs:
+            self._start(self._runs[0])
+
+
+async def w3_baseline(p: Params) -> Outcome:
+    """W3 baseline: a minimal coalescing buffer handing every joiner its run's future."""
+    n = p["n"]
+    inputs: list[int] = []
+    yielding = _recording_yielder(inputs)
+    buffer = _CoalescingBuffer(yielding, 5)
+    with Stopwatch() as watch:
+        results = await asyncio.gather(*[buffer.trigger(i) for i in range(n)])
+    return _w3_checked(watch, n, inputs, results)
+
+
+def _w3_checked(watch: Stopwatch, n: int, inputs: list[int], results: list[int]) -> Outcome:
+    """W3's checks, the same on both sides."""
     out = _timed(watch, n)
     runs = len(inputs)
     out.metrics["runs"] = runs
