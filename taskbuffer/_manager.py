@@ -103,9 +103,9 @@ class TaskManager:
         self._forwarding = True
         self._accepting = True
         self._started = False
-        # Caller asyncio tasks with a run of ours in flight (value: how many, for nesting),
-        # so that stop(timeout=...) can cancel exactly those.
-        self._active: set[asyncio.Task[Any]] = set()
+        # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
+        # cancel exactly those; in the order their runs began (see _cancel_runs).
+        self._active: dict[asyncio.Task[Any], None] = {}
         self._stop_cancelled: set[asyncio.Task[Any]] = set()
         # Per caller asyncio task, the claims of its constrained runs in flight, outermost
         # first: a nested trigger that needs a slot only its own callers hold would wait
@@ -254,7 +254,7 @@ class TaskManager:
         if tracked:
             if self._active:
                 self._check_one_loop(current.get_loop(), current)
-            self._active.add(current)
+            self._active[current] = None
         self._admitted += 1
         self._running += 1
         try:
@@ -267,7 +267,7 @@ class TaskManager:
             self._running -= 1
             self._admitted -= 1
             if tracked:
-                self._active.discard(current)
+                del self._active[current]
             if self._idle is not None:
                 self._check_idle()
 
@@ -345,7 +345,7 @@ class TaskManager:
         current = _current_task()
         tracked = current not in self._active  # a nested run is tracked by the outer one
         if tracked:
-            self._active.add(current)
+            self._active[current] = None
         if claims:
             held = self._held.get(current)
             if held is None:
@@ -452,9 +452,15 @@ class TaskManager:
 
         Called only at the outermost trigger of the caller's asyncio task: the runs nested
         inside it must see the cancellation as such (no retry, no failure), all the way up.
+        Only stop's own cancellation becomes the error: one that someone else asked for too
+        goes on as such. That is also how runs nested across asyncio tasks (a buffered or
+        TaskOnce run, a parallel's children, a task a run spawned and awaits) stay cancelled:
+        the run around such a task, cancelled first (see _cancel_runs), cancels it as well.
         """
         if current in self._stop_cancelled:
             self._stop_cancelled.discard(current)
+            if current.cancelling() > 1:
+                return
             current.uncancel()
             raise TaskManagerStoppedError(
                 f"task {task.name!r} was cancelled because the TaskManager stopped"
@@ -462,7 +468,7 @@ class TaskManager:
 
     def _end_admitted(self, current: asyncio.Task[Any], tracked: bool) -> None:
         if tracked:
-            self._active.discard(current)
+            del self._active[current]
         self._admitted -= 1
         if self._idle is not None:
             self._check_idle()
@@ -650,6 +656,8 @@ class TaskManager:
         """A stop's deadline passed: refuse what was admitted, cancel what runs."""
         self._hard_stop = True
         self._fail_waiters()
+        # Outermost first: a run that awaits a run of another asyncio task cancels that one
+        # before that one handles stop's cancellation (see _raise_if_stopping).
         for caller in list(self._active):
             if caller not in self._stop_cancelled:  # once, however many stops time out
                 self._stop_cancelled.add(caller)
