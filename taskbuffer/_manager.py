@@ -73,6 +73,7 @@ class TaskManager:
         "_started",
         "_stop_cancelled",
         "_stoppers",
+        "_stopping",
         "_tasks",
         "_waiting",
         "distributed_coordinator",
@@ -120,6 +121,7 @@ class TaskManager:
         self._seq = itertools.count()
         self._idle: asyncio.Future[None] | None = None
         self._stoppers = 0  # stop() calls waiting for the runs (they share _idle)
+        self._stopping = 0  # stop() calls under way (start() refuses to overlap them)
         self._scheduler = Scheduler(self)
 
     def __repr__(self) -> str:
@@ -573,7 +575,17 @@ class TaskManager:
     # -------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Start cron and the coordinator; accept triggers again after a ``stop()``."""
+        """Start cron and the coordinator; accept triggers again after a ``stop()``.
+
+        :raises RuntimeError: a ``stop()`` is still under way (await it first).
+        """
+        if self._stopping:
+            # Started in the middle of it, the manager would take triggers that the stop
+            # then cancels, and be left accepting triggers with started False.
+            raise RuntimeError(
+                "TaskManager.start() was called while a stop() is under way: await the "
+                "stop() first, then start()"
+            )
         self._accepting = True
         if not self._forwarding:
             self._forwarding = True
@@ -616,6 +628,13 @@ class TaskManager:
             )
         if self._active:
             self._check_one_loop(asyncio.get_running_loop(), current)
+        self._stopping += 1
+        try:
+            await self._wind_down(timeout, drain)
+        finally:
+            self._stopping -= 1
+
+    async def _wind_down(self, seconds: float | None, drain: bool) -> None:
         self._accepting = False
         self._scheduler.stop()
         if self._forwarding:
@@ -633,7 +652,7 @@ class TaskManager:
             self._stoppers += 1
             self._check_idle()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(seconds):
                     await asyncio.shield(idle)
             except TimeoutError:
                 self._cancel_runs()

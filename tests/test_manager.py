@@ -1070,6 +1070,32 @@ async def test_a_caller_also_cancelled_by_someone_else_as_stop_times_out_is_canc
     assert run.cancelled()
 
 
+async def test_start_while_a_stop_is_under_way_raises_and_leaves_the_stop_alone() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    await manager.start()
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    run = spawn(manager.trigger_task(t, "a"))
+    await gates.wait_started("a")
+    stopping = spawn(manager.stop(timeout=5))
+    await settle()
+    with pytest.raises(RuntimeError, match=r"start\(\) was called while a stop\(\) is under way"):
+        await manager.start()
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t, "b")
+    async with asyncio.timeout(10):
+        await stopping
+    assert loop.time() == 5.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    assert not is_started(manager)
+    await manager.start()  # once the stop is over
+    assert is_started(manager)
+    assert await manager.trigger_task(named("again", "ran")) == "ran"
+    await manager.stop()
+
+
 async def test_stop_awaited_inside_a_run_of_the_manager_raises() -> None:
     manager = TaskManager()
 
