@@ -72,6 +72,7 @@ class TaskManager:
         "_seq",
         "_started",
         "_stop_cancelled",
+        "_stop_calls",
         "_stoppers",
         "_stopping",
         "_tasks",
@@ -122,6 +123,7 @@ class TaskManager:
         self._idle: asyncio.Future[None] | None = None
         self._stoppers = 0  # stop() calls waiting for the runs (they share _idle)
         self._stopping = 0  # stop() calls under way (start() refuses to overlap them)
+        self._stop_calls = 0  # how many stop() calls began (a start() overtaken by one sees it)
         self._scheduler = Scheduler(self)
 
     def __repr__(self) -> str:
@@ -578,6 +580,8 @@ class TaskManager:
         """Start cron and the coordinator; accept triggers again after a ``stop()``.
 
         :raises RuntimeError: a ``stop()`` is still under way (await it first).
+        :raises TaskManagerStoppedError: ``stop()`` was called while the coordinator started;
+            the later call wins and the manager stays stopped.
         """
         if self._stopping:
             # Started in the middle of it, the manager would take triggers that the stop
@@ -592,7 +596,15 @@ class TaskManager:
             for task in self._tasks.values():
                 task._forward_to((*task._sinks, self.task_subject))
         if self.distributed_coordinator is not None:
+            stop_calls = self._stop_calls
             await self.distributed_coordinator.start()
+            if self._stop_calls != stop_calls:
+                # That stop() found nothing started to stop; starting now would leave cron
+                # and the coordinator running after it returned, with triggers refused.
+                await self.distributed_coordinator.stop()
+                raise TaskManagerStoppedError(
+                    "stop() was called while start() was under way; the TaskManager stays stopped"
+                )
         self._scheduler.start()
         self._started = True
 
@@ -628,6 +640,7 @@ class TaskManager:
             )
         if self._active:
             self._check_one_loop(asyncio.get_running_loop(), current)
+        self._stop_calls += 1
         self._stopping += 1
         try:
             await self._wind_down(timeout, drain)

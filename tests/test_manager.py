@@ -32,6 +32,7 @@ from taskbuffer import (
     Taskparallel,
     TaskStep,
 )
+from taskbuffer.distributed import InMemoryDistributedCoordinator
 
 Record = Callable[[Task[Any, Any]], list[TaskEvent]]
 Subscribe = Callable[[TaskManager], list[TaskEvent]]
@@ -1094,6 +1095,44 @@ async def test_start_while_a_stop_is_under_way_raises_and_leaves_the_stop_alone(
     assert is_started(manager)
     assert await manager.trigger_task(named("again", "ran")) == "ran"
     await manager.stop()
+
+
+async def test_stop_while_start_awaits_the_coordinator_leaves_the_manager_stopped() -> None:
+    coordinator_started = asyncio.Event()
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    class SlowToStart(InMemoryDistributedCoordinator):
+        async def start(self) -> None:
+            calls.append("start")
+            coordinator_started.set()
+            await release.wait()
+
+        async def stop(self) -> None:
+            calls.append("stop")
+
+    manager = TaskManager(distributed_coordinator=SlowToStart())
+    t = named("job", "ran")
+    manager.add_and_schedule_task(t, "* * * * * *")
+    starting = spawn(manager.start())
+    async with asyncio.timeout(10):
+        await coordinator_started.wait()
+        await manager.stop()
+    release.set()
+    with pytest.raises(TaskManagerStoppedError, match=r"stop\(\) was called while start\(\)"):
+        async with asyncio.timeout(10):
+            await starting
+    assert calls == ["start", "stop"]
+    assert not is_started(manager)
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t)
+    await asyncio.sleep(3)
+    assert t.run_count == 0  # cron stayed stopped
+    release.set()
+    await manager.start()
+    assert await manager.trigger_task(t) == "ran"
+    await manager.stop()
+    assert calls == ["start", "stop", "start", "stop"]
 
 
 async def test_stop_awaited_inside_a_run_of_the_manager_raises() -> None:
