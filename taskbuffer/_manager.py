@@ -336,6 +336,9 @@ class TaskManager:
                         release(claims, loop.time(), ran=False)
                     task._emit("cancelled", None, error="cancelled while waiting")
                     raise
+                except TaskManagerStoppedError:  # failed by stop(): it ends, as it began, seen
+                    task._emit("cancelled", None, error="the TaskManager stopped")
+                    raise
                 finally:
                     self._waiting -= 1
                     if self._idle is not None:

@@ -538,7 +538,14 @@ async def test_stop_fails_waiting_triggers_and_lets_the_running_run_finish(
     assert loop.time() == 2.0
     assert await running == "running"
     assert gates.started == ["running"]
-    assert event_types(events) == ["started", "queued", "queued", "completed"]
+    assert event_types(events) == [
+        "started",
+        "queued",
+        "queued",
+        "cancelled",
+        "cancelled",
+        "completed",
+    ]
     assert group.statistics() == idle(group)
     assert manager.statistics().running == manager.statistics().waiting == 0
 
@@ -1133,6 +1140,33 @@ async def test_stop_while_start_awaits_the_coordinator_leaves_the_manager_stoppe
     assert await manager.trigger_task(t) == "ran"
     await manager.stop()
     assert calls == ["start", "stop", "start", "stop"]
+
+
+@pytest.mark.parametrize("drain", [False, True], ids=["at-once", "at-the-deadline"])
+async def test_a_waiting_trigger_that_stop_fails_emits_cancelled(
+    record: Record, drain: bool
+) -> None:
+    manager = TaskManager()
+    manager.add_constraint_group(one_at_a_time())
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    events = record(t)
+    running = spawn(manager.trigger_task(t, "running"))
+    await gates.wait_started("running")
+    waiting = spawn(manager.trigger_task(t, "waiting"))
+    await settle()
+    stopping = spawn(manager.stop(timeout=1, drain=drain))
+    with pytest.raises(TaskManagerStoppedError):
+        async with asyncio.timeout(10):
+            await waiting
+    # The waiting trigger's "cancelled" (and, at the deadline, the running one's).
+    assert event_types(events) == ["started", "queued"] + ["cancelled"] * (1 + drain)
+    assert asyncio.get_running_loop().time() == (1.0 if drain else 0.0)
+    assert (t.run_count, t.error_count) == (1, 0)
+    async with asyncio.timeout(10):
+        await stopping
+    with pytest.raises(TaskManagerStoppedError):
+        await running
 
 
 async def test_stop_awaited_inside_a_run_of_the_manager_raises() -> None:
