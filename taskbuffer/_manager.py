@@ -17,6 +17,7 @@ from ._events import EventSubject
 from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFoundError
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._scheduler import Scheduler
+from ._shared import current_task_in
 from ._task import Task
 from ._validation import check_count, check_seconds
 from ._waiting import GO, Claim, Shared, Waiter, enqueue, leave, release, share, try_acquire
@@ -256,8 +257,9 @@ class TaskManager:
         current = _current_task()
         tracked = current not in self._active  # a nested run is tracked by the outer one
         if tracked:
-            if self._active:
-                self._check_one_loop(current.get_loop(), current)
+            # Another asyncio task's run in flight (the oldest): it must be in this loop.
+            if self._active and next(iter(self._active)).get_loop() is not current.get_loop():
+                raise self._other_loop_error()
             self._active[current] = None
         self._admitted += 1
         self._running += 1
@@ -314,7 +316,10 @@ class TaskManager:
             blocked = try_acquire(claims, loop.time(), priority)
             if blocked is not None:
                 if self._held:
-                    self._check_self_deadlock(task, claims, loop.time())
+                    # Without a current task (None) nothing is held: .get gives None.
+                    held = self._held.get(current_task_in(loop))  # type: ignore[arg-type]
+                    if held:
+                        self._check_self_deadlock(task, claims, held)
                 waited = True
                 waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
                 enqueue(waiter, *blocked)
@@ -361,8 +366,13 @@ class TaskManager:
                 held.append(claims)
         ran = refused = False
         try:
-            if tracked and len(self._active) > 1:
-                self._check_one_loop(current.get_loop(), current)
+            # Another asyncio task's run in flight (the oldest; current came last): this loop's?
+            if (
+                tracked
+                and len(self._active) > 1
+                and next(iter(self._active)).get_loop() is not current.get_loop()
+            ):
+                raise self._other_loop_error()
             if self._hard_stop:
                 refused = True
                 task._emit("cancelled", None, error="the TaskManager stopped")
@@ -398,29 +408,25 @@ class TaskManager:
         finally:
             if claims is not None:
                 release(claims, loop.time(), ran=ran)
-                if claims:
-                    self._unhold(current)
+                if claims:  # _held's entry, taken above (inlined: every constrained run)
+                    held = self._held[current]
+                    held.pop()
+                    if not held:
+                        del self._held[current]
             self._end_admitted(current, tracked)
 
     # Same signature with an optional ``priority``; an alias so it costs no extra frame.
     trigger_task = trigger_task_constrained
 
-    def _unhold(self, current: asyncio.Task[Any]) -> None:
-        held = self._held[current]
-        held.pop()
-        if not held:
-            del self._held[current]
-
-    def _check_self_deadlock(self, task: Task[Any, Any], claims: list[Claim], now: float) -> None:
+    def _check_self_deadlock(
+        self, task: Task[Any, Any], claims: list[Claim], held: list[list[Claim]]
+    ) -> None:
         """Refuse a blocked trigger that waits for a key only its own callers hold.
 
         The runs in flight in the calling asyncio task (the run that triggers, and the runs
-        that triggered it) wait for this trigger, so slots they hold are never given back
-        while it waits.
+        that triggered it), whose claims are ``held``, wait for this trigger, so slots they
+        hold are never given back while it waits.
         """
-        held = self._held.get(_current_task())
-        if not held:
-            return
         for st in claims:
             group = st.group
             if group not in self._groups:  # removed: it no longer blocks
@@ -435,24 +441,20 @@ class TaskManager:
                     "another key (or None), raise max_concurrent, or call the inner task "
                     "directly (task.trigger()) instead of through the TaskManager"
                 )
+                now = asyncio.get_running_loop().time()
                 for claim in claims:
                     claim.group.maybe_drop(claim, now)
                 task._emit("failed", "failed", error=error)
                 raise error
 
-    def _check_one_loop(
-        self, loop: asyncio.AbstractEventLoop, current: asyncio.Task[Any] | None
-    ) -> None:
-        """Refuse to serve ``loop`` while runs are in flight in another event loop."""
-        for other in self._active:
-            if other is not current:
-                if other.get_loop() is not loop:
-                    raise RuntimeError(
-                        "this TaskManager has runs in flight in another event loop (another "
-                        "thread?); a TaskManager serves one event loop at a time: use one "
-                        "TaskManager per loop, or let the other loop's runs finish first"
-                    )
-                return
+    @staticmethod
+    def _other_loop_error() -> RuntimeError:
+        """A trigger or stop() from another event loop than that of the runs in flight."""
+        return RuntimeError(
+            "this TaskManager has runs in flight in another event loop (another "
+            "thread?); a TaskManager serves one event loop at a time: use one "
+            "TaskManager per loop, or let the other loop's runs finish first"
+        )
 
     def _raise_if_stopping(self, current: asyncio.Task[Any], task: Task[Any, Any]) -> None:
         """Turn a cancellation that ``stop(timeout=...)`` caused into its error.
@@ -641,8 +643,8 @@ class TaskManager:
                 "runs (for one run to stop it, start the stop without awaiting it: "
                 "asyncio.create_task(manager.stop()))"
             )
-        if self._active:
-            self._check_one_loop(asyncio.get_running_loop(), current)
+        if self._active and next(iter(self._active)).get_loop() is not asyncio.get_running_loop():
+            raise self._other_loop_error()
         self._stop_calls += 1
         self._stopping += 1
         try:
