@@ -19,6 +19,7 @@ from ._events import EventSubject
 from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFoundError
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._scheduler import Scheduler
+from ._shared import current_task_in
 from ._task import Task
 from ._validation import check_count, check_seconds, safe_repr
 from ._waiting import (
@@ -89,7 +90,9 @@ class TaskManager:
         "_spawns",
         "_started",
         "_stop_cancelled",
+        "_stop_calls",
         "_stoppers",
+        "_stopping",
         "_tasks",
         "_waiting",
         "distributed_coordinator",
@@ -120,9 +123,9 @@ class TaskManager:
         self._forwarding = True
         self._accepting = True
         self._started = False
-        # Caller asyncio tasks with a run of ours in flight (value: how many, for nesting),
-        # so that stop(timeout=...) can cancel exactly those.
-        self._active: set[asyncio.Task[Any]] = set()
+        # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
+        # cancel exactly those; in the order their runs began (see _cancel_runs).
+        self._active: dict[asyncio.Task[Any], None] = {}
         self._stop_cancelled: set[asyncio.Task[Any]] = set()
         # Per caller asyncio task, the claims of its constrained runs in flight, outermost
         # first: a nested trigger that needs a slot only its own callers hold would wait
@@ -137,6 +140,8 @@ class TaskManager:
         self._seq = itertools.count()
         self._idle: asyncio.Future[None] | None = None
         self._stoppers = 0  # stop() calls waiting for the runs (they share _idle)
+        self._stopping = 0  # stop() calls under way (start() refuses to overlap them)
+        self._stop_calls = 0  # how many stop() calls began (a start() overtaken by one sees it)
         self._scheduler = Scheduler(self)
         # The asyncio tasks of spawn(), kept until they end (the loop holds only weak
         # references); the value says whether the trigger has reached the manager yet.
@@ -272,9 +277,10 @@ class TaskManager:
         current = _current_task()
         tracked = current not in self._active  # a nested run is tracked by the outer one
         if tracked:
-            if self._active:
-                self._check_one_loop(current.get_loop(), current)
-            self._active.add(current)
+            # Another asyncio task's run in flight (the oldest): it must be in this loop.
+            if self._active and next(iter(self._active)).get_loop() is not current.get_loop():
+                raise self._other_loop_error()
+            self._active[current] = None
         self._admitted += 1
         self._running += 1
         try:
@@ -287,7 +293,7 @@ class TaskManager:
             self._running -= 1
             self._admitted -= 1
             if tracked:
-                self._active.discard(current)
+                del self._active[current]
             if self._idle is not None:
                 self._check_idle()
 
@@ -331,7 +337,10 @@ class TaskManager:
             blocked = try_acquire(claims, loop.time(), priority)
             if blocked is not None:
                 if self._held:
-                    self._check_self_deadlock(task, claims, loop.time())
+                    # Without a current task (None) nothing is held: .get gives None.
+                    held = self._held.get(current_task_in(loop))  # type: ignore[arg-type]
+                    if held:
+                        self._check_self_deadlock(task, claims, held)
                 waited = True
                 waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
                 enqueue(waiter, *blocked)
@@ -353,6 +362,9 @@ class TaskManager:
                         release(claims, loop.time(), ran=False)
                     task._emit("cancelled", None, error="cancelled while waiting")
                     raise
+                except TaskManagerStoppedError:  # failed by stop(): it ends, as it began, seen
+                    task._emit("cancelled", None, error="the TaskManager stopped")
+                    raise
                 finally:
                     self._waiting -= 1
                     if self._idle is not None:
@@ -366,7 +378,7 @@ class TaskManager:
         current = _current_task()
         tracked = current not in self._active  # a nested run is tracked by the outer one
         if tracked:
-            self._active.add(current)
+            self._active[current] = None
         if claims:
             held = self._held.get(current)
             if held is None:
@@ -375,8 +387,13 @@ class TaskManager:
                 held.append(claims)
         ran = refused = handed_off = False
         try:
-            if tracked and len(self._active) > 1:
-                self._check_one_loop(current.get_loop(), current)
+            # Another asyncio task's run in flight (the oldest; current came last): this loop's?
+            if (
+                tracked
+                and len(self._active) > 1
+                and next(iter(self._active)).get_loop() is not current.get_loop()
+            ):
+                raise self._other_loop_error()
             if self._hard_stop:
                 refused = True
                 task._emit("cancelled", None, error="the TaskManager stopped")
@@ -414,29 +431,25 @@ class TaskManager:
             if claims is not None:
                 if not handed_off:
                     release(claims, loop.time(), ran=ran)
-                if claims:
-                    self._unhold(current)
+                if claims:  # _held's entry, taken above (inlined: every constrained run)
+                    held = self._held[current]
+                    held.pop()
+                    if not held:
+                        del self._held[current]
             self._end_admitted(current, tracked)
 
     # Same signature with an optional ``priority``; an alias so it costs no extra frame.
     trigger_task = trigger_task_constrained
 
-    def _unhold(self, current: asyncio.Task[Any]) -> None:
-        held = self._held[current]
-        held.pop()
-        if not held:
-            del self._held[current]
-
-    def _check_self_deadlock(self, task: Task[Any, Any], claims: list[Claim], now: float) -> None:
+    def _check_self_deadlock(
+        self, task: Task[Any, Any], claims: list[Claim], held: list[list[Claim]]
+    ) -> None:
         """Refuse a blocked trigger that waits for a key only its own callers hold.
 
         The runs in flight in the calling asyncio task (the run that triggers, and the runs
-        that triggered it) wait for this trigger, so slots they hold are never given back
-        while it waits.
+        that triggered it), whose claims are ``held``, wait for this trigger, so slots they
+        hold are never given back while it waits.
         """
-        held = self._held.get(_current_task())
-        if not held:
-            return
         for st in claims:
             group = st.group
             if group not in self._groups:  # removed: it no longer blocks
@@ -451,24 +464,20 @@ class TaskManager:
                     "another key (or None), raise max_concurrent, or call the inner task "
                     "directly (task.trigger()) instead of through the TaskManager"
                 )
+                now = asyncio.get_running_loop().time()
                 for claim in claims:
                     claim.group.maybe_drop(claim, now)
                 task._emit("failed", "failed", error=error)
                 raise error
 
-    def _check_one_loop(
-        self, loop: asyncio.AbstractEventLoop, current: asyncio.Task[Any] | None
-    ) -> None:
-        """Refuse to serve ``loop`` while runs are in flight in another event loop."""
-        for other in self._active:
-            if other is not current:
-                if other.get_loop() is not loop:
-                    raise RuntimeError(
-                        "this TaskManager has runs in flight in another event loop (another "
-                        "thread?); a TaskManager serves one event loop at a time: use one "
-                        "TaskManager per loop, or let the other loop's runs finish first"
-                    )
-                return
+    @staticmethod
+    def _other_loop_error() -> RuntimeError:
+        """A trigger or stop() from another event loop than that of the runs in flight."""
+        return RuntimeError(
+            "this TaskManager has runs in flight in another event loop (another "
+            "thread?); a TaskManager serves one event loop at a time: use one "
+            "TaskManager per loop, or let the other loop's runs finish first"
+        )
 
     async def _run_shared(self, task: Task[Any, Any], input: Any, claims: list[Claim]) -> Any:
         """Run a trigger that holds a ``share-latest`` key, in a task of its own.
@@ -480,7 +489,7 @@ class TaskManager:
         """
         run = SharingRun(claims)
         runner = run.task = asyncio.get_running_loop().create_task(self._drive(task, input, run))
-        self._active.add(runner)  # stop(timeout=...) reaches it even once its caller left
+        self._active[runner] = None  # stop(timeout=...) reaches it even once its caller left
         runner.add_done_callback(partial(self._shared_done, task, run))
         try:
             return await asyncio.shield(runner)
@@ -513,7 +522,7 @@ class TaskManager:
         now = runner.get_loop().time()
         run.end()
         self._running -= 1
-        self._active.discard(runner)
+        self._active.pop(runner, None)
         self._stop_cancelled.discard(runner)
         if succeeded and not run.abandoned:
             share(run.claims, result, now)
@@ -537,9 +546,15 @@ class TaskManager:
 
         Called only at the outermost trigger of the caller's asyncio task: the runs nested
         inside it must see the cancellation as such (no retry, no failure), all the way up.
+        Only stop's own cancellation becomes the error: one that someone else asked for too
+        goes on as such. That is also how runs nested across asyncio tasks (a buffered or
+        TaskOnce run, a parallel's children, a task a run spawned and awaits) stay cancelled:
+        the run around such a task, cancelled first (see _cancel_runs), cancels it as well.
         """
         if current in self._stop_cancelled:
             self._stop_cancelled.discard(current)
+            if current.cancelling() > 1:
+                return
             current.uncancel()
             raise TaskManagerStoppedError(
                 f"task {task.name!r} was cancelled because the TaskManager stopped"
@@ -547,7 +562,7 @@ class TaskManager:
 
     def _end_admitted(self, current: asyncio.Task[Any], tracked: bool) -> None:
         if tracked:
-            self._active.discard(current)
+            del self._active[current]
         self._admitted -= 1
         if self._idle is not None:
             self._check_idle()
@@ -732,14 +747,34 @@ class TaskManager:
     # -------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Start cron and the coordinator; accept triggers again after a ``stop()``."""
+        """Start cron and the coordinator; accept triggers again after a ``stop()``.
+
+        :raises RuntimeError: a ``stop()`` is still under way (await it first).
+        :raises TaskManagerStoppedError: ``stop()`` was called while the coordinator started;
+            the later call wins and the manager stays stopped.
+        """
+        if self._stopping:
+            # Started in the middle of it, the manager would take triggers that the stop
+            # then cancels, and be left accepting triggers with started False.
+            raise RuntimeError(
+                "TaskManager.start() was called while a stop() is under way: await the "
+                "stop() first, then start()"
+            )
         self._accepting = True
         if not self._forwarding:
             self._forwarding = True
             for task in self._tasks.values():
                 task._forward_to((*task._sinks, self.task_subject))
         if self.distributed_coordinator is not None:
+            stop_calls = self._stop_calls
             await self.distributed_coordinator.start()
+            if self._stop_calls != stop_calls:
+                # That stop() found nothing started to stop; starting now would leave cron
+                # and the coordinator running after it returned, with triggers refused.
+                await self.distributed_coordinator.stop()
+                raise TaskManagerStoppedError(
+                    "stop() was called while start() was under way; the TaskManager stays stopped"
+                )
         self._scheduler.start()
         self._started = True
 
@@ -776,12 +811,21 @@ class TaskManager:
                 "runs (for one run to stop it, start the stop without awaiting it: "
                 "asyncio.create_task(manager.stop()))"
             )
-        if self._active:
-            self._check_one_loop(asyncio.get_running_loop(), current)
-        if not all(self._spawns.values()):
-            # Spawned before this call, not yet started: their first steps run before this
-            # one resumes, so that they meet the stop as the triggers made before it they are.
-            await asyncio.sleep(0)
+        if self._active and next(iter(self._active)).get_loop() is not asyncio.get_running_loop():
+            raise self._other_loop_error()
+        self._stop_calls += 1
+        self._stopping += 1
+        try:
+            if not all(self._spawns.values()):
+                # Spawned before this call, not yet started: their first steps run before
+                # this one goes on, so that they meet the stop as the triggers made before it
+                # they are.
+                await asyncio.sleep(0)
+            await self._wind_down(timeout, drain)
+        finally:
+            self._stopping -= 1
+
+    async def _wind_down(self, seconds: float | None, drain: bool) -> None:
         self._accepting = False
         self._scheduler.stop()
         if self._forwarding:
@@ -799,7 +843,7 @@ class TaskManager:
             self._stoppers += 1
             self._check_idle()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(seconds):
                     await asyncio.shield(idle)
             except TimeoutError:
                 self._cancel_runs()
@@ -822,6 +866,8 @@ class TaskManager:
         """A stop's deadline passed: refuse what was admitted, cancel what runs."""
         self._hard_stop = True
         self._fail_waiters()
+        # Outermost first: a run that awaits a run of another asyncio task cancels that one
+        # before that one handles stop's cancellation (see _raise_if_stopping).
         for caller in list(self._active):
             if caller not in self._stop_cancelled:  # once, however many stops time out
                 self._stop_cancelled.add(caller)

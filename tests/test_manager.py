@@ -31,8 +31,11 @@ from taskbuffer import (
     TaskManagerStoppedError,
     TaskMetadata,
     TaskNotFoundError,
+    TaskOnce,
+    Taskparallel,
     TaskStep,
 )
+from taskbuffer.distributed import InMemoryDistributedCoordinator
 
 Record = Callable[[Task[Any, Any]], list[TaskEvent]]
 Subscribe = Callable[[TaskManager], list[TaskEvent]]
@@ -538,7 +541,14 @@ async def test_stop_fails_waiting_triggers_and_lets_the_running_run_finish(
     assert loop.time() == 2.0
     assert await running == "running"
     assert gates.started == ["running"]
-    assert event_types(events) == ["started", "queued", "queued", "completed"]
+    assert event_types(events) == [
+        "started",
+        "queued",
+        "queued",
+        "cancelled",
+        "cancelled",
+        "completed",
+    ]
     assert group.statistics() == idle(group)
     assert manager.statistics().running == manager.statistics().waiting == 0
 
@@ -993,6 +1003,173 @@ async def test_stop_timeout_cancels_a_nested_run_at_every_level(
         assert event_types(seen) == ["started", "cancelled"], t.name
         assert (t.run_count, t.error_count, t.last_error) == (1, 0, None)
     assert manager.statistics().running == 0
+
+
+def _nesting_outer(how: str, manager: TaskManager, inner: Task[Any]) -> Task[Any]:
+    """A task whose run triggers ``inner`` through ``manager`` from another asyncio task."""
+
+    async def through_the_manager() -> Any:
+        return await manager.trigger_task(inner)
+
+    async def spawning() -> Any:
+        return await asyncio.create_task(manager.trigger_task(inner))
+
+    options: dict[str, Any] = {"name": "outer", "retries": 3, "retry_delay": 1}
+    if how == "spawned":
+        return Task(task_function=spawning, **options)
+    if how == "buffered":
+        return Task(task_function=through_the_manager, buffered=True, buffer_max=1, **options)
+    if how == "once":
+        return TaskOnce(task_function=through_the_manager, **options)
+    child = Task(name="child", task_function=through_the_manager, retries=3, retry_delay=1)
+    return Taskparallel(task_array=[child], **options)
+
+
+@pytest.mark.parametrize("how", ["spawned", "buffered", "once", "parallel"])
+async def test_stop_timeout_cancels_a_run_nested_in_another_asyncio_task(
+    record: Record, how: str
+) -> None:
+    """The inner trigger runs in an asyncio task of its own (one the outer run spawned and
+    awaits, a buffered or TaskOnce run, a parallel's child): stop's cancellation still
+    reaches the outer run as a cancellation, so nothing is retried or failed."""
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+
+    async def forever() -> None:
+        await asyncio.sleep(100)
+
+    inner = Task(name="inner", task_function=forever, retries=3, retry_delay=1)
+    outer = _nesting_outer(how, manager, inner)
+    levels = (
+        [inner, outer, *outer.task_array] if isinstance(outer, Taskparallel) else [inner, outer]
+    )
+    events = [record(t) for t in levels]
+    run = spawn(manager.trigger_task(outer))
+    await settle()
+    assert inner.run_count == 1
+    async with asyncio.timeout(10):
+        await manager.stop(timeout=0.05)
+    assert loop.time() == 0.05
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    await settle()
+    for t, seen in zip(levels, events, strict=True):
+        assert event_types(seen) == ["started", "cancelled"], t.name
+        assert (t.run_count, t.error_count) == (1, 0), t.name
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    await manager.start()
+    assert await manager.trigger_task(named("again", "ran")) == "ran"
+    await manager.stop()
+
+
+async def test_a_caller_also_cancelled_by_someone_else_as_stop_times_out_is_cancelled() -> None:
+    """stop's cancellation becomes TaskManagerStoppedError only when it is the only one: a
+    cancellation someone else asked for in the same instant is not swallowed."""
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    gates = Gates()
+    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
+    await gates.wait_started(None)
+    stopping = spawn(manager.stop(timeout=1))
+    await settle()
+    loop.call_at(1.0, run.cancel)  # after stop's deadline, in the same instant
+    async with asyncio.timeout(10):
+        await stopping
+    assert loop.time() == 1.0
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert run.cancelled()
+
+
+async def test_start_while_a_stop_is_under_way_raises_and_leaves_the_stop_alone() -> None:
+    loop = asyncio.get_running_loop()
+    manager = TaskManager()
+    await manager.start()
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    run = spawn(manager.trigger_task(t, "a"))
+    await gates.wait_started("a")
+    stopping = spawn(manager.stop(timeout=5))
+    await settle()
+    with pytest.raises(RuntimeError, match=r"start\(\) was called while a stop\(\) is under way"):
+        await manager.start()
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t, "b")
+    async with asyncio.timeout(10):
+        await stopping
+    assert loop.time() == 5.0
+    with pytest.raises(TaskManagerStoppedError):
+        await run
+    assert not is_started(manager)
+    await manager.start()  # once the stop is over
+    assert is_started(manager)
+    assert await manager.trigger_task(named("again", "ran")) == "ran"
+    await manager.stop()
+
+
+async def test_stop_while_start_awaits_the_coordinator_leaves_the_manager_stopped() -> None:
+    coordinator_started = asyncio.Event()
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    class SlowToStart(InMemoryDistributedCoordinator):
+        async def start(self) -> None:
+            calls.append("start")
+            coordinator_started.set()
+            await release.wait()
+
+        async def stop(self) -> None:
+            calls.append("stop")
+
+    manager = TaskManager(distributed_coordinator=SlowToStart())
+    t = named("job", "ran")
+    manager.add_and_schedule_task(t, "* * * * * *")
+    starting = spawn(manager.start())
+    async with asyncio.timeout(10):
+        await coordinator_started.wait()
+        await manager.stop()
+    release.set()
+    with pytest.raises(TaskManagerStoppedError, match=r"stop\(\) was called while start\(\)"):
+        async with asyncio.timeout(10):
+            await starting
+    assert calls == ["start", "stop"]
+    assert not is_started(manager)
+    with pytest.raises(TaskManagerStoppedError):
+        await manager.trigger_task(t)
+    await asyncio.sleep(3)
+    assert t.run_count == 0  # cron stayed stopped
+    release.set()
+    await manager.start()
+    assert await manager.trigger_task(t) == "ran"
+    await manager.stop()
+    assert calls == ["start", "stop", "start", "stop"]
+
+
+@pytest.mark.parametrize("drain", [False, True], ids=["at-once", "at-the-deadline"])
+async def test_a_waiting_trigger_that_stop_fails_emits_cancelled(
+    record: Record, drain: bool
+) -> None:
+    manager = TaskManager()
+    manager.add_constraint_group(one_at_a_time())
+    gates = Gates()
+    t = Task(name="job", task_function=gates.function)
+    events = record(t)
+    running = spawn(manager.trigger_task(t, "running"))
+    await gates.wait_started("running")
+    waiting = spawn(manager.trigger_task(t, "waiting"))
+    await settle()
+    stopping = spawn(manager.stop(timeout=1, drain=drain))
+    with pytest.raises(TaskManagerStoppedError):
+        async with asyncio.timeout(10):
+            await waiting
+    # The waiting trigger's "cancelled" (and, at the deadline, the running one's).
+    assert event_types(events) == ["started", "queued"] + ["cancelled"] * (1 + drain)
+    assert asyncio.get_running_loop().time() == (1.0 if drain else 0.0)
+    assert (t.run_count, t.error_count) == (1, 0)
+    async with asyncio.timeout(10):
+        await stopping
+    with pytest.raises(TaskManagerStoppedError):
+        await running
 
 
 async def test_stop_awaited_inside_a_run_of_the_manager_raises() -> None:
