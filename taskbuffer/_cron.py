@@ -58,6 +58,27 @@ _SCAN_SPAN = 7 * _DAY
 _STABLE_SPAN = 3600.0
 # croniter's day-of-week items that name a weekday of the month: "1#2", "mon-fri#2", "L5".
 _NTH_ITEM = re.compile(r"#|^l\d", re.IGNORECASE)
+# A range item with an optional step: "fri-tue/2", "20-L", "10-4". (Items with "#" have no step.)
+_RANGE_ITEM = re.compile(r"^(\w+)-(\w+)(?:/(\d+))?$")
+# Each field's bounds and names, seconds first; 7 is Sunday too, "L" ends a day-of-month range.
+_FIELD_BOUNDS = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 6),
+)
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_FIELD_NAMES: tuple[dict[str, int], ...] = (
+    {},
+    {},
+    {},
+    {"l": 31},
+    {name: i for i, name in enumerate(_MONTH_NAMES, 1)},
+    {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+    | {"7": 0},
+)
 
 
 def _seconds(naive: datetime) -> float:
@@ -191,6 +212,7 @@ class CronSchedule:
                 "a day-of-week list is all plain days or all '#' and 'L' items",
             )
         try:
+            fields = _unwrap_ranges(fields, six)
             # Naive datetimes: croniter matches local wall times; instants are mapped here.
             it = croniter(
                 " ".join(fields), datetime(2000, 1, 1), ret_type=datetime, second_at_beginning=six
@@ -301,6 +323,52 @@ class CronSchedule:
             if i < len(minutes):
                 return local.replace(minute=minutes[i], second=first_second)
         return None
+
+
+def _unwrap_ranges(fields: list[str], six: bool) -> list[str]:
+    """``fields`` with each range that croniter misreads written out as its list of values.
+
+    croniter counts a step across the end of a wrapping range one value too far ("31-8/2" as
+    31,3,5,7; "10-feb/4" as October alone) and reads "31-L" as the whole month; the documented
+    reading is the range's values from its start through the field's end and on from the
+    field's start (31,2,4,6,8; October and February; the 31st). Anything it cannot read is left
+    to croniter, which rejects it.
+    """
+    kinds = _FIELD_BOUNDS if six else _FIELD_BOUNDS[1:]
+    names = _FIELD_NAMES if six else _FIELD_NAMES[1:]
+    return [
+        ",".join(_unwrap(item, bounds, field_names) for item in field.split(","))
+        for field, bounds, field_names in zip(fields, kinds, names, strict=True)
+    ]
+
+
+def _unwrap(item: str, bounds: tuple[str, int, int], names: dict[str, int]) -> str:
+    """One item of a field, written out as its values if croniter would misread it."""
+    match = _RANGE_ITEM.match(item.lower())
+    if match is None:
+        return item
+    written_low, written_high, written_step = match.groups()
+    low, high = (_value(v, names) for v in (written_low, written_high))
+    field, lowest, highest = bounds
+    step = int(written_step or 1)
+    if written_low == "l" or step == 0 or -1 in (low, high):
+        return item  # croniter rejects these ("L" only ends a range)
+    if not (lowest <= low <= highest and lowest <= high <= highest):
+        # croniter checks only the larger bound: it took "5-0" in the day of month.
+        raise ValueError(f"its {field} range {item!r} goes outside {lowest}-{highest}")
+    if written_high == "l" and low == highest:  # "31-L": the 31st, not croniter's equal range
+        return str(low)
+    if low <= high or written_step is None:
+        return item  # croniter reads these as documented (an equal range is the whole cycle)
+    values = [*range(low, highest + 1), *range(lowest, high + 1)]
+    return ",".join(str(v) for v in values[::step])
+
+
+def _value(written: str, names: dict[str, int]) -> int:
+    """A value or name of a field as a number; -1 if it is neither."""
+    if written.isdigit():
+        return names.get(str(int(written)), int(written))
+    return names.get(written, -1)
 
 
 def _values(field: list[Any]) -> tuple[int, ...] | None:
