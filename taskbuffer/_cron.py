@@ -382,26 +382,41 @@ def _sides(it: croniter[datetime], fields: list[str], six: bool) -> tuple[cronit
     """croniters that together match what the expression ``fields`` (parsed as ``it``) does.
 
     One, ``it``, unless both day fields are given: then one per day field with the other
-    ``*``, so that a day matching either counts (module docstring). Those that never match a
-    date are left out.
+    ``*``, so that a day matching either counts (module docstring). An ``L`` in a
+    day-of-month list gets one of its own too: croniter counts it as a day, so 30 days and
+    ``L`` read as every day ("2-31,L" fired on the 1st). Those that never match a date are
+    left out.
     """
     day_of_month, day_of_week = fields[-3], fields[-1]
-    if day_of_month in ("*", "?") or day_of_week in ("*", "?"):
-        candidates = [it]
+    days = _day_of_month_parts(day_of_month)
+    if day_of_month not in ("*", "?") and day_of_week not in ("*", "?"):
+        pairs = [*((part, "*") for part in days), ("*", day_of_week)]
+    elif len(days) > 1:
+        pairs = [(part, day_of_week) for part in days]
     else:
-        # The other fields as croniter resolved them: an "R" is random per parse, and both
-        # sides must fire at the same times of day.
-        minute, hour, _, month, _, *second = [_text(field) for field in it.expanded]
-        candidates = [
-            croniter(
-                " ".join([*second, minute, hour, days, month, weekdays]),
-                datetime(2000, 1, 1),
-                ret_type=datetime,
-                second_at_beginning=six,
-            )
-            for days, weekdays in ((day_of_month, "*"), ("*", day_of_week))
-        ]
+        return (it,) if _matches_a_date(it) else ()
+    # The other fields as croniter resolved them: an "R" is random per parse, and all sides
+    # must fire at the same times of day.
+    minute, hour, _, month, _, *second = [_text(field) for field in it.expanded]
+    candidates = [
+        croniter(
+            " ".join([*second, minute, hour, part, month, weekdays]),
+            datetime(2000, 1, 1),
+            ret_type=datetime,
+            second_at_beginning=six,
+        )
+        for part, weekdays in pairs
+    ]
     return tuple(side for side in candidates if _matches_a_date(side))
+
+
+def _day_of_month_parts(field: str) -> list[str]:
+    """A day-of-month field split into its ``L`` items and the rest, if it has both."""
+    items = field.split(",")
+    rest = [item for item in items if item.lower() != "l"]
+    if rest and len(rest) < len(items):
+        return [",".join(rest), "L"]
+    return [field]
 
 
 def _matches_a_date(side: croniter[datetime]) -> bool:

@@ -1520,3 +1520,25 @@ def test_a_range_bound_outside_its_field_is_rejected(expression: str, reason: st
 def test_l_starting_a_range_and_a_zero_step_stay_rejected(expression: str) -> None:
     with pytest.raises(InvalidCronExpressionError):
         CronSchedule(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # 30 days and "L": croniter counted "L" as a 31st day and fired on every day.
+        ("0 0 2-31,L * *", datetime(2024, 3, 30), ["03-31", "04-02", "04-03"]),
+        ("0 0 1-6,8-31,L * *", datetime(2024, 4, 5), ["04-06", "04-08", "04-09"]),
+        # The 30th is in the list only as the last day of a 30-day month.
+        ("0 0 1-29,31,L * *", datetime(2024, 3, 29), ["03-31", "04-01"]),
+        ("0 0 1-29,31,L * *", datetime(2024, 4, 29), ["04-30", "05-01"]),
+        # So with a day of the week beside it: days 2-31, the last day, or Mondays (Tuesdays).
+        ("0 0 2-31,L * 1", datetime(2024, 3, 30), ["03-31", "04-01", "04-02"]),
+        ("0 0 2-31,L * 1", datetime(2024, 4, 29, 12), ["04-30", "05-02", "05-03"]),
+        ("0 0 2-31,L * 2", datetime(2024, 3, 30), ["03-31", "04-02", "04-03"]),
+    ],
+)
+def test_l_in_a_day_of_month_list_is_only_the_last_day(
+    expression: str, start: datetime, expected: list[str]
+) -> None:
+    got = fires(expression, UTC, start.replace(tzinfo=UTC), len(expected))
+    assert [g[5:10] for g in got] == expected
