@@ -1542,3 +1542,21 @@ def test_l_in_a_day_of_month_list_is_only_the_last_day(
 ) -> None:
     got = fires(expression, UTC, start.replace(tzinfo=UTC), len(expected))
     assert [g[5:10] for g in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("equal", "star"), [("0 0 5-5/2 * *", "0 0 */2 * *"), ("0 0 * * 5-5/2", "0 0 * * */2")]
+)
+def test_an_equal_range_with_a_step_counts_from_the_fields_first_value(
+    equal: str, star: str
+) -> None:
+    start = datetime(2024, 4, 1, tzinfo=UTC)
+    assert fires(equal, UTC, start, 8) == fires(star, UTC, start, 8)
+
+
+def test_a_numeric_range_before_hash_is_rejected_as_the_readme_says() -> None:
+    assert fires("0 0 * * mon-fri#2", UTC, datetime(2024, 6, 1, tzinfo=UTC), 1)[0][:10] == (
+        "2024-06-10"
+    )
+    with pytest.raises(InvalidCronExpressionError):
+        CronSchedule("0 0 * * 1-5#2")
