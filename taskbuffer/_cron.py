@@ -59,6 +59,27 @@ _SCAN_SPAN = 7 * _DAY
 _STABLE_SPAN = 3600.0
 # croniter's day-of-week items that name a weekday of the month: "1#2", "mon-fri#2", "L5".
 _NTH_ITEM = re.compile(r"#|^l\d", re.IGNORECASE)
+# A range item with an optional step: "fri-tue/2", "20-L", "10-4". (Items with "#" have no step.)
+_RANGE_ITEM = re.compile(r"^(\w+)-(\w+)(?:/(\d+))?$")
+# Each field's bounds and names, seconds first; 7 is Sunday too, "L" ends a day-of-month range.
+_FIELD_BOUNDS = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 6),
+)
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_FIELD_NAMES: tuple[dict[str, int], ...] = (
+    {},
+    {},
+    {},
+    {"l": 31},
+    {name: i for i, name in enumerate(_MONTH_NAMES, 1)},
+    {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+    | {"7": 0},
+)
 
 
 def _seconds(naive: datetime) -> float:
@@ -194,6 +215,7 @@ class CronSchedule:
                 "a day-of-week list is all plain days or all '#' and 'L' items",
             )
         try:
+            fields = _unwrap_ranges(fields, six)
             # Naive datetimes: croniter matches local wall times; instants are mapped here.
             it = croniter(
                 " ".join(fields), datetime(2000, 1, 1), ret_type=datetime, second_at_beginning=six
@@ -306,6 +328,52 @@ class CronSchedule:
         return None
 
 
+def _unwrap_ranges(fields: list[str], six: bool) -> list[str]:
+    """``fields`` with each range that croniter misreads written out as its list of values.
+
+    croniter counts a step across the end of a wrapping range one value too far ("31-8/2" as
+    31,3,5,7; "10-feb/4" as October alone) and reads "31-L" as the whole month; the documented
+    reading is the range's values from its start through the field's end and on from the
+    field's start (31,2,4,6,8; October and February; the 31st). Anything it cannot read is left
+    to croniter, which rejects it.
+    """
+    kinds = _FIELD_BOUNDS if six else _FIELD_BOUNDS[1:]
+    names = _FIELD_NAMES if six else _FIELD_NAMES[1:]
+    return [
+        ",".join(_unwrap(item, bounds, field_names) for item in field.split(","))
+        for field, bounds, field_names in zip(fields, kinds, names, strict=True)
+    ]
+
+
+def _unwrap(item: str, bounds: tuple[str, int, int], names: dict[str, int]) -> str:
+    """One item of a field, written out as its values if croniter would misread it."""
+    match = _RANGE_ITEM.match(item.lower())
+    if match is None:
+        return item
+    written_low, written_high, written_step = match.groups()
+    low, high = (_value(v, names) for v in (written_low, written_high))
+    field, lowest, highest = bounds
+    step = int(written_step or 1)
+    if written_low == "l" or step == 0 or -1 in (low, high):
+        return item  # croniter rejects these ("L" only ends a range)
+    if not (lowest <= low <= highest and lowest <= high <= highest):
+        # croniter checks only the larger bound: it took "5-0" in the day of month.
+        raise ValueError(f"its {field} range {item!r} goes outside {lowest}-{highest}")
+    if written_high == "l" and low == highest:  # "31-L": the 31st, not croniter's equal range
+        return str(low)
+    if low <= high or written_step is None:
+        return item  # croniter reads these as documented (an equal range is the whole cycle)
+    values = [*range(low, highest + 1), *range(lowest, high + 1)]
+    return ",".join(str(v) for v in values[::step])
+
+
+def _value(written: str, names: dict[str, int]) -> int:
+    """A value or name of a field as a number; -1 if it is neither."""
+    if written.isdigit():
+        return names.get(str(int(written)), int(written))
+    return names.get(written, -1)
+
+
 def _values(field: list[Any]) -> tuple[int, ...] | None:
     """A croniter-expanded field as sorted ints, or ``None`` for "every value"."""
     if "*" in field:
@@ -317,28 +385,43 @@ def _sides(it: croniter[datetime], fields: list[str], six: bool) -> tuple[cronit
     """croniters that together match what the expression ``fields`` (parsed as ``it``) does.
 
     One, ``it``, unless both day fields are given: then one per day field with the other
-    ``*``, so that a day matching either counts (module docstring). Those that never match a
-    date are left out.
+    ``*``, so that a day matching either counts (module docstring). An ``L`` in a
+    day-of-month list gets one of its own too: croniter counts it as a day, so 30 days and
+    ``L`` read as every day ("2-31,L" fired on the 1st). Those that never match a date are
+    left out.
     """
     from croniter import croniter  # lazily, as in CronSchedule
 
     day_of_month, day_of_week = fields[-3], fields[-1]
-    if day_of_month in ("*", "?") or day_of_week in ("*", "?"):
-        candidates = [it]
+    days = _day_of_month_parts(day_of_month)
+    if day_of_month not in ("*", "?") and day_of_week not in ("*", "?"):
+        pairs = [*((part, "*") for part in days), ("*", day_of_week)]
+    elif len(days) > 1:
+        pairs = [(part, day_of_week) for part in days]
     else:
-        # The other fields as croniter resolved them: an "R" is random per parse, and both
-        # sides must fire at the same times of day.
-        minute, hour, _, month, _, *second = [_text(field) for field in it.expanded]
-        candidates = [
-            croniter(
-                " ".join([*second, minute, hour, days, month, weekdays]),
-                datetime(2000, 1, 1),
-                ret_type=datetime,
-                second_at_beginning=six,
-            )
-            for days, weekdays in ((day_of_month, "*"), ("*", day_of_week))
-        ]
+        return (it,) if _matches_a_date(it) else ()
+    # The other fields as croniter resolved them: an "R" is random per parse, and all sides
+    # must fire at the same times of day.
+    minute, hour, _, month, _, *second = [_text(field) for field in it.expanded]
+    candidates = [
+        croniter(
+            " ".join([*second, minute, hour, part, month, weekdays]),
+            datetime(2000, 1, 1),
+            ret_type=datetime,
+            second_at_beginning=six,
+        )
+        for part, weekdays in pairs
+    ]
     return tuple(side for side in candidates if _matches_a_date(side))
+
+
+def _day_of_month_parts(field: str) -> list[str]:
+    """A day-of-month field split into its ``L`` items and the rest, if it has both."""
+    items = field.split(",")
+    rest = [item for item in items if item.lower() != "l"]
+    if rest and len(rest) < len(items):
+        return [",".join(rest), "L"]
+    return [field]
 
 
 def _matches_a_date(side: croniter[datetime]) -> bool:

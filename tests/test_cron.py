@@ -1470,3 +1470,156 @@ def test_a_manager_runs_cron_in_one_loop_after_another() -> None:
         with asyncio.Runner(loop_factory=looptime.new_event_loop) as runner:
             runner.run(run_one_tick())
     assert len(starts) == 2
+
+
+# ------------------------------------------------- ranges that croniter misread (review of 14)
+
+# The README: a reversed range wraps around the end of its field and a step counts on across
+# the end; "L" ends a day-of-month range; "L" in a day-of-month list is the month's last day.
+
+
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # Days 31, 2, 4, 6, 8 (croniter: 31, 3, 5, 7).
+        (
+            "0 0 31-8/2 * *",
+            datetime(2024, 1, 30),
+            ["01-31", "02-02", "02-04", "02-06", "02-08", "03-02"],
+        ),
+        # Days 22, 25, 28, 31, 3 (croniter left out the 3rd).
+        ("0 0 22-3/3 * *", datetime(2024, 1, 30), ["01-31", "02-03", "02-22", "02-25", "02-28"]),
+        # October and February (croniter: October alone).
+        ("0 0 1 10-feb/4 *", datetime(2024, 6, 1), ["10-01", "02-01", "10-01"]),
+        # November, March, July (croniter: April and November).
+        ("0 0 1 11-7/4 *", datetime(2024, 6, 1), ["07-01", "11-01", "03-01", "07-01"]),
+        # Friday and Tuesday (croniter: Wednesday and Friday); 7 is Sunday as a bound too.
+        ("0 0 * * 5-3/4", datetime(2024, 6, 1), ["06-04", "06-07", "06-11", "06-14"]),
+        ("0 0 * * sat-thu/3", datetime(2024, 6, 1), ["06-04", "06-08", "06-11", "06-15"]),
+        ("0 0 * * 7-3/2", datetime(2024, 6, 1), ["06-02", "06-04", "06-09", "06-11"]),
+        # "31-L" is the 31st alone (croniter: an equal range, every day).
+        ("0 0 31-L * *", datetime(2024, 4, 1), ["05-31", "07-31", "08-31", "10-31"]),
+        ("0 0 31-L/2 * *", datetime(2024, 4, 1), ["05-31", "07-31", "08-31", "10-31"]),
+    ],
+)
+def test_a_step_counts_on_across_the_end_of_a_wrapping_range(
+    expression: str, start: datetime, expected: list[str]
+) -> None:
+    got = fires(expression, UTC, start.replace(tzinfo=UTC), len(expected))
+    assert [g[5:10] for g in got] == expected
+
+
+WRAP_FIELDS = {
+    # field index in a 6-field expression: (low, high, names, the period to watch, its start)
+    0: (0, 59, [], 60, datetime(2024, 1, 1)),
+    1: (0, 59, [], 3600, datetime(2024, 1, 1)),
+    2: (0, 23, [], 86400, datetime(2024, 1, 1)),
+    3: (1, 31, [], 31 * 86400, datetime(2024, 1, 1)),  # January: every day exists
+    4: (1, 12, [m.lower() for m in calendar.month_abbr[1:]], 366 * 86400, datetime(2024, 1, 1)),
+    5: (0, 6, WEEKDAY_NAMES, 7 * 86400, datetime(2024, 6, 2)),  # from a Sunday
+}
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data(), field=st.sampled_from(sorted(WRAP_FIELDS)))
+def test_wrapping_ranges_with_steps_match_their_documented_values(
+    data: st.DataObject, field: int
+) -> None:
+    low, high, names, period, start = WRAP_FIELDS[field]
+    a = data.draw(st.integers(low + 1, high), label="start")
+    b = data.draw(st.integers(low, a - 1), label="end")
+    step = data.draw(st.integers(1, high - low + 1), label="step")
+    cycle = [*range(a, high + 1), *range(low, b + 1)]
+    values = set(cycle[::step])
+
+    def spell(v: int) -> str:
+        spelling = data.draw(st.sampled_from(["number", "name", "7"]))
+        if spelling == "name" and names:
+            return names[v - low]
+        if spelling == "7" and names is WEEKDAY_NAMES and v == 0:
+            return "7"  # Sunday too
+        return str(v)
+
+    # Finer fields at one value, coarser ones "*" (a month watched on the 1st of each).
+    fields = ["0", "0", "0", "1" if field == 4 else "*", "*", "*"]
+    fields[field + 1 : 3] = ["*"] * (2 - field)
+    fields[field] = f"{spell(a)}-{spell(b)}/{step}"
+    expression = " ".join(fields)
+    schedule = CronSchedule(expression, UTC)
+    begin = start.replace(tzinfo=UTC).timestamp()
+    t, seen = begin - 1, set()
+    while (t := schedule.next_after(t)) < begin + period:
+        local = datetime.fromtimestamp(t, UTC)
+        seen.add(
+            [
+                local.second,
+                local.minute,
+                local.hour,
+                local.day,
+                local.month,
+                local.isoweekday() % 7,
+            ][field]
+        )
+    assert seen == values, expression
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        # croniter checked only the larger bound of a range and ran these.
+        ("0 0 5-0 * *", "its day-of-month range '5-0' goes outside 1-31"),
+        ("0 0 1 3-0 *", "its month range '3-0' goes outside 1-12"),
+        ("0 0 8-0/2 * *", "its day-of-month range '8-0/2' goes outside 1-31"),
+        ("0 0 * * 8-1/2", "its day-of-week range '8-1/2' goes outside 0-6"),
+    ],
+)
+def test_a_range_bound_outside_its_field_is_rejected(expression: str, reason: str) -> None:
+    with pytest.raises(InvalidCronExpressionError) as caught:
+        CronSchedule(expression)
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("expression", ["0 0 L-5/2 * *", "0 0 31-L/0 * *", "0 0 5-3/0 * *"])
+def test_l_starting_a_range_and_a_zero_step_stay_rejected(expression: str) -> None:
+    with pytest.raises(InvalidCronExpressionError):
+        CronSchedule(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # 30 days and "L": croniter counted "L" as a 31st day and fired on every day.
+        ("0 0 2-31,L * *", datetime(2024, 3, 30), ["03-31", "04-02", "04-03"]),
+        ("0 0 1-6,8-31,L * *", datetime(2024, 4, 5), ["04-06", "04-08", "04-09"]),
+        # The 30th is in the list only as the last day of a 30-day month.
+        ("0 0 1-29,31,L * *", datetime(2024, 3, 29), ["03-31", "04-01"]),
+        ("0 0 1-29,31,L * *", datetime(2024, 4, 29), ["04-30", "05-01"]),
+        # So with a day of the week beside it: days 2-31, the last day, or Mondays (Tuesdays).
+        ("0 0 2-31,L * 1", datetime(2024, 3, 30), ["03-31", "04-01", "04-02"]),
+        ("0 0 2-31,L * 1", datetime(2024, 4, 29, 12), ["04-30", "05-02", "05-03"]),
+        ("0 0 2-31,L * 2", datetime(2024, 3, 30), ["03-31", "04-02", "04-03"]),
+    ],
+)
+def test_l_in_a_day_of_month_list_is_only_the_last_day(
+    expression: str, start: datetime, expected: list[str]
+) -> None:
+    got = fires(expression, UTC, start.replace(tzinfo=UTC), len(expected))
+    assert [g[5:10] for g in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("equal", "star"), [("0 0 5-5/2 * *", "0 0 */2 * *"), ("0 0 * * 5-5/2", "0 0 * * */2")]
+)
+def test_an_equal_range_with_a_step_counts_from_the_fields_first_value(
+    equal: str, star: str
+) -> None:
+    start = datetime(2024, 4, 1, tzinfo=UTC)
+    assert fires(equal, UTC, start, 8) == fires(star, UTC, start, 8)
+
+
+def test_a_numeric_range_before_hash_is_rejected_as_the_readme_says() -> None:
+    assert fires("0 0 * * mon-fri#2", UTC, datetime(2024, 6, 1, tzinfo=UTC), 1)[0][:10] == (
+        "2024-06-10"
+    )
+    with pytest.raises(InvalidCronExpressionError):
+        CronSchedule("0 0 * * 1-5#2")
