@@ -97,7 +97,7 @@ async def test_exactly_one_submitter_wins_each_tick(redis_url: str) -> None:
             await c.start()
         try:
             for tick in range(5):
-                instant = 1_800_000_000.0 + tick
+                instant = _now() + tick  # within max_tick_age, before or after
                 results = await asyncio.gather(
                     *(
                         c.fire_distributed_task_request(_request(f"m{i}", instant))
@@ -222,6 +222,33 @@ async def test_a_tick_older_than_max_tick_age_is_refused(redis_url: str) -> None
     ), old.reason
     assert recent.should_trigger
     assert mark_ttl == -1  # the mark does not expire: refusing by it needs no clock
+
+
+async def test_a_tick_ahead_of_the_server_clock_beyond_max_tick_age_is_refused(
+    redis_url: str,
+) -> None:
+    # A host whose clock runs an hour ahead: had its claim raised the task's mark (kept
+    # without expiry), every other manager's ticks were refused for that hour, and after it.
+    prefix = uuid.uuid4().hex
+    c = RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=5)
+    now = _now()
+    async with asyncio.timeout(10):
+        await c.start()
+        try:
+            ahead = await c.fire_distributed_task_request(_request("fast", now + 3600))
+            current = await c.fire_distributed_task_request(_request("a", now))
+            near = await c.fire_distributed_task_request(_request("a", now + 4))
+            mark = await c._redis().get(c.mark_key("job"))
+        finally:
+            await c.stop()
+    assert (ahead.should_trigger, ahead.rank) == (False, 1)
+    assert re.fullmatch(
+        r"the tick is 3\d{3}\.\d{3} s ahead of the Redis server's clock, beyond "
+        r"max_tick_age \(5 s\)",
+        ahead.reason,
+    ), ahead.reason
+    assert current.should_trigger and near.should_trigger  # within the bound: early is fine
+    assert mark == str(round((now + 4) * 1000)).encode()
 
 
 async def test_after_redis_lost_its_keys_only_ticks_within_max_tick_age_can_be_claimed_again(
