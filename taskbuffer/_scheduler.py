@@ -8,8 +8,7 @@ are coalesced into that one run: the task emits a ``missed`` event saying how ma
 and the ``taskbuffer`` logger warns; nothing is replayed in a burst.
 
 With a distributed coordinator, each cron tick is first offered to it and runs here only if
-it answers ``should_trigger``; one-off runs are not offered. A run that coalesced missed ticks
-is offered as the newest of them (the one a coordinator's age bound is least likely to refuse).
+it answers ``should_trigger``; one-off runs are not offered.
 """
 
 from __future__ import annotations
@@ -368,20 +367,15 @@ class Scheduler:
                 self._ticks[loop.create_task(self._run_entry(entry, when, 0))] = entry
             else:
                 # The next tick after this one; those already due were missed (the loop was
-                # blocked): they are coalesced into this run, which stands for the newest of
-                # them (``latest``). That is the tick offered to a coordinator: the oldest
-                # could be refused as too old while the newest is not, losing the run.
+                # blocked): they are coalesced into this run.
                 missed = 0
-                latest = when
                 try:
                     following = cron.next_after(when)
                     while following <= now and missed < _MISSED_COUNT_LIMIT:
                         missed += 1
-                        latest = following
                         following = cron.next_after(following)
                     if following <= now:
-                        latest = _newest_due(cron, following, now)
-                        following = cron.next_after(latest)
+                        following = cron.next_after(now)
                 except Exception:
                     # Not expected (the expression matched when validated); a timer callback
                     # that raised would stop every schedule of the manager, so drop this one.
@@ -400,7 +394,7 @@ class Scheduler:
                 # The run removes itself from _ticks when it ends (a done callback would cost
                 # a loop iteration per tick); one cancelled before it began is dropped by
                 # wait_stopped().
-                self._ticks[loop.create_task(self._run_entry(entry, latest, missed))] = entry
+                self._ticks[loop.create_task(self._run_entry(entry, when, missed))] = entry
         self._arm()
 
     # ------------------------------------------------------------------------------ ticks
@@ -520,26 +514,6 @@ class Scheduler:
                 to_datetime(request.task_execution_time).isoformat(),
                 exc_info=exc,
             )
-
-
-def _newest_due(cron: CronSchedule, due: float, now: float) -> float:
-    """The newest tick of ``cron`` at or before ``now``, given ``due``, a tick at or before it.
-
-    A bisection of the time between them: a loop blocked for long may have passed millions
-    of ticks. ``low`` is a tick at or before ``now``; no tick is in ``(high, now]``.
-    """
-    low, high = due, now
-    while True:
-        middle = (low + high) / 2
-        if not low < middle < high:
-            break
-        following = cron.next_after(middle)
-        if following <= now:
-            low = following
-        else:
-            high = middle
-    following = cron.next_after(low)
-    return following if following <= now else low
 
 
 def _passes_through(error: BaseException) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -195,65 +194,6 @@ async def test_a_tick_whose_instant_was_claimed_does_not_run(
     assert [a.should_trigger for a in view.answers] == [True, False, True]
     assert "another manager" in view.answers[1].reason
     assert len(view.updates) == 2  # only ticks that ran here are reported
-
-
-def block_loop(seconds: float) -> None:
-    """Stand for a blocking call of ``seconds`` on the loop's thread, on virtual time (looptime
-    moves its clock only between loop iterations; it has no public API for this)."""
-    loop = asyncio.get_running_loop()
-    now, per_second = "_LoopTimeEventLoop__now", "_LoopTimeEventLoop__resolution_reciprocal"
-    setattr(loop, now, getattr(loop, now) + round(seconds * getattr(loop, per_second)))
-
-
-class Recent(Recording):
-    """Refuses a tick more than ``max_age`` seconds old (as the Redis coordinator does)."""
-
-    max_age = 1.5
-
-    async def fire_distributed_task_request(
-        self, request: DistributedTaskRequest
-    ) -> DistributedTaskRequestResult:
-        if now_wall() - request.task_execution_time > self.max_age:
-            self.requests.append(request)
-            return DistributedTaskRequestResult(
-                submitter_id=request.submitter_id,
-                request_response_id=request.request_response_id,
-                considered=True,
-                rank=1,
-                reason="too old",
-                should_trigger=False,
-            )
-        return await super().fire_distributed_task_request(request)
-
-
-@pytest.mark.parametrize(("blocked", "missed"), [(3.5, 2), (200_000, 100_000)])
-async def test_ticks_coalesced_after_a_blocked_loop_are_offered_as_the_newest_of_them(
-    record: Record, blocked: float, missed: int
-) -> None:
-    # The loop is blocked from +2 to +2 + blocked: the ticks after +2 up to then are
-    # coalesced into one run, offered as the newest of them. Offered as the oldest, a
-    # coordinator with an age bound refused it and the run was lost.
-    runs: list[tuple[str, float]] = []
-    view = Recent(InMemoryDistributedCoordinator())
-
-    async def job() -> None:
-        runs.append(("here", now_wall()))
-        if len(runs) == 2:
-            block_loop(blocked)
-
-    task = Task(task_function=job, name="job")
-    events = record(task)
-    newest = BASE + 2 + math.floor(blocked)
-    m = TaskManager(distributed_coordinator=view, timezone=UTC)
-    m.add_and_schedule_task(task, "* * * * * *")
-    async with asyncio.timeout(300_000), m:
-        await asyncio.sleep(blocked + 3)
-    offered = [r.task_execution_time for r in view.requests]
-    assert offered[:4] == [BASE + 1, BASE + 2, newest, newest + 1]
-    assert [t for _, t in runs][:3] == [BASE + 1, BASE + 2, START.timestamp() + 1.75 + blocked]
-    [event] = [e for e in events if e.type == "missed"]
-    assert event.error is not None
-    assert event.error.startswith(f"{missed}{'+' if missed == 100_000 else ''} tick")
 
 
 # -------------------------------------------------------------------- coordinator faults
