@@ -8,7 +8,10 @@ are coalesced into that one run: the task emits a ``missed`` event saying how ma
 and the ``taskbuffer`` logger warns; nothing is replayed in a burst.
 
 With a distributed coordinator, each cron tick is first offered to it and runs here only if
-it answers ``should_trigger``; one-off runs are not offered.
+it answers ``should_trigger``; one-off runs are not offered. A run that coalesced missed ticks
+is offered as the oldest of them, the tick it is late for: a coordinator that refuses ticks
+that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a long pause from
+claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
 """
 
 from __future__ import annotations

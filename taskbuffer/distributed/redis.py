@@ -86,9 +86,11 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
     * **Liveness.** A tick runs when some manager's claim reaches Redis at most
       ``max_tick_age`` after the tick (server clock) and before any claim of a later tick of
       the task. A tick claimed by a manager that then stops or dies before running it does not
-      run: this is at most once, not at least once. The mark is never more than
-      ``max_tick_age`` ahead of the server's clock, so a host whose clock runs far ahead
-      cannot hold the other managers' ticks off for longer than that.
+      run: this is at most once, not at least once. A run coalescing ticks missed while a
+      loop was blocked (or the process paused) is offered as the oldest of them, so past
+      ``max_tick_age`` it is refused and the schedule goes on with the next tick. The mark
+      is never more than ``max_tick_age`` ahead of the server's clock, so a host whose clock
+      runs far ahead cannot hold the other managers' ticks off for longer than that.
 
     Assumptions: every manager scheduling a task under one name computes the same instants
     (same cron string and time zone); each host's clock is within ``max_tick_age`` of the
