@@ -168,6 +168,46 @@ async def test_a_given_client_is_used_and_left_open(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_a_coordinator_shared_by_two_managers_stays_open_until_both_stopped(
+    redis_url: str,
+) -> None:
+    # Two managers in one process share one coordinator: each starts and stops it. The first
+    # stop closed the connection under the other's claim in flight, which Redis had granted:
+    # the answer was lost (ConnectionError) and the tick ran nowhere.
+    name = uuid.uuid4().hex
+    c = RedisDistributedCoordinator(
+        url=f"{redis_url}?client_name={name}", key_prefix=uuid.uuid4().hex
+    )
+    other = redis.asyncio.Redis.from_url(redis_url)
+
+    async def connections(flag: str = "") -> int:
+        clients = await other.client_list()
+        return sum(1 for c in clients if c["name"] == name and flag in c["flags"])
+
+    now = _now()
+    async with asyncio.timeout(10):
+        await c.start()  # the first manager
+        await c.start()  # the second
+        try:
+            await other.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+            claim = asyncio.create_task(c.fire_distributed_task_request(_request("two", now)))
+            for _ in range(100):  # polls the server until the claim waits (blocked)
+                if await connections("b"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the claim never reached the paused server")
+            await c.stop()  # the first manager stops
+            assert (await claim).should_trigger
+            later = await c.fire_distributed_task_request(_request("two", now + 1))
+            assert later.should_trigger
+            assert await connections() >= 1
+        finally:
+            await c.stop()  # the second manager stops: now it closes
+            assert await connections() == 0
+            await other.aclose()
+
+
 async def test_a_claimed_tick_is_refused_after_its_claim_expired_by_the_high_water_mark(
     redis_url: str,
 ) -> None:

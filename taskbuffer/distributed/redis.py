@@ -135,6 +135,7 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
         self._given_client = client
         self._client: Redis | None = client
         self._claim: AsyncScript | None = None
+        self._starts = 0  # start() calls not yet matched by a stop(): managers sharing it
 
     def __repr__(self) -> str:
         return f"<RedisDistributedCoordinator url={self.url!r} prefix={self.key_prefix!r}>"
@@ -154,11 +155,21 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
         return f"{self.key_prefix}:mark:{task_name}"
 
     async def start(self) -> None:
-        """Connect and check that Redis answers."""
+        """Connect and check that Redis answers.
+
+        Several managers may share the coordinator: each ``start()`` that returned is
+        matched by a ``stop()``, and only the last of those closes the connection.
+        """
         await self._redis().ping()
+        self._starts += 1
 
     async def stop(self) -> None:
-        """Close the connection this coordinator opened (a given client stays open)."""
+        """Close the connection this coordinator opened (a given client stays open), unless
+        a ``start()`` is not matched by a ``stop()`` yet (another manager still uses it)."""
+        if self._starts > 1:
+            self._starts -= 1
+            return
+        self._starts = 0
         client, self._client = self._client, self._given_client
         if client is not None and client is not self._given_client:
             await client.aclose()
