@@ -186,6 +186,12 @@ class Scheduler:
         for _, _, pending in self._once.pop(task, ()):
             self._retire(pending)
             self._once_count -= 1
+        # A one-off that fell due but has not begun is still pending (stop() makes it pending
+        # again): it goes too, or a stop and start would bring it back.
+        for tick, fired in list(self._ticks.items()):
+            if fired is not None and fired.cron is None and fired.task is task:
+                tick.cancel()
+                del self._ticks[tick]
         task._cron_schedule = None
         task._next_run = None
         self._arm()
