@@ -8,7 +8,10 @@ are coalesced into that one run: the task emits a ``missed`` event saying how ma
 and the ``taskbuffer`` logger warns; nothing is replayed in a burst.
 
 With a distributed coordinator, each cron tick is first offered to it and runs here only if
-it answers ``should_trigger``; one-off runs are not offered.
+it answers ``should_trigger``; one-off runs are not offered. A run that coalesced missed ticks
+is offered as the oldest of them, the tick it is late for: a coordinator that refuses ticks
+that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a long pause from
+claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
 """
 
 from __future__ import annotations
@@ -183,6 +186,12 @@ class Scheduler:
         for _, _, pending in self._once.pop(task, ()):
             self._retire(pending)
             self._once_count -= 1
+        # A one-off that fell due but has not begun is still pending (stop() makes it pending
+        # again): it goes too, or a stop and start would bring it back.
+        for tick, fired in list(self._ticks.items()):
+            if fired is not None and fired.cron is None and fired.task is task:
+                tick.cancel()
+                del self._ticks[tick]
         task._cron_schedule = None
         task._next_run = None
         self._arm()

@@ -196,6 +196,65 @@ async def test_a_tick_whose_instant_was_claimed_does_not_run(
     assert len(view.updates) == 2  # only ticks that ran here are reported
 
 
+def block_loop(seconds: float) -> None:
+    """Stand for a blocking call of ``seconds`` on the loop's thread, on virtual time (looptime
+    moves its clock only between loop iterations; it has no public API for this)."""
+    loop = asyncio.get_running_loop()
+    now, per_second = "_LoopTimeEventLoop__now", "_LoopTimeEventLoop__resolution_reciprocal"
+    setattr(loop, now, getattr(loop, now) + round(seconds * getattr(loop, per_second)))
+
+
+class Recent(Recording):
+    """Refuses a tick more than ``max_age`` seconds old, as the Redis coordinator does."""
+
+    max_age = 1.5
+
+    async def fire_distributed_task_request(
+        self, request: DistributedTaskRequest
+    ) -> DistributedTaskRequestResult:
+        if now_wall() - request.task_execution_time <= self.max_age:
+            return await super().fire_distributed_task_request(request)
+        self.requests.append(request)
+        answer = DistributedTaskRequestResult(
+            submitter_id=request.submitter_id,
+            request_response_id=request.request_response_id,
+            considered=True,
+            rank=1,
+            reason="too old",
+            should_trigger=False,
+        )
+        self.answers.append(answer)
+        return answer
+
+
+async def test_ticks_coalesced_after_a_blocked_loop_are_offered_as_the_oldest_of_them(
+    record: Record,
+) -> None:
+    # The loop is blocked from +2 to +5.5: the ticks at +3, +4 and +5 are coalesced into one
+    # run, offered as +3, the tick it is late for. A coordinator bounding the age refuses a
+    # run that late; the schedule goes on at +6. (Offered as +5, a manager resumed after a
+    # pause would claim a tick that others may have run while it was paused, and after Redis
+    # lost its writes, run it a second time.)
+    runs: list[tuple[str, float]] = []
+    view = Recent(InMemoryDistributedCoordinator())
+
+    async def job() -> None:
+        runs.append(("here", now_wall()))
+        if len(runs) == 2:
+            block_loop(3.5)
+
+    task = Task(task_function=job, name="job")
+    events = record(task)
+    async with asyncio.timeout(60), TaskManager(distributed_coordinator=view, timezone=UTC) as m:
+        m.add_and_schedule_task(task, "* * * * * *")
+        await asyncio.sleep(7)
+    offered = [r.task_execution_time for r in view.requests]
+    assert offered == [BASE + n for n in (1, 2, 3, 6, 7)]
+    assert [a.should_trigger for a in view.answers] == [True, True, False, True, True]
+    assert [t for _, t in runs] == [BASE + 1, BASE + 2, BASE + 6, BASE + 7]
+    assert [e.type for e in events].count("missed") == 1
+
+
 # -------------------------------------------------------------------- coordinator faults
 
 

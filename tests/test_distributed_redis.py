@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskbuffer.distributed import DistributedTaskRequest
 
@@ -97,7 +99,7 @@ async def test_exactly_one_submitter_wins_each_tick(redis_url: str) -> None:
             await c.start()
         try:
             for tick in range(5):
-                instant = 1_800_000_000.0 + tick
+                instant = _now() + tick  # within max_tick_age, before or after
                 results = await asyncio.gather(
                     *(
                         c.fire_distributed_task_request(_request(f"m{i}", instant))
@@ -168,6 +170,46 @@ async def test_a_given_client_is_used_and_left_open(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_a_coordinator_shared_by_two_managers_stays_open_until_both_stopped(
+    redis_url: str,
+) -> None:
+    # Two managers in one process share one coordinator: each starts and stops it. The first
+    # stop closed the connection under the other's claim in flight, which Redis had granted:
+    # the answer was lost (ConnectionError) and the tick ran nowhere.
+    name = uuid.uuid4().hex
+    c = RedisDistributedCoordinator(
+        url=f"{redis_url}?client_name={name}", key_prefix=uuid.uuid4().hex
+    )
+    other = redis.asyncio.Redis.from_url(redis_url)
+
+    async def connections(flag: str = "") -> int:
+        clients = await other.client_list()
+        return sum(1 for c in clients if c["name"] == name and flag in c["flags"])
+
+    now = _now()
+    async with asyncio.timeout(10):
+        await c.start()  # the first manager
+        await c.start()  # the second
+        try:
+            await other.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+            claim = asyncio.create_task(c.fire_distributed_task_request(_request("two", now)))
+            for _ in range(100):  # polls the server until the claim waits (blocked)
+                if await connections("b"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the claim never reached the paused server")
+            await c.stop()  # the first manager stops
+            assert (await claim).should_trigger
+            later = await c.fire_distributed_task_request(_request("two", now + 1))
+            assert later.should_trigger
+            assert await connections() >= 1
+        finally:
+            await c.stop()  # the second manager stops: now it closes
+            assert await connections() == 0
+            await other.aclose()
+
+
 async def test_a_claimed_tick_is_refused_after_its_claim_expired_by_the_high_water_mark(
     redis_url: str,
 ) -> None:
@@ -224,6 +266,33 @@ async def test_a_tick_older_than_max_tick_age_is_refused(redis_url: str) -> None
     assert mark_ttl == -1  # the mark does not expire: refusing by it needs no clock
 
 
+async def test_a_tick_ahead_of_the_server_clock_beyond_max_tick_age_is_refused(
+    redis_url: str,
+) -> None:
+    # A host whose clock runs an hour ahead: had its claim raised the task's mark (kept
+    # without expiry), every other manager's ticks were refused for that hour, and after it.
+    prefix = uuid.uuid4().hex
+    c = RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=5)
+    now = _now()
+    async with asyncio.timeout(10):
+        await c.start()
+        try:
+            ahead = await c.fire_distributed_task_request(_request("fast", now + 3600))
+            current = await c.fire_distributed_task_request(_request("a", now))
+            near = await c.fire_distributed_task_request(_request("a", now + 4))
+            mark = await c._redis().get(c.mark_key("job"))
+        finally:
+            await c.stop()
+    assert (ahead.should_trigger, ahead.rank) == (False, 1)
+    assert re.fullmatch(
+        r"the tick is 3\d{3}\.\d{3} s ahead of the Redis server's clock, beyond "
+        r"max_tick_age \(5 s\)",
+        ahead.reason,
+    ), ahead.reason
+    assert current.should_trigger and near.should_trigger  # within the bound: early is fine
+    assert mark == str(round((now + 4) * 1000)).encode()
+
+
 async def test_after_redis_lost_its_keys_only_ticks_within_max_tick_age_can_be_claimed_again(
     redis_url: str,
 ) -> None:
@@ -245,6 +314,107 @@ async def test_after_redis_lost_its_keys_only_ticks_within_max_tick_age_can_be_c
     # a more recent one can be claimed a second time (the documented limit).
     assert not stale.should_trigger and "max_tick_age" in stale.reason
     assert recent.should_trigger
+
+
+# ------------------------------------------------ random claims, flushes and late claimants
+
+TASKS = ("a", "a:b", "ü:{x}\n*")  # one name a prefix of another; odd characters
+MAX_AGE = 5.0
+# Offsets (s) of tick instants from the server's clock at the example's start: well within
+# max_tick_age (early or late), or well beyond it (late or ahead), so that the few hundred ms
+# an example takes cannot move a tick across the bound.
+WITHIN = (-3.0, -2.5, -2.0, -1.0, -0.001, 0.0, 0.5, 1.0, 2.0)
+BEYOND = (-60.0, -8.0, 8.0, 60.0)
+
+claim_op = st.tuples(
+    st.just("claim"),
+    st.integers(0, 2),  # which coordinator (a manager, possibly paused for long before it)
+    st.integers(0, len(TASKS) - 1),
+    st.sampled_from(WITHIN + BEYOND),
+)
+burst_op = st.tuples(st.just("burst"), st.lists(claim_op, min_size=2, max_size=6))
+ops_strategy = st.lists(
+    st.one_of(claim_op, claim_op, claim_op, burst_op, st.just(("flush",))), max_size=30
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=ops_strategy)
+async def test_random_claims_flushes_and_late_claimants_keep_at_most_once(
+    redis_url: str, ops: list[tuple[Any, ...]]
+) -> None:
+    """Three coordinators claim ticks of three tasks in random order (a claim of an old tick
+    after newer ones is a manager that was paused), some at once, with random FLUSHALLs.
+
+    Between flushes a claim wins exactly when the model says: the tick is within
+    ``max_tick_age`` of the server's clock and later than every tick of the task won before
+    (so each tick at most once); across flushes, only ticks within ``max_tick_age`` can be
+    won again, and a tick beyond it never is.
+    """
+    prefix = uuid.uuid4().hex
+    coordinators = [
+        RedisDistributedCoordinator(url=redis_url, key_prefix=prefix, max_tick_age=MAX_AGE)
+        for _ in range(3)
+    ]
+    marks: dict[str, float] = {}  # the model: the latest instant won per task since the flush
+    won: Counter[tuple[str, float, int]] = Counter()  # (task, instant, epoch) -> wins
+    epoch = 0
+    async with asyncio.timeout(20):
+        for c in coordinators:
+            await c.start()
+        try:
+            client = coordinators[0]._redis()
+            seconds, micros = await client.time()
+            now = seconds + micros / 1e6
+            for op in ops:
+                if op[0] == "flush":
+                    await client.flushall()
+                    marks.clear()
+                    epoch += 1
+                    continue
+                claims = op[1] if op[0] == "burst" else [op]
+                requests = [
+                    (coordinators[i], _request(f"m{i}", now + offset, task=TASKS[t]))
+                    for _, i, t, offset in claims
+                ]
+                answers = await asyncio.gather(
+                    *(c.fire_distributed_task_request(r) for c, r in requests)
+                )
+                winners: dict[str, list[float]] = {}
+                for (_, request), answer in zip(requests, answers, strict=True):
+                    instant, task = request.task_execution_time, request.task_name
+                    assert answer.rank == (0 if answer.should_trigger else 1)
+                    if answer.should_trigger:
+                        assert abs(instant - now) < MAX_AGE, f"won {instant - now:+} s"
+                        assert instant > marks.get(task, -math.inf), "won at or below the mark"
+                        won[(task, instant, epoch)] += 1
+                        winners.setdefault(task, []).append(instant)
+                    elif abs(instant - now) > MAX_AGE:
+                        assert "max_tick_age" in answer.reason, answer.reason
+                # Whatever order Redis ran a burst in, its latest tick within the bound
+                # and above the mark was won, by exactly one claim.
+                for task in {r.task_name for _, r in requests}:
+                    eligible = [
+                        r.task_execution_time
+                        for _, r in requests
+                        if r.task_name == task
+                        and abs(r.task_execution_time - now) < MAX_AGE
+                        and r.task_execution_time > marks.get(task, -math.inf)
+                    ]
+                    if eligible:
+                        assert max(winners.get(task, [])) == max(eligible)
+                    for instant in winners.get(task, []):
+                        marks[task] = max(marks.get(task, -math.inf), instant)
+                    stored = await client.get(coordinators[0].mark_key(task))
+                    expected = marks.get(task)
+                    assert stored == (
+                        None if expected is None else str(round(expected * 1000)).encode()
+                    )
+        finally:
+            for c in coordinators:
+                await c.stop()
+    twice = {key: n for key, n in won.items() if n > 1}
+    assert not twice, f"a tick won twice while Redis kept its writes: {twice}"
 
 
 # --------------------------------------------------- managers in real processes, paused

@@ -223,6 +223,31 @@ async def test_deschedule_cancels_pending_one_offs(wall_clock: WallClock) -> Non
     assert runs == [] and len(other_runs) == 1
 
 
+async def test_a_one_off_descheduled_at_the_instant_it_fell_due_does_not_run(
+    wall_clock: WallClock,
+) -> None:
+    # Descheduled right after the scheduler's timer fired for it (same instant, armed later),
+    # before its run began: it was still pending, so it is dropped; it ran, or came back
+    # after a stop and start.
+    wall_clock(START.timestamp())
+    job, runs = recorder()
+    m = TaskManager(timezone=UTC)
+    m.add_task(job)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(60):
+        await m.start()
+        m.schedule_task_at("job", START + timedelta(seconds=1))
+        loop.call_at(loop.time() + 1, m.deschedule_task_by_name, "job")
+        await asyncio.sleep(2)
+        assert runs == [] and m.statistics().scheduled == 0
+        await m.stop()
+        await m.start()
+        await asyncio.sleep(2)
+        await m.stop()
+    assert runs == [] and m.statistics().scheduled == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
 async def test_remove_task_drops_its_one_offs(wall_clock: WallClock) -> None:
     wall_clock(START.timestamp())
     job, runs = recorder()

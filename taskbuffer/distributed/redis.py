@@ -24,9 +24,10 @@ from . import AbstractDistributedCoordinator, DistributedTaskRequest, Distribute
 
 __all__ = ("RedisDistributedCoordinator",)
 
-# One claim, atomic (a script runs alone on the server): refuse a tick that is too old by the
-# server's clock or at or below the task's high-water mark, else raise the mark to it and
-# record who claimed it.
+# One claim, atomic (a script runs alone on the server): refuse a tick that is too old or too
+# far ahead by the server's clock (a mark raised that far would refuse every manager's ticks
+# until the server's clock reached it) or at or below the task's high-water mark, else raise
+# the mark to it and record who claimed it.
 #   KEYS[1] the tick's key, KEYS[2] the task's high-water mark
 #   ARGV[1] the tick's instant (ms), ARGV[2] the claimant, ARGV[3] claim_ttl (ms),
 #   ARGV[4] max_tick_age (ms), or -1 for no bound
@@ -38,6 +39,9 @@ if max_age >= 0 then
     local age = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - instant
     if age > max_age then
         return {'old', age}
+    end
+    if -age > max_age then
+        return {'ahead', -age}
     end
 end
 local mark = redis.call('GET', KEYS[2])
@@ -62,8 +66,8 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
     """Lets at most one manager run each cron tick, by an atomic claim in Redis.
 
     A claim is one Lua script, so it is atomic. It refuses the tick when the tick's instant
-    is more than ``max_tick_age`` seconds before the Redis server's clock, or at or below the
-    task's **high-water mark** (the latest instant claimed for that task name, one key per
+    is more than ``max_tick_age`` seconds before or after the Redis server's clock, or at or
+    below the task's **high-water mark** (the latest instant claimed for that task name, one key per
     task name, kept without expiry); otherwise it raises the mark to the tick and wins it.
     The tick's own key (``<prefix>:tick:<task>:<ms>``, kept ``claim_ttl`` seconds) only
     records who claimed it, for the refusal's reason.
@@ -82,14 +86,18 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
     * **Liveness.** A tick runs when some manager's claim reaches Redis at most
       ``max_tick_age`` after the tick (server clock) and before any claim of a later tick of
       the task. A tick claimed by a manager that then stops or dies before running it does not
-      run: this is at most once, not at least once.
+      run: this is at most once, not at least once. A run coalescing ticks missed while a
+      loop was blocked (or the process paused) is offered as the oldest of them, so past
+      ``max_tick_age`` it is refused and the schedule goes on with the next tick. The mark
+      is never more than ``max_tick_age`` ahead of the server's clock, so a host whose clock
+      runs far ahead cannot hold the other managers' ticks off for longer than that.
 
     Assumptions: every manager scheduling a task under one name computes the same instants
     (same cron string and time zone); each host's clock is within ``max_tick_age`` of the
     Redis server's, minus the usual delay from a tick to its claim (a host whose clock lags
-    further has all its claims refused); the managers share one Redis primary, version 5 or
-    later (not a cluster of independent shards). A host clock that runs ahead makes that
-    host claim ticks early, never twice.
+    or runs ahead further has all its claims refused); the managers share one Redis primary,
+    version 5 or later (not a cluster of independent shards). A host clock that runs ahead,
+    within that, makes that host claim ticks early, never twice.
 
     :param url: where Redis is, e.g. ``"redis://localhost:6379/0"`` (ignored with ``client``).
     :param client: an existing ``redis.asyncio.Redis`` to use instead; it is not closed on
@@ -97,7 +105,8 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
     :param key_prefix: the prefix of every key written.
     :param claim_ttl: seconds a tick's claim record and a request's status are kept.
     :param max_tick_age: seconds after its instant (by the Redis server's clock) past which a
-        tick is refused; ``None`` or ``math.inf`` for no bound. It must exceed the clock skew
+        tick is refused, and seconds before its instant before which it is refused;
+        ``None`` or ``math.inf`` for no bound. It must exceed the clock skew
         between the hosts and Redis plus the longest delay you accept between a tick and its
         run (a loop blocked past it, a slow coordinator); a tick that late is not run anywhere.
     :raises ValueError: ``claim_ttl`` or ``max_tick_age`` is not a positive number of
@@ -126,6 +135,7 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
         self._given_client = client
         self._client: Redis | None = client
         self._claim: AsyncScript | None = None
+        self._starts = 0  # start() calls not yet matched by a stop(): managers sharing it
 
     def __repr__(self) -> str:
         return f"<RedisDistributedCoordinator url={self.url!r} prefix={self.key_prefix!r}>"
@@ -145,11 +155,21 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
         return f"{self.key_prefix}:mark:{task_name}"
 
     async def start(self) -> None:
-        """Connect and check that Redis answers."""
+        """Connect and check that Redis answers.
+
+        Several managers may share the coordinator: each ``start()`` that returned is
+        matched by a ``stop()``, and only the last of those closes the connection.
+        """
         await self._redis().ping()
+        self._starts += 1
 
     async def stop(self) -> None:
-        """Close the connection this coordinator opened (a given client stays open)."""
+        """Close the connection this coordinator opened (a given client stays open), unless
+        a ``start()`` is not matched by a ``stop()`` yet (another manager still uses it)."""
+        if self._starts > 1:
+            self._starts -= 1
+            return
+        self._starts = 0
         client, self._client = self._client, self._given_client
         if client is not None and client is not self._given_client:
             await client.aclose()
@@ -181,6 +201,11 @@ class RedisDistributedCoordinator(AbstractDistributedCoordinator):
             reason = (
                 f"a tick at or after this one was claimed (the task's high-water mark is "
                 f"{int(_text(detail)) / 1000:.3f})"
+            )
+        elif outcome == "ahead":
+            reason = (
+                f"the tick is {int(_text(detail)) / 1000:.3f} s ahead of the Redis server's "
+                f"clock, beyond max_tick_age ({self.max_tick_age:g} s)"
             )
         else:
             reason = (
