@@ -79,6 +79,7 @@ class TaskManager:
         "_accepting",
         "_active",
         "_admitted",
+        "_callers",
         "_forwarding",
         "_groups",
         "_hard_stop",
@@ -131,6 +132,9 @@ class TaskManager:
         # first: a nested trigger that needs a slot only its own callers hold would wait
         # forever (see _check_self_deadlock).
         self._held: dict[asyncio.Task[Any], list[list[Claim]]] = {}
+        # A share-latest run's own asyncio task -> the asyncio task of the caller that awaits
+        # it (until the caller leaves): its callers' slots are held for it too.
+        self._callers: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
         self._running = 0
         self._waiting = 0
         # Triggers past the queue (holding their slots) and not yet finished: in
@@ -450,6 +454,13 @@ class TaskManager:
         that triggered it), whose claims are ``held``, wait for this trigger, so slots they
         hold are never given back while it waits.
         """
+        held = list(held)
+        caller = self._callers.get(_current_task())
+        while caller is not None:
+            # A share-latest run in a task of its own: its caller's runs wait for it too
+            # (their list of a run's claims is the very list its own task holds).
+            held.extend(c for c in self._held.get(caller, ()) if not any(c is h for h in held))
+            caller = self._callers.get(caller)
         for st in claims:
             group = st.group
             if group not in self._groups:  # removed: it no longer blocks
@@ -490,12 +501,17 @@ class TaskManager:
         run = SharingRun(claims)
         runner = run.task = asyncio.get_running_loop().create_task(self._drive(task, input, run))
         self._active[runner] = None  # stop(timeout=...) reaches it even once its caller left
+        # A trigger nested in the run that waits for a slot the run (or its callers) holds
+        # would wait forever: _check_self_deadlock follows the run to its callers.
+        self._held[runner] = [claims]
+        self._callers[runner] = _current_task()
         runner.add_done_callback(partial(self._shared_done, task, run))
         try:
             return await asyncio.shield(runner)
         except asyncio.CancelledError:
             if not runner.done():
                 if run.has_sharers():
+                    del self._callers[runner]  # its callers go on without waiting for it
                     run.detach()
                 else:
                     run.abandon()
@@ -524,6 +540,8 @@ class TaskManager:
         self._running -= 1
         self._active.pop(runner, None)
         self._stop_cancelled.discard(runner)
+        del self._held[runner]
+        self._callers.pop(runner, None)
         if succeeded and not run.abandoned:
             share(run.claims, result, now)
         release(run.claims, now, ran=run.began)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from typing_extensions import Unpack
 
@@ -13,6 +13,17 @@ from ._shared import SharedRun, current_task_in
 from ._task import D, R, Task, TaskFunction, TaskOptions, _CoreOptions
 
 __all__ = ("TaskOnce",)
+
+T = TypeVar("T")
+
+
+class _OnceRun(SharedRun[T]):
+    __slots__ = ("after",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, after: tuple[asyncio.Task[T], ...]) -> None:
+        super().__init__(loop)
+        # Abandoned runs still winding down when this one was made: it starts after them.
+        self.after = after
 
 
 class TaskOnce(Task[R, D]):
@@ -45,7 +56,7 @@ class TaskOnce(Task[R, D]):
         self._has_triggered = False
         self._has_result = False
         self._result: R | None = None
-        self._once_run: SharedRun[R] | None = None
+        self._once_run: _OnceRun[R] | None = None
 
     @property
     def has_triggered(self) -> bool:
@@ -67,12 +78,14 @@ class TaskOnce(Task[R, D]):
         if run is None or run.abandoned or run.future.get_loop() is not loop:
             # A run being cancelled (all its awaiters left) is not joined: a fresh run
             # follows it, once it has wound down.
-            winding_down = None
+            after: tuple[asyncio.Task[R], ...] = ()
             if run is not None and run.abandoned and run.future.get_loop() is loop:
-                winding_down = run.task
-            run = self._once_run = SharedRun(loop)
+                # Also the runs that one waited for: it may have been abandoned while waiting.
+                assert run.task is not None
+                after = tuple(task for task in (*run.after, run.task) if not task.done())
+            run = self._once_run = _OnceRun(loop, after)
             self._has_triggered = True
-            run.start(self._run_once(input, winding_down), partial(self._forget_run, run))
+            run.start(self._run_once(input, after), partial(self._forget_run, run))
         return await run.join()
 
     trigger_unbuffered = trigger
@@ -80,11 +93,11 @@ class TaskOnce(Task[R, D]):
     def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
         return self.trigger(input)
 
-    async def _run_once(self, input: Any, previous: asyncio.Task[R] | None = None) -> R:
-        if previous is not None:
-            # Never two runs at once: if the abandoned run succeeded after all (its function
+    async def _run_once(self, input: Any, previous: tuple[asyncio.Task[R], ...] = ()) -> R:
+        if previous:
+            # Never two runs at once: if an abandoned run succeeded after all (its function
             # swallowed the cancellation), that was the one successful run.
-            await asyncio.wait((previous,))
+            await asyncio.wait(previous)
             if self._has_result:
                 return self._result  # type: ignore[return-value]
         errors_before = self.error_count
@@ -94,6 +107,8 @@ class TaskOnce(Task[R, D]):
             self._has_result = True
         return result
 
-    def _forget_run(self, run: SharedRun[R], _finished: asyncio.Task[R]) -> None:
-        if self._once_run is run:  # not a fresh run that replaced an abandoned one
+    def _forget_run(self, run: _OnceRun[R], _finished: asyncio.Task[R]) -> None:
+        # Not if a fresh run replaced it (it was abandoned); nor while a run it waited for
+        # winds down (it was abandoned while waiting): the next run must wait for that one.
+        if self._once_run is run and all(task.done() for task in run.after):
             self._once_run = None

@@ -7,6 +7,7 @@ Every async test runs on looptime's virtual clock, so the instants asserted are 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import math
 import time
@@ -1135,6 +1136,42 @@ async def test_share_latest_stop_ends_a_detached_run(drain: bool) -> None:
     with pytest.raises(TaskManagerStoppedError):
         await waiter
     assert manager.statistics() == dataclasses.replace(manager.statistics(), running=0, waiting=0)
+    assert group.statistics() == idle(group)
+    only_this_task_left()
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID", default="none")
+
+
+async def test_share_latest_run_sees_its_callers_context_and_its_own_current_task() -> None:
+    """A share-latest run goes in an asyncio task of its own: its function still sees the
+    context variables its caller set, and ``asyncio.timeout`` inside it times out the run
+    itself, also after its caller left."""
+    group = make_group(max_concurrent=1, result_sharing="share-latest")
+    manager = manager_with(group)
+
+    async def work(x: str) -> str:
+        try:
+            async with asyncio.timeout(2):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return f"{x} for {REQUEST_ID.get()}, timed out at {asyncio.get_running_loop().time()}"
+        return "not timed out"
+
+    t = Task(name="t", task_function=work)
+
+    async def call(x: str, request_id: str) -> Any:
+        REQUEST_ID.set(request_id)
+        return await manager.trigger_task(t, x)
+
+    first = spawn(call("a", "r1"))
+    await asyncio.sleep(1)
+    waiter = spawn(call("b", "r2"))
+    await settle()
+    first.cancel()
+    await cancelled(first)
+    async with asyncio.timeout(60):
+        assert await waiter == "a for r1, timed out at 2.0"
     assert group.statistics() == idle(group)
     only_this_task_left()
 

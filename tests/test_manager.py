@@ -1204,12 +1204,18 @@ async def test_a_run_may_start_a_stop_that_it_does_not_await() -> None:
     assert asyncio.get_running_loop().time() == 1.0
 
 
+@pytest.mark.parametrize("sharing", ["none", "share-latest"])
 @pytest.mark.parametrize(("cap", "depth"), [(1, 2), (2, 3)])
 async def test_a_nested_trigger_waiting_for_a_slot_only_its_callers_hold_raises(
-    record: Record, cap: int, depth: int
+    record: Record, cap: int, depth: int, sharing: Any
 ) -> None:
+    """With ``share-latest`` each run goes in an asyncio task of its own: the runs around
+    it are followed through their callers all the same."""
     group = TaskConstraintGroup(
-        name="mutex", constraint_key_for_execution=lambda t, x: "k", max_concurrent=cap
+        name="mutex",
+        constraint_key_for_execution=lambda t, x: "k",
+        max_concurrent=cap,
+        result_sharing=sharing,
     )
     manager = TaskManager()
     manager.add_constraint_group(group)
@@ -1234,9 +1240,13 @@ async def test_a_nested_trigger_waiting_for_a_slot_only_its_callers_hold_raises(
     assert manager.statistics().running == manager.statistics().waiting == 0
 
 
-async def test_a_nested_trigger_with_a_free_slot_of_its_callers_key_runs() -> None:
+@pytest.mark.parametrize("sharing", ["none", "share-latest"])
+async def test_a_nested_trigger_with_a_free_slot_of_its_callers_key_runs(sharing: Any) -> None:
     group = TaskConstraintGroup(
-        name="pair", constraint_key_for_execution=lambda t, x: "k", max_concurrent=2
+        name="pair",
+        constraint_key_for_execution=lambda t, x: "k",
+        max_concurrent=2,
+        result_sharing=sharing,
     )
     manager = TaskManager()
     manager.add_constraint_group(group)
@@ -1248,6 +1258,80 @@ async def test_a_nested_trigger_with_a_free_slot_of_its_callers_key_runs() -> No
     async with asyncio.timeout(10):
         assert await manager.trigger_task(Task(name="outer", task_function=outer)) == "inner"
     assert group.statistics() == idle(group)
+
+
+async def test_a_nested_trigger_waiting_for_a_slot_held_around_a_share_latest_run_raises() -> None:
+    """outer (key "p" of a plain group) triggers mid (a share-latest key, so mid runs in an
+    asyncio task of its own), which triggers inner on key "p": outer waits for mid, so "p"
+    is never free for inner."""
+    plain = TaskConstraintGroup(
+        name="plain",
+        constraint_key_for_execution=lambda t, x: None if t.name == "mid" else "p",
+        max_concurrent=1,
+    )
+    shared = TaskConstraintGroup(
+        name="shared",
+        constraint_key_for_execution=lambda t, x: "s" if t.name == "mid" else None,
+        max_concurrent=1,
+        result_sharing="share-latest",
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(plain)
+    manager.add_constraint_group(shared)
+    inner = Task(name="inner", task_function=lambda: "never")
+
+    async def mid() -> Any:
+        return await manager.trigger_task(inner)
+
+    async def outer() -> Any:
+        return await manager.trigger_task(Task(name="mid", task_function=mid))
+
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match=r"'inner' would wait forever for key 'p'"):
+            await manager.trigger_task(Task(name="outer", task_function=outer))
+    assert inner.run_count == 0
+    assert plain.statistics() == idle(plain)
+    assert shared.statistics() == idle(shared)
+    assert manager.statistics().running == manager.statistics().waiting == 0
+
+
+async def test_a_share_latest_run_whose_caller_left_still_may_not_wait_for_its_own_slot() -> None:
+    """The caller of a share-latest run is cancelled while a trigger waits to share it; the
+    run goes on and triggers a task on its own key: that trigger raises instead of waiting
+    forever (as a waiter of the run's own key, it would wait for the run, which waits for
+    it), and the waiting trigger then runs on its own."""
+    group = TaskConstraintGroup(
+        name="mutex",
+        constraint_key_for_execution=lambda t, x: "k",
+        max_concurrent=1,
+        result_sharing="share-latest",
+    )
+    manager = TaskManager()
+    manager.add_constraint_group(group)
+    inner = Task(name="inner", task_function=lambda: "never")
+    go_on = asyncio.Event()
+
+    async def work(x: str) -> Any:
+        if x == "a":
+            await go_on.wait()
+            return await manager.trigger_task(inner)
+        return x
+
+    t = Task(name="t", task_function=work)
+    caller = spawn(manager.trigger_task(t, "a"))
+    await settle()
+    waiter = spawn(manager.trigger_task(t, "b"))
+    await settle()
+    caller.cancel()
+    await settle()
+    assert caller.cancelled()
+    go_on.set()
+    async with asyncio.timeout(10):
+        assert await waiter == "b"
+    assert t.last_error is None  # b succeeded after a's failure
+    assert (t.run_count, t.error_count, inner.run_count) == (2, 1, 0)
+    assert group.statistics() == idle(group)
+    assert manager.statistics().running == manager.statistics().waiting == 0
 
 
 async def test_a_nested_trigger_waiting_for_a_slot_another_run_holds_waits_for_it() -> None:

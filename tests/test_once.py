@@ -224,3 +224,43 @@ async def test_a_fresh_run_waits_for_the_abandoned_one_and_keeps_its_late_succes
     assert leaving.cancelled()
     assert runs == ["a"]
     assert await t.trigger("c") == "result of 'a'"
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+async def test_a_run_abandoned_while_waiting_for_an_abandoned_one_keeps_the_next_waiting(
+    turns: int,
+) -> None:
+    """a's run is abandoned and winds down slowly; b's fresh run waits for it and is abandoned
+    too, while still waiting; ``turns`` loop turns later (b's run may be over by then) c's run
+    must still wait for a's, and a's late success stays the one result."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def stubborn(value: str) -> str:
+        runs.append(value)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await release.wait()  # a slow cleanup, after which it returns anyway
+        return f"result of {value!r}"
+
+    t = TaskOnce(task_function=stubborn)
+    async with asyncio.timeout(30):
+        first = asyncio.create_task(t.trigger("a"))
+        await asyncio.sleep(1)
+        first.cancel()
+        await asyncio.sleep(0)
+        second = asyncio.create_task(t.trigger("b"))
+        await asyncio.sleep(1)
+        second.cancel()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        third = asyncio.create_task(t.trigger("c"))
+        await asyncio.sleep(1)
+        release.set()
+        assert runs == ["a"]
+        assert await third == "result of 'a'"
+    assert first.cancelled() and second.cancelled()
+    assert runs == ["a"]
+    assert await t.trigger("d") == "result of 'a'"
+    assert asyncio.all_tasks() == {asyncio.current_task()}
