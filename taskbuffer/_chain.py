@@ -26,9 +26,9 @@ class Taskchain(Task[Any]):
         self, *, task_array: Sequence[Task[Any, Any]] = (), **options: Unpack[TaskOptions]
     ) -> None:
         self._tasks: list[Task[Any, Any]] = []
+        super().__init__(task_function=self._run_chain, **options)
         for task in task_array:
             self.add_task(task)
-        super().__init__(task_function=self._run_chain, **options)
 
     @property
     def task_array(self) -> list[Task[Any, Any]]:
@@ -40,6 +40,8 @@ class Taskchain(Task[Any]):
         if not isinstance(task, Task):
             raise TypeError(f"a Taskchain holds Task objects, not {task!r}")
         self._tasks.append(task)
+        for subject in self._sinks:  # a registered chain's members' events go where its own go
+            task._add_sink(subject)
 
     def remove_task(self, task: Task[Any, Any]) -> bool:
         """Remove the first occurrence of ``task``; returns whether it was there."""
@@ -47,11 +49,23 @@ class Taskchain(Task[Any]):
             self._tasks.remove(task)
         except ValueError:
             return False
+        self._left(task)
         return True
 
     def shift_task(self) -> Task[Any, Any] | None:
         """Remove and return the first task, or ``None`` if the chain is empty."""
-        return self._tasks.pop(0) if self._tasks else None
+        if not self._tasks:
+            return None
+        task = self._tasks.pop(0)
+        self._left(task)
+        return task
+
+    def _left(self, task: Task[Any, Any]) -> None:
+        for subject in self._sinks:
+            task._drop_sink(subject)
+
+    def _members(self) -> tuple[Task[Any, Any], ...]:
+        return tuple(self._tasks)
 
     async def _run_chain(self, input: Any) -> Any:
         value = input

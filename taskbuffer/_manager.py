@@ -187,7 +187,7 @@ class TaskManager:
             raise ValueError(f"a task named {name!r} is already registered")
         self._tasks[name] = task
         if self._forwarding:
-            task._forward_to((*task._sinks, self.task_subject))
+            task._add_sink(self.task_subject)  # a chain's or parallel's members' events too
 
     def remove_task(self, task: Task[Any, Any]) -> None:
         """Unregister ``task``: stop forwarding its events and drop its schedules.
@@ -198,11 +198,9 @@ class TaskManager:
         if name is None or self._tasks.get(name) is not task:
             raise TaskNotFoundError(str(name))
         del self._tasks[name]
-        self._unsink(task)
+        if self._forwarding:
+            task._drop_sink(self.task_subject)
         self._scheduler.remove(task)
-
-    def _unsink(self, task: Task[Any, Any]) -> None:
-        task._forward_to(tuple(s for s in task._sinks if s is not self.task_subject))
 
     def get_task_by_name(self, name: str) -> Task[Any, Any] | None:
         """The task registered as ``name``, or ``None``."""
@@ -782,7 +780,7 @@ class TaskManager:
         if not self._forwarding:
             self._forwarding = True
             for task in self._tasks.values():
-                task._forward_to((*task._sinks, self.task_subject))
+                task._add_sink(self.task_subject)
         if self.distributed_coordinator is not None:
             stop_calls = self._stop_calls
             await self.distributed_coordinator.start()
@@ -849,7 +847,7 @@ class TaskManager:
         if self._forwarding:
             self._forwarding = False
             for task in self._tasks.values():
-                self._unsink(task)
+                task._drop_sink(self.task_subject)
         if not drain:
             self._fail_waiters()
         if self._running or self._waiting or self._admitted:

@@ -37,6 +37,9 @@ class Taskparallel(Task[list[Any]]):
         """A copy of the tasks, in order."""
         return list(self._tasks)
 
+    def _members(self) -> tuple[Task[Any, Any], ...]:
+        return self._tasks
+
     async def _run_parallel(self, input: Any) -> list[Any]:
         loop = asyncio.get_running_loop()
         children = [

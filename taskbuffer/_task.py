@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, cast, overload
 
 from typing_extensions import TypeVar, Unpack
@@ -192,6 +192,7 @@ class Task(Generic[R, D]):
         "_setup_done",
         "_setup_task",
         "_setup_value",
+        "_sink_counts",
         "_sinks",
         "_steps",
         "_sync_warned",
@@ -319,10 +320,13 @@ class Task(Generic[R, D]):
         self._retry_max_delay = retry_max_delay
 
         self._event_subject = EventSubject()
-        # Other subjects that receive this task's events (the task_subject of each manager it
-        # is registered with). A tuple so that emitting never sees it change mid-iteration.
-        # Manager subjects this task's events are forwarded to (set with _forward_to).
+        # Other subjects that receive this task's events: the task_subject of each manager it
+        # is registered with, or that a chain or parallel holding it is registered with (see
+        # _add_sink). Each subject once, however many ways lead to it; a tuple so that
+        # emitting never sees it change mid-iteration. _sink_counts says how many ways lead
+        # to each (None while there is none).
         self._sinks: tuple[EventSubject, ...] = ()
+        self._sink_counts: dict[EventSubject, int] | None = None
         # Where events go: None (nobody listens), a sole subscriber's callback, or _fan_out;
         # worked out again when _events.generation moves on (see _reroute).
         self._route: Callable[[TaskEvent], None] | None = None
@@ -496,10 +500,47 @@ class Task(Generic[R, D]):
                 None if error is None else error_message(error),
             )
 
-    def _forward_to(self, sinks: tuple[EventSubject, ...]) -> None:
-        """Forward this task's events to ``sinks`` (manager subjects) besides its own."""
-        self._sinks = sinks
+    def _add_sink(self, subject: EventSubject) -> None:
+        """Forward this task's events to ``subject`` (a manager's) besides its own, and its
+        members' events too (see ``_members``).
+
+        Counted: a task reached by several ways (registered itself, a member of two
+        registered chains...) delivers each event to ``subject`` once, until as many
+        ``_drop_sink(subject)`` calls have undone them all.
+        """
+        counts = self._sink_counts
+        if counts is None:
+            counts = self._sink_counts = {}
+        held = counts.get(subject, 0)
+        counts[subject] = held + 1
+        if not held:
+            self._sinks = (*self._sinks, subject)
+            self._routed = -1
+            for member in self._members():
+                member._add_sink(subject)
+
+    def _drop_sink(self, subject: EventSubject) -> None:
+        """Undo one ``_add_sink(subject)``; the last one stops the forwarding."""
+        counts = self._sink_counts
+        held = 0 if counts is None else counts.get(subject, 0)
+        if not held:
+            return
+        assert counts is not None
+        if held > 1:
+            counts[subject] = held - 1
+            return
+        del counts[subject]
+        if not counts:
+            self._sink_counts = None
+        self._sinks = tuple(s for s in self._sinks if s is not subject)
         self._routed = -1
+        for member in self._members():
+            member._drop_sink(subject)
+
+    def _members(self) -> Iterable[Task[Any, Any]]:
+        """The tasks this one runs as parts of itself, whose events go where its own go
+        (a chain's or a parallel's tasks; none for a plain task)."""
+        return ()
 
     def _reroute(self) -> Callable[[TaskEvent], None] | None:
         """Work out where events go now, and remember it until subscribers change."""

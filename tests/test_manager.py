@@ -22,6 +22,7 @@ from reactivex.abc import DisposableBase
 from taskbuffer import (
     Task,
     TaskbufferError,
+    Taskchain,
     TaskConstraintGroup,
     TaskEvent,
     TaskExecutionError,
@@ -289,6 +290,213 @@ async def test_forwarding_stops_on_stop_and_resumes_on_start(manager_events: Sub
         ("late", "completed"),
     ]
     await manager.stop()
+
+
+def seen(events: list[TaskEvent]) -> list[tuple[str | None, str]]:
+    return [(e.task.name, e.type) for e in events]
+
+
+def flaky(name: str, failures: int) -> Task[Any]:
+    """A task whose first ``failures`` attempts raise; retried at once."""
+    attempts = 0
+
+    def run(x: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= failures:
+            raise ValueError(f"attempt {attempts}")
+        return x
+
+    return Task(name=name, task_function=run, retries=failures)
+
+
+async def test_a_registered_chain_forwards_its_members_events(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+
+    def stepped(x: Any) -> Any:
+        steps_task.notify_step("parse")
+        return x
+
+    steps_task = Task(name="stepped", task_function=stepped, steps=[TaskStep(name="parse")])
+    chain = Taskchain(name="chain", task_array=[flaky("flaky", 1), steps_task, named("last")])
+    manager.add_task(chain)  # the members are not registered
+    await manager.trigger_task(chain, 7)
+    assert seen(events) == [
+        ("chain", "started"),
+        ("flaky", "started"),
+        ("flaky", "retrying"),
+        ("flaky", "completed"),
+        ("stepped", "started"),
+        ("stepped", "step"),
+        ("stepped", "completed"),
+        ("last", "started"),
+        ("last", "completed"),
+        ("chain", "completed"),
+    ]
+    assert events[5].step_name == "parse"
+
+
+async def test_a_registered_chains_failing_member_reaches_task_subject(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    chain = Taskchain(name="chain", task_array=[Task(name="boom", task_function=lambda: 1 / 0)])
+    manager.add_task(chain)
+    with pytest.raises(TaskbufferError):
+        await manager.trigger_task(chain)
+    assert seen(events) == [
+        ("chain", "started"),
+        ("boom", "started"),
+        ("boom", "failed"),
+        ("chain", "failed"),
+    ]
+
+
+async def test_a_registered_parallel_forwards_its_members_events(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    parallel = Taskparallel(name="fan", task_array=[flaky("flaky", 1), named("plain")])
+    manager.add_task(parallel)
+    assert await manager.trigger_task(parallel, 3) == [3, None]
+    assert sorted(seen(events)) == sorted(
+        [
+            ("fan", "started"),
+            ("flaky", "started"),
+            ("flaky", "retrying"),
+            ("flaky", "completed"),
+            ("plain", "started"),
+            ("plain", "completed"),
+            ("fan", "completed"),
+        ]
+    )
+    assert seen(events)[0] == ("fan", "started") and seen(events)[-1] == ("fan", "completed")
+
+
+async def test_nested_members_of_a_registered_chain_are_forwarded(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    inner = Taskparallel(name="inner", task_array=[named("leaf")])
+    chain = Taskchain(name="outer", task_array=[Taskchain(name="middle", task_array=[inner])])
+    manager.add_task(chain)
+    await chain.trigger()
+    assert seen(events) == [
+        ("outer", "started"),
+        ("middle", "started"),
+        ("inner", "started"),
+        ("leaf", "started"),
+        ("leaf", "completed"),
+        ("inner", "completed"),
+        ("middle", "completed"),
+        ("outer", "completed"),
+    ]
+    manager.remove_task(chain)
+    await inner.trigger()
+    assert len(events) == 8
+
+
+async def test_a_member_reached_by_several_ways_delivers_each_event_once(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    shared = named("shared")
+    first = Taskchain(name="first", task_array=[shared, shared])
+    second = Taskparallel(name="second", task_array=[shared])
+    manager.add_task(shared)
+    manager.add_task(first)
+    manager.add_task(second)
+    await shared.trigger()
+    assert seen(events) == [("shared", "started"), ("shared", "completed")]
+    # Each way that led to it undone but the last: still once.
+    manager.remove_task(shared)
+    manager.remove_task(second)
+    first.remove_task(shared)
+    await shared.trigger()
+    assert len(events) == 4
+    first.remove_task(shared)  # the last way
+    await shared.trigger()
+    assert len(events) == 4
+
+
+async def test_a_member_of_chains_in_two_managers_is_forwarded_by_each(
+    manager_events: Subscribe,
+) -> None:
+    one, two = TaskManager(), TaskManager()
+    events_one, events_two = manager_events(one), manager_events(two)
+    member = named("member")
+    one.add_task(Taskchain(name="chain", task_array=[member]))
+    two.add_task(Taskparallel(name="parallel", task_array=[member]))
+    await member.trigger()
+    assert seen(events_one) == seen(events_two) == [("member", "started"), ("member", "completed")]
+
+
+async def test_removing_a_chain_stops_forwarding_its_members_events(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    member = named("member")
+    chain = Taskchain(name="chain", task_array=[member])
+    manager.add_task(chain)
+    manager.remove_task(chain)
+    await chain.trigger()
+    await member.trigger()
+    assert events == []
+    manager.add_task(chain)
+    await member.trigger()
+    assert seen(events) == [("member", "started"), ("member", "completed")]
+
+
+async def test_members_forwarding_stops_on_stop_and_resumes_on_start(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    member = named("member")
+    manager.add_task(Taskparallel(name="parallel", task_array=[member]))
+    await manager.start()
+    await manager.stop()
+    await member.trigger()
+    late_member = named("late member")
+    manager.add_task(Taskchain(name="late", task_array=[late_member]))  # added while stopped
+    await late_member.trigger()
+    assert events == []
+    await manager.start()
+    await member.trigger()
+    await late_member.trigger()
+    assert seen(events) == [
+        ("member", "started"),
+        ("member", "completed"),
+        ("late member", "started"),
+        ("late member", "completed"),
+    ]
+    await manager.stop()
+
+
+async def test_members_added_to_or_removed_from_a_registered_chain_follow_it(
+    manager_events: Subscribe,
+) -> None:
+    manager = TaskManager()
+    events = manager_events(manager)
+    first, added = named("first"), named("added")
+    chain = Taskchain(name="chain", task_array=[first])
+    manager.add_task(chain)
+    chain.add_task(added)
+    await added.trigger()
+    assert seen(events) == [("added", "started"), ("added", "completed")]
+    assert chain.shift_task() is first
+    assert chain.remove_task(added)
+    await first.trigger()
+    await added.trigger()
+    assert len(events) == 2
 
 
 async def test_a_raising_subscriber_breaks_neither_the_run_nor_other_subscribers(
