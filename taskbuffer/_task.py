@@ -145,6 +145,9 @@ def _warn_sync_timeout(task: Task[Any, Any], timeout: float) -> None:
 class Task(Generic[R, D, In]):
     """One unit of async work.
 
+    Generic over the function's result ``R``, the type ``D`` of ``data`` and the input ``In``
+    that ``trigger()`` accepts, read from the function's input parameter by mypy.
+
     The task function may be ``async def`` or a plain function taking 0, 1 (``input``) or 2
     (``input, setup_value``) positional parameters. Durations are float seconds.
 
