@@ -12,7 +12,7 @@ from reactivex.subject import Subject
 from typing_extensions import Unpack
 
 from ._shared import SharedRun
-from ._task import D, R, Task, TaskFunction, TaskOptions, _CoreOptions
+from ._task import D, In, R, Task, TaskFunction, TaskOptions, _CoreOptions
 from ._validation import check_seconds
 
 __all__ = ("TaskDebounced",)
@@ -30,7 +30,7 @@ class _Pipeline:
         self.subscription: DisposableBase | None = None
 
 
-class TaskDebounced(Task[R, D]):
+class TaskDebounced(Task[R, D, In]):
     """Triggers within ``debounce_time`` seconds of each other coalesce into one run.
 
     The run starts after the quiet period with the last trigger's input; every coalesced
@@ -39,20 +39,57 @@ class TaskDebounced(Task[R, D]):
 
     __slots__ = ("_debounce_time", "_pipeline")
 
+    # As Task's: the input type is read from the task function's parameter.
     @overload
     def __init__(
-        self: TaskDebounced[R, D],
+        self: TaskDebounced[R, D, In],
         *,
-        task_function: Callable[..., Awaitable[R]],
+        task_function: Callable[[In], Awaitable[R]],
         debounce_time: float,
         data: D | None = None,
         **options: Unpack[_CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
-        self: TaskDebounced[R, D],
+        self: TaskDebounced[R, D, In],
         *,
-        task_function: Callable[..., R],
+        task_function: Callable[[In], R],
+        debounce_time: float,
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskDebounced[R, D, None],
+        *,
+        task_function: Callable[[], Awaitable[R]],
+        debounce_time: float,
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskDebounced[R, D, None],
+        *,
+        task_function: Callable[[], R],
+        debounce_time: float,
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskDebounced[R, D, In],
+        *,
+        task_function: Callable[[In, Any], Awaitable[R]],
+        debounce_time: float,
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskDebounced[R, D, In],
+        *,
+        task_function: Callable[[In, Any], R],
         debounce_time: float,
         data: D | None = None,
         **options: Unpack[_CoreOptions],
@@ -74,7 +111,7 @@ class TaskDebounced(Task[R, D]):
         """The quiet period in seconds."""
         return self._debounce_time
 
-    async def trigger(self, input: Any = None) -> R:
+    async def trigger(self, input: In = None) -> R:  # type: ignore[assignment]
         """Join the current burst; resolves with the run that follows the quiet period."""
         pipeline = self._pipeline_for(asyncio.get_running_loop())
         batch = pipeline.batch

@@ -54,6 +54,7 @@ else:
 
 
 R = TypeVar("R")
+In = TypeVar("In")  # a task's input type (see Task)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -300,7 +301,11 @@ class TaskManager:
                 self._check_idle()
 
     async def trigger_task_constrained(
-        self, task: Task[R, Any], input: Any = None, *, priority: int = 0
+        self,
+        task: Task[R, Any, In],
+        input: In = None,  # type: ignore[assignment]
+        *,
+        priority: int = 0,
     ) -> R | None:
         """Run ``task`` once every constraint group lets it.
 
@@ -630,7 +635,11 @@ class TaskManager:
 
     @overload
     def spawn(
-        self, task_or_name: Task[R, Any], input: Any = None, *, priority: int = 0
+        self,
+        task_or_name: Task[R, Any, In],
+        input: In = None,  # type: ignore[assignment]
+        *,
+        priority: int = 0,
     ) -> asyncio.Task[R | None]: ...
     @overload
     def spawn(

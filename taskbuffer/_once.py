@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 from typing_extensions import Unpack
 
 from ._shared import SharedRun, current_task_in
-from ._task import D, R, Task, TaskFunction, TaskOptions, _CoreOptions
+from ._task import D, In, R, Task, TaskFunction, TaskOptions, _CoreOptions
 
 __all__ = ("TaskOnce",)
 
@@ -26,7 +26,7 @@ class _OnceRun(SharedRun[T]):
         self.after = after
 
 
-class TaskOnce(Task[R, D]):
+class TaskOnce(Task[R, D, In]):
     """Runs at most once successfully.
 
     Concurrent triggers share the first run; later triggers return its cached result without
@@ -35,19 +35,52 @@ class TaskOnce(Task[R, D]):
 
     __slots__ = ("_has_result", "_has_triggered", "_once_run", "_result")
 
+    # As Task's: the input type is read from the task function's parameter.
     @overload
     def __init__(
-        self: TaskOnce[R, D],
+        self: TaskOnce[R, D, In],
         *,
-        task_function: Callable[..., Awaitable[R]],
+        task_function: Callable[[In], Awaitable[R]],
         data: D | None = None,
         **options: Unpack[_CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
-        self: TaskOnce[R, D],
+        self: TaskOnce[R, D, In],
         *,
-        task_function: Callable[..., R],
+        task_function: Callable[[In], R],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskOnce[R, D, None],
+        *,
+        task_function: Callable[[], Awaitable[R]],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskOnce[R, D, None],
+        *,
+        task_function: Callable[[], R],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskOnce[R, D, In],
+        *,
+        task_function: Callable[[In, Any], Awaitable[R]],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: TaskOnce[R, D, In],
+        *,
+        task_function: Callable[[In, Any], R],
         data: D | None = None,
         **options: Unpack[_CoreOptions],
     ) -> None: ...
@@ -63,7 +96,7 @@ class TaskOnce(Task[R, D]):
         """True once a run has started."""
         return self._has_triggered
 
-    async def trigger(self, input: Any = None) -> R:
+    async def trigger(self, input: In = None) -> R:  # type: ignore[assignment]
         """Run once (sharing a run in progress) or return the cached result."""
         if self._has_result:
             return self._result  # type: ignore[return-value]

@@ -53,6 +53,10 @@ _monotonic = time.monotonic
 R = TypeVar("R", covariant=True)
 T = TypeVar("T")
 D = TypeVar("D", default=dict[str, Any])
+# The input trigger() accepts, read from the task function's input parameter (None for a
+# function that takes none; Any where typing cannot tell). Contravariant: a task that accepts
+# any object is usable where one that accepts an int is expected.
+In = TypeVar("In", contravariant=True, default=Any)
 
 TaskFunction = Callable[..., Awaitable[T]] | Callable[..., T]
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -138,8 +142,11 @@ def _warn_sync_timeout(task: Task[Any, Any], timeout: float) -> None:
         )
 
 
-class Task(Generic[R, D]):
+class Task(Generic[R, D, In]):
     """One unit of async work.
+
+    Generic over the function's result ``R``, the type ``D`` of ``data`` and the input ``In``
+    that ``trigger()`` accepts, read from the function's input parameter by mypy.
 
     The task function may be ``async def`` or a plain function taking 0, 1 (``input``) or 2
     (``input, setup_value``) positional parameters. Durations are float seconds.
@@ -206,19 +213,56 @@ class Task(Generic[R, D]):
         "version",
     )
 
+    # One overload per shape of task function, so that the input type is read from its
+    # parameter: one input, none (the input is None), or (input, setup value). Each comes as
+    # async (Awaitable[R]) before plain (R), so R is the awaited result. Where the shape
+    # cannot be told (Callable[..., X], a parameter typed Any), mypy finds several overloads
+    # that fit and types the task Task[Any, Any, Any]: it accepts any input.
     @overload
     def __init__(
-        self: Task[R, D],
+        self: Task[R, D, In],
         *,
-        task_function: Callable[..., Awaitable[R]],
+        task_function: Callable[[In], Awaitable[R]],
         data: D | None = None,
         **options: Unpack[_CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
-        self: Task[R, D],
+        self: Task[R, D, In],
         *,
-        task_function: Callable[..., R],
+        task_function: Callable[[In], R],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Task[R, D, None],
+        *,
+        task_function: Callable[[], Awaitable[R]],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Task[R, D, None],
+        *,
+        task_function: Callable[[], R],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Task[R, D, In],
+        *,
+        task_function: Callable[[In, Any], Awaitable[R]],
+        data: D | None = None,
+        **options: Unpack[_CoreOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Task[R, D, In],
+        *,
+        task_function: Callable[[In, Any], R],
         data: D | None = None,
         **options: Unpack[_CoreOptions],
     ) -> None: ...
@@ -583,7 +627,7 @@ class Task(Generic[R, D]):
 
     # ------------------------------------------------------------------------------ runs
 
-    def trigger(self, input: Any = None) -> Coroutine[Any, Any, R]:
+    def trigger(self, input: In = None) -> Coroutine[Any, Any, R]:  # type: ignore[assignment]
         """Run the task (through its buffer, if buffered); awaiting it gives the function's
         result.
 
@@ -606,7 +650,7 @@ class Task(Generic[R, D]):
             return self._buffer.submit(input)
         return cast(Coroutine[Any, Any, R], self._run(input))
 
-    async def trigger_unbuffered(self, input: Any = None) -> R:
+    async def trigger_unbuffered(self, input: In = None) -> R:  # type: ignore[assignment]
         """Run the task now, bypassing its buffer."""
         return await self._run(input)  # type: ignore[no-any-return]
 
@@ -943,9 +987,17 @@ def _resolve(ref: Task[Any, Any] | Callable[[], Task[Any, Any]], label: str) -> 
 
 
 @overload
-def task(function: Callable[..., Awaitable[T]], /) -> Task[T]: ...
+def task(function: Callable[[In], Awaitable[T]], /) -> Task[T, dict[str, Any], In]: ...
 @overload
-def task(function: Callable[..., T], /) -> Task[T]: ...
+def task(function: Callable[[In], T], /) -> Task[T, dict[str, Any], In]: ...
+@overload
+def task(function: Callable[[], Awaitable[T]], /) -> Task[T, dict[str, Any], None]: ...
+@overload
+def task(function: Callable[[], T], /) -> Task[T, dict[str, Any], None]: ...
+@overload
+def task(function: Callable[[In, Any], Awaitable[T]], /) -> Task[T, dict[str, Any], In]: ...
+@overload
+def task(function: Callable[[In, Any], T], /) -> Task[T, dict[str, Any], In]: ...
 @overload
 def task(function: None = None, /, **options: Unpack[TaskOptions]) -> _TaskDecorator: ...
 def task(
@@ -964,8 +1016,22 @@ class _TaskDecorator:
         self._options = options
 
     @overload
-    def __call__(self, function: Callable[..., Awaitable[T]], /) -> Task[T]: ...
+    def __call__(
+        self, function: Callable[[In], Awaitable[T]], /
+    ) -> Task[T, dict[str, Any], In]: ...
     @overload
-    def __call__(self, function: Callable[..., T], /) -> Task[T]: ...
+    def __call__(self, function: Callable[[In], T], /) -> Task[T, dict[str, Any], In]: ...
+    @overload
+    def __call__(
+        self, function: Callable[[], Awaitable[T]], /
+    ) -> Task[T, dict[str, Any], None]: ...
+    @overload
+    def __call__(self, function: Callable[[], T], /) -> Task[T, dict[str, Any], None]: ...
+    @overload
+    def __call__(
+        self, function: Callable[[In, Any], Awaitable[T]], /
+    ) -> Task[T, dict[str, Any], In]: ...
+    @overload
+    def __call__(self, function: Callable[[In, Any], T], /) -> Task[T, dict[str, Any], In]: ...
     def __call__(self, function: Callable[..., Any], /) -> Task[Any]:
         return Task(task_function=function, **self._options)
