@@ -297,7 +297,8 @@ class TaskManager:
                 task._emit("failed", "failed", error=exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
-            blocked = try_acquire(claims, loop.time(), priority)
+            taken_at = loop.time()
+            blocked = try_acquire(claims, taken_at, priority)
             if blocked is not None:
                 waited = True
                 waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
@@ -311,13 +312,14 @@ class TaskManager:
                     if outcome is GO:
                         # Counted before the idle check below: this trigger goes on to run.
                         self._admitted += 1
+                        taken_at = waiter.taken_at
                 except asyncio.CancelledError:
                     future = waiter.future
                     if future.cancelled():  # still in the queue
                         leave(waiter, loop.time())
                     elif future.exception() is None and future.result() is GO:
                         # Woken, then cancelled before it could run: hand the slots on.
-                        release(claims, loop.time(), ran=False)
+                        release(claims, loop.time(), ran=False, taken_at=waiter.taken_at)
                     task._emit("cancelled", None, error="cancelled while waiting")
                     raise
                 finally:
@@ -369,7 +371,7 @@ class TaskManager:
             raise
         finally:
             if claims is not None:
-                release(claims, loop.time(), ran=ran)
+                release(claims, loop.time(), ran=ran, taken_at=taken_at)
             self._end_admitted(current, tracked)
 
     # Same signature with an optional ``priority``; an alias so it costs no extra frame.

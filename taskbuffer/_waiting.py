@@ -44,7 +44,7 @@ class Shared:
 class Waiter:
     """One trigger waiting for its keys."""
 
-    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq")
+    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq", "taken_at")
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class Waiter:
         self.owner = owner
         self.parked: KeyState | None = None
         self.left = False  # has stopped waiting (leave() ran)
+        self.taken_at = math.nan  # the loop time its slots were taken, once they are
 
     def __repr__(self) -> str:
         where = None if self.parked is None else self.parked.key
@@ -91,7 +92,8 @@ def try_acquire(
         if until is not None:
             return st, until
     # A removed group no longer blocks, but its slot is still taken: release() gives back
-    # every claim, and the group may be added again while this run goes on.
+    # every claim, and the group may be added again while this run goes on. ``now`` names
+    # these slots: release() of a trigger that never ran gives back exactly these starts.
     for st in claims:
         st.group.take(st, now)
     return None
@@ -171,11 +173,15 @@ def dispatch(freed: list[Claim], now: float) -> None:
         group.maybe_drop(st, now)
 
 
-def release(claims: list[Claim], now: float, *, ran: bool) -> None:
-    """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters."""
+def release(claims: list[Claim], now: float, *, ran: bool, taken_at: float) -> None:
+    """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters.
+
+    ``taken_at`` is the loop time the slots were taken (what ``try_acquire`` was given, or
+    a woken waiter's ``taken_at``).
+    """
     for st in claims:
         if st.running > 0:
-            st.group.give_back(st, now, ran=ran)
+            st.group.give_back(st, now, ran=ran, taken_at=taken_at)
     dispatch(claims, now)
 
 
@@ -211,6 +217,7 @@ def _offer(waiter: Waiter, now: float) -> None:
         return
     blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
     if blocked is None:
+        waiter.taken_at = now
         leave(waiter, now)
         waiter.future.set_result(GO)
     else:
