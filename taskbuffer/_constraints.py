@@ -124,6 +124,7 @@ class TaskConstraintGroup:
     """
 
     __slots__ = (
+        "__weakref__",
         "_loop",
         "_removed",
         "_running_total",

@@ -59,6 +59,7 @@ class TaskManager:
     """
 
     __slots__ = (
+        "__weakref__",
         "_accepting",
         "_active",
         "_admitted",
