@@ -20,12 +20,14 @@ import bisect
 import inspect
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 if TYPE_CHECKING:
+    from ._manager import TaskManager
     from ._task import Task
     from ._waiting import Waiter
 
@@ -126,7 +128,7 @@ class TaskConstraintGroup:
     __slots__ = (
         "__weakref__",
         "_loop",
-        "_removed",
+        "_owner",
         "_running_total",
         "_state",
         "_waiting_total",
@@ -198,7 +200,9 @@ class TaskConstraintGroup:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running_total = 0
         self._waiting_total = 0
-        self._removed = False
+        # The manager this group is added to (its weak reference, which the manager also
+        # passes as the owner of its triggers), or None: a group constrains one manager.
+        self._owner: weakref.ref[TaskManager] | None = None
 
     def __repr__(self) -> str:
         return (

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import math
 import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -67,6 +68,7 @@ class TaskManager:
         "_groups",
         "_hard_stop",
         "_idle",
+        "_ref",
         "_running",
         "_scheduler",
         "_seq",
@@ -115,6 +117,9 @@ class TaskManager:
         self._seq = itertools.count()
         self._idle: asyncio.Future[None] | None = None
         self._scheduler = Scheduler(self)
+        # Our token as the owner of groups and waiters: weak, so that a group does not keep
+        # a manager alive that nothing else uses (and is then free to join another).
+        self._ref = weakref.ref(self)
 
     def __repr__(self) -> str:
         return (
@@ -201,13 +206,24 @@ class TaskManager:
     def add_constraint_group(self, group: TaskConstraintGroup) -> None:
         """Apply ``group`` to triggers from now on (after the groups added before it).
 
-        :raises ValueError: a group with the same name is already added.
+        A group belongs to one manager at a time; ``remove_constraint_group`` frees it.
+
+        :raises ValueError: a group with the same name is already added, or ``group`` is
+            added to another manager.
         """
         if not isinstance(group, TaskConstraintGroup):
             raise TypeError(f"add_constraint_group takes a TaskConstraintGroup, not {group!r}")
         if any(g.name == group.name for g in self._groups):
             raise ValueError(f"a constraint group named {group.name!r} is already added")
-        group._removed = False
+        owner = group._owner
+        other = None if owner is None else owner()
+        if other is not None:
+            raise ValueError(
+                f"constraint group {group.name!r} is already added to another TaskManager, "
+                f"{other!r}; a group constrains one manager at a time: remove it there first "
+                f"(remove_constraint_group({group.name!r}))"
+            )
+        group._owner = self._ref
         self._groups.append(group)
 
     def remove_constraint_group(self, name: str) -> None:
@@ -218,7 +234,7 @@ class TaskManager:
         for i, group in enumerate(self._groups):
             if group.name == name:
                 del self._groups[i]
-                group._removed = True
+                group._owner = None
                 try:
                     now = asyncio.get_running_loop().time()
                 except RuntimeError:
@@ -299,10 +315,10 @@ class TaskManager:
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             taken_at = loop.time()
-            blocked = try_acquire(claims, taken_at, priority)
+            blocked = try_acquire(claims, taken_at, priority, owner=self._ref)
             if blocked is not None:
                 waited = True
-                waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
+                waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self._ref)
                 enqueue(waiter, *blocked)
                 blocked = None  # not kept alive for as long as the trigger waits
                 self._waiting += 1
@@ -359,7 +375,7 @@ class TaskManager:
             finally:
                 self._running -= 1
             if claims:
-                share(claims, result, loop.time())
+                share(claims, result, loop.time(), owner=self._ref)
             return result
         except asyncio.CancelledError:
             if not ran:  # cancelled inside an async should_execute
@@ -578,7 +594,7 @@ class TaskManager:
                 waiters.extend(
                     entry[2]
                     for entry in st.heap
-                    if entry[2].parked is st and entry[2].owner is self
+                    if entry[2].parked is st and entry[2].owner is self._ref
                 )
         if not waiters:
             return

@@ -58,7 +58,7 @@ class Waiter:
         self.future = future
         self.priority = priority
         self.seq = seq
-        self.owner = owner
+        self.owner = owner  # its manager's token: the groups it claims apply while they match
         self.parked: KeyState | None = None
         self.left = False  # has stopped waiting (leave() ran)
         self.taken_at = math.nan  # the loop time its slots were taken, once they are
@@ -69,10 +69,18 @@ class Waiter:
 
 
 def try_acquire(
-    claims: list[Claim], now: float, priority: int | None = None, seq: float = math.inf
+    claims: list[Claim],
+    now: float,
+    priority: int | None = None,
+    seq: float = math.inf,
+    *,
+    owner: object,
 ) -> tuple[Claim, float] | None:
     """Take a slot in every claimed key at once, or none: returns ``None`` when taken, else
     the first blocking claim and until when it blocks (``math.inf``: until a run ends).
+
+    ``owner`` is the token of the trigger's manager: a claimed group that is no longer added
+    to that manager (``group._owner``) does not constrain the trigger.
 
     ``(priority, seq)`` is the trigger's place in line (a newcomer's ``seq`` is infinite:
     after everyone). A free key whose queue
@@ -82,7 +90,7 @@ def try_acquire(
     """
     for st in claims:
         group = st.group
-        if group._removed:
+        if group._owner is not owner:
             continue
         until = group.blocked_until(st, now)
         if until is None and priority is not None and st.heap:
@@ -185,11 +193,18 @@ def release(claims: list[Claim], now: float, *, ran: bool, taken_at: float) -> N
     dispatch(claims, now)
 
 
-def share(claims: list[Claim], value: Any, now: float) -> None:
-    """Resolve the waiters of every ``share-latest`` key in ``claims`` with ``value``."""
+def share(claims: list[Claim], value: Any, now: float, *, owner: object) -> None:
+    """Resolve the waiters of every ``share-latest`` key in ``claims`` with ``value``.
+
+    Only groups still added to the run's manager (``owner``) share, and only with that
+    manager's triggers: a group removed (or moved to another manager) since a trigger
+    claimed it no longer applies to that trigger.
+    """
     for st in claims:
-        if st.sharers:
+        if st.sharers and st.group._owner is owner:
             for waiter in list(st.sharers):
+                if waiter.owner is not owner:
+                    continue
                 leave(waiter, now)
                 if not waiter.future.done():
                     waiter.future.set_result(Shared(value))
@@ -215,7 +230,7 @@ def _offer(waiter: Waiter, now: float) -> None:
         # trigger's own leave() is then a no-op); the caller offers the slot to the next.
         leave(waiter, now)
         return
-    blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
+    blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq, owner=waiter.owner)
     if blocked is None:
         waiter.taken_at = now
         leave(waiter, now)
