@@ -3,13 +3,24 @@
 A group keeps a small state record per key only while the key has something running, waiting,
 cooling down or inside its rate window; the record is dropped the moment none of that holds
 (a timer drops it when a cooldown or window runs out).
+
+Time is the loop's clock. Whether an instant (the end of a cooldown, the moment a start leaves
+the rate window) has come is decided in one place, :func:`has_come`, by the test asyncio
+itself applies to run a timer: so the timer a key arms for that instant always finds it come,
+and a trigger arriving at that very instant (on a virtual clock, where it is exact) finds the
+key free too. Two float expressions for one instant (``start + window <= now`` here,
+``start <= now - window`` there) can disagree by a rounding error, and then a key counts a
+start as in its window while calling itself free.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
 import math
+import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from ._validation import check_count, check_seconds
 
 if TYPE_CHECKING:
+    from ._manager import TaskManager
     from ._task import Task
     from ._waiting import SharingRun, Waiter
 
@@ -26,6 +38,15 @@ __all__ = ("ConstraintGroupStatistics", "RateLimit", "TaskConstraintGroup")
 KeyFunction: TypeAlias = Callable[["Task[Any, Any]", Any], "str | None"]
 ShouldExecute: TypeAlias = Callable[["Task[Any, Any]", Any], "bool | Awaitable[bool]"]
 ResultSharing: TypeAlias = Literal["none", "share-latest"]
+
+# What asyncio's BaseEventLoop uses to decide that a timer is due: ``when < now + resolution``.
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+def has_come(instant: float, now: float) -> bool:
+    """Whether loop time ``instant`` has come at loop time ``now`` (to the clock's resolution,
+    as asyncio decides that a timer at ``instant`` is due)."""
+    return instant < now + _CLOCK_RESOLUTION
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,7 +94,8 @@ class KeyState:
         self.key = key
         self.running = 0
         self.last_end: float | None = None  # loop time of the latest end, for the cooldown
-        self.window: deque[float] | None = None  # loop times of starts inside the rate window
+        # Loop times of the starts inside the rate window, oldest first.
+        self.window: deque[float] | None = None
         # Waiters parked here because this key blocks them: (-priority, seq, waiter), a heap.
         self.heap: list[tuple[int, int, Waiter]] = []
         self.dead = 0  # heap entries whose waiter has already left
@@ -105,8 +127,9 @@ class TaskConstraintGroup:
     """
 
     __slots__ = (
+        "__weakref__",
         "_loop",
-        "_removed",
+        "_owner",
         "_running_total",
         "_state",
         "_waiting_total",
@@ -158,7 +181,9 @@ class TaskConstraintGroup:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running_total = 0
         self._waiting_total = 0
-        self._removed = False
+        # The manager this group is added to (its weak reference, which the manager also
+        # passes as the owner of its triggers), or None: a group constrains one manager.
+        self._owner: weakref.ref[TaskManager] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -210,7 +235,7 @@ class TaskConstraintGroup:
         """Give back a slot of ``key``, recording the end time for the cooldown."""
         st = self._get(key)
         if st is not None and st.running > 0:
-            self.give_back(st, _loop_time(), ran=True)
+            self.give_back(st, _loop_time(), ran=True, taken_at=math.nan)
             from ._waiting import dispatch
 
             dispatch([st], _loop_time())
@@ -220,7 +245,9 @@ class TaskConstraintGroup:
         st = self._get(key)
         if st is None or st.last_end is None or not self.cooldown:
             return 0.0
-        return max(0.0, st.last_end + self.cooldown - _loop_time())
+        now = _loop_time()
+        until = st.last_end + self.cooldown
+        return 0.0 if has_come(until, now) else until - now
 
     def get_rate_limit_delay(self, key: str) -> float:
         """Seconds until the rate window of ``key`` has room (0.0 if it has room now)."""
@@ -232,7 +259,7 @@ class TaskConstraintGroup:
         self._purge_window(st, now)
         if len(st.window) < limit.max_per_window:
             return 0.0
-        return max(0.0, st.window[0] + limit.window - now)
+        return st.window[0] + limit.window - now  # not come yet: the purge kept it
 
     def get_running_count(self, key: str) -> int:
         """How many runs of ``key`` are in flight."""
@@ -322,42 +349,64 @@ class TaskConstraintGroup:
         """
         if st.running >= self.max_concurrent:
             return math.inf
-        until = 0.0
+        until: float | None = None
         if st.last_end is not None and self.cooldown:
-            until = st.last_end + self.cooldown
+            cooled = st.last_end + self.cooldown
+            if not has_come(cooled, now):
+                until = cooled
         limit = self.rate_limit
         if limit is not None and st.window:
             self._purge_window(st, now)
             if len(st.window) >= limit.max_per_window:
-                until = max(until, st.window[0] + limit.window)
-        return until if until > now else None
+                # Still in the window: the purge just said its end has not come.
+                leaves = st.window[0] + limit.window
+                until = leaves if until is None else max(until, leaves)
+        return until
 
     def _purge_window(self, st: KeyState, now: float) -> None:
+        """Drop the starts whose window has ended at ``now``; the rest are in it."""
         window = st.window
         assert self.rate_limit is not None and window is not None
-        horizon = now - self.rate_limit.window
-        while window and window[0] <= horizon:
+        length = self.rate_limit.window
+        while window and has_come(window[0] + length, now):
             window.popleft()
 
     def take(self, st: KeyState, now: float) -> None:
+        """Take a slot at loop time ``now``, which its :meth:`give_back` must name again."""
         st.running += 1
         self._running_total += 1
         if self.rate_limit is not None:
-            if st.window is None:
-                st.window = deque()
-            st.window.append(now)
+            window = st.window
+            if window is None:
+                window = st.window = deque()
+            if window and now < window[-1]:
+                # A timer's dispatch counts its own instant as now, which a loop clock that
+                # rounds may show a hair later; keep the window in order all the same.
+                bisect.insort(window, now)
+            else:
+                window.append(now)
 
-    def give_back(self, st: KeyState, now: float, *, ran: bool) -> None:
-        """Release a slot; ``ran=False`` for a trigger that never started (no cooldown, and
-        its start leaves the rate window)."""
+    def give_back(self, st: KeyState, now: float, *, ran: bool, taken_at: float) -> None:
+        """Release the slot taken at loop time ``taken_at``.
+
+        ``ran=False`` is for a trigger that never started: no cooldown, and its own start
+        leaves the rate window (not another's: that one still counts).
+        """
         st.running -= 1
         self._running_total -= 1
         if ran:
             if self.cooldown:
                 st.last_end = now
-        elif st.window:
-            # The most recent start of this key is the one being undone, or one just as good.
-            st.window.pop()
+            return
+        window = st.window
+        if window:
+            if window[-1] == taken_at:
+                window.pop()
+            else:
+                # Starts at one instant are alike; if none is left, it has left the window.
+                i = bisect.bisect_left(window, taken_at)
+                if i < len(window) and window[i] == taken_at:
+                    del window[i]
 
     def arm_timer(self, st: KeyState, when: float) -> None:
         """Wake this key at loop time ``when`` (one timer per key, for its earliest need)."""
@@ -393,15 +442,18 @@ class TaskConstraintGroup:
         """Drop the key's state if nothing needs it; else make sure a timer will revisit it."""
         if st.running or st.waiting:
             return
-        until = 0.0
+        until: float | None = None
         if st.last_end is not None and self.cooldown:
-            until = st.last_end + self.cooldown
+            cooled = st.last_end + self.cooldown
+            if not has_come(cooled, now):
+                until = cooled
         if st.window:
             self._purge_window(st, now)
             if st.window:
                 assert self.rate_limit is not None
-                until = max(until, st.window[-1] + self.rate_limit.window)
-        if until > now:
+                leaves = st.window[-1] + self.rate_limit.window
+                until = leaves if until is None else max(until, leaves)
+        if until is not None:
             self.arm_timer(st, until)
             return
         self._cancel_timer(st)

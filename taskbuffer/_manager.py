@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -77,6 +78,7 @@ class TaskManager:
     """
 
     __slots__ = (
+        "__weakref__",
         "_accepting",
         "_active",
         "_admitted",
@@ -86,6 +88,7 @@ class TaskManager:
         "_hard_stop",
         "_held",
         "_idle",
+        "_ref",
         "_running",
         "_scheduler",
         "_seq",
@@ -151,6 +154,9 @@ class TaskManager:
         # The asyncio tasks of spawn(), kept until they end (the loop holds only weak
         # references); the value says whether the trigger has reached the manager yet.
         self._spawns: dict[asyncio.Task[Any], bool] = {}
+        # Our token as the owner of groups and waiters: weak, so that a group does not keep
+        # a manager alive that nothing else uses (and is then free to join another).
+        self._ref = weakref.ref(self)
 
     def __repr__(self) -> str:
         return (
@@ -235,13 +241,24 @@ class TaskManager:
     def add_constraint_group(self, group: TaskConstraintGroup) -> None:
         """Apply ``group`` to triggers from now on (after the groups added before it).
 
-        :raises ValueError: a group with the same name is already added.
+        A group belongs to one manager at a time; ``remove_constraint_group`` frees it.
+
+        :raises ValueError: a group with the same name is already added, or ``group`` is
+            added to another manager.
         """
         if not isinstance(group, TaskConstraintGroup):
             raise TypeError(f"add_constraint_group takes a TaskConstraintGroup, not {group!r}")
         if any(g.name == group.name for g in self._groups):
             raise ValueError(f"a constraint group named {group.name!r} is already added")
-        group._removed = False
+        owner = group._owner
+        other = None if owner is None else owner()
+        if other is not None:
+            raise ValueError(
+                f"constraint group {group.name!r} is already added to another TaskManager, "
+                f"{other!r}; a group constrains one manager at a time: remove it there first "
+                f"(remove_constraint_group({group.name!r}))"
+            )
+        group._owner = self._ref
         self._groups.append(group)
 
     def remove_constraint_group(self, name: str) -> None:
@@ -252,7 +269,7 @@ class TaskManager:
         for i, group in enumerate(self._groups):
             if group.name == name:
                 del self._groups[i]
-                group._removed = True
+                group._owner = None
                 try:
                     now = asyncio.get_running_loop().time()
                 except RuntimeError:
@@ -341,7 +358,8 @@ class TaskManager:
                     task._emit("failed", "failed", error=exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
-            blocked = try_acquire(claims, loop.time(), priority)
+            taken_at = loop.time()
+            blocked = try_acquire(claims, taken_at, priority, owner=self._ref)
             if blocked is not None:
                 if self._held:
                     # Without a current task (None) nothing is held: .get gives None.
@@ -349,7 +367,7 @@ class TaskManager:
                     if held:
                         self._check_self_deadlock(task, claims, held)
                 waited = True
-                waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self)
+                waiter = Waiter(claims, loop.create_future(), priority, next(self._seq), self._ref)
                 enqueue(waiter, *blocked)
                 blocked = None  # not kept alive for as long as the trigger waits
                 self._waiting += 1
@@ -360,13 +378,14 @@ class TaskManager:
                     if outcome is GO:
                         # Counted before the idle check below: this trigger goes on to run.
                         self._admitted += 1
+                        taken_at = waiter.taken_at
                 except asyncio.CancelledError:
                     future = waiter.future
                     if future.cancelled():  # still in the queue
                         leave(waiter, loop.time())
                     elif future.exception() is None and future.result() is GO:
                         # Woken, then cancelled before it could run: hand the slots on.
-                        release(claims, loop.time(), ran=False)
+                        release(claims, loop.time(), ran=False, taken_at=waiter.taken_at)
                     task._emit("cancelled", None, error="cancelled while waiting")
                     raise
                 except TaskManagerStoppedError:  # failed by stop(): it ends, as it began, seen
@@ -418,7 +437,7 @@ class TaskManager:
             self._running += 1
             if claims and sharing(claims):
                 handed_off = True  # the run gives back its slots (and counts) when it ends
-                return await self._run_shared(task, input, claims)  # type: ignore[no-any-return]
+                return await self._run_shared(task, input, claims, taken_at)  # type: ignore[no-any-return]
             try:
                 result = await (task._run(input) if task._direct else task._trigger_coro(input))
             finally:
@@ -437,7 +456,7 @@ class TaskManager:
         finally:
             if claims is not None:
                 if not handed_off:
-                    release(claims, loop.time(), ran=ran)
+                    release(claims, loop.time(), ran=ran, taken_at=taken_at)
                 if claims:  # _held's entry, taken above (inlined: every constrained run)
                     held = self._held[current]
                     held.pop()
@@ -493,7 +512,9 @@ class TaskManager:
             "TaskManager per loop, or let the other loop's runs finish first"
         )
 
-    async def _run_shared(self, task: Task[Any, Any], input: Any, claims: list[Claim]) -> Any:
+    async def _run_shared(
+        self, task: Task[Any, Any], input: Any, claims: list[Claim], taken_at: float
+    ) -> Any:
         """Run a trigger that holds a ``share-latest`` key, in a task of its own.
 
         The triggers waiting for that key await the run as much as its caller does: if the
@@ -501,7 +522,7 @@ class TaskManager:
         is cancelled when the last of them leaves, see ``SharingRun``); else the run is
         cancelled and the caller waits for it to end, as for a run in its own task.
         """
-        run = SharingRun(claims)
+        run = SharingRun(claims, taken_at)
         runner = run.task = asyncio.get_running_loop().create_task(self._drive(task, input, run))
         self._active[runner] = None  # stop(timeout=...) reaches it even once its caller left
         # A trigger nested in the run that waits for a slot the run (or its callers) holds
@@ -546,8 +567,8 @@ class TaskManager:
         del self._held[runner]
         self._callers.pop(runner, None)
         if succeeded and not run.abandoned:
-            share(run.claims, result, now)
-        release(run.claims, now, ran=run.began)
+            share(run.claims, result, now, owner=self._ref)
+        release(run.claims, now, ran=run.began, taken_at=run.taken_at)
         if self._idle is not None:
             self._check_idle()
 
@@ -918,7 +939,7 @@ class TaskManager:
                 waiters.extend(
                     entry[2]
                     for entry in st.heap
-                    if entry[2].parked is st and entry[2].owner is self
+                    if entry[2].parked is st and entry[2].owner is self._ref
                 )
         if not waiters:
             return

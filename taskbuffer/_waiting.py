@@ -60,10 +60,11 @@ class Shared:
 class SharingRun:
     """A run whose keys share their result (``share-latest``), in an asyncio task of its own."""
 
-    __slots__ = ("abandoned", "began", "claims", "task")
+    __slots__ = ("abandoned", "began", "claims", "taken_at", "task")
 
-    def __init__(self, claims: list[Claim]) -> None:
+    def __init__(self, claims: list[Claim], taken_at: float) -> None:
         self.claims = claims
+        self.taken_at = taken_at  # when its slots were taken (its place in rate windows)
         self.task: asyncio.Task[Any] | None = None
         self.began = False  # its coroutine started (a task cancelled before that never runs)
         self.abandoned = False  # cancelled because nobody awaits it: shares nothing
@@ -109,7 +110,7 @@ def sharing(claims: list[Claim]) -> bool:
 class Waiter:
     """One trigger waiting for its keys."""
 
-    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq")
+    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq", "taken_at")
 
     def __init__(
         self,
@@ -123,9 +124,10 @@ class Waiter:
         self.future = future
         self.priority = priority
         self.seq = seq
-        self.owner = owner
+        self.owner = owner  # its manager's token: the groups it claims apply while they match
         self.parked: KeyState | None = None
         self.left = False  # has stopped waiting (leave() ran)
+        self.taken_at = math.nan  # the loop time its slots were taken, once they are
 
     def __repr__(self) -> str:
         where = None if self.parked is None else self.parked.key
@@ -133,10 +135,18 @@ class Waiter:
 
 
 def try_acquire(
-    claims: list[Claim], now: float, priority: int | None = None, seq: float = math.inf
+    claims: list[Claim],
+    now: float,
+    priority: int | None = None,
+    seq: float = math.inf,
+    *,
+    owner: object,
 ) -> tuple[Claim, float] | None:
     """Take a slot in every claimed key at once, or none: returns ``None`` when taken, else
     the first blocking claim and until when it blocks (``math.inf``: until a run ends).
+
+    ``owner`` is the token of the trigger's manager: a claimed group that is no longer added
+    to that manager (``group._owner``) does not constrain the trigger.
 
     ``(priority, seq)`` is the trigger's place in line (a newcomer's ``seq`` is infinite:
     after everyone). A free key whose queue
@@ -146,7 +156,7 @@ def try_acquire(
     """
     for st in claims:
         group = st.group
-        if group._removed:
+        if group._owner is not owner:
             continue
         until = group.blocked_until(st, now)
         if until is None and priority is not None and st.heap:
@@ -156,7 +166,8 @@ def try_acquire(
         if until is not None:
             return st, until
     # A removed group no longer blocks, but its slot is still taken: release() gives back
-    # every claim, and the group may be added again while this run goes on.
+    # every claim, and the group may be added again while this run goes on. ``now`` names
+    # these slots: release() of a trigger that never ran gives back exactly these starts.
     for st in claims:
         st.group.take(st, now)
     return None
@@ -242,19 +253,30 @@ def dispatch(freed: list[Claim], now: float) -> None:
         group.maybe_drop(st, now)
 
 
-def release(claims: list[Claim], now: float, *, ran: bool) -> None:
-    """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters."""
+def release(claims: list[Claim], now: float, *, ran: bool, taken_at: float) -> None:
+    """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters.
+
+    ``taken_at`` is the loop time the slots were taken (what ``try_acquire`` was given, or
+    a woken waiter's ``taken_at``).
+    """
     for st in claims:
         if st.running > 0:
-            st.group.give_back(st, now, ran=ran)
+            st.group.give_back(st, now, ran=ran, taken_at=taken_at)
     dispatch(claims, now)
 
 
-def share(claims: list[Claim], value: Any, now: float) -> None:
-    """Resolve the waiters of every ``share-latest`` key in ``claims`` with ``value``."""
+def share(claims: list[Claim], value: Any, now: float, *, owner: object) -> None:
+    """Resolve the waiters of every ``share-latest`` key in ``claims`` with ``value``.
+
+    Only groups still added to the run's manager (``owner``) share, and only with that
+    manager's triggers: a group removed (or moved to another manager) since a trigger
+    claimed it no longer applies to that trigger.
+    """
     for st in claims:
-        if st.sharers:
+        if st.sharers and st.group._owner is owner:
             for waiter in list(st.sharers):
+                if waiter.owner is not owner:
+                    continue
                 leave(waiter, now)
                 if not waiter.future.done():
                     waiter.future.set_result(Shared(value))
@@ -280,8 +302,9 @@ def _offer(waiter: Waiter, now: float) -> None:
         # trigger's own leave() is then a no-op); the caller offers the slot to the next.
         leave(waiter, now)
         return
-    blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq)
+    blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq, owner=waiter.owner)
     if blocked is None:
+        waiter.taken_at = now
         leave(waiter, now)
         waiter.future.set_result(GO)
     else:

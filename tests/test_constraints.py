@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -711,6 +712,105 @@ async def test_removing_and_re_adding_a_group_keeps_its_cap() -> None:
     assert inner.statistics() == idle(inner)
 
 
+async def test_a_group_added_to_another_manager_is_rejected_naming_that_manager() -> None:
+    """A group constrains one manager at a time: adding it to a second one fails, and it
+    keeps constraining the first."""
+    group = make_group(max_concurrent=1)
+    first = manager_with(group)
+    second = TaskManager()
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^constraint group 'g' is already added to another TaskManager, <TaskManager "
+            r".*>; a group constrains one manager at a time: remove it there first "
+            r"\(remove_constraint_group\('g'\)\)$"
+        ),
+    ):
+        second.add_constraint_group(group)
+    assert second.constraint_groups == ()
+    with pytest.raises(KeyError, match="'g'"):
+        second.remove_constraint_group("g")
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    runs = [spawn(first.trigger_task(t, x)) for x in "ab"]
+    await settle()
+    assert gates.started == ["a"]  # the cap of the first manager's group still holds
+    gates.finish("a")
+    await gates.wait_started("b")
+    gates.finish("b")
+    await asyncio.gather(*runs)
+
+
+async def test_removing_a_group_frees_it_for_another_manager() -> None:
+    group = make_group(max_concurrent=1)
+    first = manager_with(group)
+    first.remove_constraint_group("g")
+    second = manager_with(group)
+    assert second.constraint_groups == (group,)
+    with pytest.raises(ValueError, match="already added to another TaskManager"):
+        first.add_constraint_group(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    runs = [spawn(second.trigger_task(t, x)) for x in "ab"]
+    runs.append(spawn(first.trigger_task(t, "free")))  # the first manager has no group now
+    await settle()
+    assert gates.started == ["a", "free"]
+    for x in ("a", "free"):
+        gates.finish(x)
+    await gates.wait_started("b")
+    gates.finish("b")
+    await asyncio.gather(*runs)
+    assert group.statistics() == idle(group)
+
+
+def test_a_group_whose_manager_is_gone_is_free_for_another() -> None:
+    group = make_group()
+    first = manager_with(group)
+    del first
+    gc.collect()
+    second = manager_with(group)
+    assert second.constraint_groups == (group,)
+
+
+async def test_a_trigger_is_neither_held_up_nor_resolved_by_a_group_moved_to_another_manager() -> (
+    None
+):
+    """ "w" waits in the first manager and claims the key of "g" (share-latest). Once "g" is
+    removed there and added to a second manager, it no longer applies to "w": a run of the
+    second manager neither blocks "w" nor hands it its result."""
+    first_only = make_group(
+        name="h",
+        max_concurrent=1,
+        constraint_key_for_execution=lambda t, x: "k" if x in "aw" else None,
+    )
+    moving = make_group(
+        name="g",
+        max_concurrent=1,
+        result_sharing="share-latest",
+        constraint_key_for_execution=lambda t, x: "k" if x in "wr" else None,
+    )
+    first = manager_with(first_only, moving)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    a = spawn(first.trigger_task(t, "a"))
+    w = spawn(first.trigger_task(t, "w"))  # waits for "a" (group "h")
+    await settle()
+    first.remove_constraint_group("g")
+    second = manager_with(moving)
+    r = spawn(second.trigger_task(t, "r"))  # holds the key of "g" in the second manager
+    await settle()
+    assert gates.started == ["a", "r"]
+    gates.finish("a")
+    await gates.wait_started("w")  # not held up by "r"
+    gates.finish("r")
+    await settle()
+    assert not w.done()  # not resolved with the result of "r"
+    gates.finish("w")
+    assert [await a, await w, await r] == ["a", "w", "r"]
+    await first.stop(timeout=1)
+    await second.stop(timeout=1)
+
+
 # ------------------------------------------------------------------------------ cooldown
 
 
@@ -875,6 +975,190 @@ async def test_cooldown_and_rate_limit_together_wait_for_the_later_of_the_two() 
         starts = await asyncio.gather(*(manager.trigger_task(t) for _ in range(4)))
     # 0; cooldown -> 1; window full (0, 1) until 6; then cooldown of the run at 6 -> 7.
     assert starts == [0.0, 1.0, 6.0, 7.0]
+
+
+# ------------------------------------------------- exact boundaries of windows and cooldowns
+
+
+def assert_at_most_per_window(starts: list[float], cap: int, window: float) -> None:
+    """No ``cap + 1`` starts inside any half-open window of ``window`` seconds, counted in
+    ticks of the virtual clock (a microsecond), where instants are exact."""
+    ticks = sorted(round(s * 1_000_000) for s in starts)
+    length = round(window * 1_000_000)
+    for i in range(cap, len(ticks)):
+        assert ticks[i] - ticks[i - cap] >= length, (starts, i)
+
+
+@pytest.mark.parametrize(
+    ("offset", "cap", "window"),
+    [(0.0, 1, 0.1), (0.05, 1, 0.1), (0.0, 1, 0.3), (0.05, 2, 1.0), (1.0, 3, 0.7), (7.0, 1, 0.3)],
+)
+async def test_rate_limited_starts_come_exactly_one_window_apart(
+    offset: float, cap: int, window: float
+) -> None:
+    """Each batch of ``cap`` starts at the very instant the previous batch leaves the
+    window: never earlier (no burst), never later."""
+    loop = asyncio.get_running_loop()
+    group = make_group(rate_limit=RateLimit(max_per_window=cap, window=window))
+    manager = manager_with(group)
+    await asyncio.sleep(offset)
+    t = Task(name="t", task_function=lambda x: loop.time())
+    async with asyncio.timeout(100):
+        starts = await asyncio.gather(*(manager.trigger_task(t, x) for x in range(40)))
+    expected = [offset + (i // cap) * window for i in range(40)]
+    assert starts == [pytest.approx(e, abs=1e-9) for e in expected]
+    assert_at_most_per_window([s for s in starts if s is not None], cap, window)
+
+
+async def test_a_start_leaves_the_rate_window_at_the_exact_end_of_the_window(
+    record: Record,
+) -> None:
+    """A start at 0.2 with a 0.1 s window: at 0.3 on the virtual clock the key is free, for
+    the inspection methods and for a trigger, which starts without waiting."""
+    loop = asyncio.get_running_loop()
+    group = make_group(rate_limit=RateLimit(max_per_window=1, window=0.1))
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    events = record(t)
+    await asyncio.sleep(0.2)
+    runs = [spawn(manager.trigger_task(t, "a"))]  # keeps running: the key keeps its state
+    await gates.wait_started("a")
+    await asyncio.sleep(0.099)
+    assert not group.can_run("k")
+    assert group.get_rate_limit_delay("k") == pytest.approx(0.001)
+    await asyncio.sleep(0.001)
+    assert loop.time() == 0.3  # 0.2 + 0.1 on the virtual clock: the end itself
+    assert group.can_run("k")
+    assert group.get_rate_limit_delay("k") == 0.0
+    runs.append(spawn(manager.trigger_task(t, "b")))
+    await gates.wait_started("b")
+    assert gates.start_times == {"a": 0.2, "b": 0.3}
+    assert "queued" not in event_types(events)  # free at that instant: it did not wait
+    gates.finish("a")
+    gates.finish("b")
+    await asyncio.gather(*runs)
+
+
+async def test_a_cooldown_ends_at_its_exact_end(record: Record) -> None:
+    """A run ends at 0.2 with a 0.1 s cooldown (another run keeps the key busy): at 0.3 the
+    key is free, for the inspection methods and for a trigger."""
+    loop = asyncio.get_running_loop()
+    group = make_group(max_concurrent=2, cooldown=0.1)
+    manager = manager_with(group)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    events = record(t)
+    runs = [spawn(manager.trigger_task(t, x)) for x in ("busy", "a")]
+    await gates.wait_started("a")
+    await asyncio.sleep(0.2)
+    gates.finish("a")
+    await runs[1]
+    await asyncio.sleep(0.099)
+    assert not group.can_run("k")
+    assert group.get_cooldown_remaining("k") == pytest.approx(0.001)
+    await asyncio.sleep(0.001)
+    assert loop.time() == 0.3
+    assert group.can_run("k")
+    assert group.get_cooldown_remaining("k") == 0.0
+    runs.append(spawn(manager.trigger_task(t, "b")))
+    await gates.wait_started("b")
+    assert gates.start_times["b"] == 0.3
+    assert "queued" not in event_types(events)
+    gates.finish("busy")
+    gates.finish("b")
+    await asyncio.gather(*runs)
+
+
+async def test_cooldowns_space_starts_exactly_at_non_binary_instants() -> None:
+    loop = asyncio.get_running_loop()
+    group = make_group(max_concurrent=1, cooldown=0.1)
+    manager = manager_with(group)
+    await asyncio.sleep(0.05)
+    t = Task(name="t", task_function=lambda x: loop.time())
+    async with asyncio.timeout(100):
+        starts = await asyncio.gather(*(manager.trigger_task(t, x) for x in range(40)))
+    assert starts == [pytest.approx(0.05 + i * 0.1, abs=1e-9) for i in range(40)]
+
+
+# ------------------------------------------------------------ starts that never ran
+
+
+class NeverRan:
+    SKIPPED = "should_execute says no"
+    CHECK_RAISES = "should_execute raises"
+    CANCELLED_IN_CHECK = "the caller is cancelled inside should_execute"
+
+
+@pytest.mark.parametrize(
+    "how", [NeverRan.SKIPPED, NeverRan.CHECK_RAISES, NeverRan.CANCELLED_IN_CHECK]
+)
+async def test_a_start_that_never_ran_gives_back_its_own_place_in_the_rate_window(
+    how: str,
+) -> None:
+    """2 starts per 1.0 s. "a" takes its slot at 0 and, at 0.5, never runs after all; "b"
+    started at 0.2 and still counts, so of "c" and "d" (at 0.6) only one fits before 1.2."""
+    loop = asyncio.get_running_loop()
+    verdict: asyncio.Future[bool] = loop.create_future()
+
+    async def check(task: Task[Any, Any], x: str) -> bool:
+        return await verdict if x == "a" else True
+
+    group = make_group(rate_limit=RateLimit(max_per_window=2, window=1.0), should_execute=check)
+    manager = manager_with(group)
+    starts: dict[str, float] = {}
+
+    def work(x: str) -> str:
+        starts[x] = loop.time()
+        return x
+
+    t = Task(name="t", task_function=work)
+    a = spawn(manager.trigger_task(t, "a"))
+    await asyncio.sleep(0.2)
+    assert await manager.trigger_task(t, "b") == "b"
+    await asyncio.sleep(0.3)
+    if how == NeverRan.SKIPPED:
+        verdict.set_result(False)
+        assert await a is None
+    elif how == NeverRan.CHECK_RAISES:
+        verdict.set_exception(RuntimeError("check failed"))
+        with pytest.raises(RuntimeError, match="check failed"):
+            await a
+    else:
+        a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await a
+    await asyncio.sleep(0.1)
+    async with asyncio.timeout(60):
+        await asyncio.gather(manager.trigger_task(t, "c"), manager.trigger_task(t, "d"))
+    assert starts == {"b": 0.2, "c": 0.6, "d": pytest.approx(1.2, abs=1e-9)}
+    assert_at_most_per_window(list(starts.values()), 2, 1.0)
+    await asyncio.sleep(1.0)
+    assert group.statistics() == idle(group)
+
+
+async def test_a_woken_trigger_cancelled_before_it_runs_gives_back_its_window_place() -> None:
+    """Woken at 0.5 (its slot taken then) and cancelled before it resumes: its start leaves
+    the window, the next waiter takes its place at once, and the window holds exactly the
+    starts that ran. (All three starts here fall at one instant, where they are alike.)"""
+    loop = asyncio.get_running_loop()
+    group = make_group(max_concurrent=1, rate_limit=RateLimit(max_per_window=2, window=1.0))
+    manager = manager_with(group)
+    t = Task(name="t", task_function=lambda x: loop.time())
+    assert group.acquire_slot("k")  # a start at 0 through the group itself
+    woken = spawn(manager.trigger_task(t, "woken"))
+    after = spawn(manager.trigger_task(t, "after"))
+    await settle()
+    await asyncio.sleep(0.5)
+    group.release_slot("k")  # hands the slot to "woken" at once
+    woken.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await woken
+    async with asyncio.timeout(60):
+        assert await after == 0.5
+    assert group.get_rate_limit_delay("k") == 0.5  # starts at 0 and 0.5: full until 1.0
+    await asyncio.sleep(1.0)
+    assert group.statistics() == idle(group)
 
 
 # ---------------------------------------------------------------------------- share-latest

@@ -1,13 +1,16 @@
 """A hypothesis state machine that drives a ``TaskManager`` through random sequences of
 triggers, completions, failures, cancellations (running and waiting), constraint-group
-additions and removals, and virtual-time advances, and checks the constraint semantics
-after every step.
+additions and removals, and virtual-time advances (some to the exact end of a rate window
+or cooldown), with triggers whose ``should_execute`` takes its time and then says yes, no,
+raises or is cancelled (a start that never runs), and checks the constraint semantics after
+every step.
 
 The machine is synchronous and owns a looptime event loop (virtual time, starting at 0);
 each step runs the loop until nothing more is ready (``settle``) or, for a time advance,
 for that many virtual seconds. Every run blocks on a future the machine resolves, so the
 machine decides when runs end. Each trigger gets its own ``Task`` (its ``data`` holds the
-trigger's keys), so every event and every call can be traced to its trigger.
+trigger's keys), so every event and every call can be traced to its trigger. Instants are
+compared in ticks of the virtual clock (a microsecond), where they are exact.
 
 Checked:
 
@@ -16,12 +19,16 @@ Checked:
   within ``max_concurrent``, the key's cooldown is over, and its rate window has room;
 * after every step: each group's running and waiting counts match the model, and no key
   holds more runs than ``max_concurrent``;
+* after every step: no key of a rate-limited group ever had more than ``max_per_window``
+  starts in any half-open window of ``window`` seconds (a run's start, for the window, is
+  the instant its slots were taken; starts that never ran do not count);
 * priority-then-FIFO among triggers that waited with identical claims: a trigger is never
   admitted while one that ranks before it (higher priority, or same priority and earlier)
   still waits for the same keys;
 * every outcome: a run's own result, a ``share-latest`` result of a run of a shared key
   that succeeded while it waited, ``None`` after ``should_execute`` said no, the injected
-  error, a cancellation we asked for, or ``TaskManagerStoppedError`` after a ``stop()``;
+  error (of the run or of a slow check), a cancellation we asked for, or
+  ``TaskManagerStoppedError`` after a ``stop()``;
 * overlapping ``stop()`` calls (with and without timeout and drain) and runs that trigger
   another task through the manager: every ``stop()`` returns, by its own deadline on
   virtual time; a run cancelled by a stop emits ``cancelled`` at every nested level, counts
@@ -63,10 +70,19 @@ KEY_SLOTS = 3  # each trigger carries one key choice per slot; each group reads 
 KEYS = ("x", "y", None)
 MAX_GROUPS = 4
 HORIZON = 10.0  # longer than any cooldown or rate window
+TICKS_PER_SECOND = 1_000_000  # looptime's resolution: its instants are whole ticks
+
+
+def ticks(seconds: float) -> int:
+    return round(seconds * TICKS_PER_SECOND)
 
 
 class InjectedError(Exception):
     """The error the machine makes a run fail with."""
+
+
+class CheckError(Exception):
+    """The error the machine makes a slow ``should_execute`` raise."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,10 @@ class Trigger:
     value: Any = None
     gate: asyncio.Future[str] | None = None
     events: list[str] = field(default_factory=list)
+    # A slow should_execute waits for this verdict (True, False, or CheckError).
+    check: asyncio.Future[bool] | None = None
+    admitted_at: float | None = None  # loop time its slots were taken
+    in_force: frozenset[tuple[str, str]] = frozenset()  # claims of groups in force then
 
 
 @dataclass
@@ -133,8 +153,8 @@ NO_KEYS = (None,) * KEY_SLOTS
 SPEC_FIELDS = st.tuples(
     st.integers(0, KEY_SLOTS - 1),  # slot
     st.sampled_from([1, 1, 2, 3, math.inf]),  # max_concurrent
-    st.sampled_from([0.0, 0.0, 1.0, 2.0]),  # cooldown
-    st.one_of(st.none(), st.tuples(st.integers(1, 3), st.sampled_from([1.0, 3.0, 5.0]))),
+    st.sampled_from([0.0, 0.0, 1.0, 2.0, 0.3]),  # cooldown
+    st.one_of(st.none(), st.tuples(st.integers(1, 3), st.sampled_from([1.0, 3.0, 5.0, 0.3, 0.7]))),
     st.booleans(),  # share-latest (odd-numbered groups only)
 )
 SpecFields = tuple[int, float, float, "tuple[int, float] | None", bool]
@@ -232,18 +252,24 @@ class ConstraintMachine(RuleBasedStateMachine):
         trigger = self.triggers[tid]
         if trigger.admitted is None:
             self.admit(trigger)
+        if trigger.check is not None:
+            return await trigger.check  # asked once per group; the verdict is the same
         return trigger.allow
 
     def running_on(self, claim: tuple[str, str]) -> int:
-        return sum(
+        """Slots of ``claim`` held: runs, and triggers in a slow check."""
+        runs = sum(
             1
             for t in self.triggers
             if claim in t.claims and t.started is not None and t.ended is None
         )
+        return runs + sum(1 for t in self.checking() if claim in t.claims)
 
     def admit(self, trigger: Trigger) -> None:
         now = self.now()
-        trigger.admitted = self.tick()
+        admitted = self.tick()
+        trigger.admitted_at = now
+        trigger.in_force = frozenset(c for c in trigger.claims if c[0] in self.active)
         for claim in trigger.claims:
             name, key = claim
             if name not in self.active:
@@ -253,27 +279,34 @@ class ConstraintMachine(RuleBasedStateMachine):
                 self.violations.append(f"trigger {trigger.tid} admitted over the cap of {claim}")
             if spec.cooldown:
                 for end, held_before in self.ends.get(claim, []):
-                    if now < end + spec.cooldown and trigger.tid not in held_before:
+                    if (
+                        ticks(now) < ticks(end) + ticks(spec.cooldown)
+                        and trigger.tid not in held_before
+                    ):
                         self.violations.append(
                             f"trigger {trigger.tid} admitted at {now} inside the cooldown of "
                             f"{claim} (a run ended at {end})"
                         )
             if spec.rate is not None:
                 cap, window = spec.rate
-                recent = [s for s in self.starts.get(claim, []) if s > now - window]
+                recent = [
+                    s for s in self.starts.get(claim, []) if ticks(s) > ticks(now) - ticks(window)
+                ]
                 if len(recent) >= cap:
                     self.violations.append(
                         f"trigger {trigger.tid} admitted at {now} over the rate window of "
                         f"{claim}: starts {recent}"
                     )
+        trigger.admitted = admitted  # after the checks: its own slot is not another's
 
     async def work(self, trigger: Trigger) -> str:
         if trigger.admitted is None:  # no group was in force to ask should_execute
             self.admit(trigger)
         now = self.now()
         trigger.started = now
-        for claim in trigger.claims:
-            self.starts.setdefault(claim, []).append(now)
+        assert trigger.admitted_at is not None
+        for claim in trigger.in_force:  # the window counts the instant its slots were taken
+            self.starts.setdefault(claim, []).append(trigger.admitted_at)
         trigger.gate = self.loop.create_future()
         try:
             value = await trigger.gate
@@ -308,6 +341,9 @@ class ConstraintMachine(RuleBasedStateMachine):
             trigger.outcome = "stopped"
             self.stopped_at[trigger.tid] = self.tick()
             return
+        except CheckError:
+            trigger.outcome = "check-failed"
+            return
         except asyncio.CancelledError:
             trigger.outcome = "cancelled"
             raise
@@ -338,7 +374,9 @@ class ConstraintMachine(RuleBasedStateMachine):
         keys=st.tuples(*[st.sampled_from(KEYS) for _ in range(KEY_SLOTS)]),
         allow=st.sampled_from([True, True, True, True, False]),
     )
-    def trigger(self, priority: int, keys: tuple[str | None, ...], allow: bool) -> None:
+    def trigger(
+        self, priority: int, keys: tuple[str | None, ...], allow: bool, slow: bool = False
+    ) -> None:
         tid = len(self.triggers)
         claims = frozenset(
             (name, key) for name in self.active if (key := keys[self.specs[name].slot]) is not None
@@ -346,6 +384,8 @@ class ConstraintMachine(RuleBasedStateMachine):
         trigger = Trigger(
             tid=tid, priority=priority, keys=keys, allow=allow, claims=claims, arrival=0
         )
+        if slow:
+            trigger.check = self.loop.create_future()
         self.triggers.append(trigger)
 
         async def function() -> str:
@@ -427,7 +467,7 @@ class ConstraintMachine(RuleBasedStateMachine):
         self.active.remove(name)
         await settle()
 
-    @rule(seconds=st.sampled_from([0.5, 1.0, 1.0, 2.0, 5.0]))
+    @rule(seconds=st.sampled_from([0.5, 1.0, 1.0, 2.0, 5.0, 0.1, 0.3]))
     def advance(self, seconds: float) -> None:
         async def advance() -> None:
             await asyncio.sleep(seconds)
@@ -569,11 +609,123 @@ class ConstraintMachine(RuleBasedStateMachine):
                 assert pair.inner_events in ([], ["started", "cancelled"]), pair
                 assert bool(pair.outer_events) == bool(pair.inner_events), pair
 
+    # ------------------------------------------ slow checks, starts that never run, boundaries
+
+    def checking(self) -> list[Trigger]:
+        """Triggers holding their slots inside a slow ``should_execute``."""
+        return [
+            t
+            for t in self.triggers
+            if t.check is not None
+            and t.admitted is not None
+            and t.started is None
+            and t.caller is not None
+            and not t.caller.done()
+        ]
+
+    def pending_checks(self) -> list[Trigger]:
+        return [t for t in self.triggers if t.check is not None and not t.check.done()]
+
+    @rule(
+        priority=st.sampled_from([0, 0, 1, -2]),
+        keys=st.tuples(*[st.sampled_from(KEYS) for _ in range(KEY_SLOTS)]),
+    )
+    def trigger_with_a_slow_check(self, priority: int, keys: tuple[str | None, ...]) -> None:
+        """Its should_execute waits for ``answer_check``: its slots (and its place in the
+        rate window) are held meanwhile, and it may never run."""
+        self.trigger(priority, keys, True, slow=True)
+
+    @rule(
+        count=st.integers(2, 8),
+        keys=st.tuples(*[st.sampled_from(KEYS) for _ in range(KEY_SLOTS)]),
+        slow=st.booleans(),
+    )
+    def trigger_several(self, count: int, keys: tuple[str | None, ...], slow: bool) -> None:
+        """Several triggers of the same keys at one instant: a queue for windows and
+        cooldowns to work through, one boundary after another."""
+        for _ in range(count):
+            self.trigger(0, keys, True, slow=slow)
+
+    @precondition(lambda self: bool(self.pending_checks()))
+    @rule(data=st.data(), verdict=st.sampled_from(["yes", "no", "raise"]))
+    def answer_check(self, data: st.DataObject, verdict: str) -> None:
+        trigger = pick(data, self.pending_checks())
+        assert trigger.check is not None
+        if verdict == "yes":
+            trigger.check.set_result(True)
+        elif verdict == "no":
+            trigger.allow = False
+            trigger.check.set_result(False)
+        else:
+            trigger.check.set_exception(CheckError(f"check of {trigger.tid} failed"))
+            trigger.check.exception()  # its trigger may never ask: not an unretrieved error
+        self.step()
+
+    @precondition(lambda self: bool(self.checking()))
+    @rule(data=st.data())
+    def cancel_in_check(self, data: st.DataObject) -> None:
+        trigger = pick(data, self.checking())
+        assert trigger.caller is not None
+        trigger.cancel_requested = self.tick()
+        trigger.caller.cancel()
+        self.step()
+
+    def boundaries(self) -> list[int]:
+        """Instants (ticks) still to come where a start leaves a rate window or a cooldown
+        ends, for the groups in force."""
+        now = ticks(self.now())
+        found: set[int] = set()
+        admitted = [t for t in self.checking() if t.admitted_at is not None]
+        for name in self.active:
+            spec = self.specs[name]
+            if spec.rate is not None:
+                length = ticks(spec.rate[1])
+                for claim, starts in self.starts.items():
+                    if claim[0] == name:
+                        found.update(ticks(s) + length for s in starts)
+                for t in admitted:
+                    if any(c[0] == name for c in t.in_force):
+                        assert t.admitted_at is not None
+                        found.add(ticks(t.admitted_at) + length)
+            if spec.cooldown:
+                for claim, ends in self.ends.items():
+                    if claim[0] == name:
+                        found.update(ticks(end) + ticks(spec.cooldown) for end, _ in ends)
+        return sorted(b for b in found if b > now)
+
+    @precondition(lambda self: bool(self.boundaries()))
+    @rule(data=st.data())
+    def advance_to_a_boundary(self, data: st.DataObject) -> None:
+        """Advance the virtual clock to the exact end of a rate window or a cooldown."""
+        target = pick(data, self.boundaries())
+
+        async def advance() -> None:
+            await asyncio.sleep((target - ticks(self.now())) / TICKS_PER_SECOND)
+            await settle()
+
+        self.run(advance())
+
     # --------------------------------------------------------------------- invariants
 
     @invariant()
     def no_violations(self) -> None:
         assert not self.violations, self.violations
+
+    @invariant()
+    def rate_windows_hold(self) -> None:
+        """No key ever had more than ``max_per_window`` starts in a half-open window of
+        ``window`` seconds (starts that never ran do not count)."""
+        for (name, key), starts in self.starts.items():
+            rate = self.specs[name].rate
+            if rate is None:
+                continue
+            cap, length = rate[0], ticks(rate[1])
+            instants = sorted(ticks(s) for s in starts)
+            for i in range(cap, len(instants)):
+                assert instants[i] - instants[i - cap] >= length, (
+                    f"{cap + 1} starts of {(name, key)} within {rate[1]} s: "
+                    f"{[t / TICKS_PER_SECOND for t in instants[i - cap : i + 1]]}"
+                )
 
     @invariant()
     def counts_match_the_model(self) -> None:
@@ -583,9 +735,10 @@ class ConstraintMachine(RuleBasedStateMachine):
         nested = self.nested_running()
         assert stats.running == len(running) + nested, (stats, [t.tid for t in running], nested)
         assert stats.waiting == len(waiting), (stats, [t.tid for t in waiting])
+        holding = running + self.checking()
         for name, group in self.groups.items():
             g = group.statistics()
-            assert g.running == sum(1 for t in running if any(c[0] == name for c in t.claims))
+            assert g.running == sum(1 for t in holding if any(c[0] == name for c in t.claims))
             assert g.waiting == sum(1 for t in waiting if any(c[0] == name for c in t.claims))
             if name in self.active:
                 spec = self.specs[name]
@@ -603,6 +756,9 @@ class ConstraintMachine(RuleBasedStateMachine):
                 assert not trigger.allow and trigger.started is None
             elif trigger.outcome == "failed":
                 assert trigger.started is not None
+            elif trigger.outcome == "check-failed":
+                assert trigger.started is None and trigger.check is not None
+                assert trigger.check.done() and trigger.check.exception() is not None
             elif trigger.outcome == "cancelled":
                 assert trigger.cancel_requested is not None
                 if trigger.queued and trigger.admitted is None:
@@ -674,6 +830,9 @@ class ConstraintMachine(RuleBasedStateMachine):
                 for pair in self.nested_gates():
                     assert pair.gate is not None
                     pair.gate.set_result(f"n{pair.nid}")
+                for trigger in self.pending_checks():
+                    assert trigger.check is not None
+                    trigger.check.set_result(True)
                 await settle()
                 await asyncio.sleep(HORIZON)
             else:
@@ -695,6 +854,7 @@ class ConstraintMachine(RuleBasedStateMachine):
             assert not self.unsettled_stops_and_nested()
             self.stops_return_by_their_deadline()
             self.nested_runs_are_cancelled_by_stop_never_failed_or_retried()
+            self.rate_windows_hold()
             for trigger in self.triggers:
                 assert trigger.caller is not None and trigger.caller.done()
                 assert trigger.outcome is not None
