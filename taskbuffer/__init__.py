@@ -7,6 +7,8 @@ a reactivex ``Subject``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from ._chain import Taskchain as Taskchain
 from ._constraints import ConstraintGroupStatistics as ConstraintGroupStatistics
 from ._constraints import RateLimit as RateLimit
@@ -35,15 +37,6 @@ from ._metadata import TaskMetadata as TaskMetadata
 from ._metadata import TaskStatus as TaskStatus
 from ._once import TaskOnce as TaskOnce
 from ._parallel import Taskparallel as Taskparallel
-from ._service import Service as Service
-from ._service import ServiceEvent as ServiceEvent
-from ._service import ServiceEventType as ServiceEventType
-from ._service import ServiceMetadata as ServiceMetadata
-from ._service import ServiceOptions as ServiceOptions
-from ._service import ServiceState as ServiceState
-from ._service import service as service
-from ._service_manager import ServiceManager as ServiceManager
-from ._service_manager import ServiceManagerStatistics as ServiceManagerStatistics
 from ._steps import StepSpec as StepSpec
 from ._steps import StepStatus as StepStatus
 from ._steps import TaskStep as TaskStep
@@ -51,6 +44,47 @@ from ._steps import TaskStepInfo as TaskStepInfo
 from ._task import Task as Task
 from ._task import TaskOptions as TaskOptions
 from ._task import task as task
+
+if _TYPE_CHECKING:
+    from ._service import Service as Service
+    from ._service import ServiceEvent as ServiceEvent
+    from ._service import ServiceEventType as ServiceEventType
+    from ._service import ServiceMetadata as ServiceMetadata
+    from ._service import ServiceOptions as ServiceOptions
+    from ._service import ServiceState as ServiceState
+    from ._service import service as service
+    from ._service_manager import ServiceManager as ServiceManager
+    from ._service_manager import ServiceManagerStatistics as ServiceManagerStatistics
+
+# Services load on first use (PEP 562): an application that only runs tasks never pays for
+# importing them. Type checkers see the imports above.
+_LAZY = {
+    "Service": "._service",
+    "ServiceEvent": "._service",
+    "ServiceEventType": "._service",
+    "ServiceMetadata": "._service",
+    "ServiceOptions": "._service",
+    "ServiceState": "._service",
+    "service": "._service",
+    "ServiceManager": "._service_manager",
+    "ServiceManagerStatistics": "._service_manager",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskbuffer' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 # The release, as in pyproject.toml (tests/test_package.py keeps the two equal). A literal, not
 # importlib.metadata: that import alone costs a fifth of ``import taskbuffer``.

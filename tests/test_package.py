@@ -45,7 +45,16 @@ def _modules_loaded_by(code: str) -> set[str]:
 
 
 # Not needed to import taskbuffer or to build its objects: loaded when first used.
-LAZY = {"croniter", "dateutil", "reactivex.operators", "uuid", "importlib.metadata", "redis"}
+LAZY = {
+    "croniter",
+    "dateutil",
+    "reactivex.operators",
+    "uuid",
+    "importlib.metadata",
+    "redis",
+    "taskbuffer._service",
+    "taskbuffer._service_manager",
+}
 
 
 def test_import_and_building_objects_load_no_optional_machinery() -> None:
@@ -58,6 +67,11 @@ def test_import_and_building_objects_load_no_optional_machinery() -> None:
     )
     assert "taskbuffer" in loaded
     assert not LAZY & loaded, f"loaded eagerly: {sorted(LAZY & loaded)}"
+
+
+def test_using_services_loads_them() -> None:
+    loaded = _modules_loaded_by("import taskbuffer as tb\nm = tb.ServiceManager()\n")
+    assert {"taskbuffer._service", "taskbuffer._service_manager"} <= loaded
 
 
 def test_parsing_a_cron_string_loads_croniter() -> None:
