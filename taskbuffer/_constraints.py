@@ -81,6 +81,7 @@ class KeyState:
         "heap",
         "key",
         "last_end",
+        "pending",
         "running",
         "sharers",
         "timer",
@@ -96,6 +97,10 @@ class KeyState:
         self.last_end: float | None = None  # loop time of the latest end, for the cooldown
         # Loop times of the starts inside the rate window, oldest first.
         self.window: deque[float] | None = None
+        # Slots taken whose run has not started yet (should_execute is being asked): each
+        # holds a place in the rate window until its run starts (then the window records
+        # that instant) or it is given back.
+        self.pending = 0
         # Waiters parked here because this key blocks them: (-priority, seq, waiter), a heap.
         self.heap: list[tuple[int, int, Waiter]] = []
         self.dead = 0  # heap entries whose waiter has already left
@@ -228,14 +233,15 @@ class TaskConstraintGroup:
         if self.blocked_until(st, now) is not None:
             self.maybe_drop(st, now)
             return False
-        self.take(st, now)
+        self.take(st)
+        self.begin(st, now)
         return True
 
     def release_slot(self, key: str) -> None:
         """Give back a slot of ``key``, recording the end time for the cooldown."""
         st = self._get(key)
         if st is not None and st.running > 0:
-            self.give_back(st, _loop_time(), ran=True, taken_at=math.nan)
+            self.give_back(st, _loop_time(), ran=True)
             from ._waiting import dispatch
 
             dispatch([st], _loop_time())
@@ -250,16 +256,18 @@ class TaskConstraintGroup:
         return 0.0 if has_come(until, now) else until - now
 
     def get_rate_limit_delay(self, key: str) -> float:
-        """Seconds until the rate window of ``key`` has room (0.0 if it has room now)."""
+        """Seconds until the rate window of ``key`` has room (0.0 if it has room now).
+
+        ``math.inf`` while the window is full of slots taken by triggers whose runs have not
+        started yet (their ``should_execute`` is being asked): it has room when one of them
+        is given back, or a window after the run starts."""
         st = self._get(key)
         limit = self.rate_limit
-        if st is None or limit is None or not st.window:
+        if st is None or limit is None or not (st.window or st.pending):
             return 0.0
         now = _loop_time()
-        self._purge_window(st, now)
-        if len(st.window) < limit.max_per_window:
-            return 0.0
-        return st.window[0] + limit.window - now  # not come yet: the purge kept it
+        leaves = self._window_room_at(st, now)
+        return 0.0 if leaves is None else leaves - now  # not come yet: the purge kept it
 
     def get_running_count(self, key: str) -> int:
         """How many runs of ``key`` are in flight."""
@@ -276,6 +284,7 @@ class TaskConstraintGroup:
             st.running = 0
             st.last_end = None
             st.window = None
+            st.pending = 0
             self._cancel_timer(st)
             freed.append(st)
         dispatch(freed, _loop_time())
@@ -354,14 +363,27 @@ class TaskConstraintGroup:
             cooled = st.last_end + self.cooldown
             if not has_come(cooled, now):
                 until = cooled
-        limit = self.rate_limit
-        if limit is not None and st.window:
-            self._purge_window(st, now)
-            if len(st.window) >= limit.max_per_window:
-                # Still in the window: the purge just said its end has not come.
-                leaves = st.window[0] + limit.window
+        if self.rate_limit is not None and (st.window or st.pending):
+            leaves = self._window_room_at(st, now)
+            if leaves is not None:
                 until = leaves if until is None else max(until, leaves)
         return until
+
+    def _window_room_at(self, st: KeyState, now: float) -> float | None:
+        """``None`` if the rate window of this key has room at ``now``; else when it will
+        (``math.inf``: only when a slot taken and not started yet is given back)."""
+        limit = self.rate_limit
+        assert limit is not None
+        if st.window:
+            self._purge_window(st, now)
+        window = st.window
+        over = (len(window) if window else 0) + st.pending - limit.max_per_window
+        if over < 0:
+            return None
+        if window is None or over >= len(window):
+            return math.inf
+        # Still in the window: the purge just said its end has not come.
+        return window[over] + limit.window
 
     def _purge_window(self, st: KeyState, now: float) -> None:
         """Drop the starts whose window has ended at ``now``; the rest are in it."""
@@ -371,11 +393,20 @@ class TaskConstraintGroup:
         while window and has_come(window[0] + length, now):
             window.popleft()
 
-    def take(self, st: KeyState, now: float) -> None:
-        """Take a slot at loop time ``now``, which its :meth:`give_back` must name again."""
+    def take(self, st: KeyState) -> None:
+        """Take a slot; its run :meth:`begin` s later (or it is given back unstarted)."""
         st.running += 1
         self._running_total += 1
         if self.rate_limit is not None:
+            st.pending += 1
+
+    def begin(self, st: KeyState, now: float) -> None:
+        """The run of a slot taken starts at loop time ``now``: the rate window counts it
+        from this instant (not from when the slot was taken: ``should_execute`` may take
+        time, and the window limits the runs that start)."""
+        if self.rate_limit is not None:
+            if st.pending:  # (reset() forgets it)
+                st.pending -= 1
             window = st.window
             if window is None:
                 window = st.window = deque()
@@ -385,28 +416,24 @@ class TaskConstraintGroup:
                 bisect.insort(window, now)
             else:
                 window.append(now)
+            if st.heap:
+                # A waiter parked while this place was pending waits for no timer: the
+                # place now leaves the window at a known instant.
+                until = self.blocked_until(st, now)
+                if until is not None and until != math.inf:
+                    self.arm_timer(st, until)
 
-    def give_back(self, st: KeyState, now: float, *, ran: bool, taken_at: float) -> None:
-        """Release the slot taken at loop time ``taken_at``.
-
-        ``ran=False`` is for a trigger that never started: no cooldown, and its own start
-        leaves the rate window (not another's: that one still counts).
-        """
+    def give_back(self, st: KeyState, now: float, *, ran: bool) -> None:
+        """Release a slot: of a run that started (``ran``) and ended, or of a trigger that
+        never started (no cooldown; its place in the rate window is freed, as it never
+        entered the window)."""
         st.running -= 1
         self._running_total -= 1
         if ran:
             if self.cooldown:
                 st.last_end = now
-            return
-        window = st.window
-        if window:
-            if window[-1] == taken_at:
-                window.pop()
-            else:
-                # Starts at one instant are alike; if none is left, it has left the window.
-                i = bisect.bisect_left(window, taken_at)
-                if i < len(window) and window[i] == taken_at:
-                    del window[i]
+        elif self.rate_limit is not None and st.pending:  # (reset() forgets it)
+            st.pending -= 1
 
     def arm_timer(self, st: KeyState, when: float) -> None:
         """Wake this key at loop time ``when`` (one timer per key, for its earliest need)."""

@@ -29,6 +29,7 @@ from ._waiting import (
     Shared,
     SharingRun,
     Waiter,
+    begin,
     enqueue,
     leave,
     release,
@@ -358,8 +359,7 @@ class TaskManager:
                     task._emit("failed", "failed", error=exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
-            taken_at = loop.time()
-            blocked = try_acquire(claims, taken_at, priority, owner=self._ref)
+            blocked = try_acquire(claims, loop.time(), priority, owner=self._ref)
             if blocked is not None:
                 if self._held:
                     # Without a current task (None) nothing is held: .get gives None.
@@ -378,14 +378,13 @@ class TaskManager:
                     if outcome is GO:
                         # Counted before the idle check below: this trigger goes on to run.
                         self._admitted += 1
-                        taken_at = waiter.taken_at
                 except asyncio.CancelledError:
                     future = waiter.future
                     if future.cancelled():  # still in the queue
                         leave(waiter, loop.time())
                     elif future.exception() is None and future.result() is GO:
                         # Woken, then cancelled before it could run: hand the slots on.
-                        release(claims, loop.time(), ran=False, taken_at=waiter.taken_at)
+                        release(claims, loop.time(), ran=False)
                     task._emit("cancelled", None, error="cancelled while waiting")
                     raise
                 except TaskManagerStoppedError:  # failed by stop(): it ends, as it began, seen
@@ -435,9 +434,11 @@ class TaskManager:
                         return None
             ran = True
             self._running += 1
-            if claims and sharing(claims):
-                handed_off = True  # the run gives back its slots (and counts) when it ends
-                return await self._run_shared(task, input, claims, taken_at)  # type: ignore[no-any-return]
+            if claims:
+                if sharing(claims):
+                    handed_off = True  # the run gives back its slots (and counts) when it ends
+                    return await self._run_shared(task, input, claims)  # type: ignore[no-any-return]
+                begin(claims, loop.time())  # rate windows count the run from here
             try:
                 result = await (task._run(input) if task._direct else task._trigger_coro(input))
             finally:
@@ -456,7 +457,7 @@ class TaskManager:
         finally:
             if claims is not None:
                 if not handed_off:
-                    release(claims, loop.time(), ran=ran, taken_at=taken_at)
+                    release(claims, loop.time(), ran=ran)
                 if claims:  # _held's entry, taken above (inlined: every constrained run)
                     held = self._held[current]
                     held.pop()
@@ -512,9 +513,7 @@ class TaskManager:
             "TaskManager per loop, or let the other loop's runs finish first"
         )
 
-    async def _run_shared(
-        self, task: Task[Any, Any], input: Any, claims: list[Claim], taken_at: float
-    ) -> Any:
+    async def _run_shared(self, task: Task[Any, Any], input: Any, claims: list[Claim]) -> Any:
         """Run a trigger that holds a ``share-latest`` key, in a task of its own.
 
         The triggers waiting for that key await the run as much as its caller does: if the
@@ -522,7 +521,7 @@ class TaskManager:
         is cancelled when the last of them leaves, see ``SharingRun``); else the run is
         cancelled and the caller waits for it to end, as for a run in its own task.
         """
-        run = SharingRun(claims, taken_at)
+        run = SharingRun(claims)
         runner = run.task = asyncio.get_running_loop().create_task(self._drive(task, input, run))
         self._active[runner] = None  # stop(timeout=...) reaches it even once its caller left
         # A trigger nested in the run that waits for a slot the run (or its callers) holds
@@ -544,6 +543,7 @@ class TaskManager:
 
     async def _drive(self, task: Task[Any, Any], input: Any, run: SharingRun) -> Any:
         run.began = True
+        begin(run.claims, asyncio.get_running_loop().time())  # rate windows count it from here
         result = None
         succeeded = False
         try:
@@ -568,7 +568,7 @@ class TaskManager:
         self._callers.pop(runner, None)
         if succeeded and not run.abandoned:
             share(run.claims, result, now, owner=self._ref)
-        release(run.claims, now, ran=run.began, taken_at=run.taken_at)
+        release(run.claims, now, ran=run.began)
         if self._idle is not None:
             self._check_idle()
 

@@ -38,6 +38,7 @@ __all__ = (
     "dispatch",
     "release",
     "sharing",
+    "begin",
     "try_acquire",
 )
 
@@ -60,11 +61,10 @@ class Shared:
 class SharingRun:
     """A run whose keys share their result (``share-latest``), in an asyncio task of its own."""
 
-    __slots__ = ("abandoned", "began", "claims", "taken_at", "task")
+    __slots__ = ("abandoned", "began", "claims", "task")
 
-    def __init__(self, claims: list[Claim], taken_at: float) -> None:
+    def __init__(self, claims: list[Claim]) -> None:
         self.claims = claims
-        self.taken_at = taken_at  # when its slots were taken (its place in rate windows)
         self.task: asyncio.Task[Any] | None = None
         self.began = False  # its coroutine started (a task cancelled before that never runs)
         self.abandoned = False  # cancelled because nobody awaits it: shares nothing
@@ -110,7 +110,7 @@ def sharing(claims: list[Claim]) -> bool:
 class Waiter:
     """One trigger waiting for its keys."""
 
-    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq", "taken_at")
+    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq")
 
     def __init__(
         self,
@@ -127,7 +127,6 @@ class Waiter:
         self.owner = owner  # its manager's token: the groups it claims apply while they match
         self.parked: KeyState | None = None
         self.left = False  # has stopped waiting (leave() ran)
-        self.taken_at = math.nan  # the loop time its slots were taken, once they are
 
     def __repr__(self) -> str:
         where = None if self.parked is None else self.parked.key
@@ -166,11 +165,17 @@ def try_acquire(
         if until is not None:
             return st, until
     # A removed group no longer blocks, but its slot is still taken: release() gives back
-    # every claim, and the group may be added again while this run goes on. ``now`` names
-    # these slots: release() of a trigger that never ran gives back exactly these starts.
+    # every claim, and the group may be added again while this run goes on. Its run enters
+    # rate windows when it starts (``begin``), not now: should_execute is asked first.
     for st in claims:
-        st.group.take(st, now)
+        st.group.take(st)
     return None
+
+
+def begin(claims: list[Claim], now: float) -> None:
+    """The run of a trigger whose slots were taken starts at ``now`` (rate windows count it)."""
+    for st in claims:
+        st.group.begin(st, now)
 
 
 def park(waiter: Waiter, st: Claim, until: float) -> None:
@@ -253,15 +258,12 @@ def dispatch(freed: list[Claim], now: float) -> None:
         group.maybe_drop(st, now)
 
 
-def release(claims: list[Claim], now: float, *, ran: bool, taken_at: float) -> None:
-    """Give back the slots of a finished (``ran``) or abandoned trigger and wake waiters.
-
-    ``taken_at`` is the loop time the slots were taken (what ``try_acquire`` was given, or
-    a woken waiter's ``taken_at``).
-    """
+def release(claims: list[Claim], now: float, *, ran: bool) -> None:
+    """Give back the slots of a run that started (``ran``) and ended, or of a trigger that
+    never started, and wake waiters."""
     for st in claims:
         if st.running > 0:
-            st.group.give_back(st, now, ran=ran, taken_at=taken_at)
+            st.group.give_back(st, now, ran=ran)
     dispatch(claims, now)
 
 
@@ -304,7 +306,6 @@ def _offer(waiter: Waiter, now: float) -> None:
         return
     blocked = try_acquire(waiter.claims, now, waiter.priority, waiter.seq, owner=waiter.owner)
     if blocked is None:
-        waiter.taken_at = now
         leave(waiter, now)
         waiter.future.set_result(GO)
     else:

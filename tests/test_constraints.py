@@ -1137,6 +1137,46 @@ async def test_a_start_that_never_ran_gives_back_its_own_place_in_the_rate_windo
     assert group.statistics() == idle(group)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["none", "share-latest"])
+async def test_a_run_counts_in_the_rate_window_from_the_instant_it_starts(shared: bool) -> None:
+    """1 start per 1.0 s. "slow" takes its slot at 0 and its should_execute says yes at 2.0:
+    that is when it starts, and its place in the window is held until then. So "early" (at
+    1.2) waits: starting then, it would be followed by "slow" 0.8 s later; it starts at 3.0,
+    one window after "slow" started (or, share-latest, gets the result of that run)."""
+    loop = asyncio.get_running_loop()
+    verdict: asyncio.Future[bool] = loop.create_future()
+
+    async def check(task: Task[Any, Any], x: str) -> bool:
+        return await verdict if x == "slow" else True
+
+    group = make_group(
+        rate_limit=RateLimit(max_per_window=1, window=1.0),
+        should_execute=check,
+        result_sharing="share-latest" if shared else "none",
+    )
+    manager = manager_with(group)
+    starts: dict[str, float] = {}
+
+    def work(x: str) -> str:
+        starts[x] = loop.time()
+        return x
+
+    t = Task(name="t", task_function=work)
+    slow = spawn(manager.trigger_task(t, "slow"))
+    await asyncio.sleep(1.2)
+    assert group.get_running_count("k") == 1
+    assert not group.can_run("k")
+    loop.call_at(2.0, verdict.set_result, True)
+    async with asyncio.timeout(60):
+        # Shared: "early" waits for the key and gets the result of the run of "slow".
+        assert await manager.trigger_task(t, "early") == ("slow" if shared else "early")
+    assert await slow == "slow"
+    assert starts == ({"slow": 2.0} if shared else {"slow": 2.0, "early": 3.0})
+    assert_at_most_per_window(list(starts.values()), 1, 1.0)
+    await asyncio.sleep(2.0)
+    assert group.statistics() == idle(group)
+
+
 async def test_a_woken_trigger_cancelled_before_it_runs_gives_back_its_window_place() -> None:
     """Woken at 0.5 (its slot taken then) and cancelled before it resumes: its start leaves
     the window, the next waiter takes its place at once, and the window holds exactly the

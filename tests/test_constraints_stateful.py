@@ -20,8 +20,8 @@ Checked:
 * after every step: each group's running and waiting counts match the model, and no key
   holds more runs than ``max_concurrent``;
 * after every step: no key of a rate-limited group ever had more than ``max_per_window``
-  starts in any half-open window of ``window`` seconds (a run's start, for the window, is
-  the instant its slots were taken; starts that never ran do not count);
+  starts in any half-open window of ``window`` seconds (a run's start is the instant its
+  task function begins, after a slow ``should_execute``; starts that never ran do not count);
 * priority-then-FIFO among triggers that waited with identical claims: a trigger is never
   admitted while one that ranks before it (higher priority, or same priority and earlier)
   still waits for the same keys;
@@ -304,9 +304,8 @@ class ConstraintMachine(RuleBasedStateMachine):
             self.admit(trigger)
         now = self.now()
         trigger.started = now
-        assert trigger.admitted_at is not None
-        for claim in trigger.in_force:  # the window counts the instant its slots were taken
-            self.starts.setdefault(claim, []).append(trigger.admitted_at)
+        for claim in trigger.in_force:  # the window counts the instant the run starts
+            self.starts.setdefault(claim, []).append(now)
         trigger.gate = self.loop.create_future()
         try:
             value = await trigger.gate
@@ -675,7 +674,6 @@ class ConstraintMachine(RuleBasedStateMachine):
         ends, for the groups in force."""
         now = ticks(self.now())
         found: set[int] = set()
-        admitted = [t for t in self.checking() if t.admitted_at is not None]
         for name in self.active:
             spec = self.specs[name]
             if spec.rate is not None:
@@ -683,10 +681,6 @@ class ConstraintMachine(RuleBasedStateMachine):
                 for claim, starts in self.starts.items():
                     if claim[0] == name:
                         found.update(ticks(s) + length for s in starts)
-                for t in admitted:
-                    if any(c[0] == name for c in t.in_force):
-                        assert t.admitted_at is not None
-                        found.add(ticks(t.admitted_at) + length)
             if spec.cooldown:
                 for claim, ends in self.ends.items():
                     if claim[0] == name:
