@@ -1166,12 +1166,14 @@ async def test_a_run_counts_in_the_rate_window_from_the_instant_it_starts(shared
     await asyncio.sleep(1.2)
     assert group.get_running_count("k") == 1
     assert not group.can_run("k")
+    assert group.get_rate_limit_delay("k") == math.inf  # until "slow" starts or gives back
     loop.call_at(2.0, verdict.set_result, True)
     async with asyncio.timeout(60):
         # Shared: "early" waits for the key and gets the result of the run of "slow".
         assert await manager.trigger_task(t, "early") == ("slow" if shared else "early")
     assert await slow == "slow"
     assert starts == ({"slow": 2.0} if shared else {"slow": 2.0, "early": 3.0})
+    assert group.get_rate_limit_delay("k") == 1.0  # the last start (2.0 or 3.0) counts
     assert_at_most_per_window(list(starts.values()), 1, 1.0)
     await asyncio.sleep(2.0)
     assert group.statistics() == idle(group)
