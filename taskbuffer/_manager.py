@@ -438,7 +438,10 @@ class TaskManager:
                 if sharing(claims):
                     handed_off = True  # the run gives back its slots (and counts) when it ends
                     return await self._run_shared(task, input, claims)  # type: ignore[no-any-return]
-                begin(claims, loop.time())  # rate windows count the run from here
+                for st in claims:
+                    if st.pending:  # a rate-limited key: its window counts the run from now
+                        begin(claims, loop.time())
+                        break
             try:
                 result = await (task._run(input) if task._direct else task._trigger_coro(input))
             finally:
