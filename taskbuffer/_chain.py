@@ -9,6 +9,7 @@ from typing_extensions import Unpack
 
 from ._exceptions import TaskChainError
 from ._task import Task, TaskOptions
+from ._validation import safe_repr
 
 __all__ = ("Taskchain",)
 
@@ -38,7 +39,7 @@ class Taskchain(Task[Any]):
     def add_task(self, task: Task[Any, Any]) -> None:
         """Append ``task`` to the chain."""
         if not isinstance(task, Task):
-            raise TypeError(f"a Taskchain holds Task objects, not {task!r}")
+            raise TypeError(f"a Taskchain holds Task objects, not {safe_repr(task)}")
         self._tasks.append(task)
         for subject in self._sinks:  # a registered chain's members' events go where its own go
             task._add_sink(subject)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from ._validation import check_count, check_seconds
+from ._validation import check_count, check_seconds, safe_repr
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
@@ -163,17 +163,19 @@ class TaskConstraintGroup:
         if not callable(constraint_key_for_execution):
             raise TypeError(
                 "constraint_key_for_execution must be a callable (task, input) -> str | None, "
-                f"not {constraint_key_for_execution!r}"
+                f"not {safe_repr(constraint_key_for_execution)}"
             )
         check_count("max_concurrent", max_concurrent, minimum=1, infinite=True)
         cooldown = check_seconds("cooldown", cooldown) or 0.0
         if should_execute is not None and not callable(should_execute):
-            raise TypeError(f"should_execute must be callable or None, not {should_execute!r}")
+            raise TypeError(
+                f"should_execute must be callable or None, not {safe_repr(should_execute)}"
+            )
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-            raise TypeError(f"rate_limit must be a RateLimit or None, not {rate_limit!r}")
+            raise TypeError(f"rate_limit must be a RateLimit or None, not {safe_repr(rate_limit)}")
         if result_sharing not in ("none", "share-latest"):
             raise ValueError(
-                f"result_sharing must be 'none' or 'share-latest', not {result_sharing!r}"
+                f"result_sharing must be 'none' or 'share-latest', not {safe_repr(result_sharing)}"
             )
         self.name = name
         self.constraint_key_for_execution = constraint_key_for_execution

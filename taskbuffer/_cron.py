@@ -39,6 +39,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidCronExpressionError
+from ._validation import safe_repr
 
 if TYPE_CHECKING:
     from croniter import croniter
@@ -200,7 +201,7 @@ class CronSchedule:
 
     def __init__(self, expression: str, tz: tzinfo | None = None) -> None:
         if not isinstance(expression, str):
-            raise TypeError(f"a cron expression must be a str, not {expression!r}")
+            raise TypeError(f"a cron expression must be a str, not {safe_repr(expression)}")
         fields = expression.split()
         if len(fields) not in (5, 6):
             raise InvalidCronExpressionError(expression, f"it has {len(fields)} field(s)")

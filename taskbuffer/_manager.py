@@ -117,10 +117,12 @@ class TaskManager:
         ):
             raise TypeError(
                 "distributed_coordinator must be an AbstractDistributedCoordinator or None, "
-                f"not {distributed_coordinator!r}"
+                f"not {safe_repr(distributed_coordinator)}"
             )
         if timezone is not None and not isinstance(timezone, tzinfo):
-            raise TypeError(f"timezone must be a datetime.tzinfo or None, not {timezone!r}")
+            raise TypeError(
+                f"timezone must be a datetime.tzinfo or None, not {safe_repr(timezone)}"
+            )
         self.distributed_coordinator = distributed_coordinator
         self.timezone = timezone
         self.task_subject = EventSubject()
@@ -187,7 +189,7 @@ class TaskManager:
         :raises ValueError: the task has no name, or the name is taken.
         """
         if not isinstance(task, Task):
-            raise TypeError(f"add_task takes a Task, not {task!r}")
+            raise TypeError(f"add_task takes a Task, not {safe_repr(task)}")
         name = task.name
         if name is None:
             raise ValueError("a task needs a name to be added to a TaskManager")
@@ -248,7 +250,9 @@ class TaskManager:
             added to another manager.
         """
         if not isinstance(group, TaskConstraintGroup):
-            raise TypeError(f"add_constraint_group takes a TaskConstraintGroup, not {group!r}")
+            raise TypeError(
+                f"add_constraint_group takes a TaskConstraintGroup, not {safe_repr(group)}"
+            )
         if any(g.name == group.name for g in self._groups):
             raise ValueError(f"a constraint group named {group.name!r} is already added")
         owner = group._owner
@@ -338,7 +342,7 @@ class TaskManager:
         # This one coroutine is every trigger's whole path (trigger_task is this method):
         # each frame more would cost time on the hot path and memory for every waiter.
         if type(priority) is not int:  # bool is not accepted either
-            raise TypeError(f"priority must be an int, not {priority!r}")
+            raise TypeError(f"priority must be an int, not {safe_repr(priority)}")
         if not self._accepting:
             raise TaskManagerStoppedError("the TaskManager is stopped; call start() to use it")
         claims: list[Claim] | None = None

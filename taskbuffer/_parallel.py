@@ -10,6 +10,7 @@ from typing_extensions import Unpack
 
 from ._exceptions import TaskParallelError
 from ._task import Task, TaskOptions
+from ._validation import safe_repr
 
 __all__ = ("Taskparallel",)
 
@@ -28,7 +29,7 @@ class Taskparallel(Task[list[Any]]):
     ) -> None:
         for task in task_array:
             if not isinstance(task, Task):
-                raise TypeError(f"a Taskparallel holds Task objects, not {task!r}")
+                raise TypeError(f"a Taskparallel holds Task objects, not {safe_repr(task)}")
         self._tasks: tuple[Task[Any, Any], ...] = tuple(task_array)
         super().__init__(task_function=self._run_parallel, **options)
 

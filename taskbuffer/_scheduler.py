@@ -30,7 +30,7 @@ from ._clock import loop_to_wall, now_wall, to_datetime
 from ._cron import ONCE, CronSchedule, Zone
 from ._exceptions import TaskManagerStoppedError
 from ._metadata import ScheduledTaskInfo
-from ._validation import safe_str
+from ._validation import safe_repr, safe_str
 from .distributed import (
     COORDINATOR_TIMEOUT,
     AbstractDistributedCoordinator,
@@ -156,7 +156,7 @@ class Scheduler:
     def schedule_at(self, task: Task[Any, Any], when: datetime, input: Any) -> None:
         """Run ``task`` once at ``when`` (naive: in the manager's time zone)."""
         if not isinstance(when, datetime):
-            raise TypeError(f"when must be a datetime, not {when!r}")
+            raise TypeError(f"when must be a datetime, not {safe_repr(when)}")
         if when.tzinfo is None or when.utcoffset() is None:
             # Read on the zone's clock as fixed-time cron is: a skipped time means the jump,
             # a repeated one its first occurrence.

@@ -145,7 +145,8 @@ def _effective(limit: float | None, default: float | None) -> float | None:
 def _names(service_name: str, depends_on: Sequence[str]) -> tuple[str, ...]:
     if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):
         raise TypeError(
-            f"depends_on must be a sequence of service names (e.g. a list), not {depends_on!r}"
+            "depends_on must be a sequence of service names (e.g. a list), "
+            f"not {safe_repr(depends_on)}"
         )
     names = tuple(depends_on)
     for name in names:
@@ -299,11 +300,11 @@ class Service(Generic[T]):
             raise ValueError("name must be a non-empty string, not ''")
         for option, function in (("start", start), ("stop", stop), ("health_check", health_check)):
             if function is not None and not callable(function):
-                raise TypeError(f"{option} must be callable, not {function!r}")
+                raise TypeError(f"{option} must be callable, not {safe_repr(function)}")
         if start is None:
             raise TypeError("start must be callable, not None")
         if restart not in ("never", "on-failure"):
-            raise ValueError(f"restart must be 'never' or 'on-failure', not {restart!r}")
+            raise ValueError(f"restart must be 'never' or 'on-failure', not {safe_repr(restart)}")
         backoff = float(check_number("restart_backoff", restart_backoff, minimum=1))
         self._name = name
         self._start = start
@@ -596,7 +597,7 @@ class _ServiceDecorator:
         if not inspect.isasyncgenfunction(function):
             raise TypeError(
                 "@service decorates an async generator function (start, yield the instance, "
-                f"stop); {function!r} is not one. For separate callbacks use "
+                f"stop); {safe_repr(function)} is not one. For separate callbacks use "
                 "Service(name=..., start=..., stop=...)"
             )
         lifecycle = _Lifecycle(function)

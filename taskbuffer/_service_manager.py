@@ -43,7 +43,7 @@ from ._exceptions import (
     ServiceUnavailableError,
 )
 from ._service import SERVICE_STATES, Service, ServiceEvent, ServiceState, _is_cancellation
-from ._validation import check_seconds, error_message, reraise_interrupt_later
+from ._validation import check_seconds, error_message, reraise_interrupt_later, safe_repr
 
 if TYPE_CHECKING:
     from ._task import Task
@@ -183,7 +183,7 @@ class ServiceManager:
         :raises RuntimeError: the manager is started (add services before ``start()``).
         """
         if not isinstance(service, Service):
-            raise TypeError(f"add_service takes a Service, not {service!r}")
+            raise TypeError(f"add_service takes a Service, not {safe_repr(service)}")
         if self._phase != "stopped":
             raise RuntimeError(
                 f"cannot add service {service.name!r}: the ServiceManager is {self._phase}; "
@@ -686,7 +686,8 @@ class ServiceManager:
         service = self._require(name)
         if state not in SERVICE_STATES:
             raise ValueError(
-                f"state must be one of {', '.join(map(repr, SERVICE_STATES))}, not {state!r}"
+                f"state must be one of {', '.join(map(repr, SERVICE_STATES))}, "
+                f"not {safe_repr(state)}"
             )
         limit = _check_timeout("timeout", timeout, allow_zero=True)
         if service.state == state:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from ._clock import now_wall
-from ._validation import check_number
+from ._validation import check_number, safe_repr
 
 __all__ = ("StepSpec", "StepStatus", "TaskStep", "TaskStepInfo")
 
@@ -80,7 +80,7 @@ def _coerce_step(spec: object, index: int) -> TaskStep:
 def validate_steps(specs: object) -> tuple[TaskStep, ...]:
     """Check declared steps: unique string names, percentages 0-100 summing to at most 100."""
     if isinstance(specs, str | bytes) or not isinstance(specs, Sequence):
-        raise TypeError(f"steps must be a sequence of TaskStep or mappings, not {specs!r}")
+        raise TypeError(f"steps must be a sequence of TaskStep or mappings, not {safe_repr(specs)}")
     steps = tuple(_coerce_step(spec, i) for i, spec in enumerate(specs))
     seen: set[str] = set()
     total = 0.0

@@ -108,8 +108,8 @@ def _arity(fn: Callable[..., Any]) -> int:
             )
     if required > 2:
         raise TypeError(
-            f"task_function {fn!r} requires {required} positional parameters; it is called "
-            "with 0, 1 (input) or 2 (input, setup value) positional arguments"
+            f"task_function {safe_repr(fn)} requires {required} positional parameters; it is "
+            "called with 0, 1 (input) or 2 (input, setup value) positional arguments"
         )
     return min(positional, 2)
 
@@ -290,7 +290,7 @@ class Task(Generic[R, D, In]):
         retry_max_delay: float | None = None,
     ) -> None:
         if not callable(task_function):
-            raise TypeError(f"task_function must be callable, not {task_function!r}")
+            raise TypeError(f"task_function must be callable, not {safe_repr(task_function)}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, not {name!r}")
         version = check_optional_str("version", version)
@@ -313,9 +313,11 @@ class Task(Generic[R, D, In]):
         )
         for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
             if ref is not None and not isinstance(ref, Task) and not callable(ref):
-                raise TypeError(f"{label} must be a Task or a callable returning one, not {ref!r}")
+                raise TypeError(
+                    f"{label} must be a Task or a callable returning one, not {safe_repr(ref)}"
+                )
         if task_setup is not None and not callable(task_setup):
-            raise TypeError(f"task_setup must be callable or None, not {task_setup!r}")
+            raise TypeError(f"task_setup must be callable or None, not {safe_repr(task_setup)}")
 
         self._function = task_function
         arity = _arity(task_function)
@@ -982,7 +984,7 @@ def _resolve(ref: Task[Any, Any] | Callable[[], Task[Any, Any]], label: str) -> 
         return ref
     resolved = ref()
     if not isinstance(resolved, Task):
-        raise TypeError(f"{label} factory must return a Task, not {resolved!r}")
+        raise TypeError(f"{label} factory must return a Task, not {safe_repr(resolved)}")
     return resolved
 
 

@@ -309,3 +309,47 @@ def test_labels_are_copied_and_version_kept() -> None:
     assert t.labels == {"team": "a"}
     assert t.get_metadata().version == "1.2"
     assert task_with(labels=None, version=None).labels == {}
+
+
+# ------------------------------------------------------------- values whose repr raises
+
+
+class HostileRepr:
+    """A bad argument whose ``repr`` raises: the error must still be the intended one."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr bomb")
+
+
+def _bad_calls() -> list[tuple[str, Callable[[Any], object]]]:
+    from taskbuffer import Service, ServiceManager, Taskchain, Taskparallel
+
+    return [
+        ("task_function", lambda bad: Task(task_function=bad)),
+        ("steps", lambda bad: Task(task_function=lambda: None, steps=bad)),
+        ("task_setup", lambda bad: Task(task_function=lambda: None, task_setup=bad)),
+        (
+            "constraint key",
+            lambda bad: TaskConstraintGroup(name="g", constraint_key_for_execution=bad),
+        ),
+        (
+            "rate_limit",
+            lambda bad: TaskConstraintGroup(
+                name="g", constraint_key_for_execution=lambda t, i: None, rate_limit=bad
+            ),
+        ),
+        ("chain member", lambda bad: Taskchain(task_array=[bad])),
+        ("parallel member", lambda bad: Taskparallel(task_array=[bad])),
+        ("timezone", lambda bad: TaskManager(timezone=bad)),
+        ("add_task", lambda bad: TaskManager().add_task(bad)),
+        ("add_constraint_group", lambda bad: TaskManager().add_constraint_group(bad)),
+        ("depends_on", lambda bad: Service(name="s", start=lambda: None, depends_on=bad)),
+        ("add_service", lambda bad: ServiceManager().add_service(bad)),
+    ]
+
+
+@pytest.mark.parametrize("what", [name for name, _ in _bad_calls()])
+def test_a_bad_argument_whose_repr_raises_still_gets_the_intended_error(what: str) -> None:
+    call = dict(_bad_calls())[what]
+    with pytest.raises(TypeError, match="HostileRepr object: repr\\(\\) failed: RuntimeError"):
+        call(HostileRepr())
