@@ -1088,34 +1088,27 @@ async def test_a_stop_with_a_timeout_returns_by_it_when_a_second_stop_overlaps()
     assert manager.statistics().running == 0
 
 
-async def test_a_second_stop_with_a_shorter_timeout_tightens_the_stop_in_progress() -> None:
+@pytest.mark.parametrize(
+    ("first_timeout", "second_timeout", "stopped_at"),
+    [
+        pytest.param(10, 2, 3.0, id="a shorter second timeout tightens the stop (1 + 2)"),
+        pytest.param(2, 10, 2.0, id="a longer second timeout does not loosen the first"),
+    ],
+)
+async def test_a_second_stop_in_progress_ends_at_the_earliest_deadline(
+    first_timeout: float, second_timeout: float, stopped_at: float
+) -> None:
     loop = asyncio.get_running_loop()
     manager = TaskManager()
     gates = Gates()
     run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
     await gates.wait_started(None)
-    first = spawn(manager.stop(timeout=10))
+    first = spawn(manager.stop(timeout=first_timeout))
     await asyncio.sleep(1)
-    second = spawn(manager.stop(timeout=2))
+    second = spawn(manager.stop(timeout=second_timeout))
     async with asyncio.timeout(20):
         await asyncio.gather(first, second)
-    assert loop.time() == 3.0  # the second call's deadline, 1 + 2
-    with pytest.raises(TaskManagerStoppedError):
-        await run
-
-
-async def test_a_second_stop_with_a_longer_timeout_does_not_loosen_the_first() -> None:
-    loop = asyncio.get_running_loop()
-    manager = TaskManager()
-    gates = Gates()
-    run = spawn(manager.trigger_task(Task(name="job", task_function=gates.function)))
-    await gates.wait_started(None)
-    first = spawn(manager.stop(timeout=2))
-    await asyncio.sleep(1)
-    second = spawn(manager.stop(timeout=10))
-    async with asyncio.timeout(20):
-        await asyncio.gather(first, second)
-    assert loop.time() == 2.0
+    assert loop.time() == stopped_at
     with pytest.raises(TaskManagerStoppedError):
         await run
 
