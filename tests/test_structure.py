@@ -146,40 +146,16 @@ ALLOWLIST: list[str] = [
     # --- _task.py: removed by runs ---
     "private-access _task.py <module>: from taskbuffer._events import _PendingEvent",
     "private-access _task.py <module>: from taskbuffer._events import _subscriber_raised",
-    "private-access _task.py _warn_sync_timeout: task._name",  # checks: Service._name renamed
     "private-access _task.py Task._reroute: listening[0]._sole",
     "private-access _task.py Task._reroute: listening[0]._sole",
     "private-access _task.py Task._publish: event._capture",
     "private-access _task.py Task._run: _clock._last",
     "private-access _task.py Task._run: event._capture",
     "private-access _task.py Task._run: event._capture",
-    "private-access _task.py _build_metadata: task._name",  # checks: Service._name renamed
     "import-cycle _task.py -> _buffer.py",
     "module-length _task.py",
     "function-length _task.py Task.__init__",
     "function-length _task.py Task._run",
-    # --- _service.py: removed by checks ---
-    "module-length _service.py",
-    "function-length _service.py Service.__init__",
-    # --- _service_manager.py: removed by checks ---
-    "private-access _service_manager.py <module>: from taskbuffer._service import _is_cancellation",
-    "private-access _service_manager.py ServiceManager.add_service: service._owner",
-    "private-access _service_manager.py ServiceManager.add_service: service._owner",
-    "private-access _service_manager.py ServiceManager.remove_service: service._owner",
-    "private-access _service_manager.py ServiceManager.start: service._reset",
-    "private-access _service_manager.py ServiceManager._bind: service._reset",
-    "private-access _service_manager.py ServiceManager._start_one: service._open",
-    "private-access _service_manager.py ServiceManager._halt: service._is_open",
-    "private-access _service_manager.py ServiceManager._halt: service._close",
-    "private-access _service_manager.py ServiceManager._watch: service._has_health_check",
-    "private-access _service_manager.py ServiceManager._supervise: service._probe",
-    "private-access _service_manager.py ServiceManager._recover: service._count_restart",
-    "private-access _service_manager.py ServiceManager._recover: service._is_open",
-    "private-access _service_manager.py ServiceManager._recover: service._close",
-    "private-access _service_manager.py ServiceManager._recover: service._open",
-    "private-access _service_manager.py ServiceManager._recover: service._enter",
-    "private-access _service_manager.py ServiceManager._set: service._enter",
-    "module-length _service_manager.py",
 ]
 
 
