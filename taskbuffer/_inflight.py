@@ -14,7 +14,6 @@ from typing import Any
 
 from ._admission import GO, Admission, Claim, Claimer, SharingRun, Waiter
 from ._exceptions import TaskManagerStoppedError
-from ._shared import current_task_in
 
 __all__ = ("InFlight", "other_loop_error")
 
@@ -145,7 +144,7 @@ class InFlight:
         """Queue a blocked trigger (after refusing one that would wait for itself)."""
         if self.held:
             # Without a current task (None) nothing is held.
-            self.check_self_deadlock(task, claims, current_task_in(loop))
+            self.check_self_deadlock(task, claims, asyncio.current_task(loop))
         waiter = self.admission.park(
             claims, blocked, loop.create_future(), priority, next(self.seq), self.owner
         )

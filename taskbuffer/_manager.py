@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,18 +28,6 @@ from .distributed import AbstractDistributedCoordinator
 __all__ = ("TaskManager", "TaskManagerStatistics")
 
 logger = logging.getLogger("taskbuffer")
-
-if sys.version_info >= (3, 12):
-    _current_task = asyncio.current_task  # implemented in C
-else:
-    # On 3.11 asyncio.current_task() is a Python function costing more than the rest of an
-    # unconstrained trigger's bookkeeping; this is the dict it reads, looked up directly.
-    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
-
-    def _current_task() -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = _current_tasks[asyncio.get_running_loop()]
-        return task
-
 
 # From this state up a manager takes triggers and forwards its tasks' events.
 ACCEPTING = FORWARDING = RunState.CREATED
@@ -261,7 +248,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         # No constraint group: the bookkeeping of trigger_task_constrained's run phase, here,
         # so that the hot by-name path pays for one coroutine frame and not two.
         flights = self._flights
-        current = _current_task()
+        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             # Another asyncio task's run in flight (the oldest): it must be in this loop.
@@ -335,7 +322,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         # cancels it, whether it is in should_execute or running.
         if not waited:
             flights.admitted += 1
-        current = _current_task()
+        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             flights.active[current] = None
