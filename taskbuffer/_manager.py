@@ -108,7 +108,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         # a manager alive that nothing else uses (and is then free to join another).
         self._ref = weakref.ref(self)
         self._admission = LOCAL_ADMISSION
-        self._flights = InFlight(self._admission, self._ref, self._claimers)
+        self._flights = InFlight(self._admission, self._ref)
 
     def __repr__(self) -> str:
         return (
@@ -297,7 +297,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         if self._groups:
             admission = self._admission
             loop = asyncio.get_running_loop()
-            claims = flights.claim(task, input, loop)
+            try:
+                claims = admission.claim(self._claimers, task, input, loop)
+            except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
+                flights.claim_failed(task, exc)
+                raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             blocked = admission.acquire(claims, loop.time(), priority, owner=self._ref)
             if blocked is not None:
@@ -334,8 +338,10 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
                 held.append(claims)
         ran = refused = handed_off = False
         try:
+            # Another asyncio task's run in flight (the oldest; current came last): this loop's?
             if tracked and len(flights.active) > 1:
-                flights.check_loop(current)
+                if next(iter(flights.active)).get_loop() is not current.get_loop():
+                    raise other_loop_error()
             if self._life.hard_stop:
                 refused = True
                 flights.refuse(task)
