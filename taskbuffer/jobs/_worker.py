@@ -8,8 +8,9 @@ constraints with its input, priority and id, returning the result or raising) an
   ``concurrency`` jobs (a job counts as held until its outcome is committed). It then sleeps
   until the store signals work (an enqueue in this process, another process's commit), a job
   ends here, the next delayed job falls due, or ``store.poll_interval`` passes.
-- Outcomes are committed in batches: the first outcome of a batch arms a timer of
-  :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its commit.
+- Outcomes are committed in batches: when a run ends while others still run, its outcome
+  waits up to :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its
+  commit; when no run is left, the batch is committed at once.
 - Leases are renewed every ``lease / 3`` in one call for all held jobs. A renewal that reports
   a lost lease cancels the local run and its outcome is dropped (and logged); one that reports
   a cancel request cancels the run and finishes the job ``cancelled``.
@@ -226,7 +227,9 @@ class JobWorker:
 
     async def _flush_soon(self) -> None:
         try:
-            await asyncio.sleep(FLUSH_WINDOW)
+            await asyncio.sleep(0)  # the runs that end in this loop iteration join the batch
+            if any(held.runner is not None for held in self._held.values()):
+                await asyncio.sleep(FLUSH_WINDOW)  # others still run: give them a moment
             await self._flush_now()
         finally:
             self._flush_task = None
