@@ -2,11 +2,14 @@
 
 A backend makes stores on a fresh, empty database and knows how to tamper with one for the
 schema-version test. ``memory`` and ``sqlite`` live here. The PostgreSQL backend is the pg
-helper's: ``tests/_pg_support.py`` provides a fixture named ``postgres_job_backend`` that
-returns an object with the same three methods (its own server and a fresh database or schema
-per ``make`` call, cleaned up by the fixture). When that module, that fixture or the server is
-missing, the ``postgres`` parameter skips (and CI turns the skip of an external test into a
-failure).
+helper's hook: ``tests/_pg_support.py`` provides a plain function
+``job_backend(request: pytest.FixtureRequest) -> Backend`` (not a fixture: fixtures of a helper
+module are invisible to pytest) that returns an object with the three methods below, on its
+own server (started once per session, for example kept in ``request.config.stash``, and
+stopped with ``request.session``'s finalizer or ``atexit``), a fresh database or schema per
+``make`` call. It may call ``pytest.skip`` when PostgreSQL is not installed. When the module
+or the function is missing, the ``postgres`` parameter skips; CI turns the skip of an
+external test into a failure.
 """
 
 from __future__ import annotations
@@ -101,9 +104,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         return MemoryBackend()
     if request.param == "sqlite":
         return SQLiteBackend(tmp_path)
-    if _pg_support is None or not hasattr(_pg_support, "postgres_job_backend"):
-        pytest.skip("tests/_pg_support.py provides no postgres_job_backend fixture")
-    pg: Backend = request.getfixturevalue("postgres_job_backend")
+    hook = getattr(_pg_support, "job_backend", None)
+    if hook is None:
+        pytest.skip("tests/_pg_support.py provides no job_backend(request) hook")
+    pg: Backend = hook(request)
     return pg
 
 
