@@ -118,20 +118,28 @@ class JobWorker:
         self._signal()
 
     async def stop_claiming(self) -> None:
-        """Claim nothing more; wait for a claim in progress to end."""
+        """Claim nothing more; wait for a claim in progress to end.
+
+        A claim under way is not cancelled (its transaction would commit anyway, leaving jobs
+        held by nobody until their lease ran out): its jobs start, meet the stopping manager
+        and are released.
+        """
         self._claiming = False
         claimer, self._claimer = self._claimer, None
         if claimer is not None:
-            claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
+            if self._wake is not None:
+                self._wake.set()
+            await claimer
 
     async def drain(self) -> None:
         """After the manager's runs ended: commit every outcome, stop renewing, unsubscribe."""
         runners = [h.runner for h in self._held.values() if h.runner is not None]
         if runners:
             await asyncio.wait(runners)
-        await self._flush_now()
+        if self._flush_task is not None:
+            await self._flush_task
+        # One last try: a store that is down now leaves these jobs to their lease's end.
+        await self._flush_now(retry=False)
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
@@ -234,17 +242,20 @@ class JobWorker:
         finally:
             self._flush_task = None
 
-    async def _flush_now(self) -> None:
+    async def _flush_now(self, *, retry: bool = True) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 applied = await self.store.finish(batch, now=now_wall())
             except Exception:
                 logger.exception(
-                    "job worker %r: committing %d outcome(s) failed; retrying",
+                    "job worker %r: committing %d outcome(s) failed%s",
                     self.worker_id,
                     len(batch),
+                    "; retrying" if retry else "; their leases will run out",
                 )
+                if not retry:
+                    return
                 self._pending[:0] = batch
                 await asyncio.sleep(RETRY_DELAY)
                 continue
