@@ -15,6 +15,7 @@ external test into a failure.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -84,10 +85,10 @@ class SQLiteBackend:
 # ----------------------------------------------------------------------------- fixtures
 # Test modules import these two fixtures (``from _jobs_support import backend, store``).
 
-try:
-    import _pg_support
-except ImportError:  # the pg helper's module is not there: the postgres param skips
-    _pg_support = None  # type: ignore[assignment]
+try:  # the pg helper's module; without it the postgres param skips
+    _pg_support: Any = importlib.import_module("_pg_support")
+except ImportError:
+    _pg_support = None
 
 BACKENDS = [
     pytest.param("memory"),

@@ -30,7 +30,9 @@ def request(task: str = "work", **fields: Any) -> JobRequest:
     return JobRequest(task_name=task, **fields)
 
 
-async def claim(store: JobStore, *names: str, limit: int = 10, now: float = T0, worker: str = "w1"):
+async def claim(
+    store: JobStore, *names: str, limit: int = 10, now: float = T0, worker: str = "w1"
+) -> list[Claim]:
     return await store.claim(worker_id=worker, task_names=names or ("work",), limit=limit, now=now)
 
 
@@ -355,7 +357,7 @@ def test_options_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="lease must be"):
         MemoryJobStore(lease=0)
     with pytest.raises(TypeError, match="serializer must have dumps"):
-        MemoryJobStore(serializer=object())  # type: ignore[arg-type]
+        MemoryJobStore(serializer=object())
 
 
 # ------------------------------------------------------------------------- URLs
