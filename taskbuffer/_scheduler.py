@@ -7,11 +7,7 @@ constraints. If the loop was blocked past one or more further ticks of the same 
 are coalesced into that one run: the task emits a ``missed`` event saying how many were missed
 and the ``taskbuffer`` logger warns; nothing is replayed in a burst.
 
-With a distributed coordinator, each cron tick is first offered to it and runs here only if
-it answers ``should_trigger``; one-off runs are not offered. A run that coalesced missed ticks
-is offered as the oldest of them, the tick it is late for: a coordinator that refuses ticks
-that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a long pause from
-claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
+What a tick does around its run (the coordinator, a job store) is in :mod:`taskbuffer._ticks`.
 """
 
 from __future__ import annotations
@@ -22,18 +18,29 @@ import itertools
 import logging
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._clock import loop_to_wall, now_wall, to_datetime
 from ._cron import ONCE, CronSchedule, Zone
 from ._metadata import ScheduledTaskInfo
+from ._schedule_entry import Entry, soonest_runs
 from ._task import set_cron_schedule, set_next_run
-from ._ticks import MISSED_COUNT_LIMIT, describe, offer, report, report_missed, run_logged
+from ._ticks import (
+    MISSED_COUNT_LIMIT,
+    catch_up_ticks,
+    describe,
+    offer,
+    report,
+    report_missed,
+    run_logged,
+    store_tick,
+)
 from ._validation import safe_repr
 
 if TYPE_CHECKING:
+    from ._manager_jobs import JobSide
     from ._task import Task
     from .distributed import (
         AbstractDistributedCoordinator,
@@ -61,24 +68,6 @@ class SchedulerHost(Protocol):
     async def trigger_task_constrained(self, task: Task[Any, Any], input: Any) -> Any: ...
 
 
-@dataclass(slots=True, eq=False)
-class _Entry:
-    """One schedule: a cron schedule of a task, or one pending one-off run."""
-
-    task: Task[Any, Any]
-    when: float  # epoch seconds of the next fire
-    cron: CronSchedule | None  # None for a one-off run
-    input: Any
-    # Breaks ties between equal instants, first scheduled first. A one-off run keeps its
-    # number, so it has the same place in the manager's heap and in its task's heap.
-    seq: int
-    active: bool = True
-
-    @property
-    def schedule(self) -> str:
-        return ONCE if self.cron is None else self.cron.expression
-
-
 class Scheduler:
     """The schedules of one manager: cron schedules and pending one-off runs.
 
@@ -101,16 +90,17 @@ class Scheduler:
         "_timer",
         "_timer_when",
         "submitter_id",
+        "ticks_as_jobs",
     )
 
     def __init__(self, manager: SchedulerHost) -> None:
         self._manager = manager
-        self._cron: dict[Task[Any, Any], _Entry] = {}
+        self._cron: dict[Task[Any, Any], Entry] = {}
         # Each task's pending one-off runs, a heap on (when, seq): the soonest is [0], and it
         # is the one the timer fires next, so scheduling and firing cost O(log n) each.
-        self._once: dict[Task[Any, Any], list[tuple[float, int, _Entry]]] = {}
+        self._once: dict[Task[Any, Any], list[tuple[float, int, Entry]]] = {}
         self._once_count = 0
-        self._heap: list[tuple[float, int, _Entry]] = []
+        self._heap: list[tuple[float, int, Entry]] = []
         self._dead = 0  # inactive entries still in the heap
         self._seq = itertools.count()
         self._started = False
@@ -120,9 +110,11 @@ class Scheduler:
         self._timer_when = math.nan
         # Tick runs in flight -> their schedule until they are handed to the manager, then None.
         # stop() cancels those not handed yet (they may be waiting for the coordinator).
-        self._ticks: dict[asyncio.Task[None], _Entry | None] = {}
+        self._ticks: dict[asyncio.Task[None], Entry | None] = {}
         # Names this manager to a distributed coordinator, the same for all its requests.
         self.submitter_id = os.urandom(16).hex()
+        # The manager's job side when it has a store: ticks are stored as jobs there.
+        self.ticks_as_jobs: JobSide | None = None
 
     def __repr__(self) -> str:
         return (
@@ -148,7 +140,7 @@ class Scheduler:
         old = self._cron.pop(task, None)
         if old is not None:
             self._retire(old)
-        entry = _Entry(task, parsed.next_after(now_wall()), parsed, None, next(self._seq))
+        entry = Entry(task, parsed.next_after(now_wall()), parsed, None, next(self._seq))
         self._cron[task] = entry
         set_cron_schedule(task, parsed.expression)
         self._push(entry)
@@ -165,11 +157,11 @@ class Scheduler:
             instant = Zone(self._manager.timezone).first_reaching(when.replace(tzinfo=None))
         else:
             instant = when.timestamp()
-        entry = _Entry(task, instant, None, input, next(self._seq))
+        entry = Entry(task, instant, None, input, next(self._seq))
         self._add_once(entry)
         self._arm()
 
-    def _add_once(self, entry: _Entry) -> None:
+    def _add_once(self, entry: Entry) -> None:
         """Make the one-off run ``entry`` pending."""
         item = (entry.when, entry.seq, entry)
         pending = self._once.get(entry.task)
@@ -198,7 +190,7 @@ class Scheduler:
         set_next_run(task, None)
         self._arm()
 
-    def _retire(self, entry: _Entry) -> None:
+    def _retire(self, entry: Entry) -> None:
         entry.active = False
         self._dead += 1
         heap = self._heap
@@ -207,7 +199,7 @@ class Scheduler:
             heapq.heapify(self._heap)
             self._dead = 0
 
-    def _push(self, entry: _Entry) -> None:
+    def _push(self, entry: Entry) -> None:
         heapq.heappush(self._heap, (entry.when, entry.seq, entry))
 
     def _refresh(self, task: Task[Any, Any]) -> None:
@@ -246,19 +238,8 @@ class Scheduler:
 
     def next_runs(self, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` soonest scheduled runs: one per cron schedule, one per one-off run."""
-        entries = itertools.chain(
-            self._cron.values(),
-            (item[2] for pending in self._once.values() for item in pending),
-        )
-        soonest = heapq.nsmallest(limit, entries, key=lambda entry: entry.when)
-        return [
-            {
-                "task_name": entry.task.name,
-                "next_run": to_datetime(entry.when),
-                "schedule": entry.schedule,
-            }
-            for entry in soonest
-        ]
+        once = (item[2] for pending in self._once.values() for item in pending)
+        return soonest_runs(itertools.chain(self._cron.values(), once), limit)
 
     def count(self) -> int:
         """Cron schedules plus pending one-off runs."""
@@ -412,7 +393,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------ ticks
 
-    async def _run_entry(self, entry: _Entry, when: float, missed: int) -> None:
+    async def _run_entry(self, entry: Entry, when: float, missed: int) -> None:
         """One scheduled run, in its own asyncio task, through the constraints.
 
         A cron tick is first offered to the coordinator (if any), and reported to it after.
@@ -426,9 +407,12 @@ class Scheduler:
         request: DistributedTaskRequest | None = None
         status: DistributedRequestStatus = "failed"
         try:
+            if cron is not None and missed:
+                report_missed(task, cron, missed)
+            if self.ticks_as_jobs is not None:
+                await self._store_tick(self.ticks_as_jobs, entry, when)
+                return
             if cron is not None:
-                if missed:
-                    report_missed(task, cron, missed)
                 if coordinator is not None:
                     request = await offer(coordinator, self.submitter_id, task, when)
                     if request is None:
@@ -444,3 +428,19 @@ class Scheduler:
                 await report(coordinator, replace(request, status=status))
         finally:
             self._ticks.pop(tick, None)
+
+    async def _store_tick(self, jobs: JobSide, entry: Entry, when: float) -> None:
+        """Store a tick or one-off run as a job (a failure is logged: nobody awaits a tick)."""
+        tick = asyncio.current_task()
+        assert tick is not None
+        self._ticks[tick] = None  # stop() leaves the store's write to finish
+        task = entry.task
+        if task.name is not None and self._manager.get_task_by_name(task.name) is task:
+            await store_tick(jobs, task, entry.input, when, entry.cron)
+
+    async def catch_up(self, jobs: JobSide) -> None:
+        """Store one job for the ticks of each cron schedule missed since its last stored tick
+        (no manager sharing the store was running), with a ``missed`` event."""
+        for task, entry in list(self._cron.items()):
+            if entry.cron is not None:
+                await catch_up_ticks(jobs, task, entry.cron)

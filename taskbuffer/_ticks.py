@@ -5,6 +5,18 @@ The scheduler (``_scheduler.py``) decides when a tick is due and hands it to the
 functions are the tick's dealings with the task's event stream and with the coordinator.
 Nobody awaits a tick, so what goes wrong here is logged, not raised, except a cancellation
 (the tick's own) and an interrupt (see :func:`passes_through`).
+
+With a distributed coordinator, each cron tick is first offered to it and runs here only if
+it answers ``should_trigger``; one-off runs are not offered. A run that coalesced missed ticks
+is offered as the oldest of them, the tick it is late for: a coordinator that refuses ticks
+that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a long pause from
+claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
+
+With a job store (the scheduler's ``ticks_as_jobs``, set by the manager), a tick or one-off
+run is not run here: it is stored as a job due at its instant (a cron tick under a key naming
+task and instant, so it is stored once however many managers share the store), and whichever
+worker claims it runs it; the coordinator is not asked. :meth:`Scheduler.catch_up` turns the ticks
+missed while no manager ran into one job.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from ._clock import to_datetime
+from ._clock import now_wall, to_datetime
 from ._exceptions import TaskManagerStoppedError
 from ._task import emit_notice
 from ._validation import safe_str
@@ -28,10 +40,12 @@ from .distributed import (
 
 if TYPE_CHECKING:
     from ._cron import CronSchedule
+    from ._manager_jobs import JobSide
     from ._task import Task
 
 __all__ = (
     "MISSED_COUNT_LIMIT",
+    "catch_up_ticks",
     "describe",
     "offer",
     "passes_through",
@@ -39,6 +53,7 @@ __all__ = (
     "report_missed",
     "retrieve",
     "run_logged",
+    "store_tick",
 )
 
 logger = logging.getLogger("taskbuffer")
@@ -47,16 +62,50 @@ logger = logging.getLogger("taskbuffer")
 MISSED_COUNT_LIMIT = 100_000
 
 
-def report_missed(task: Task[Any, Any], cron: CronSchedule, missed: int) -> None:
+def report_missed(
+    task: Task[Any, Any],
+    cron: CronSchedule,
+    missed: int,
+    while_: str = "the event loop was blocked",
+) -> None:
     """Say that ``missed`` ticks of ``cron`` were coalesced into this run (log and event)."""
     count = f"{missed}+" if missed >= MISSED_COUNT_LIMIT else str(missed)
     ticks_were = "tick was" if missed == 1 else "ticks were"
     message = (
-        f"{count} {ticks_were} missed while the event loop was blocked "
-        f"({cron.expression!r}); coalesced into this run"
+        f"{count} {ticks_were} missed while {while_} ({cron.expression!r}); coalesced into this run"
     )
     logger.warning("task %r: %s", task.name, message)
     emit_notice(task, "missed", message)
+
+
+async def store_tick(
+    jobs: JobSide, task: Task[Any, Any], input: Any, when: float, cron: CronSchedule | None
+) -> None:
+    """Store a tick or one-off run of a registered task as a job; a failure is logged
+    (nobody awaits a tick)."""
+    assert task.name is not None
+    try:
+        await jobs.enqueue_tick(task.name, input, when, cron=cron is not None)
+    except Exception as exc:
+        logger.error("%s could not be stored as a job", describe(task, cron), exc_info=exc)
+
+
+async def catch_up_ticks(jobs: JobSide, task: Task[Any, Any], cron: CronSchedule) -> None:
+    """Store one job for the ticks of ``cron`` missed since the task's last stored tick (no
+    manager sharing the store was running), with a ``missed`` event."""
+    if task.name is None:
+        return
+    last = await jobs.last_tick(task.name)
+    if last is None:
+        return
+    now = now_wall()
+    missed, latest = 0, None
+    following = cron.next_after(last)
+    while following <= now and missed < MISSED_COUNT_LIMIT:
+        missed, latest = missed + 1, following
+        following = cron.next_after(following)
+    if latest is not None and await jobs.enqueue_tick(task.name, None, latest, cron=True):
+        report_missed(task, cron, missed, while_="no worker was running")
 
 
 async def offer(
