@@ -490,3 +490,54 @@ async def test_7_a_one_off_run_falling_due_on_a_started_manager_runs_once(
         await m.stop()
     assert ran == ["x"] and len(await m.list_jobs()) == 1
     assert "could not be stored" not in caplog.text
+
+
+async def test_8_stop_while_a_claim_is_under_way_releases_what_it_claimed() -> None:
+    claiming = asyncio.Event()
+    gate = asyncio.Event()
+
+    class SlowClaims(MemoryJobStore):
+        async def claim(self, **options: Any) -> Any:
+            if not gate.is_set():
+                claiming.set()
+                await gate.wait()
+            return await super().claim(**options)
+
+    ran: list[int] = []
+    m = TaskManager(job_store=SlowClaims(), job_concurrency=3)
+    m.add_task(Task(task_function=ran.append, name="t"))
+    jobs = [await m.enqueue("t", n) for n in range(2)]
+    async with asyncio.timeout(10):
+        await m.start()
+        await claiming.wait()
+        stopping = asyncio.get_running_loop().create_task(m.stop())
+        await asyncio.sleep(0)
+        gate.set()  # the claim commits after stop() began
+        await stopping
+    assert ran == []
+    for job in jobs:
+        back = await m.get_job(job.id)
+        assert back is not None and back.status == "queued" and back.attempts == 0
+        assert [a.outcome for a in await m.get_job_attempts(job.id)] == ["released"]
+    current = asyncio.current_task()
+    assert [t for t in asyncio.all_tasks() if t is not current] == []
+
+
+async def test_6_concurrent_enqueues_with_one_dedupe_key_store_one_job(backend: Backend) -> None:
+    first = backend.make()
+    await first.open()
+    second = backend.another(first)
+    await second.open()
+    try:
+        async with asyncio.timeout(10):
+            jobs = await asyncio.gather(
+                *(
+                    made.enqueue(JobRequest(task_name="t", dedupe_key="k", input=n), now=T0)
+                    for n, made in enumerate([first, second] * 4)
+                )
+            )
+        assert len({job.id for job in jobs}) == 1
+        assert len(await first.list_jobs()) == 1
+    finally:
+        await first.close()
+        await second.close()
