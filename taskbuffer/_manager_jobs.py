@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .jobs import Job, JobAttempt, JobStatus, JobStore
     from .jobs._worker import JobWorker
 
-__all__ = ("INT32_MAX", "INT32_MIN", "JobSide", "check_id", "job_side_for")
+__all__ = ("INT32_MAX", "INT32_MIN", "INT64_MAX", "JobSide", "check_id", "job_side_for")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -123,6 +123,7 @@ class JobSide:
         if not self._opened:
             await self.store.open()
             self._opened = True
+        await self._once.settle()  # a background write under way is part of "so far"
         if self._once.unwritten:
             await self._once.flush(self.store)
         return self.store
@@ -315,8 +316,8 @@ class JobSide:
                 f"status must be one of {', '.join(_STATUSES)} or None, not {status!r}"
             )
         check_optional_str("task_name", task_name)
-        check_count("limit", limit, minimum=0)
-        check_count("offset", offset, minimum=0)
+        _check_stored_int("limit", limit, minimum=0, maximum=INT64_MAX)
+        _check_stored_int("offset", offset, minimum=0, maximum=INT64_MAX)
         store = await self._open()
         return await store.list_jobs(status=status, task_name=task_name, limit=limit, offset=offset)
 
@@ -380,14 +381,17 @@ class JobSide:
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 """The integers every job store can hold (PostgreSQL's ``integer``)."""
 
+INT64_MAX = 2**63 - 1
+"""The largest ``LIMIT`` and ``OFFSET`` every store's SQL takes."""
 
-def _check_stored_int(name: str, value: Any, *, minimum: int) -> None:
-    """An int option of a job, within what every store can hold."""
-    accepted = f"an int from {minimum} to {INT32_MAX} (what every job store holds)"
+
+def _check_stored_int(name: str, value: Any, *, minimum: int, maximum: int = INT32_MAX) -> None:
+    """An int option of a job or a look-up, within what every store can hold."""
+    accepted = f"an int from {minimum} to {maximum} (what every job store holds)"
     if isinstance(value, bool) or not isinstance(value, int):
         shown = f"{type(value).__qualname__} {safe_repr(value)}"
         raise TypeError(f"{name} must be {accepted}, not {shown}")
-    if not minimum <= value <= INT32_MAX:
+    if not minimum <= value <= maximum:
         raise ValueError(f"{name} must be {accepted}, not {value!r}")
 
 

@@ -123,6 +123,17 @@ async def test_enqueue_refuses_priorities_and_attempts_that_no_store_can_hold(
     assert edge.priority == -(2**31) and edge.max_attempts == 2**31 - 1
 
 
+async def test_list_jobs_refuses_a_limit_or_offset_no_store_takes(
+    stores: Callable[..., JobStore],
+) -> None:
+    m = TaskManager(job_store=stores())
+    with pytest.raises(ValueError, match=r"limit must be an int from 0 to 9223372036854775807"):
+        await m.list_jobs(limit=2**63)
+    with pytest.raises(ValueError, match=r"offset must be an int from 0 to 9223372036854775807"):
+        await m.list_jobs(offset=2**64)
+    assert await m.list_jobs(limit=2**63 - 1, offset=2**63 - 1) == []
+
+
 # ------------------------------------------------------------- waiting at its edges
 
 
@@ -541,3 +552,43 @@ async def test_6_concurrent_enqueues_with_one_dedupe_key_store_one_job(backend: 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_7_many_one_off_runs_scheduled_at_once_share_one_write() -> None:
+    class Counting(MemoryJobStore):
+        writes = 0
+
+        async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> Any:
+            self.writes += 1
+            return await super().enqueue_many(requests, now=now)
+
+    counting = Counting()
+    m = TaskManager(job_store=counting)
+    m.add_task(Task(task_function=lambda n: n, name="t"))
+    for n in range(50):
+        m.schedule_task_at("t", datetime.fromtimestamp(T0 + n, UTC), n)
+    async with asyncio.timeout(5):
+        jobs = await m.list_jobs()
+    assert sorted(job.input for job in jobs) == list(range(50)) and counting.writes == 1
+
+
+async def test_7_descheduling_while_the_write_is_under_way_cancels_the_stored_run() -> None:
+    writing = asyncio.Event()
+    gate = asyncio.Event()
+
+    class SlowWrites(MemoryJobStore):
+        async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> Any:
+            writing.set()
+            await gate.wait()
+            return await super().enqueue_many(requests, now=now)
+
+    m = TaskManager(job_store=SlowWrites())
+    m.add_task(Task(task_function=lambda: None, name="t"))
+    m.schedule_task_at("t", datetime.fromtimestamp(T0, UTC))
+    async with asyncio.timeout(5):
+        await writing.wait()
+        m.deschedule_task_by_name("t")
+        gate.set()
+        [job] = await m.list_jobs()
+        await m.stop()
+    assert job.status == "cancelled"

@@ -25,12 +25,21 @@ __all__ = ("OnceRuns",)
 
 
 class _Run:
-    __slots__ = ("dropped", "job_id", "request")
+    __slots__ = ("dropped", "job_id", "request", "undone")
 
     def __init__(self, request: JobRequest) -> None:
         self.request = request
         self.job_id: str | None = None
         self.dropped = False
+        self.undone = False  # dropped after it was stored, and its job cancelled
+
+    @property
+    def needs_write(self) -> bool:
+        """To store (not dropped yet), or stored and to cancel (dropped). A run dropped
+        before it was stored needs nothing: a write of it under way cancels it when done."""
+        if self.dropped:
+            return self.job_id is not None and not self.undone
+        return self.job_id is None
 
 
 class OnceRuns:
@@ -65,11 +74,14 @@ class OnceRuns:
                 self._outbox.append(run)
 
     def write_soon(self, write: Callable[[], Awaitable[None]]) -> None:
-        """Run ``write()`` in the background on the running loop (none: it waits for the
-        manager's next awaited job call)."""
+        """Run ``write()`` in the background on the running loop, unless a background write
+        is under way (it takes what was recorded meanwhile: one transaction for many
+        calls); with no running loop, the write waits for the manager's next job call."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            return
+        if any(not w.done() and w.get_loop() is loop for w in self._writers):
             return
         writer = loop.create_task(_awaited(write()), name="taskbuffer-once-runs")
         self._writers.add(writer)
@@ -78,18 +90,20 @@ class OnceRuns:
     async def settle(self) -> None:
         """Wait for the background writes under way (they log their own failures)."""
         current = asyncio.current_task()
-        writers = [writer for writer in self._writers if writer is not current]
+        loop = asyncio.get_running_loop()  # a writer of a loop closed since is forgotten
+        writers = [w for w in self._writers if w is not current and w.get_loop() is loop]
         if writers:
             await asyncio.wait(writers)
 
     async def flush(self, store: JobStore) -> None:
-        """Make every recorded write; a failure leaves it (and those after it) recorded."""
+        """Make every recorded write, the new runs in one transaction; a failure leaves what
+        it did not do recorded."""
         while self._outbox:
-            run = self._outbox.pop(0)
+            batch, self._outbox = self._outbox, []
             try:
-                await self._write(store, run)
+                await self._write(store, batch)
             except BaseException:
-                self._outbox.insert(0, run)
+                self._outbox[:0] = [run for run in batch if run.needs_write]
                 raise
 
     async def fire(self, token: object, store: JobStore) -> None:
@@ -98,23 +112,27 @@ class OnceRuns:
         if run is None or run.job_id is not None:
             return
         try:
-            await self._write(store, run)
+            await self._write(store, [run])
         except BaseException:
             self._outbox.append(run)
             raise
 
     @staticmethod
-    async def _write(store: JobStore, run: _Run) -> None:
-        if run.job_id is None:
-            if run.dropped:
-                return  # never written: nothing to undo (a write under way checks below)
-            run.job_id = (await store.enqueue(run.request, now=now_wall())).id
-        if run.dropped:
-            # Only while queued: descheduling drops runs still to come, as it does without a
-            # store, and leaves one that a worker has begun alone.
-            stored = await store.get(run.job_id)
-            if stored is not None and stored.status == "queued":
-                await store.cancel(run.job_id, now=now_wall())
+    async def _write(store: JobStore, runs: list[_Run]) -> None:
+        new = [run for run in runs if run.job_id is None and not run.dropped]
+        if new:
+            jobs = await store.enqueue_many([run.request for run in new], now=now_wall())
+            for run, job in zip(new, jobs, strict=True):
+                run.job_id = job.id
+        for run in runs:
+            if run.dropped and run.needs_write:
+                assert run.job_id is not None
+                # Only while queued: descheduling drops runs still to come, as it does
+                # without a store, and leaves one that a worker has begun alone.
+                stored = await store.get(run.job_id)
+                if stored is not None and stored.status == "queued":
+                    await store.cancel(run.job_id, now=now_wall())
+                run.undone = True
 
 
 async def _awaited(write: Awaitable[None]) -> None:
