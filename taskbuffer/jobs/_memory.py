@@ -109,6 +109,8 @@ class MemoryJobStore(JobStore):
         return jobs
 
     def _existing(self, request: JobRequest) -> _Row | None:
+        if request.schedule_key is None and request.dedupe_key is None:
+            return None  # nothing to look for (no scan: enqueueing n jobs stays linear)
         for row in self._rows.values():
             if request.schedule_key is not None and row.schedule_key == request.schedule_key:
                 return row
