@@ -488,3 +488,9 @@ class TaskConstraintGroup:
         self._cancel_timer(st)
         if self._state.get(st.key) is st:
             del self._state[st.key]
+
+
+def key_counts(group: TaskConstraintGroup) -> list[tuple[str, int, int]]:
+    """``(key, running, waiting)`` for every key ``group`` holds state for, for inspection
+    (the dashboard); waiting counts triggers that claim the key wherever they are parked."""
+    return [(st.key, st.running, st.waiting) for st in group._state.values()]
