@@ -101,6 +101,15 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "  consumer  stopped\n  database  stopping\n  database  stopped\n",
         "after stop: service 'consumer' is not available: the ServiceManager is stopped",
     ],
+    "dashboard.py": [
+        "dashboard on http://127.0.0.1:0/ (Ctrl-C to stop)",
+        " syncs finished: ",
+    ],
+}
+
+# Arguments for the examples that run until stopped.
+EXAMPLE_ARGS: dict[str, list[str]] = {
+    "dashboard.py": ["--seconds", "2", "--port", "0"],
 }
 
 
@@ -125,7 +134,7 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
     processes = {
         name: subprocess.Popen(
             # -W error: a warning in an example fails it, as it would fail the test suite.
-            [sys.executable, "-W", "error", str(EXAMPLES / name)],
+            [sys.executable, "-W", "error", str(EXAMPLES / name), *EXAMPLE_ARGS.get(name, [])],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

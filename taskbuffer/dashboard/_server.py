@@ -114,6 +114,7 @@ async def serve_dashboard(
         port=port,
         log_level=log_level,
         lifespan="off",
+        ws="none",  # the dashboard uses no websockets: do not import a websockets library
         timeout_graceful_shutdown=5,
     )
     server = _Server(config, dashboard)
