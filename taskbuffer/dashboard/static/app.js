@@ -5,6 +5,7 @@
 (() => {
   const TERMINAL = new Set(["completed", "failed", "cancelled", "skipped"]);
   const MAX_EVENTS = 200;
+  const EVENT_STATES = { started: "running", step: "running", retrying: "waiting", missed: "waiting" };
   const JOBS_PAGE = 20;
   const token = new URLSearchParams(location.search).get("token");
 
@@ -255,7 +256,7 @@
       if (group.more_keys) rows.push(el("tr", null, el("td", { colSpan: 3, className: "muted", text: "+ " + group.more_keys + " quieter keys" })));
       return el("div", { className: "group", "data-group": group.name },
         el("h3", { text: group.name + " " }, el("span", { className: "muted", text: limits.join(", ") })),
-        el("div", { className: "muted", text: group.running + " running, " + group.waiting + " waiting, " + group.tracked_keys + " keys" }),
+        el("div", { className: "muted", text: group.running + " running, " + group.waiting + " waiting, " + group.tracked_keys + (group.tracked_keys === 1 ? " key" : " keys") }),
         rows.length ? el("table", null,
           el("thead", null, el("tr", null, el("th", { text: "Key" }), el("th", { className: "num", text: "Running" }), el("th", { className: "num", text: "Waiting" }))),
           el("tbody", null, ...rows)) : null,
@@ -295,7 +296,7 @@
     return el("li", { "data-type": event.type, "data-task": event.task },
       timeEl(event.timestamp),
       el("span", { className: "what", text: event.task }),
-      badge(event.type === "started" || event.type === "step" ? "running" : event.type),
+      el("span", { className: "badge", "data-state": EVENT_STATES[event.type] || event.type, text: event.type }),
       event.step_name ? el("span", { text: event.step_name }) : null,
       event.error ? el("span", { className: "error", text: event.error }) : null,
     );
@@ -395,7 +396,7 @@
       el("thead", null, el("tr", null, ...["Worker", "Started", "Finished", "Outcome", "Error"].map((h) => el("th", { text: h })))),
       el("tbody", null, ...job.attempts_trail.map((a) => el("tr", null,
         el("td", { text: a.worker_id }), el("td", null, timeEl(a.started_at)), el("td", null, timeEl(a.finished_at)),
-        el("td", null, badge(a.outcome || "running")), el("td", { className: "error", text: a.error || "" }))))));
+        el("td", null, badge(a.outcome || "running")), el("td", { className: "error", text: a.error || "" })))));
     const detail = $("job-detail");
     detail.replaceChildren(
       el("h3", { text: "Job " + job.id + " " }, badge(job.status)),
