@@ -1,6 +1,6 @@
 """What the dashboard shows, as JSON-ready values read from a manager (and services).
 
-Everything here reads the manager through its public API, plus ``key_counts`` of the
+Everything here reads the manager through its public API, plus ``key_table`` of the
 constraints module for the per-key table. Runs (``get_active_runs``, ``event.run``) and jobs
 (``list_jobs``...) are shown when the manager has them: the page hides those panels otherwise.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._constraints import key_counts
+from .._constraints import key_table
 from .._validation import safe_repr
 
 if TYPE_CHECKING:
@@ -152,7 +152,8 @@ class DashboardState:
         entries = []
         for group in self.manager.constraint_groups:
             stats = group.statistics()
-            keys = sorted(key_counts(group), key=lambda k: (-k[1], -k[2], k[0]))
+            counts = [(st.key, st.running, st.waiting) for st in key_table(group).states.values()]
+            keys = sorted(counts, key=lambda k: (-k[1], -k[2], k[0]))
             rate = group.rate_limit
             entries.append(
                 {
