@@ -586,3 +586,52 @@ def test_the_command_line_names_a_bad_target() -> None:
     )
     assert result.returncode != 0
     assert "cannot import 'no_such_module_x'" in result.stderr
+
+
+# ----------------------------------------------------------------------------------- jobs
+
+
+async def failed_job_manager() -> tuple[TaskManager, str]:
+    """A started manager with a memory store and one job that failed."""
+    from taskbuffer.jobs import MemoryJobStore
+
+    def charge(amount: int) -> int:
+        raise ZeroDivisionError(f"cannot split {amount} by zero")
+
+    manager = TaskManager(job_store=MemoryJobStore())
+    manager.add_task(Task(task_function=charge, name="charge", labels={"tenant": "acme"}))
+    await manager.start()
+    job = await manager.enqueue("charge", 7)
+    done = await manager.wait_for_job(job.id, timeout=LIMIT)
+    assert done.status == "failed"
+    return manager, job.id
+
+
+async def test_jobs_are_listed_filtered_paged_and_shown_with_their_traceback() -> None:
+    manager, job_id = await failed_job_manager()
+    try:
+        queued = [(await manager.enqueue("charge", i, delay=3600)).id for i in range(3)]
+        app = dashboard_app(manager, allow_actions=True)
+        async with client(app) as c:
+            snapshot = (await c.get("/api/snapshot")).json()
+            assert snapshot["features"]["jobs"] is True
+            assert [j["id"] for j in snapshot["jobs"]] == [*reversed(queued), job_id]
+            failed = (await c.get("/api/jobs", params={"status": "failed"})).json()["jobs"]
+            assert [(j["id"], j["status"]) for j in failed] == [(job_id, "failed")]
+            assert failed[0]["error"]["type"] == "ZeroDivisionError"
+            page = (await c.get("/api/jobs", params={"limit": 2, "offset": 2})).json()["jobs"]
+            assert [j["id"] for j in page] == [queued[0], job_id]
+            assert (await c.get("/api/jobs", params={"status": "lost"})).status_code == 400
+            detail = (await c.get(f"/api/jobs/{job_id}")).json()
+            assert detail["input"] == "7"
+            assert "ZeroDivisionError: cannot split 7 by zero" in detail["error"]["traceback"]
+            assert [a["outcome"] for a in detail["attempts_trail"]] == ["failed"]
+            assert (await c.get("/api/jobs/no-such-job")).status_code == 404
+            retried = await c.post(f"/api/jobs/{job_id}/retry")
+            assert retried.status_code == 200
+            cancelled = await c.post(f"/api/jobs/{queued[0]}/cancel")
+            assert cancelled.json() == {"job_id": queued[0], "cancelled": True}
+            assert (await c.post(f"/api/jobs/{queued[0]}/retry")).status_code == 200
+            assert (await c.post(f"/api/jobs/{queued[1]}/retry")).status_code == 409
+    finally:
+        await manager.stop()

@@ -253,3 +253,27 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
                 tmp_path / f"dashboard-{scheme}.png", Path(target) / f"dashboard-{scheme}.png"
             )
     assert browser.errors == []
+
+
+async def test_a_failed_job_s_traceback_opens(browser: Browser) -> None:
+    from taskbuffer.jobs import MemoryJobStore
+
+    def charge(amount: int) -> int:
+        raise ZeroDivisionError(f"cannot split {amount} by zero")
+
+    manager = TaskManager(job_store=MemoryJobStore())
+    manager.add_task(Task(task_function=charge, name="charge"))
+    async with manager:
+        job = await manager.enqueue("charge", 7)
+        assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
+        async with served(manager) as base:
+            page = browser.page
+            await browser.open(base)
+            await page.select_option("#job-status", "failed")
+            row = page.locator(f'#jobs tr[data-job-id="{job.id}"]')
+            await row.locator("button").click()
+            await page.locator("#job-traceback summary").click()
+            traceback = page.locator("#job-traceback pre")
+            await traceback.wait_for(state="visible", timeout=WAIT_MS)
+            assert "ZeroDivisionError: cannot split 7 by zero" in await traceback.inner_text()
+    assert browser.errors == []

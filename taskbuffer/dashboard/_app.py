@@ -12,7 +12,7 @@ import hmac
 import html
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote
 
 from starlette.applications import Starlette
@@ -31,6 +31,9 @@ from ._feed import ClientFeed
 from ._state import DashboardState
 from ._stream import EventStream, encode
 
+if TYPE_CHECKING:
+    from ..jobs import JobStatus
+
 __all__ = ("CONTENT_SECURITY_POLICY", "Dashboard", "build_dashboard")
 
 CONTENT_SECURITY_POLICY = (
@@ -45,6 +48,7 @@ _SECURITY_HEADERS = {
 }
 STATIC = Path(str(files("taskbuffer.dashboard") / "static"))
 JOBS_PAGE_MAX = 200
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class Guard:
@@ -163,9 +167,13 @@ class Dashboard:
     async def jobs(self, request: Request) -> Response:
         params = request.query_params
         status = params.get("status") or None
+        if status is not None and status not in JOB_STATUSES:
+            raise HTTPException(400, f"status must be one of {', '.join(JOB_STATUSES)}")
         limit = _int_param(params.get("limit"), "limit", 20, 1, JOBS_PAGE_MAX)
         offset = _int_param(params.get("offset"), "offset", 0, 0, None)
-        jobs = await self.state.jobs(status=status, limit=limit, offset=offset)
+        jobs = await self.state.jobs(
+            status=cast("JobStatus | None", status), limit=limit, offset=offset
+        )
         if jobs is None:
             raise HTTPException(404, "this manager has no job store")
         return _json({"jobs": jobs, "limit": limit, "offset": offset})
@@ -204,26 +212,24 @@ class Dashboard:
         return _json({"descheduled": name})
 
     async def cancel_job(self, request: Request) -> Response:
-        manager: Any = self.state.manager
         job_id = request.path_params["job_id"]
-        if not self.state.has_jobs:
-            raise HTTPException(404, "this manager has no job store")
         try:
-            cancelled = await manager.cancel_job(job_id)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise HTTPException(409, safe_repr(exc)) from None
-        return _json({"job_id": job_id, "cancelled": bool(cancelled)})
+            cancelled = await self.state.manager.cancel_job(job_id)
+        except RuntimeError as exc:  # no job store
+            raise HTTPException(404, str(exc)) from None
+        return _json({"job_id": job_id, "cancelled": cancelled})
 
     async def retry_job(self, request: Request) -> Response:
-        manager: Any = self.state.manager
         job_id = request.path_params["job_id"]
-        if not self.state.has_jobs:
-            raise HTTPException(404, "this manager has no job store")
         try:
-            await manager.retry_job(job_id)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise HTTPException(409, safe_repr(exc)) from None
-        return _json({"job_id": job_id, "retried": True})
+            job = await self.state.manager.retry_job(job_id)
+        except RuntimeError as exc:  # no job store
+            raise HTTPException(404, str(exc)) from None
+        except KeyError:
+            raise HTTPException(404, f"no job {job_id!r}") from None
+        except ValueError as exc:  # neither failed nor cancelled
+            raise HTTPException(409, str(exc)) from None
+        return _json({"job_id": job_id, "status": job.status})
 
 
 def _json(data: Any, *, status_code: int = 200) -> Response:

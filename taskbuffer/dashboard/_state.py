@@ -1,8 +1,9 @@
 """What the dashboard shows, as JSON-ready values read from a manager (and services).
 
 Everything here reads the manager through its public API, plus ``key_table`` of the
-constraints module for the per-key table. Runs (``get_active_runs``, ``event.run``) and jobs
-(``list_jobs``...) are shown when the manager has them: the page hides those panels otherwise.
+constraints module for the per-key table. Runs (``get_active_runs``, ``event.run``) are
+shown when the manager has them, jobs when it has a job store: the page hides those panels
+otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .._events import TaskEvent
     from .._manager import TaskManager
     from .._service_manager import ServiceManager
+    from ..jobs import Job, JobAttempt, JobStatus
 
 __all__ = ("KEYS_PER_GROUP", "DashboardState", "event_entry", "short_repr")
 
@@ -75,7 +77,7 @@ def event_entry(event: TaskEvent) -> dict[str, Any]:
     }
 
 
-def job_entry(job: Any, *, detail: bool = False) -> dict[str, Any]:
+def job_entry(job: Job, *, detail: bool = False) -> dict[str, Any]:
     """A ``Job`` as JSON-ready values; the traceback only in the detailed form."""
     error = job.error
     entry: dict[str, Any] = {
@@ -97,18 +99,24 @@ def job_entry(job: Any, *, detail: bool = False) -> dict[str, Any]:
         entry["input"] = short_repr(job.input)
         entry["result"] = short_repr(job.result)
         if error is not None:
-            entry["error"]["traceback"] = error.traceback
+            entry["error"] = {
+                "type": error.type,
+                "message": error.message,
+                "traceback": error.traceback,
+            }
     return entry
 
 
-def attempt_entry(attempt: Any) -> dict[str, Any]:
+def attempt_entry(attempt: JobAttempt) -> dict[str, Any]:
     """One ``JobAttempt`` of a job's audit trail."""
+    error = attempt.error
     return {
+        "attempt": attempt.attempt,
         "worker_id": attempt.worker_id,
         "started_at": iso(attempt.started_at),
         "finished_at": iso(attempt.finished_at),
         "outcome": attempt.outcome,
-        "error": attempt.error if attempt.error is None else str(attempt.error),
+        "error": None if error is None else f"{error.type}: {error.message}",
     }
 
 
@@ -134,10 +142,6 @@ class DashboardState:
     @property
     def has_runs(self) -> bool:
         return callable(getattr(self.manager, "get_active_runs", None))
-
-    @property
-    def has_jobs(self) -> bool:
-        return callable(getattr(self.manager, "list_jobs", None))
 
     def tasks(self) -> list[dict[str, Any]]:
         return [metadata.to_dict() for metadata in self.manager.get_all_tasks_metadata()]
@@ -200,39 +204,33 @@ class DashboardState:
             "scheduled": stats.scheduled,
         }
 
-    def features(self, *, actions: bool) -> dict[str, bool]:
+    def features(self, *, actions: bool, jobs: bool) -> dict[str, bool]:
         return {
             "runs": self.has_runs,
-            "jobs": self.has_jobs,
+            "jobs": jobs,
             "services": self.services is not None,
             "actions": actions,
         }
 
     async def jobs(
-        self, *, status: str | None = None, limit: int = 20, offset: int = 0
+        self, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
     ) -> list[dict[str, Any]] | None:
         """A page of jobs, newest first; ``None`` when the manager has no job store."""
-        if not self.has_jobs:
-            return None
         try:
-            jobs = await self.manager.list_jobs(  # type: ignore[attr-defined,unused-ignore]
-                status=status, limit=limit, offset=offset
-            )
+            jobs = await self.manager.list_jobs(status=status, limit=limit, offset=offset)
         except RuntimeError:  # the manager was built without a job store
             return None
         return [job_entry(job) for job in jobs]
 
     async def job_detail(self, job_id: str) -> dict[str, Any] | None:
-        """One job with its audit trail, error and traceback; ``None`` if unknown."""
-        if not self.has_jobs:
-            return None
-        manager: Any = self.manager
+        """One job with its audit trail, error and traceback; ``None`` if unknown (or the
+        manager has no job store)."""
         try:
-            job = await manager.get_job(job_id)
+            job = await self.manager.get_job(job_id)
             if job is None:
                 return None
-            attempts = await manager.get_job_attempts(job_id)
-        except RuntimeError:
+            attempts = await self.manager.get_job_attempts(job_id)
+        except RuntimeError:  # no job store
             return None
         entry = job_entry(job, detail=True)
         entry["attempts_trail"] = [attempt_entry(attempt) for attempt in attempts]
@@ -241,11 +239,9 @@ class DashboardState:
     async def snapshot(self, *, actions: bool, title: str) -> dict[str, Any]:
         """Everything the page shows, as one JSON-ready dict."""
         jobs = await self.jobs()
-        features = self.features(actions=actions)
-        features["jobs"] = jobs is not None
         return {
             "title": title,
-            "features": features,
+            "features": self.features(actions=actions, jobs=jobs is not None),
             "statistics": self.statistics(),
             "tasks": self.tasks(),
             "runs": self.runs(),
