@@ -47,13 +47,18 @@ logger = logging.getLogger("taskbuffer")
 MISSED_COUNT_LIMIT = 100_000
 
 
-def report_missed(task: Task[Any, Any], cron: CronSchedule, missed: int) -> None:
+def report_missed(
+    task: Task[Any, Any],
+    cron: CronSchedule,
+    missed: int,
+    *,
+    while_: str = "the event loop was blocked",
+) -> None:
     """Say that ``missed`` ticks of ``cron`` were coalesced into this run (log and event)."""
     count = f"{missed}+" if missed >= MISSED_COUNT_LIMIT else str(missed)
     ticks_were = "tick was" if missed == 1 else "ticks were"
     message = (
-        f"{count} {ticks_were} missed while the event loop was blocked "
-        f"({cron.expression!r}); coalesced into this run"
+        f"{count} {ticks_were} missed while {while_} ({cron.expression!r}); coalesced into this run"
     )
     logger.warning("task %r: %s", task.name, message)
     emit_notice(task, "missed", message)
