@@ -55,6 +55,13 @@ if _TYPE_CHECKING:
     from ._service import service as service
     from ._service_manager import ServiceManager as ServiceManager
     from ._service_manager import ServiceManagerStatistics as ServiceManagerStatistics
+    from .jobs import Job as Job
+    from .jobs import JobAttempt as JobAttempt
+    from .jobs import JobCancelledError as JobCancelledError
+    from .jobs import JobError as JobError
+    from .jobs import JobFailedError as JobFailedError
+    from .jobs import JobSchemaError as JobSchemaError
+    from .jobs import JobStore as JobStore
 
 # Services load on first use (PEP 562): an application that only runs tasks never pays for
 # importing them. Type checkers see the imports above.
@@ -68,6 +75,14 @@ _LAZY = {
     "service": "._service",
     "ServiceManager": "._service_manager",
     "ServiceManagerStatistics": "._service_manager",
+    # Durable jobs likewise load when first named (a manager without a store never needs them).
+    "Job": ".jobs",
+    "JobAttempt": ".jobs",
+    "JobCancelledError": ".jobs",
+    "JobError": ".jobs",
+    "JobFailedError": ".jobs",
+    "JobSchemaError": ".jobs",
+    "JobStore": ".jobs",
 }
 
 
@@ -94,6 +109,13 @@ __all__ = [
     "ConstraintGroupStatistics",
     "EventSubject",
     "InvalidCronExpressionError",
+    "Job",
+    "JobAttempt",
+    "JobCancelledError",
+    "JobError",
+    "JobFailedError",
+    "JobSchemaError",
+    "JobStore",
     "RateLimit",
     "ScheduledTaskInfo",
     "Service",
