@@ -62,6 +62,8 @@ if _TYPE_CHECKING:
     from .jobs import JobFailedError as JobFailedError
     from .jobs import JobSchemaError as JobSchemaError
     from .jobs import JobStore as JobStore
+    from .jobs import MemoryJobStore as MemoryJobStore
+    from .jobs import SQLiteJobStore as SQLiteJobStore
 
 # Services load on first use (PEP 562): an application that only runs tasks never pays for
 # importing them. Type checkers see the imports above.
@@ -83,6 +85,8 @@ _LAZY = {
     "JobFailedError": ".jobs",
     "JobSchemaError": ".jobs",
     "JobStore": ".jobs",
+    "MemoryJobStore": ".jobs",
+    "SQLiteJobStore": ".jobs",
 }
 
 
@@ -116,7 +120,9 @@ __all__ = [
     "JobFailedError",
     "JobSchemaError",
     "JobStore",
+    "MemoryJobStore",
     "RateLimit",
+    "SQLiteJobStore",
     "ScheduledTaskInfo",
     "Service",
     "ServiceEvent",

@@ -11,8 +11,11 @@ from __future__ import annotations
 from ._errors import JobCancelledError as JobCancelledError
 from ._errors import JobFailedError as JobFailedError
 from ._errors import JobSchemaError as JobSchemaError
+from ._memory import MemoryJobStore as MemoryJobStore
+from ._sqlite import SQLiteJobStore as SQLiteJobStore
 from ._store import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import JobStore as JobStore
+from ._url import job_store_from_url as job_store_from_url
 from ._values import AttemptOutcome as AttemptOutcome
 from ._values import Claim as Claim
 from ._values import Job as Job
@@ -41,5 +44,8 @@ __all__ = (
     "JobSerializer",
     "JobStatus",
     "JobStore",
+    "MemoryJobStore",
     "RenewReport",
+    "SQLiteJobStore",
+    "job_store_from_url",
 )

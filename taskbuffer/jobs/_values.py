@@ -30,6 +30,7 @@ __all__ = (
     "JobSerializer",
     "JobStatus",
     "RenewReport",
+    "Row",
 )
 
 JobStatus: TypeAlias = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -234,7 +235,13 @@ class JSONSerializer:
         return "JSONSerializer()"
 
 
-def job_from_row(row: Mapping[str, Any], *, input: Any, result: Any) -> Job:
+class Row(Protocol):
+    """A database row readable by column name (a mapping, ``sqlite3.Row``, asyncpg's Record)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def job_from_row(row: Row, *, input: Any, result: Any) -> Job:
     """Build a :class:`Job` from a store's row (instants as epoch seconds, ``error`` as JSON).
 
     The column names are the field names of :class:`Job`; stores share this so every engine
@@ -261,7 +268,7 @@ def job_from_row(row: Mapping[str, Any], *, input: Any, result: Any) -> Job:
     )
 
 
-def attempt_from_row(row: Mapping[str, Any]) -> JobAttempt:
+def attempt_from_row(row: Row) -> JobAttempt:
     """Build a :class:`JobAttempt` from a store's row (as :func:`job_from_row`)."""
     error = row["error"]
     return JobAttempt(
