@@ -58,12 +58,12 @@ WHERE bench_jobs.id = r.id AND bench_jobs.lease_token = $3
 """
 
 
-def load_pg_support() -> ModuleType:
-    """``tests/_pg_support.py``, the test suite's server fixture, loaded by path."""
-    name = "_pg_support"
+def load_pg_server() -> ModuleType:
+    """``tests/_pg_server.py``, the test suite's server fixture, loaded by path."""
+    name = "_pg_server"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "_pg_support.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "_pg_server.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="passes per driver (default 3)")
     parser.add_argument("--pings", type=int, default=200, help="NOTIFY round trips per pass")
     args = parser.parse_args(argv)
-    pg = load_pg_support()
+    pg = load_pg_server()
     results: dict[str, list[dict[str, float]]] = {"asyncpg": [], "psycopg": []}
     runners: dict[str, Any] = {"asyncpg": asyncpg_run, "psycopg": psycopg_run}
     with pg.running_server(durable=True) as server:

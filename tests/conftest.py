@@ -12,7 +12,7 @@ import asyncio
 import os
 import warnings
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from pytest_asyncio import is_async_test
@@ -20,8 +20,12 @@ from reactivex.abc import DisposableBase
 
 from taskbuffer import Task, TaskEvent
 
-if TYPE_CHECKING:
-    from _pg_support import PostgresServer
+try:  # PostgreSQL's fixtures (absent where this file is copied alone, as test_ci does)
+    from _pg_support import postgres_job_backend, postgres_server
+except ImportError:
+    pass
+else:
+    __all__ = ("postgres_job_backend", "postgres_server")
 
 
 def _in_ci() -> bool:
@@ -110,23 +114,3 @@ def record() -> Iterator[Callable[[Task[Any, Any]], list[TaskEvent]]]:
     yield subscribe
     for subscription in subscriptions:
         subscription.dispose()
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test session, started in a temporary directory.
-
-    Tests that use it are marked ``external``: it skips where PostgreSQL is not installed
-    (which CI turns into a failure). Tests that stop or restart it must leave it running.
-    Each test should work in a database of its own (``postgres_server.create_database``).
-    """
-    from _pg_support import PostgresServer, find_bindir
-
-    if find_bindir() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
