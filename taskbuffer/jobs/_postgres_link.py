@@ -202,11 +202,10 @@ class PostgresLink:
             try:
                 await connection.add_listener(self._channel, on_notification)
                 self._on_listening(True)
-                try:
-                    await lost.wait()
-                finally:
-                    self._on_listening(False)
-                    if not connection.is_closed():
-                        await connection.remove_listener(self._channel, on_notification)
+                await lost.wait()
             finally:
-                connection.remove_termination_listener(on_lost)
+                self._on_listening(False)
+                # a lost connection has left the pool's hands already: nothing to undo on it
+                if not lost.is_set():
+                    connection.remove_termination_listener(on_lost)
+                    await connection.remove_listener(self._channel, on_notification)

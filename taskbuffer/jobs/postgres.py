@@ -140,10 +140,12 @@ class PostgresJobStore(JobStore):
 
     def _where(self) -> str:
         if self._dsn is None:
-            return "the given asyncpg pool"
-        head, _, tail = self._dsn.rpartition("@")  # never show a password
-        scheme = head.split("://", 1)[0]
-        return repr(f"{scheme}://{tail}" if head else self._dsn)
+            return "(a given asyncpg pool)"
+        head, at, tail = self._dsn.rpartition("@")
+        if not at:
+            return repr(self._dsn)
+        scheme, _, user = head.partition("://")
+        return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
 
     def _on_notification(self, payload: str) -> None:
         if payload != self._id:  # our own commits notified our subscribers already
