@@ -12,6 +12,12 @@ it answers ``should_trigger``; one-off runs are not offered. A run that coalesce
 is offered as the oldest of them, the tick it is late for: a coordinator that refuses ticks
 that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a long pause from
 claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
+
+With a job store (``ticks_as_jobs`` set by the manager), a tick or one-off run is not run
+here: it is stored as a job due at its instant (a cron tick under a key naming task and
+instant, so it is stored once however many managers share the store), and whichever worker
+claims it runs it; the coordinator is not asked. :meth:`Scheduler.catch_up` turns the ticks
+missed while no manager ran into one job.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from .distributed import (
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
+    from ._manager_jobs import JobSide
     from ._task import Task
 
 __all__ = ("Scheduler",)
@@ -99,6 +106,7 @@ class Scheduler:
         "_timer",
         "_timer_when",
         "submitter_id",
+        "ticks_as_jobs",
     )
 
     def __init__(self, manager: TaskManager) -> None:
@@ -121,6 +129,8 @@ class Scheduler:
         self._ticks: dict[asyncio.Task[None], _Entry | None] = {}
         # Names this manager to a distributed coordinator, the same for all its requests.
         self.submitter_id = os.urandom(16).hex()
+        # The manager's job side when it has a store: ticks are stored as jobs there.
+        self.ticks_as_jobs: JobSide | None = None
 
     def __repr__(self) -> str:
         return (
@@ -422,9 +432,12 @@ class Scheduler:
         request: DistributedTaskRequest | None = None
         status: DistributedRequestStatus = "failed"
         try:
+            if cron is not None and missed:
+                self._report_missed(task, cron, missed)
+            if self.ticks_as_jobs is not None:
+                await self._store_tick(self.ticks_as_jobs, entry, when)
+                return
             if cron is not None:
-                if missed:
-                    self._report_missed(task, cron, missed)
                 if coordinator is not None:
                     request = await self._offer(coordinator, task, when)
                     if request is None:
@@ -457,12 +470,50 @@ class Scheduler:
         finally:
             self._ticks.pop(tick, None)
 
+    async def _store_tick(self, jobs: JobSide, entry: _Entry, when: float) -> None:
+        """Store a tick or one-off run as a job (a failure is logged: nobody awaits a tick)."""
+        tick = asyncio.current_task()
+        assert tick is not None
+        self._ticks[tick] = None  # stop() leaves the store's write to finish
+        task = entry.task
+        try:
+            if task.name is not None and self._manager.get_task_by_name(task.name) is task:
+                await jobs.enqueue_tick(task.name, entry.input, when, cron=entry.cron is not None)
+        except Exception as exc:
+            logger.error(
+                "%s could not be stored as a job", _describe(task, entry.cron), exc_info=exc
+            )
+
+    async def catch_up(self, jobs: JobSide) -> None:
+        """Store one job for the ticks of each cron schedule missed since its last stored tick
+        (no manager sharing the store was running), with a ``missed`` event."""
+        now = now_wall()
+        for task, entry in list(self._cron.items()):
+            cron = entry.cron
+            if task.name is None or cron is None:
+                continue
+            last = await jobs.last_tick(task.name)
+            if last is None:
+                continue
+            missed, latest = 0, None
+            following = cron.next_after(last)
+            while following <= now and missed < _MISSED_COUNT_LIMIT:
+                missed, latest = missed + 1, following
+                following = cron.next_after(following)
+            if latest is not None and await jobs.enqueue_tick(task.name, None, latest, cron=True):
+                self._report_missed(task, cron, missed, while_="no worker was running")
+
     @staticmethod
-    def _report_missed(task: Task[Any, Any], cron: CronSchedule, missed: int) -> None:
+    def _report_missed(
+        task: Task[Any, Any],
+        cron: CronSchedule,
+        missed: int,
+        while_: str = "the event loop was blocked",
+    ) -> None:
         count = f"{missed}+" if missed >= _MISSED_COUNT_LIMIT else str(missed)
         ticks_were = "tick was" if missed == 1 else "ticks were"
         message = (
-            f"{count} {ticks_were} missed while the event loop was blocked "
+            f"{count} {ticks_were} missed while {while_} "
             f"({cron.expression!r}); coalesced into this run"
         )
         logger.warning("task %r: %s", task.name, message)
