@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import statistics
-import sys
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from .pg import postgres_dsn
 
 SCHEMA = """
 DROP TABLE IF EXISTS bench_jobs;
@@ -56,19 +52,6 @@ UPDATE bench_jobs SET status = 'succeeded', result = r.result, lease_token = NUL
 FROM unnest($1::bigint[], $2::text[]) AS r(id, result)
 WHERE bench_jobs.id = r.id AND bench_jobs.lease_token = $3
 """
-
-
-def load_pg_server() -> ModuleType:
-    """``tests/_pg_server.py``, the test suite's server fixture, loaded by path."""
-    name = "_pg_server"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "_pg_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _psycopg_sql(text: str) -> str:
@@ -172,13 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="passes per driver (default 3)")
     parser.add_argument("--pings", type=int, default=200, help="NOTIFY round trips per pass")
     args = parser.parse_args(argv)
-    pg = load_pg_server()
     results: dict[str, list[dict[str, float]]] = {"asyncpg": [], "psycopg": []}
     runners: dict[str, Any] = {"asyncpg": asyncpg_run, "psycopg": psycopg_run}
-    with pg.running_server(durable=True) as server:
+    with postgres_dsn() as dsn:
         for _ in range(args.reps):
             for name, run in runners.items():
-                results[name].append(asyncio.run(run(server.dsn, args.jobs, args.pings)))
+                results[name].append(asyncio.run(run(dsn, args.jobs, args.pings)))
     print(f"{args.jobs} jobs, {args.pings} pings, {args.reps} passes each, medians:")
     keys = results["asyncpg"][0].keys()
     print(f"{'':22}" + "".join(f"{k:>22}" for k in keys))
