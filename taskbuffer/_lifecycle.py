@@ -15,6 +15,7 @@ from ._validation import check_seconds
 from .distributed import AbstractDistributedCoordinator
 
 if TYPE_CHECKING:
+    from ._manager_jobs import JobSide
     from ._scheduler import Scheduler
     from ._task import Task
 
@@ -64,6 +65,7 @@ class LifecycleMixin:
     _admission: Admission
     _claimers: list[Claimer]
     _flights: InFlight
+    _jobs: JobSide | None
     _life: Life
     _ref: object
     _scheduler: Scheduler
@@ -90,6 +92,8 @@ class LifecycleMixin:
                 "TaskManager.start() was called while a stop() is under way: await the "
                 "stop() first, then start()"
             )
+        if self._jobs is not None:
+            await self._jobs.open()  # a store that cannot open fails start() before anything
         if life.state < RunState.CREATED:  # stopped: forward the tasks' events again
             for task in self._tasks.values():
                 task._add_sink(self.task_subject)
@@ -112,6 +116,9 @@ class LifecycleMixin:
         self._scheduler.start()
         life.up = True
         life.state = RunState.RUNNING
+        if self._jobs is not None:
+            self._jobs.start_worker()
+            await self._scheduler.catch_up(self._jobs)
 
     async def stop(
         self,
@@ -170,6 +177,8 @@ class LifecycleMixin:
         forwarding = life.state >= RunState.CREATED
         life.state = RunState.STOPPING
         self._scheduler.stop()
+        if self._jobs is not None:
+            await self._jobs.stop_claiming()
         if forwarding:
             for task in self._tasks.values():
                 task._drop_sink(self.task_subject)
@@ -203,6 +212,8 @@ class LifecycleMixin:
             life.up = False  # an overlapping call must not stop it a second time
             await self.distributed_coordinator.stop()
         life.up = False
+        if self._jobs is not None and not life.stoppers:
+            await self._jobs.finish_stop()  # commit outcomes, release what never ran
 
     def _cancel_runs(self) -> None:
         """A stop's deadline passed: refuse what was admitted, cancel what runs."""

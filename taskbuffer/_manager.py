@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._admission import GO, Claim, Claimer, Shared
 from ._constraints import TaskConstraintGroup, key_table
@@ -18,13 +18,18 @@ from ._conveniences import ConveniencesMixin
 from ._events import EventSubject
 from ._exceptions import TaskManagerStoppedError, TaskNotFoundError
 from ._inflight import InFlight, other_loop_error
+from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
+from ._manager_jobs import job_side_for
 from ._metadata import TaskMetadata
 from ._scheduler import Scheduler
 from ._task import Task
 from ._validation import safe_repr
 from ._waiting import LOCAL_ADMISSION
 from .distributed import AbstractDistributedCoordinator
+
+if TYPE_CHECKING:
+    from .jobs import JobStore
 
 __all__ = ("TaskManager", "TaskManagerStatistics")
 
@@ -63,13 +68,17 @@ class TaskManagerStatistics:
     scheduled: int
 
 
-class TaskManager(ConveniencesMixin, LifecycleMixin):
+class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
     """Registers tasks and runs them through constraint groups, cron and a coordinator.
 
     :param distributed_coordinator: consulted before each cron tick (see
         :mod:`taskbuffer.distributed`).
     :param timezone: the time zone cron expressions and naive datetimes are read in; local
         time by default.
+    :param job_store: where durable jobs live (a :class:`~taskbuffer.jobs.JobStore` or a URL
+        such as ``sqlite:///jobs.db``); with one, cron ticks and one-off runs are jobs too.
+    :param job_concurrency: jobs this manager runs at once when started (0: enqueue only).
+    :param worker_id: names this manager in the jobs' audit trail (default host:pid:random).
     """
 
     __slots__ = (
@@ -78,6 +87,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         "_claimers",
         "_flights",
         "_groups",
+        "_jobs",
         "_life",
         "_ref",
         "_scheduler",
@@ -93,6 +103,9 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         *,
         distributed_coordinator: AbstractDistributedCoordinator | None = None,
         timezone: tzinfo | None = None,
+        job_store: JobStore | str | None = None,
+        job_concurrency: int = 10,
+        worker_id: str | None = None,
     ) -> None:
         if distributed_coordinator is not None and not isinstance(
             distributed_coordinator, AbstractDistributedCoordinator
@@ -122,6 +135,19 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         self._ref = weakref.ref(self)
         self._admission = LOCAL_ADMISSION
         self._flights = InFlight(self._admission, self._ref, self._claimers)
+        # Durable jobs (its own module): the store, the worker, cron ticks as jobs.
+        self._jobs = job_side_for(
+            job_store,
+            job_concurrency=job_concurrency,
+            worker_id=worker_id,
+            timezone=timezone,
+            lookup=self.get_task_by_name,
+            run=lambda task, job: self.trigger_task_constrained(
+                task, job.input, priority=job.priority
+            ),
+            task_names=lambda: list(self._tasks),
+        )
+        self._scheduler.ticks_as_jobs = self._jobs
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +182,8 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         self._tasks[name] = task
         if self._life.state >= FORWARDING:
             task._add_sink(self.task_subject)  # a chain's or parallel's members' events too
+        if self._jobs is not None:
+            self._jobs.task_added()
 
     def remove_task(self, task: Task[Any, Any]) -> None:
         """Unregister ``task``: stop forwarding its events and drop its schedules.

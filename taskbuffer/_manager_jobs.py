@@ -119,11 +119,14 @@ class JobSide:
 
     # -- lifecycle (called by the manager) -----------------------------------------------
 
-    async def start(self) -> None:
-        """Open the store and start working jobs (unless ``job_concurrency`` is 0)."""
+    async def open(self) -> None:
+        """First step of the manager's start: open the store (``JobSchemaError`` here)."""
+        await self._open()
+
+    def start_worker(self) -> None:
+        """Start working jobs (unless ``job_concurrency`` is 0); the store is open."""
         from .jobs._worker import JobWorker
 
-        await self._open()
         if self.concurrency > 0 and self._worker is None:
             self._worker = JobWorker(
                 store=self.store,
@@ -178,7 +181,9 @@ class JobSide:
         request = JobRequest(task_name=task_name, input=input, run_at=when, schedule_key=key)
         before = now_wall()
         job = await store.enqueue(request, now=before)
-        return job.created_at.timestamp() == before or key is None
+        # Stored by this call when created now (datetimes keep microseconds): another
+        # manager's copy of the tick was created at another instant.
+        return key is None or abs(job.created_at.timestamp() - before) < 2e-6
 
     async def last_tick(self, task_name: str) -> float | None:
         """The instant of the latest stored cron tick of ``task_name``."""
