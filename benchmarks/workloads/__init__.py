@@ -14,6 +14,7 @@ from ..specs import Params
 from . import constraints as c
 from . import core as w
 from . import events_cron as e
+from . import jobs as j
 from . import services as v
 
 __all__ = ("IMPLEMENTATIONS", "Implementation", "Side")
@@ -46,4 +47,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "S1": Implementation(e.s1_taskbuffer),
     "S2": Implementation(e.s2_taskbuffer),
     "V1": Implementation(v.v1_taskbuffer),
+    "J1": Implementation(j.j1_taskbuffer, j.j1_baseline),
+    "J2": Implementation(j.j2_taskbuffer),
+    "J3": Implementation(j.j3_taskbuffer, j.j3_baseline),
 }
