@@ -226,3 +226,9 @@ class TaskConstraintGroup:
 def key_table(group: TaskConstraintGroup) -> KeyTable:
     """The per-key state of ``group`` (for the manager that admits triggers through it)."""
     return group._keys
+
+
+def key_counts(group: TaskConstraintGroup) -> list[tuple[str, int, int]]:
+    """``(key, running, waiting)`` for every key ``group`` holds state for, for inspection
+    (the dashboard); waiting counts triggers that claim the key wherever they are parked."""
+    return [(st.key, st.running, st.waiting) for st in group._keys.states.values()]
