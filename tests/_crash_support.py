@@ -114,9 +114,12 @@ class Workers:
     def signal(self, worker_id: str, signum: int) -> None:
         self.processes[worker_id].send_signal(signum)
 
-    def stop_all(self, *, timeout: float = 30.0) -> dict[str, int]:
-        """SIGTERM every live worker and wait: their exit codes."""
+    async def stop_all(self, *, timeout: float = 30.0) -> dict[str, int]:  # noqa: ASYNC109
+        """SIGTERM every live worker once it has started (its signal handlers are in
+        place) and wait: their exit codes."""
         live = {wid: p for wid, p in self.processes.items() if p.poll() is None}
+        for wid in live:
+            await wait_until(lambda w=wid: self.started(w), within=timeout, what=f"{wid} to start")
         for process in live.values():
             process.send_signal(signal.SIGTERM)
         return {wid: process.wait(timeout=timeout) for wid, process in live.items()}

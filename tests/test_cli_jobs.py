@@ -98,7 +98,7 @@ async def test_store_option_gives_a_manager_without_one_its_store(workers: Worke
     workers.target = "_crash_app:build_without_store"
     workers.start("w1", "--store", workers.store_url)
     await wait_until(lambda: workers.run_counts()[7] == 1, within=30, what="the run")
-    assert workers.stop_all() == {"w1": 0}
+    assert await workers.stop_all() == {"w1": 0}
     assert (await _job(workers.store_url, job.id)).status == "succeeded"
 
 
