@@ -15,9 +15,15 @@ which prints each scenario's figures (jobs, re-runs, kill-to-re-claim times agai
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
+import signal
+import sqlite3
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -181,3 +187,207 @@ async def test_four_postgres_workers_two_killed_lose_nothing(
 async def test_two_sqlite_workers_two_killed_lose_nothing(workers_dir: Path) -> None:
     url = f"sqlite:///{workers_dir / 'jobs.db'}"
     await _kill_and_restart(workers_dir, url, processes=2, title="sqlite, 2 workers")
+
+
+OUTAGE = 5.0  # seconds PostgreSQL is down
+OUTAGE_LEASE = 15.0  # longer than the outage: the leases held through it survive it
+
+
+@pytest.mark.external
+@pytest.mark.timeout(300)
+async def test_postgres_stopped_for_five_seconds_loses_nothing(
+    workers_dir: Path, postgres_server: PostgresServer
+) -> None:
+    pytest.importorskip("asyncpg")
+    url = _pg_url(postgres_server)
+    count = max(JOBS // 5, 60)
+    store = await _open(url, lease=OUTAGE_LEASE)
+    pool = Workers(workers_dir, url, lease=OUTAGE_LEASE, concurrency=8)
+    try:
+        ids = await _enqueue_work(store, count, (200, 2000))
+        for name in ("w1", "w2"):
+            pool.start(name)
+        await wait_until(lambda: len(pool.run_lines()) >= count // 4, within=WAIT, what="runs")
+        await store.close()
+        in_flight_before = len(pool.run_lines())
+        postgres_server.stop("fast")
+        stopped_at = time.time()
+        try:
+            await asyncio.sleep(OUTAGE)  # the outage itself: its length is the point
+        finally:
+            postgres_server.start()
+        restarted_at = time.time()
+        await store.open()
+        await wait_until(
+            lambda: _all_finished(store), within=WAIT, what="every job to finish", every=0.2
+        )
+        assert set((await pool.stop_all()).values()) == {0}
+        jobs = await _all(store, "work")
+        assert Counter(job.status for job in jobs) == {"succeeded": count}
+        runs = pool.run_counts()
+        assert runs == Counter(dict.fromkeys(ids, 1))  # nothing ran twice, nothing lost
+        trails = [await store.attempts(job_id) for job_id in ids.values()]
+        assert all([a.outcome for a in trail] == ["succeeded"] for trail in trails)
+        across = [
+            job
+            for job in jobs
+            if job.started_at is not None
+            and job.finished_at is not None
+            and job.started_at.timestamp() < stopped_at
+            and job.finished_at.timestamp() > restarted_at
+        ]
+        assert across, "no run was in flight across the outage"
+        logs = pool.log("w1") + pool.log("w2")
+        assert "connection lost" in logs  # the workers said that the store was gone
+        assert "reconnected after" in logs
+        _report(
+            "postgres stopped",
+            outage=f"{OUTAGE:g} s",
+            jobs=count,
+            runs_started_before=in_flight_before,
+            kept_across_outage=len(across),
+            re_runs=sum(runs.values()) - count,
+            lease=f"{OUTAGE_LEASE:g} s",
+        )
+    finally:
+        pool.close()
+        if not postgres_server.running:
+            postgres_server.start()
+        await store.close()
+
+
+def _runs_per_tick(
+    lines: list[str], jobs: list[Job], trails: dict[str, list[JobAttempt]]
+) -> dict[float, int]:
+    """How many times the function of each tick (by scheduled instant) started: each
+    recorded start belongs to the attempt of its worker that was open at that moment."""
+    counts = {job.run_at.timestamp(): 0 for job in jobs}
+    for line in lines:
+        worker, stamp = line.split()
+        at = float(stamp)
+        owners = [
+            job.run_at.timestamp()
+            for job in jobs
+            for attempt in trails[job.id]
+            if attempt.worker_id == worker
+            and attempt.started_at.timestamp() - 0.001 <= at
+            and (attempt.finished_at is None or at <= attempt.finished_at.timestamp() + 0.001)
+        ]
+        assert len(owners) == 1, (line, owners)
+        counts[owners[0]] += 1
+    return counts
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.external)])
+@pytest.mark.timeout(300)
+async def test_three_managers_run_each_cron_tick_once(
+    workers_dir: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    if engine == "postgres":
+        pytest.importorskip("asyncpg")
+        url = _pg_url(request.getfixturevalue("postgres_server"))
+    else:
+        url = f"sqlite:///{workers_dir / 'jobs.db'}"
+    store = await _open(url)
+    pool = Workers(workers_dir, url, lease=LEASE, target="_crash_app:build_cron")
+    try:
+        for name in ("a", "b", "c"):
+            pool.start(name)
+        for name in ("a", "b", "c"):
+            await wait_until(lambda n=name: pool.started(n), within=WAIT, what=f"{name} to start")
+        window_start = time.time()
+        # A quarter in: a kill -9ed (and started again); half-way: b stopped for 3 s.
+        await asyncio.sleep(CRON_SECONDS / 4)
+        pool.kill("a")
+        pool.start("a-restarted")
+        await asyncio.sleep(CRON_SECONDS / 4)
+        pool.signal("b", signal.SIGSTOP)
+        await asyncio.sleep(3.0)
+        pool.signal("b", signal.SIGCONT)
+        await asyncio.sleep(max(CRON_SECONDS / 2 - 3.0, 1.0))
+        window_end = time.time()
+        assert set((await pool.stop_all()).values()) == {0}
+        jobs = await _all(store, "tick")
+        trails = {job.id: await store.attempts(job.id) for job in jobs}
+        keys = Counter(job.schedule_key for job in jobs)
+        assert max(keys.values()) == 1  # one job per instant, however many managers
+        runs = _runs_per_tick(pool.run_lines(), jobs, trails)
+        # Every instant of the window (all three were running) has its tick, run once.
+        inside = [t for t in range(int(window_start) + 1, int(window_end) - 1) if float(t) in runs]
+        assert len(inside) == int(window_end) - 1 - (int(window_start) + 1)
+        lost = {
+            job.run_at.timestamp(): sum(a.outcome == "lost" for a in trails[job.id]) for job in jobs
+        }
+        for instant in inside:
+            assert 1 <= runs[float(instant)] <= 1 + lost[float(instant)], instant
+        assert all(count <= 1 + lost[instant] for instant, count in runs.items())
+        _report(
+            f"cron, 3 managers, {engine}",
+            seconds=f"{window_end - window_start:.1f}",
+            ticks_in_window=len(inside),
+            ticks_run_once=sum(runs[float(t)] == 1 for t in inside),
+            ticks_with_lost_attempt=sum(1 for t in inside if lost[float(t)]),
+            ran_on=dict(Counter(line.split()[0] for line in pool.run_lines())),
+        )
+    finally:
+        pool.close()
+        await store.close()
+
+
+_HOLDER = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+connection.execute("UPDATE taskbuffer_jobs SET status = 'failed' WHERE status = 'queued'")
+connection.execute("INSERT INTO taskbuffer_meta (key, value) VALUES ('half-written', 'x')")
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(300)
+async def test_sqlite_writer_killed_mid_transaction_leaves_the_file_whole(
+    workers_dir: Path,
+) -> None:
+    path = workers_dir / "jobs.db"
+    url = f"sqlite:///{path}"
+    count = max(JOBS // 2, 100)
+    lease = 5.0  # the workers wait for the lock while it is held: their leases outlast that
+    store = await _open(url, lease=lease)
+    pool = Workers(workers_dir, url, lease=lease, concurrency=8)
+    holder = None
+    try:
+        ids = await _enqueue_work(store, count, (10, 50))
+        for name in ("w1", "w2"):
+            pool.start(name)
+        await wait_until(lambda: len(pool.run_lines()) >= count // 4, within=WAIT, what="runs")
+        holder = subprocess.Popen(  # noqa: ASYNC220 - started, not waited for here
+            [sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE
+        )
+        assert holder.stdout is not None
+        async with asyncio.timeout(30):
+            assert await asyncio.to_thread(holder.stdout.readline) == b"holding\n"
+        await asyncio.sleep(1.0)  # the workers queue up behind the write lock meanwhile
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        await wait_until(
+            lambda: _all_finished(store), within=WAIT, what="every job to finish", every=0.2
+        )
+        assert set((await pool.stop_all()).values()) == {0}
+        jobs = await _all(store, "work")
+        assert Counter(job.status for job in jobs) == {"succeeded": count}
+        assert pool.run_counts() == Counter(dict.fromkeys(ids, 1))
+        with contextlib.closing(sqlite3.connect(path)) as check:
+            assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            marker = "SELECT count(*) FROM taskbuffer_meta WHERE key = 'half-written'"
+            assert check.execute(marker).fetchone() == (0,)
+        _report("sqlite writer killed holding BEGIN IMMEDIATE", jobs=count, integrity="ok")
+    finally:
+        if holder is not None:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(timeout=10)
+            if holder.stdout is not None:
+                holder.stdout.close()
+        pool.close()
+        await store.close()
