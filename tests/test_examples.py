@@ -101,6 +101,14 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "  consumer  stopped\n  database  stopping\n  database  stopped\n",
         "after stop: service 'consumer' is not available: the ServiceManager is stopped",
     ],
+    "durable.py": [
+        "worked 3 jobs: ['report-0.pdf', 'report-1.pdf', 'report-2.pdf']",
+        "enqueued render('quarterly'): queued",
+        "doomed-worker: rendering quarterly ...",
+        "killed the worker; the job is still running until its lease runs out",
+        "recovered: quarterly.pdf",
+        "  attempt 1: doomed-worker -> lost\n  attempt 2: main-worker -> succeeded",
+    ],
 }
 
 
