@@ -105,6 +105,14 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "dashboard on http://127.0.0.1:0/ (Ctrl-C to stop)",
         " syncs finished: ",
     ],
+    "durable.py": [
+        "worked 3 jobs: ['report-0.pdf', 'report-1.pdf', 'report-2.pdf']",
+        "enqueued render('quarterly'): queued",
+        "doomed-worker: rendering quarterly ...",
+        "killed the worker; the job is still running until its lease runs out",
+        "recovered: quarterly.pdf",
+        "  attempt 1: doomed-worker -> lost\n  attempt 2: main-worker -> succeeded",
+    ],
 }
 
 # Arguments for the examples that run until stopped.

@@ -14,7 +14,7 @@ from importlib import import_module
 
 __all__ = ("SUBCOMMANDS", "build_parser", "main")
 
-SUBCOMMANDS: tuple[str, ...] = ("dashboard",)
+SUBCOMMANDS: tuple[str, ...] = ("dashboard", "jobs", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
