@@ -30,7 +30,7 @@ from .distributed import AbstractDistributedCoordinator
 if TYPE_CHECKING:
     from .jobs import JobStore
 
-__all__ = ("TaskManager", "TaskManagerStatistics")
+__all__ = ("TaskManager", "TaskManagerStatistics", "override_job_options")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -122,12 +122,15 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         self._ref = weakref.ref(self)
         self._admission = LOCAL_ADMISSION
         self._flights = InFlight(self._admission, self._ref)
+        self._use_jobs(job_store, job_concurrency, worker_id)
+
+    def _use_jobs(self, job_store: Any, job_concurrency: Any, worker_id: Any) -> None:
         # Durable jobs (its own module): the store, the worker, cron ticks as jobs.
         self._jobs = job_side_for(
             job_store,
             job_concurrency=job_concurrency,
             worker_id=worker_id,
-            timezone=timezone,
+            timezone=self.timezone,
             lookup=self.get_task_by_name,
             run=lambda task, job: self.trigger_task_constrained(
                 task, job.input, priority=job.priority
@@ -135,6 +138,14 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             task_names=lambda: list(self._tasks),
         )
         self._scheduler.ticks_as_jobs = self._jobs
+
+    def _override_jobs(self, job_store: Any, job_concurrency: Any) -> bool:
+        side = self._jobs  # None of the two overrides keeps what the manager has
+        store = side.store if job_store is None and side is not None else job_store
+        default = 10 if side is None else side.concurrency
+        concurrency = default if job_concurrency is None else job_concurrency
+        self._use_jobs(store, concurrency, None if side is None else side.worker_id)
+        return self._jobs is not None
 
     def __repr__(self) -> str:
         return (
@@ -420,3 +431,13 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             waiting=self._flights.waiting,
             scheduled=self._scheduler.count(),
         )
+
+
+def override_job_options(
+    manager: TaskManager, *, job_store: JobStore | str | None, job_concurrency: int | None
+) -> bool:
+    """Another store or job concurrency for a manager not started (``None`` keeps its own),
+    as ``taskbuffer worker --store/--concurrency`` do; False when it has no store then."""
+    if manager.started:
+        raise RuntimeError("the job options of a started TaskManager cannot change")
+    return manager._override_jobs(job_store, job_concurrency)
