@@ -597,3 +597,54 @@ async def test_7_descheduling_while_the_write_is_under_way_cancels_the_stored_ru
         [job] = await m.list_jobs()
         await m.stop()
     assert job.status == "cancelled"
+
+
+async def test_4_retry_job_refuses_queued_running_and_succeeded_jobs(
+    stores: Callable[..., JobStore],
+) -> None:
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def work(n: int) -> int:
+        if n == 1:
+            started.set()
+            await gate.wait()
+        return n
+
+    m = TaskManager(job_store=stores())
+    m.add_task(Task(task_function=work, name="t"))
+    async with asyncio.timeout(10):
+        done = await m.enqueue("t", 0)
+        await m.start()
+        await m.wait_for_job(done.id)
+        running = await m.enqueue("t", 1)
+        await started.wait()
+        queued = await m.enqueue("t", 2, delay=3600)
+        for job, status in ((done, "succeeded"), (running, "running"), (queued, "queued")):
+            with pytest.raises(ValueError, match=f"job {job.id!r} is {status}"):
+                await m.retry_job(job.id)
+        with pytest.raises(KeyError, match="no job with id 'nope'"):
+            await m.retry_job("nope")
+        gate.set()
+        await m.wait_for_job(running.id)
+        await m.stop()
+
+
+async def test_3_max_attempts_bounds_only_lost_attempts_not_retries_or_releases(
+    stores: Callable[..., JobStore],
+) -> None:
+    calls: list[int] = []
+
+    def flaky() -> None:
+        calls.append(1)
+        raise RuntimeError(f"call {len(calls)}")
+
+    m = TaskManager(job_store=stores())
+    m.add_task(Task(task_function=flaky, name="t", retries=2, retry_delay=0.01))
+    async with asyncio.timeout(10):
+        job = await m.enqueue("t", max_attempts=1)
+        await m.start()
+        with pytest.raises(JobFailedError, match="RuntimeError: call 3") as failed:
+            await m.job_result(job.id)
+        await m.stop()
+    assert calls == [1, 1, 1] and failed.value.job.attempts == 1
