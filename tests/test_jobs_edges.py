@@ -648,3 +648,43 @@ async def test_3_max_attempts_bounds_only_lost_attempts_not_retries_or_releases(
             await m.job_result(job.id)
         await m.stop()
     assert calls == [1, 1, 1] and failed.value.job.attempts == 1
+
+
+def test_8_a_loop_ending_without_stop_gives_the_running_job_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class SlowCommits(SQLiteJobStore):
+        async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
+            await asyncio.sleep(0.05)  # a busy disk: longer than asyncio.run's last steps
+            return await super().finish(outcomes, now=now)
+
+    sqlite_store = SlowCommits(tmp_path / "jobs.db")
+
+    async def forget_to_stop() -> str:
+        started = asyncio.Event()
+
+        async def work() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        m = TaskManager(job_store=sqlite_store)
+        m.add_task(Task(task_function=work, name="t"))
+        async with asyncio.timeout(10):
+            await m.start()
+            job = await m.enqueue("t")
+            await started.wait()
+        return job.id  # asyncio.run cancels what is left: the run, the worker
+
+    job_id = asyncio.run(forget_to_stop())
+    gc.collect()
+
+    async def look() -> Any:
+        try:
+            return await sqlite_store.get(job_id), await sqlite_store.attempts(job_id)
+        finally:
+            await sqlite_store.close()
+
+    job, attempts = asyncio.run(look())
+    assert job.status == "queued" and job.attempts == 0
+    assert [a.outcome for a in attempts] == ["released"]
+    assert "Task was destroyed but it is pending" not in caplog.text

@@ -220,6 +220,9 @@ class JobWorker:
                 self._flush_later()
             raise
         held.runner = None
+        if outcome is not None and outcome.outcome == "released" and self._cancelled_here():
+            await self._release_now(outcome)
+            return
         if outcome is None:
             self._held.pop(claim.token, None)
             self._signal()
@@ -266,6 +269,23 @@ class JobWorker:
             return self.store.succeeded_outcome(held.claim, result)
         except Exception as error:  # a serializer that fails otherwise than encode() expects
             return self._ended(held, "failed", JobError.from_exception(error))
+
+    @staticmethod
+    def _cancelled_here() -> bool:
+        """Whether the running runner was cancelled: not by this worker (a lost lease or a
+        cancel request never gives the job back), so by the loop's end."""
+        runner = asyncio.current_task()
+        return runner is not None and runner.cancelling() > 0
+
+    async def _release_now(self, outcome: JobOutcome) -> None:
+        """Give back a job whose runner someone else cancelled (the loop's end: asyncio.run
+        cancels every task and waits for them) within the runner itself, which is awaited;
+        a flush task made now might never run."""
+        try:
+            await self.store.finish([outcome], now=now_wall())
+        except Exception:
+            logger.exception("job %r: giving it back failed (its lease runs out)", outcome.job_id)
+        self._held.pop(outcome.token, None)
 
     def _released(self, held: _Held) -> JobOutcome:
         claim = held.claim
