@@ -286,6 +286,7 @@ class JobWorker:
         except Exception:
             logger.exception("job %r: giving it back failed (its lease runs out)", outcome.job_id)
         self._held.pop(outcome.token, None)
+        self._signal()
 
     def _released(self, held: _Held) -> JobOutcome:
         claim = held.claim
