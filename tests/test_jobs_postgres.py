@@ -17,7 +17,7 @@ import pytest_asyncio
 from _pg_server import PostgresServer
 from _pg_support import PostgresBackend
 
-from taskbuffer.jobs import JobOutcome, JobRequest, JobSchemaError, JobStore
+from taskbuffer.jobs import JobRequest, JobSchemaError, JobStore
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -182,23 +182,59 @@ async def test_a_first_open_that_cannot_connect_fails_at_once(
     assert "closed" in repr(store)
 
 
-async def test_a_finish_repeated_after_its_commit_reports_it_applied(
-    stores: Callable[..., PostgresJobStore],
+async def test_a_finish_whose_answer_was_lost_after_its_commit_reports_it_applied(
+    stores: Callable[..., PostgresJobStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What a finish retried after a lost connection sees when its first try had committed.
     store = stores()
     await store.enqueue(JobRequest(task_name="work"), now=T0)
     [claim] = await store.claim(worker_id="w", task_names=["work"], limit=1, now=T0)
+    fetch = asyncpg.pool.PoolConnectionProxy.fetch
+    lost: list[str] = []
+
+    async def commit_then_lose_the_answer(self: Any, query: str, *args: Any) -> Any:
+        rows = await fetch(self, query, *args)
+        if "UPDATE taskbuffer_job_attempts" in query and not lost:
+            lost.append(query)
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+        return rows
+
+    monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "fetch", commit_then_lose_the_answer)
     outcome = store.succeeded_outcome(claim, "r")
     assert await store.finish([outcome], now=T0 + 1) == [True]
-    assert await store.finish([outcome], now=T0 + 2) == [True]
-    failed = JobOutcome(job_id=claim.job.id, token=claim.token, outcome="failed")
-    assert await store.finish([failed], now=T0 + 3) == [False]
+    assert lost  # the first try did commit, and its answer was lost
+    monkeypatch.undo()
+    # a plain repeat is fenced out like any stale outcome
+    assert await store.finish([outcome], now=T0 + 2) == [False]
     job = await store.get(claim.job.id)
     assert job is not None and job.status == "succeeded" and job.finished_at is not None
     assert job.finished_at.timestamp() == T0 + 1
     [attempt] = await store.attempts(claim.job.id)
     assert attempt.outcome == "succeeded"
+
+
+async def test_an_enqueue_whose_answer_was_lost_after_its_commit_stores_the_job_once(
+    stores: Callable[..., PostgresJobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = stores()
+    await store.open()
+    fetch = asyncpg.pool.PoolConnectionProxy.fetch
+    lost: list[str] = []
+
+    async def commit_then_lose_the_answer(self: Any, query: str, *args: Any) -> Any:
+        rows = await fetch(self, query, *args)
+        if "INSERT INTO taskbuffer_jobs" in query and not lost:
+            lost.append(query)
+            raise ConnectionResetError("connection reset by peer")
+        return rows
+
+    monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "fetch", commit_then_lose_the_answer)
+    [a, b] = await store.enqueue_many(
+        [JobRequest(task_name="work", input=1), JobRequest(task_name="work", input=2)], now=T0
+    )
+    assert lost
+    monkeypatch.undo()
+    assert sorted(j.id for j in await store.list_jobs()) == sorted([a.id, b.id])
+    assert (a.input, b.input, a.status) == (1, 2, "queued")
 
 
 async def test_stores_opening_a_new_database_at_once_create_one_schema(

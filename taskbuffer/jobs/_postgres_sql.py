@@ -22,6 +22,7 @@ __all__ = (
     "ENQUEUE",
     "EXISTING",
     "FINISH",
+    "FINISH_AGAIN",
     "GET",
     "LATEST_SCHEDULE_KEY",
     "LIST",
@@ -51,7 +52,7 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
-    seq bigserial NOT NULL UNIQUE,
+    seq bigserial NOT NULL,
     id text PRIMARY KEY,
     task_name text NOT NULL,
     input bytea,
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
     result bytea,
     error text,
     dedupe_key text,
-    schedule_key text UNIQUE,
+    schedule_key text,
     token text,
     lease_expires float8,
     cancel_requested boolean NOT NULL DEFAULT false
@@ -79,6 +80,8 @@ CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
     ON taskbuffer_jobs (lease_expires) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_token
     ON taskbuffer_jobs (token) WHERE token IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
+    ON taskbuffer_jobs (schedule_key) WHERE schedule_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
     ON taskbuffer_jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
@@ -177,12 +180,10 @@ WITH picked AS (
 SELECT * FROM claimed ORDER BY priority DESC, run_at, seq
 """
 
-# One row per outcome, in order: applied now, or applied already by an earlier try of this
-# same statement whose answer the connection lost (the token stays on a finished job).
-FINISH = """
+_FINISH = """
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
-        WITH ORDINALITY AS o(id, token, outcome, result, error, ord)
+        AS o(id, token, outcome, result, error)
 ), upd AS (
     UPDATE taskbuffer_jobs j
     SET status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END,
@@ -193,19 +194,28 @@ WITH o AS (
         lease_expires = NULL,
         cancel_requested = o.outcome = 'released' AND j.cancel_requested
     FROM o WHERE j.id = o.id AND j.token = o.token AND j.status = 'running'
-    RETURNING j.id, j.claims, o.outcome, o.error
+    RETURNING j.id, j.claims, o.token, o.outcome, o.error
 ), ended AS (
     UPDATE taskbuffer_job_attempts a
     SET outcome = upd.outcome, finished_at = $6, error = upd.error
     FROM upd WHERE a.job_id = upd.id AND a.attempt = upd.claims
 )
-SELECT EXISTS (SELECT 1 FROM upd WHERE upd.id = o.id)
-       OR (j.token = o.token
-           AND j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END),
-       (SELECT pg_notify($7, $8))
-FROM o LEFT JOIN taskbuffer_jobs j ON j.id = o.id
-ORDER BY o.ord
 """
+
+# The (id, token) of the outcomes applied (the token stays on a finished job, for FINISH_AGAIN).
+FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
+
+# The same, run again after a lost connection: an outcome counts as applied also when an
+# earlier try of it had committed (the job has its status and still its token).
+FINISH_AGAIN = (
+    _FINISH
+    + """
+SELECT o.id, o.token, (SELECT pg_notify($7, $8)) FROM o JOIN taskbuffer_jobs j ON j.id = o.id
+WHERE (o.id, o.token) IN (SELECT id, token FROM upd)
+   OR (j.token = o.token
+       AND j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END)
+"""
+)
 
 RENEW = """
 UPDATE taskbuffer_jobs SET lease_expires = $2

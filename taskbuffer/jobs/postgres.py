@@ -160,8 +160,10 @@ class PostgresJobStore(JobStore):
 
     async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> list[Job]:
         """Store jobs in one statement (see :meth:`JobStore.enqueue_many`)."""
-        for request in requests:  # refuse a bad input before anything is written
-            self.encode(request.input)
+        # Encoded (so a bad input raises) and named before anything is written: a try
+        # repeated after a lost connection finds the rows of a first try that committed.
+        encoded = [self.encode(request.input) for request in requests]
+        ids = [uuid.uuid4().hex for _ in requests]
         if not requests:
             return []
 
@@ -171,7 +173,7 @@ class PostgresJobStore(JobStore):
                 missing = [i for i, job in enumerate(jobs) if job is None]
                 if not missing:
                     break
-                await self._insert(connection, [requests[i] for i in missing], missing, jobs, now)
+                await self._insert(connection, requests, ids, encoded, missing, jobs, now)
             if None in jobs:  # pragma: no cover - needs a job to finish between two statements
                 raise RuntimeError("enqueue kept meeting jobs that finished meanwhile")
             return [job for job in jobs if job is not None]
@@ -182,35 +184,36 @@ class PostgresJobStore(JobStore):
         self,
         connection: Connection,
         requests: Sequence[JobRequest],
-        where: list[int],
+        ids: list[str],
+        encoded: list[bytes],
+        indices: list[int],
         jobs: list[Job | None],
         now: float,
     ) -> None:
-        """Insert ``requests`` (their jobs go to ``jobs[where[i]]``); a request that met a stored
-        job (dedupe or schedule key) gets that job; one whose job vanished meanwhile stays
-        ``None``."""
-        encoded = [self.encode(request.input) for request in requests]
-        ids = [uuid.uuid4().hex for _ in requests]
+        """Insert the requests at ``indices`` (their jobs go to ``jobs[i]``); one that met a
+        stored job (its own id, a dedupe or schedule key) gets that job; one whose job
+        finished meanwhile stays ``None``."""
+        chosen = [requests[i] for i in indices]
         columns = (
-            ids,
-            [r.task_name for r in requests],
-            encoded,
-            [r.priority for r in requests],
-            [now if r.run_at is None else r.run_at for r in requests],
-            [r.max_attempts for r in requests],
-            [r.dedupe_key for r in requests],
-            [r.schedule_key for r in requests],
+            [ids[i] for i in indices],
+            [r.task_name for r in chosen],
+            [encoded[i] for i in indices],
+            [r.priority for r in chosen],
+            [now if r.run_at is None else r.run_at for r in chosen],
+            [r.max_attempts for r in chosen],
+            [r.dedupe_key for r in chosen],
+            [r.schedule_key for r in chosen],
         )
         rows = await connection.fetch(sql.ENQUEUE, *columns, now, sql.CHANNEL, self._id)
         if rows:
             self.notify()
         inserted = {row["id"] for row in rows}
         skipped = []
-        for request, job_id, data, i in zip(requests, ids, encoded, where, strict=True):
-            if job_id in inserted:
-                jobs[i] = self._new_job(request, job_id, data, now)
+        for i in indices:
+            if ids[i] in inserted:
+                jobs[i] = self._new_job(requests[i], ids[i], encoded[i], now)
             else:
-                skipped.append((request, job_id, i))
+                skipped.append((requests[i], ids[i], i))
         if skipped:
             await self._fill_existing(connection, skipped, jobs)
 
@@ -316,11 +319,17 @@ class PostgresJobStore(JobStore):
             [o.result for o in outcomes],
             [error_json(o.error) for o in outcomes],
         )
-        rows = await self._link.run(
-            lambda c: c.fetch(sql.FINISH, *columns, now, sql.CHANNEL, self._id)
-        )
+        tries = 0
+
+        async def finish(connection: Connection) -> list[asyncpg.Record]:
+            nonlocal tries
+            tries += 1  # a second try may find its first one committed
+            statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
+            return await connection.fetch(statement, *columns, now, sql.CHANNEL, self._id)
+
+        applied = {(row["id"], row["token"]) for row in await self._link.run(finish)}
         self.notify()
-        return [bool(row[0]) for row in rows]
+        return [(outcome.job_id, outcome.token) in applied for outcome in outcomes]
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one statement (see :meth:`JobStore.renew`)."""
