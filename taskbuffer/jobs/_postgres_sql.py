@@ -79,7 +79,7 @@ CREATE INDEX IF NOT EXISTS taskbuffer_jobs_due
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
     ON taskbuffer_jobs (lease_expires) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_token
-    ON taskbuffer_jobs (token) WHERE token IS NOT NULL;
+    ON taskbuffer_jobs (token) WHERE status = 'running';
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
     ON taskbuffer_jobs (schedule_key) WHERE schedule_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
@@ -150,11 +150,13 @@ WITH r AS (
         token = NULL, lease_expires = NULL,
         cancel_requested = r.status = 'queued' AND j.cancel_requested
     FROM r
-    WHERE j.id = r.id AND j.token = r.token AND j.status = 'running' AND j.lease_expires <= $1
+    WHERE j.id = ANY ($2::text[]) AND j.id = r.id AND j.token = r.token
+      AND j.status = 'running' AND j.lease_expires <= $1
     RETURNING j.id, j.claims
 ), ended AS (
     UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
-    FROM upd WHERE a.job_id = upd.id AND a.attempt = upd.claims
+    FROM upd
+    WHERE a.job_id = ANY ($2::text[]) AND a.job_id = upd.id AND a.attempt = upd.claims
 )
 SELECT count(*) FROM upd
 """
@@ -171,7 +173,7 @@ WITH picked AS (
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $4, started_at = $1, lease_expires = $1 + $5,
         token = replace(gen_random_uuid()::text, '-', '')
-    FROM picked WHERE j.id = picked.id
+    WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 ), opened AS (
     INSERT INTO taskbuffer_job_attempts (job_id, attempt, worker_id, started_at)
@@ -193,12 +195,15 @@ WITH o AS (
         error = CASE WHEN o.outcome = 'released' THEN j.error ELSE o.error END,
         lease_expires = NULL,
         cancel_requested = o.outcome = 'released' AND j.cancel_requested
-    FROM o WHERE j.id = o.id AND j.token = o.token AND j.status = 'running'
+    FROM o
+    WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
+      AND j.status = 'running'
     RETURNING j.id, j.claims, o.token, o.outcome, o.error
 ), ended AS (
     UPDATE taskbuffer_job_attempts a
     SET outcome = upd.outcome, finished_at = $6, error = upd.error
-    FROM upd WHERE a.job_id = upd.id AND a.attempt = upd.claims
+    FROM upd
+    WHERE a.job_id = ANY ($1::text[]) AND a.job_id = upd.id AND a.attempt = upd.claims
 )
 """
 
@@ -210,7 +215,8 @@ FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
 FINISH_AGAIN = (
     _FINISH
     + """
-SELECT o.id, o.token, (SELECT pg_notify($7, $8)) FROM o JOIN taskbuffer_jobs j ON j.id = o.id
+SELECT o.id, o.token, (SELECT pg_notify($7, $8))
+FROM o JOIN taskbuffer_jobs j ON j.id = o.id AND j.id = ANY ($1::text[])
 WHERE (o.id, o.token) IN (SELECT id, token FROM upd)
    OR (j.token = o.token
        AND j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END)
@@ -259,10 +265,14 @@ SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = $1 ORDER BY attempt
 """
 
+# Two scans of partial indexes (queued jobs, running jobs), never of the finished ones.
 NEXT_DUE = """
-SELECT min(CASE status WHEN 'queued' THEN run_at ELSE lease_expires END)
-FROM taskbuffer_jobs
-WHERE status IN ('queued', 'running') AND task_name = ANY($1::text[])
+SELECT least(
+    (SELECT min(run_at) FROM taskbuffer_jobs
+     WHERE status = 'queued' AND task_name = ANY ($1::text[])),
+    (SELECT min(lease_expires) FROM taskbuffer_jobs
+     WHERE status = 'running' AND task_name = ANY ($1::text[]))
+)
 """
 
 # ``starts_with`` on the plain column, then the C collation for ordinal order.
@@ -276,7 +286,7 @@ WITH old AS (
     DELETE FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < $1
     RETURNING id
 ), trail AS (
-    DELETE FROM taskbuffer_job_attempts a USING old WHERE a.job_id = old.id
+    DELETE FROM taskbuffer_job_attempts WHERE job_id = ANY (ARRAY (SELECT id FROM old))
 )
 SELECT count(*) FROM old
 """
