@@ -30,8 +30,6 @@ __all__ = (
     "META",
     "NEXT_DUE",
     "PURGE",
-    "REAP",
-    "REAP_CANDIDATES",
     "RENEW",
     "RETRY",
     "SCHEMA",
@@ -131,43 +129,53 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
    OR (dedupe_key = ANY($3::text[]) AND status IN ('queued', 'running'))
 """
 
-REAP_CANDIDATES = """
-SELECT id, token, attempts, max_attempts, cancel_requested FROM taskbuffer_jobs
-WHERE status = 'running' AND lease_expires <= $1
-ORDER BY lease_expires LIMIT 1000
-"""
-
-# The new status and error of each expired job are decided by the store ($2-$4); the token
-# and the expiry are checked again under the row lock, so two reapers cannot both apply.
-REAP = """
-WITH r AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
-        AS r(id, token, status, error)
-), upd AS (
-    UPDATE taskbuffer_jobs j
-    SET status = r.status, error = coalesce(r.error, j.error),
-        finished_at = CASE WHEN r.status = 'queued' THEN j.finished_at ELSE $1::float8 END,
-        token = NULL, lease_expires = NULL,
-        cancel_requested = r.status = 'queued' AND j.cancel_requested
-    FROM r
-    WHERE j.id = ANY ($2::text[]) AND j.id = r.id AND j.token = r.token
-      AND j.status = 'running' AND j.lease_expires <= $1
-    RETURNING j.id, j.claims
-), ended AS (
-    UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
-    FROM upd
-    WHERE a.job_id = ANY ($2::text[]) AND a.job_id = upd.id AND a.attempt = upd.claims
-)
-SELECT count(*) FROM upd
-"""
-
+# Reaping and claiming in one statement. Every running job whose lease ran out (any task)
+# is ``expired``: its open attempt ends ``lost``, and its fate is decided as the ABC says. The
+# due jobs are the queued ones and the expired ones fated ``queued`` (so a reaped job is
+# claimed in this same call, as if reaped first); ``picked`` takes the best of them, which
+# ``claimed`` takes over; the other expired jobs meet their fate in ``reaped``. No row is
+# updated twice. The error of a job whose attempts were all lost comes from the store's
+# templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
 CLAIM = f"""
-WITH picked AS (
-    SELECT id FROM taskbuffer_jobs
-    WHERE status = 'queued' AND run_at <= $1 AND task_name = ANY($2::text[])
+WITH expired AS (
+    SELECT id, priority, run_at, seq, task_name, attempts, claims,
+           CASE WHEN cancel_requested THEN 'cancelled'
+                WHEN attempts >= max_attempts THEN 'failed'
+                ELSE 'queued' END AS fate
+    FROM taskbuffer_jobs
+    WHERE status = 'running' AND lease_expires <= $1
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id, priority, run_at, seq FROM taskbuffer_jobs
+    WHERE status = 'queued' AND run_at <= $1 AND task_name = ANY ($2::text[])
     ORDER BY priority DESC, run_at, seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM (
+        SELECT id, priority, run_at, seq FROM due
+        UNION ALL
+        SELECT id, priority, run_at, seq FROM expired
+        WHERE fate = 'queued' AND run_at <= $1 AND task_name = ANY ($2::text[])
+    ) AS candidates
+    ORDER BY priority DESC, run_at, seq
+    LIMIT $3
+), lost AS (
+    UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
+    FROM expired e
+    WHERE a.job_id = ANY (ARRAY (SELECT id FROM expired))
+      AND a.job_id = e.id AND a.attempt = e.claims
+), reaped AS (
+    UPDATE taskbuffer_jobs j
+    SET status = e.fate, token = NULL, lease_expires = NULL, cancel_requested = false,
+        finished_at = CASE WHEN e.fate = 'queued' THEN j.finished_at ELSE $1::float8 END,
+        error = CASE WHEN e.fate <> 'failed' THEN j.error
+                     WHEN e.attempts = 1 THEN replace($6::text, $8::text, j.id)
+                     ELSE replace(replace($7::text, $8::text, j.id), $9::text, e.attempts::text)
+                END
+    FROM expired e
+    WHERE j.id = ANY (ARRAY (SELECT id FROM expired)) AND j.id = e.id
+      AND j.id <> ALL (ARRAY (SELECT id FROM picked))
 ), claimed AS (
     UPDATE taskbuffer_jobs j
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,

@@ -55,7 +55,16 @@ __all__ = ("PostgresJobStore",)
 
 POLL_LISTENING = 5.0
 POLL_NOT_LISTENING = 0.5
-ENQUEUE_ROUNDS = 3  # a request whose conflicting job finishes meanwhile is inserted again
+ENQUEUE_ROUNDS = 3
+_ID, _COUNT = "@@job-id@@", 97531
+# The error of a job whose every attempt was lost, as JSON with a stand-in for its id and
+# attempt count; the claim statement puts the real ones in.
+_LOST_TEMPLATES = (
+    error_json(attempts_lost_error(_ID, 1)),
+    error_json(attempts_lost_error(_ID, _COUNT)),
+    _ID,
+    str(_COUNT),
+)  # a request whose conflicting job finishes meanwhile is inserted again
 
 
 def _asyncpg_dsn(dsn: str) -> str:
@@ -268,45 +277,20 @@ class PostgresJobStore(JobStore):
     async def claim(
         self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
     ) -> list[Claim]:
-        """Reap expired leases, then claim due jobs in one statement (see
+        """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
-
-        async def claim(connection: Connection) -> list[Claim]:
-            await self._reap(connection, now)
-            if limit <= 0 or not task_names:
-                return []
-            rows = await connection.fetch(
-                sql.CLAIM, now, list(task_names), limit, worker_id, self.lease
+        rows = await self._link.run(
+            lambda c: c.fetch(
+                sql.CLAIM,
+                now,
+                list(task_names),
+                max(limit, 0),
+                worker_id,
+                self.lease,
+                *_LOST_TEMPLATES,
             )
-            return [Claim(job=self._job(row), token=row["token"]) for row in rows]
-
-        return await self._link.run(claim)
-
-    async def _reap(self, connection: Connection, now: float) -> None:
-        """End the attempts whose lease ran out (``lost``) and decide what becomes of each job."""
-        expired = await connection.fetch(sql.REAP_CANDIDATES, now)
-        if not expired:
-            return
-        statuses: list[str] = []
-        errors: list[str | None] = []
-        for row in expired:
-            if row["cancel_requested"]:
-                statuses.append("cancelled")
-                errors.append(None)
-            elif row["attempts"] >= row["max_attempts"]:
-                statuses.append("failed")
-                errors.append(error_json(attempts_lost_error(row["id"], row["attempts"])))
-            else:
-                statuses.append("queued")
-                errors.append(None)
-        await connection.fetchval(
-            sql.REAP,
-            now,
-            [row["id"] for row in expired],
-            [row["token"] for row in expired],
-            statuses,
-            errors,
         )
+        return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
     async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
         """End claims in one statement (see :meth:`JobStore.finish`)."""
