@@ -253,6 +253,28 @@ def _e1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     return [row]
 
 
+def _d1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    """D1: W1 with a dashboard client against none, paired in one process; a stalled client."""
+    row = _base_row(run, mode)
+    a, b = _median(run.taskbuffer, "us_per_op"), _median(run.taskbuffer, "us_per_op_no_client")
+    ratio = _median(run.taskbuffer, "ratio")
+    stalled = _median(run.taskbuffer, "stalled_bytes")
+    row.taskbuffer, row.baseline = _fmt(a, " µs/op"), _fmt(b, " µs/op")
+    row.ratio = _fmt(ratio, "x")
+    targets = run.spec.targets
+    ok = _at_most(ratio, targets.get("ratio"))
+    ok_stalled = _at_most(stalled, targets.get("stalled_bytes"))
+    row.verdict = _verdict(None if ok is None or ok_stalled is None else ok and ok_stalled)
+    row.notes = (
+        f"baseline = no client, same process; a client stalled for the stall time: "
+        f"{_fmt(None if stalled is None else stalled / 1024, ' KiB', 1)} traced growth; "
+        + row.notes
+    )
+    row.values = {"with_client_us_per_op": a, "no_client_us_per_op": b, "ratio": ratio}
+    row.values["stalled_bytes"] = stalled
+    return [row]
+
+
 def _s1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     row = _base_row(run, mode)
     if run.unavailable is not None:
@@ -409,6 +431,7 @@ SUMMARIES: dict[str, Callable[[WorkloadRun, Mode], list[Row]]] = {
     "C5": _c5_rows,
     "C6": _c6_rows,
     "E1": _e1_rows,
+    "D1": _d1_rows,
     "S1": _s1_rows,
     "S2": _s2_rows,
     "V1": _v1_rows,

@@ -208,6 +208,20 @@ SPECS: tuple[Spec, ...] = (
         target_text="ratio <= 1.5 (calls and firings)",
     ),
     Spec(
+        id="D1",
+        name="dashboard_load",
+        what=(
+            "W1 (yielding every 50 triggers) with one dashboard client connected while 1,000"
+            " events/s flow, against none connected; then a client that stops reading"
+        ),
+        baseline=None,
+        sizes=_sizes({"n": 50_000, "stall": 30}, {"n": 10_000, "stall": 5}, {"n": 300, "stall": 1}),
+        targets={"ratio": 1.1, "stalled_bytes": 1_000_000},
+        target_text="<= 1.1x, stalled < 1 MB",
+        warmup=False,
+        max_reps=1,
+    ),
+    Spec(
         id="V1",
         name="services_scaling",
         what="start + stop of n services in a random dependency DAG: cost per service by n",

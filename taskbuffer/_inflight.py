@@ -12,9 +12,8 @@ import itertools
 from functools import partial
 from typing import Any
 
-from ._admission import GO, Admission, Claim, Claimer, SharingRun, Waiter
+from ._admission import GO, Admission, Claim, SharingRun, Waiter
 from ._exceptions import TaskManagerStoppedError
-from ._shared import current_task_in
 
 __all__ = ("InFlight", "other_loop_error")
 
@@ -36,7 +35,6 @@ class InFlight:
         "admission",
         "admitted",
         "callers",
-        "claimers",
         "held",
         "idle",
         "owner",
@@ -46,10 +44,9 @@ class InFlight:
         "waiting",
     )
 
-    def __init__(self, admission: Admission, owner: object, claimers: list[Claimer]) -> None:
+    def __init__(self, admission: Admission, owner: object) -> None:
         self.admission = admission
         self.owner = owner  # the manager's token as the owner of its triggers
-        self.claimers = claimers  # the manager's, per group in order (shared, not copied)
         self.seq = itertools.count()  # waiters' arrival order
         # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
         # cancel exactly those; in the order their runs began (see cancel_runs).
@@ -125,14 +122,10 @@ class InFlight:
                 f"task {task.name!r} was cancelled because the TaskManager stopped"
             ) from None
 
-    def claim(self, task: Any, input: Any, loop: asyncio.AbstractEventLoop) -> list[Claim]:
-        """The keys a trigger claims; a key function that raises fails the trigger."""
-        try:
-            return self.admission.claim(self.claimers, task, input, loop)
-        except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
-            if not isinstance(exc, asyncio.CancelledError):
-                task._emit("failed", "failed", error=exc)
-            raise
+    def claim_failed(self, task: Any, exc: BaseException) -> None:
+        """A key function raised: the trigger fails (a cancellation is no failure)."""
+        if not isinstance(exc, asyncio.CancelledError):
+            task._emit("failed", "failed", error=exc)
 
     def park(
         self,
@@ -145,7 +138,7 @@ class InFlight:
         """Queue a blocked trigger (after refusing one that would wait for itself)."""
         if self.held:
             # Without a current task (None) nothing is held.
-            self.check_self_deadlock(task, claims, current_task_in(loop))
+            self.check_self_deadlock(task, claims, asyncio.current_task(loop))
         waiter = self.admission.park(
             claims, blocked, loop.create_future(), priority, next(self.seq), self.owner
         )
@@ -172,11 +165,6 @@ class InFlight:
             task._emit("cancelled", None, error="cancelled while waiting")
         elif isinstance(exc, TaskManagerStoppedError):
             task._emit("cancelled", None, error="the TaskManager stopped")
-
-    def check_loop(self, current: asyncio.Task[Any]) -> None:
-        """Another asyncio task's run in flight (the oldest; current came last): this loop's?"""
-        if next(iter(self.active)).get_loop() is not current.get_loop():
-            raise other_loop_error()
 
     def refuse(self, task: Any) -> None:
         """An admitted trigger is refused: stop(timeout=...) ran out."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,21 +30,9 @@ from .distributed import AbstractDistributedCoordinator
 if TYPE_CHECKING:
     from .jobs import JobStore
 
-__all__ = ("TaskManager", "TaskManagerStatistics")
+__all__ = ("TaskManager", "TaskManagerStatistics", "override_job_options")
 
 logger = logging.getLogger("taskbuffer")
-
-if sys.version_info >= (3, 12):
-    _current_task = asyncio.current_task  # implemented in C
-else:
-    # On 3.11 asyncio.current_task() is a Python function costing more than the rest of an
-    # unconstrained trigger's bookkeeping; this is the dict it reads, looked up directly.
-    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
-
-    def _current_task() -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = _current_tasks[asyncio.get_running_loop()]
-        return task
-
 
 # From this state up a manager takes triggers and forwards its tasks' events.
 ACCEPTING = FORWARDING = RunState.CREATED
@@ -134,13 +121,16 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         # a manager alive that nothing else uses (and is then free to join another).
         self._ref = weakref.ref(self)
         self._admission = LOCAL_ADMISSION
-        self._flights = InFlight(self._admission, self._ref, self._claimers)
+        self._flights = InFlight(self._admission, self._ref)
+        self._use_jobs(job_store, job_concurrency, worker_id)
+
+    def _use_jobs(self, job_store: Any, job_concurrency: Any, worker_id: Any) -> None:
         # Durable jobs (its own module): the store, the worker, cron ticks as jobs.
         self._jobs = job_side_for(
             job_store,
             job_concurrency=job_concurrency,
             worker_id=worker_id,
-            timezone=timezone,
+            timezone=self.timezone,
             lookup=self.get_task_by_name,
             run=lambda task, job: self.trigger_task_constrained(
                 task, job.input, priority=job.priority
@@ -148,6 +138,14 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             task_names=lambda: list(self._tasks),
         )
         self._scheduler.ticks_as_jobs = self._jobs
+
+    def _override_jobs(self, job_store: Any, job_concurrency: Any) -> bool:
+        side = self._jobs  # None of the two overrides keeps what the manager has
+        store = side.store if job_store is None and side is not None else job_store
+        default = 10 if side is None else side.concurrency
+        concurrency = default if job_concurrency is None else job_concurrency
+        self._use_jobs(store, concurrency, None if side is None else side.worker_id)
+        return self._jobs is not None
 
     def __repr__(self) -> str:
         return (
@@ -289,7 +287,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         # No constraint group: the bookkeeping of trigger_task_constrained's run phase, here,
         # so that the hot by-name path pays for one coroutine frame and not two.
         flights = self._flights
-        current = _current_task()
+        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             # Another asyncio task's run in flight (the oldest): it must be in this loop.
@@ -338,7 +336,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if self._groups:
             admission = self._admission
             loop = asyncio.get_running_loop()
-            claims = flights.claim(task, input, loop)
+            try:
+                claims = admission.claim(self._claimers, task, input, loop)
+            except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
+                flights.claim_failed(task, exc)
+                raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             blocked = admission.acquire(claims, loop.time(), priority, owner=self._ref)
             if blocked is not None:
@@ -363,7 +365,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         # cancels it, whether it is in should_execute or running.
         if not waited:
             flights.admitted += 1
-        current = _current_task()
+        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             flights.active[current] = None
@@ -375,8 +377,10 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 held.append(claims)
         ran = refused = handed_off = False
         try:
+            # Another asyncio task's run in flight (the oldest; current came last): this loop's?
             if tracked and len(flights.active) > 1:
-                flights.check_loop(current)
+                if next(iter(flights.active)).get_loop() is not current.get_loop():
+                    raise other_loop_error()
             if self._life.hard_stop:
                 refused = True
                 flights.refuse(task)
@@ -427,3 +431,13 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             waiting=self._flights.waiting,
             scheduled=self._scheduler.count(),
         )
+
+
+def override_job_options(
+    manager: TaskManager, *, job_store: JobStore | str | None, job_concurrency: int | None
+) -> bool:
+    """Another store or job concurrency for a manager not started (``None`` keeps its own),
+    as ``taskbuffer worker --store/--concurrency`` do; False when it has no store then."""
+    if manager.started:
+        raise RuntimeError("the job options of a started TaskManager cannot change")
+    return manager._override_jobs(job_store, job_concurrency)

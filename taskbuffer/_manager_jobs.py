@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,8 @@ _STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def _default_worker_id() -> str:
+    import socket  # only managers with a store need it
+
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 

@@ -1037,3 +1037,23 @@ class _TaskDecorator:
     def __call__(self, function: Callable[[In, Any], T], /) -> Task[T, dict[str, Any], In]: ...
     def __call__(self, function: Callable[..., Any], /) -> Task[Any]:
         return Task(task_function=function, **self._options)
+
+
+# ------------------------------------------------------------------ for the scheduler
+
+
+def set_cron_schedule(task: Task[Any, Any], expression: str | None) -> None:
+    """Show ``task``'s cron expression in its metadata and events (the scheduler owns it)."""
+    task._cron_schedule = expression
+
+
+def set_next_run(task: Task[Any, Any], when: float | None) -> None:
+    """Show ``task``'s next scheduled run (epoch seconds) in its metadata and events (the
+    scheduler owns it)."""
+    task._next_run = when
+
+
+def emit_notice(task: Task[Any, Any], type: TaskEventType, message: str) -> None:
+    """Emit an event of ``task`` that carries ``message`` as its error (the scheduler's
+    ``missed`` and ``skipped``)."""
+    task._emit(type, None, error=message)

@@ -106,7 +106,11 @@ class LocalAdmission(Admission):
             st.table.waiting_total += 1
             if st.sharers is not None:
                 st.sharers[waiter] = None
-        self._park(waiter, *blocked)
+        st, until = blocked  # (inlined _park: every waiter comes this way)
+        heapq.heappush(st.heap, (-priority, seq, waiter))
+        waiter.parked = st
+        if until != math.inf:
+            st.table.arm_timer(st, until)
         return waiter
 
     def _park(self, waiter: Waiter, st: Claim, until: float) -> None:

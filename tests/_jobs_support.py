@@ -2,16 +2,20 @@
 
 A backend makes stores on a fresh, empty database and knows how to tamper with one for the
 schema-version test. ``memory`` and ``sqlite`` live here. The PostgreSQL backend is the pg
-helper's: ``tests/_pg_support.py`` provides a fixture named ``postgres_job_backend`` that
-returns an object with the same three methods (its own server and a fresh database or schema
-per ``make`` call, cleaned up by the fixture). When that module, that fixture or the server is
-missing, the ``postgres`` parameter skips (and CI turns the skip of an external test into a
-failure).
+helper's hook: ``tests/_pg_support.py`` provides a plain function
+``job_backend(request: pytest.FixtureRequest) -> Backend`` (not a fixture: fixtures of a helper
+module are invisible to pytest) that returns an object with the three methods below, on its
+own server (started once per session, for example kept in ``request.config.stash``, and
+stopped with ``request.session``'s finalizer or ``atexit``), a fresh database or schema per
+``make`` call. It may call ``pytest.skip`` when PostgreSQL is not installed. When the module
+or the function is missing, the ``postgres`` parameter skips; CI turns the skip of an
+external test into a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -81,10 +85,10 @@ class SQLiteBackend:
 # ----------------------------------------------------------------------------- fixtures
 # Test modules import these two fixtures (``from _jobs_support import backend, store``).
 
-try:
-    import _pg_support
-except ImportError:  # the pg helper's module is not there: the postgres param skips
-    _pg_support = None  # type: ignore[assignment]
+try:  # the pg helper's module; without it the postgres param skips
+    _pg_support: Any = importlib.import_module("_pg_support")
+except ImportError:
+    _pg_support = None
 
 BACKENDS = [
     pytest.param("memory"),
@@ -101,9 +105,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         return MemoryBackend()
     if request.param == "sqlite":
         return SQLiteBackend(tmp_path)
-    if _pg_support is None or not hasattr(_pg_support, "postgres_job_backend"):
-        pytest.skip("tests/_pg_support.py provides no postgres_job_backend fixture")
-    pg: Backend = request.getfixturevalue("postgres_job_backend")
+    hook = getattr(_pg_support, "job_backend", None)
+    if hook is None:
+        pytest.skip("tests/_pg_support.py provides no job_backend(request) hook")
+    pg: Backend = hook(request)
     return pg
 
 

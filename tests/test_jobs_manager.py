@@ -424,3 +424,30 @@ async def test_7_a_one_off_run_becomes_a_job(stores: Callable[..., JobStore]) ->
         assert await m.job_result(job.id) == "ran in"
         await m.stop()
     assert job.input == "in" and job.schedule_key is None
+
+
+async def test_1_a_result_the_serializer_refuses_fails_the_job(
+    stores: Callable[..., JobStore],
+) -> None:
+    m = TaskManager(job_store=stores())
+    m.add_task(Task(task_function=lambda: object(), name="t"))
+    async with asyncio.timeout(10):
+        await m.start()
+        job = await m.enqueue("t")
+        with pytest.raises(JobFailedError, match="object value at result") as caught:
+            await m.job_result(job.id)
+        await m.stop()
+    assert caught.value.job.error is not None and caught.value.job.error.type == "TypeError"
+
+
+async def test_9_a_jobs_run_emits_the_tasks_usual_events(stores: Callable[..., JobStore]) -> None:
+    events: list[TaskEvent] = []
+    m = TaskManager(job_store=stores())
+    m.add_task(recording("t", []))
+    m.task_subject.subscribe(events.append)
+    async with asyncio.timeout(10):
+        await m.start()
+        job = await m.enqueue("t", 1)
+        await m.wait_for_job(job.id)
+        await m.stop()
+    assert [e.type for e in events] == ["started", "completed"]

@@ -30,7 +30,9 @@ def request(task: str = "work", **fields: Any) -> JobRequest:
     return JobRequest(task_name=task, **fields)
 
 
-async def claim(store: JobStore, *names: str, limit: int = 10, now: float = T0, worker: str = "w1"):
+async def claim(
+    store: JobStore, *names: str, limit: int = 10, now: float = T0, worker: str = "w1"
+) -> list[Claim]:
     return await store.claim(worker_id=worker, task_names=names or ("work",), limit=limit, now=now)
 
 
@@ -355,4 +357,65 @@ def test_options_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="lease must be"):
         MemoryJobStore(lease=0)
     with pytest.raises(TypeError, match="serializer must have dumps"):
-        MemoryJobStore(serializer=object())  # type: ignore[arg-type]
+        MemoryJobStore(serializer=object())
+
+
+# ------------------------------------------------------------------------- URLs
+
+
+def test_sqlite_urls_name_relative_and_absolute_files(tmp_path: Any) -> None:
+    from taskbuffer.jobs import SQLiteJobStore, job_store_from_url
+
+    relative = job_store_from_url("sqlite:///data/jobs.db", lease=5.0)
+    assert isinstance(relative, SQLiteJobStore) and relative.path == "data/jobs.db"
+    assert relative.lease == 5.0
+    absolute = job_store_from_url(f"sqlite:///{tmp_path}/jobs.db")
+    assert isinstance(absolute, SQLiteJobStore) and absolute.path == f"{tmp_path}/jobs.db"
+    with pytest.raises(ValueError, match="unknown scheme"):
+        job_store_from_url("redis://localhost")
+    with pytest.raises(ValueError, match="not a SQLite URL"):
+        job_store_from_url("sqlite:///")
+    with pytest.raises(TypeError, match="must be a str"):
+        job_store_from_url(3)  # type: ignore[arg-type]
+
+
+def test_a_postgresql_url_loads_the_extra_only_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from taskbuffer.jobs import MemoryJobStore, job_store_from_url
+
+    built: list[tuple[str, dict[str, Any]]] = []
+
+    class FakePostgresJobStore(MemoryJobStore):
+        def __init__(self, dsn: str, **options: Any) -> None:
+            built.append((dsn, options))
+            super().__init__(**options)
+
+    fake = types.ModuleType("taskbuffer.jobs.postgres")
+    fake.PostgresJobStore = FakePostgresJobStore  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "taskbuffer.jobs.postgres", fake)
+    store = job_store_from_url("postgresql://u@h/db", lease=9.0)
+    assert isinstance(store, FakePostgresJobStore)
+    assert built == [("postgresql://u@h/db", {"lease": 9.0})]
+
+
+@pytest.mark.realtime
+async def test_a_manager_opens_and_closes_the_sqlite_store_of_its_url(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from taskbuffer import Task, TaskManager
+
+    monkeypatch.chdir(tmp_path)
+    m = TaskManager(job_store="sqlite:///jobs.db")
+    m.add_task(Task(task_function=lambda x: x * 2, name="double"))
+    async with asyncio.timeout(10):
+        await m.start()
+        job = await m.enqueue("double", 21)
+        assert await m.job_result(job.id) == 42
+        await m.stop()
+    assert (tmp_path / "jobs.db").is_file()
+    assert [j.id for j in await m.list_jobs()] == [job.id]  # reopened for the look-up
+    await m.stop()

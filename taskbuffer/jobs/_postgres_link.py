@@ -90,7 +90,7 @@ class PostgresLink:
         self._prepare = prepare
         self._on_notify = on_notify
         self._on_listening = on_listening
-        self._name = name
+        self._store_name = name
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._open_lock: asyncio.Lock | None = None
@@ -152,7 +152,7 @@ class PostgresLink:
         while True:
             pool = self._pool
             if pool is None:
-                raise RuntimeError(f"job store {self._name()} was closed")
+                raise RuntimeError(f"job store {self._store_name()} was closed")
             try:
                 async with pool.acquire() as connection:
                     result = await operation(connection)
@@ -162,7 +162,7 @@ class PostgresLink:
                 if self._outage is None:
                     self._outage = loop.time()
                     logger.warning(
-                        "job store %s: connection lost (%r); retrying", self._name(), error
+                        "job store %s: connection lost (%r); retrying", self._store_name(), error
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -170,7 +170,7 @@ class PostgresLink:
             if self._outage is not None:
                 logger.warning(
                     "job store %s: reconnected after %.1f s",
-                    self._name(),
+                    self._store_name(),
                     loop.time() - self._outage,
                 )
                 self._outage = None
@@ -192,7 +192,7 @@ class PostgresLink:
                 delay = RETRY_FIRST
             except Exception as error:
                 if not lost_connection(error):
-                    logger.exception("job store %s: LISTEN failed; polling", self._name())
+                    logger.exception("job store %s: LISTEN failed; polling", self._store_name())
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)

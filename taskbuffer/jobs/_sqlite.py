@@ -18,7 +18,29 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from . import _sqlite_sql as sql
+from ._sqlite_sql import (
+    CANCEL_QUEUED,
+    CANCEL_RUNNING,
+    CLAIM,
+    COLUMNS,
+    END_ATTEMPT,
+    FAIL_EXHAUSTED,
+    FINISH,
+    INSERT,
+    NEXT_DUE,
+    OPEN_ATTEMPT,
+    PURGE_ATTEMPTS,
+    PURGE_JOBS,
+    REAP_ATTEMPTS,
+    REAP_CANCELLED,
+    REAP_EXHAUSTED,
+    REAP_REQUEUE,
+    RELEASE,
+    RENEW,
+    REQUEUE,
+    SCHEMA,
+    TAKE,
+)
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
 from ._thread import ConnectionThread
 from ._values import (
@@ -34,26 +56,12 @@ from ._values import (
     job_from_row,
 )
 
-__all__ = ("SQLiteJobStore", "sqlite_path_from_url")
+__all__ = ("SQLiteJobStore",)
 
 R = TypeVar("R")
 
 BUSY_TIMEOUT = 10.0
 """Seconds a write waits for another process's write lock before failing."""
-
-
-def sqlite_path_from_url(url: str) -> str:
-    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
-
-    :raises ValueError: not a ``sqlite:///`` URL, or no path in it.
-    """
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ValueError(
-            f"job_store URL {url!r} is not a SQLite URL: expected sqlite:///relative/path.db "
-            "or sqlite:////absolute/path.db"
-        )
-    return url[len(prefix) :]
 
 
 class SQLiteJobStore(JobStore):
@@ -109,7 +117,7 @@ class SQLiteJobStore(JobStore):
         if row is not None:
             check_schema_version(int(row[0]), where=repr(self._path))
             return
-        for statement in sql.SCHEMA.split(";"):
+        for statement in SCHEMA.split(";"):
             if statement.strip():
                 connection.execute(statement)
         connection.execute(
@@ -179,7 +187,7 @@ class SQLiteJobStore(JobStore):
         """The job with this id, or ``None``."""
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {sql.COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+                f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
             ).fetchone(),
             write=False,
         )
@@ -195,7 +203,7 @@ class SQLiteJobStore(JobStore):
     ) -> list[Job]:
         """Jobs, newest first (see :meth:`JobStore.list_jobs`)."""
         query = (
-            f"SELECT {sql.COLUMNS} FROM taskbuffer_jobs "
+            f"SELECT {COLUMNS} FROM taskbuffer_jobs "
             "WHERE (:status IS NULL OR status = :status) "
             "AND (:task IS NULL OR task_name = :task) "
             "ORDER BY created_at DESC, seq DESC LIMIT :limit OFFSET :offset"
@@ -219,7 +227,7 @@ class SQLiteJobStore(JobStore):
         """When a claim could next find work (see :meth:`JobStore.next_due_at`)."""
         if not task_names:
             return None
-        query = sql.NEXT_DUE.format(names=", ".join("?" * len(task_names)))
+        query = NEXT_DUE.format(names=", ".join("?" * len(task_names)))
         row = await self._run(lambda c: c.execute(query, tuple(task_names)).fetchone(), write=False)
         return None if row[0] is None else float(row[0])
 
@@ -249,12 +257,12 @@ class SQLiteJobStore(JobStore):
                     job_id = uuid.uuid4().hex
                     run_at = now if request.run_at is None else request.run_at
                     c.execute(
-                        sql.INSERT,
+                        INSERT,
                         (job_id, request.task_name, data, request.priority, run_at,
                          request.max_attempts, now, request.dedupe_key, request.schedule_key),
                     )  # fmt: skip
                     row = c.execute(
-                        f"SELECT {sql.COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+                        f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
                     ).fetchone()
                 rows.append(row)
             return rows
@@ -267,7 +275,7 @@ class SQLiteJobStore(JobStore):
     def _existing(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:
         if request.schedule_key is not None:
             row = c.execute(
-                f"SELECT {sql.COLUMNS} FROM taskbuffer_jobs WHERE schedule_key = ?",
+                f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE schedule_key = ?",
                 (request.schedule_key,),
             ).fetchone()
             if row is not None:
@@ -276,7 +284,7 @@ class SQLiteJobStore(JobStore):
             return cast(
                 "sqlite3.Row | None",
                 c.execute(
-                    f"SELECT {sql.COLUMNS} FROM taskbuffer_jobs WHERE dedupe_key = ? "
+                    f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE dedupe_key = ? "
                     "AND status IN ('queued', 'running')",
                     (request.dedupe_key,),
                 ).fetchone(),
@@ -291,20 +299,20 @@ class SQLiteJobStore(JobStore):
         if expired is None:
             return
         params = {"now": now}
-        c.execute(sql.REAP_ATTEMPTS, params)
-        c.execute(sql.REAP_CANCELLED, params)
-        exhausted = c.execute(sql.REAP_EXHAUSTED, params).fetchall()
+        c.execute(REAP_ATTEMPTS, params)
+        c.execute(REAP_CANCELLED, params)
+        exhausted = c.execute(REAP_EXHAUSTED, params).fetchall()
         c.executemany(
-            sql.FAIL_EXHAUSTED,
+            FAIL_EXHAUSTED,
             [(now, error_json(attempts_lost_error(job_id, n)), job_id) for job_id, n in exhausted],
         )
-        c.execute(sql.REAP_REQUEUE, params)
+        c.execute(REAP_REQUEUE, params)
 
     async def claim(
         self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
     ) -> list[Claim]:
         """Claim due jobs in one transaction (see :meth:`JobStore.claim`)."""
-        query = sql.CLAIM.format(names=", ".join("?" * len(task_names)))
+        query = CLAIM.format(names=", ".join("?" * len(task_names)))
         lease_expires = now + self.lease
 
         def take(c: sqlite3.Connection) -> list[tuple[sqlite3.Row, str]]:
@@ -314,11 +322,11 @@ class SQLiteJobStore(JobStore):
             rows = c.execute(query, (now, *task_names, limit)).fetchall()
             taken = [(row, uuid.uuid4().hex) for row in rows]
             c.executemany(
-                sql.TAKE,
+                TAKE,
                 [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken],
             )
             c.executemany(
-                sql.OPEN_ATTEMPT, [(row["id"], row["id"], worker_id, now) for row, _ in taken]
+                OPEN_ATTEMPT, [(row["id"], row["id"], worker_id, now) for row, _ in taken]
             )
             return taken
 
@@ -345,13 +353,13 @@ class SQLiteJobStore(JobStore):
             for o in outcomes:
                 error = error_json(o.error)
                 if o.outcome == "released":
-                    done = c.execute(sql.RELEASE, (o.job_id, o.token)).rowcount == 1
+                    done = c.execute(RELEASE, (o.job_id, o.token)).rowcount == 1
                 else:
                     done = c.execute(
-                        sql.FINISH, (o.outcome, now, o.result, error, o.job_id, o.token)
+                        FINISH, (o.outcome, now, o.result, error, o.job_id, o.token)
                     ).rowcount == 1  # fmt: skip
                 if done:
-                    c.execute(sql.END_ATTEMPT, (o.outcome, now, error, o.job_id))
+                    c.execute(END_ATTEMPT, (o.outcome, now, error, o.job_id))
                 applied.append(done)
             return applied
 
@@ -366,7 +374,7 @@ class SQLiteJobStore(JobStore):
         def extend(c: sqlite3.Connection) -> RenewReport:
             lost, cancel = set(), set()
             for token in tokens:
-                row = c.execute(sql.RENEW, (lease_expires, token)).fetchone()
+                row = c.execute(RENEW, (lease_expires, token)).fetchone()
                 if row is None:
                     lost.add(token)
                 elif row[0]:
@@ -379,16 +387,8 @@ class SQLiteJobStore(JobStore):
         """Cancel a job (see :meth:`JobStore.cancel`)."""
 
         def mark(c: sqlite3.Connection) -> bool:
-            queued = c.execute(
-                "UPDATE taskbuffer_jobs SET status = 'cancelled', finished_at = ? "
-                "WHERE id = ? AND status = 'queued'",
-                (now, job_id),
-            ).rowcount
-            running = c.execute(
-                "UPDATE taskbuffer_jobs SET cancel_requested = 1 "
-                "WHERE id = ? AND status = 'running'",
-                (job_id,),
-            ).rowcount
+            queued = c.execute(CANCEL_QUEUED, (now, job_id)).rowcount
+            running = c.execute(CANCEL_RUNNING, (job_id,)).rowcount
             return bool(queued or running)
 
         cancelled = await self._run(mark, write=True)
@@ -407,15 +407,11 @@ class SQLiteJobStore(JobStore):
                 raise ValueError(
                     f"only a failed or cancelled job can be retried; job {job_id!r} is {row[0]}"
                 )
-            c.execute(
-                "UPDATE taskbuffer_jobs SET status = 'queued', run_at = ?, attempts = 0, "
-                "result = NULL, error = NULL, finished_at = NULL WHERE id = ?",
-                (now, job_id),
-            )
+            c.execute(REQUEUE, (now, job_id))
             return cast(
                 "sqlite3.Row",
                 c.execute(
-                    f"SELECT {sql.COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+                    f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
                 ).fetchone(),
             )
 
@@ -431,15 +427,8 @@ class SQLiteJobStore(JobStore):
 
         def delete(c: sqlite3.Connection) -> int:
             cutoff = now - retention
-            c.execute(
-                "DELETE FROM taskbuffer_job_attempts WHERE job_id IN (SELECT id FROM "
-                "taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < ?)",
-                (cutoff,),
-            )
-            return c.execute(
-                "DELETE FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
-                (cutoff,),
-            ).rowcount
+            c.execute(PURGE_ATTEMPTS, (cutoff,))
+            return c.execute(PURGE_JOBS, (cutoff,)).rowcount
 
         return await self._run(delete, write=True)
 

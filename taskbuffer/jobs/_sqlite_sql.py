@@ -7,9 +7,30 @@ lock up front (``busy_timeout``) instead of failing half-way on a lock upgrade.
 
 from __future__ import annotations
 
-__all__ = ("CLAIM", "COLUMNS", "SCHEMA", "TABLE")
+__all__ = (
+    "CANCEL_QUEUED",
+    "CANCEL_RUNNING",
+    "CLAIM",
+    "COLUMNS",
+    "END_ATTEMPT",
+    "FAIL_EXHAUSTED",
+    "FINISH",
+    "INSERT",
+    "NEXT_DUE",
+    "OPEN_ATTEMPT",
+    "PURGE_ATTEMPTS",
+    "PURGE_JOBS",
+    "REAP_ATTEMPTS",
+    "REAP_CANCELLED",
+    "REAP_EXHAUSTED",
+    "REAP_REQUEUE",
+    "RELEASE",
+    "RENEW",
+    "REQUEUE",
+    "SCHEMA",
+    "TAKE",
+)
 
-TABLE = "taskbuffer_jobs"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskbuffer_meta (
@@ -152,3 +173,25 @@ SET status = 'failed', finished_at = ?, error = ?, token = NULL, lease_expires =
     cancel_requested = 0
 WHERE id = ?
 """
+
+CANCEL_QUEUED = """
+UPDATE taskbuffer_jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'
+"""
+
+CANCEL_RUNNING = """
+UPDATE taskbuffer_jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'
+"""
+
+REQUEUE = """
+UPDATE taskbuffer_jobs
+SET status = 'queued', run_at = ?, attempts = 0, result = NULL, error = NULL, finished_at = NULL
+WHERE id = ?
+"""
+
+PURGE_ATTEMPTS = """
+DELETE FROM taskbuffer_job_attempts WHERE job_id IN (
+    SELECT id FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < ?
+)
+"""
+
+PURGE_JOBS = "DELETE FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < ?"

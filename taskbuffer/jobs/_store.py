@@ -66,9 +66,10 @@ class JobStore(abc.ABC):
     """Where durable jobs live; the ABC every engine implements and one test suite checks.
 
     Stores are built without an event loop and may be used from one loop after another. All
-    methods are coroutines except :meth:`subscribe` and the helpers. Implementations run
-    :meth:`open` before anything else (a worker or manager does it on start; the look-ups
-    open lazily) and :meth:`close` when done.
+    methods are coroutines except :meth:`subscribe` and the helpers. Callers await
+    :meth:`open` before any other call (a manager does it on its first job call or on
+    ``start()``) and :meth:`close` when done (a manager closes only the stores it built from a
+    URL, when it stops); an engine may also open itself lazily.
 
     :param lease: seconds a claim holds a job without renewal (> 0).
     :param retention: seconds a finished job is kept before :meth:`purge` removes it; ``None``

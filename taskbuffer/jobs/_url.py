@@ -7,7 +7,7 @@ from typing import Any
 from .._validation import safe_repr
 from ._store import JobStore
 
-__all__ = ("job_store_from_url",)
+__all__ = ("job_store_from_url", "sqlite_path_from_url")
 
 
 def job_store_from_url(url: str, **options: Any) -> JobStore:
@@ -22,7 +22,7 @@ def job_store_from_url(url: str, **options: Any) -> JobStore:
     if not isinstance(url, str):
         raise TypeError(f"job_store URL must be a str, not {safe_repr(url)}")
     if url.startswith("sqlite:"):
-        from ._sqlite import SQLiteJobStore, sqlite_path_from_url
+        from ._sqlite import SQLiteJobStore
 
         return SQLiteJobStore(sqlite_path_from_url(url), **options)
     if url.startswith(("postgresql://", "postgres://", "postgresql+")):
@@ -36,3 +36,17 @@ def job_store_from_url(url: str, **options: Any) -> JobStore:
         f"job_store URL {url!r} has an unknown scheme: expected sqlite:///path.db, "
         "sqlite:////absolute/path.db or postgresql://user@host/db"
     )
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
+
+    :raises ValueError: not a ``sqlite:///`` URL, or no path in it.
+    """
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(
+            f"job_store URL {url!r} is not a SQLite URL: expected sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    return url[len(prefix) :]

@@ -8,8 +8,9 @@ constraints with its input, priority and id, returning the result or raising) an
   ``concurrency`` jobs (a job counts as held until its outcome is committed). It then sleeps
   until the store signals work (an enqueue in this process, another process's commit), a job
   ends here, the next delayed job falls due, or ``store.poll_interval`` passes.
-- Outcomes are committed in batches: the first outcome of a batch arms a timer of
-  :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its commit.
+- Outcomes are committed in batches: when a run ends while others still run, its outcome
+  waits up to :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its
+  commit; when no run is left, the batch is committed at once.
 - Leases are renewed every ``lease / 3`` in one call for all held jobs. A renewal that reports
   a lost lease cancels the local run and its outcome is dropped (and logged); one that reports
   a cancel request cancels the run and finishes the job ``cancelled``.
@@ -117,20 +118,28 @@ class JobWorker:
         self._signal()
 
     async def stop_claiming(self) -> None:
-        """Claim nothing more; wait for a claim in progress to end."""
+        """Claim nothing more; wait for a claim in progress to end.
+
+        A claim under way is not cancelled (its transaction would commit anyway, leaving jobs
+        held by nobody until their lease ran out): its jobs start, meet the stopping manager
+        and are released.
+        """
         self._claiming = False
         claimer, self._claimer = self._claimer, None
         if claimer is not None:
-            claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
+            if self._wake is not None:
+                self._wake.set()
+            await claimer
 
     async def drain(self) -> None:
         """After the manager's runs ended: commit every outcome, stop renewing, unsubscribe."""
         runners = [h.runner for h in self._held.values() if h.runner is not None]
         if runners:
             await asyncio.wait(runners)
-        await self._flush_now()
+        if self._flush_task is not None:
+            await self._flush_task
+        # One last try: a store that is down now leaves these jobs to their lease's end.
+        await self._flush_now(retry=False)
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
@@ -226,22 +235,27 @@ class JobWorker:
 
     async def _flush_soon(self) -> None:
         try:
-            await asyncio.sleep(FLUSH_WINDOW)
+            await asyncio.sleep(0)  # the runs that end in this loop iteration join the batch
+            if any(held.runner is not None for held in self._held.values()):
+                await asyncio.sleep(FLUSH_WINDOW)  # others still run: give them a moment
             await self._flush_now()
         finally:
             self._flush_task = None
 
-    async def _flush_now(self) -> None:
+    async def _flush_now(self, *, retry: bool = True) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 applied = await self.store.finish(batch, now=now_wall())
             except Exception:
                 logger.exception(
-                    "job worker %r: committing %d outcome(s) failed; retrying",
+                    "job worker %r: committing %d outcome(s) failed%s",
                     self.worker_id,
                     len(batch),
+                    "; retrying" if retry else "; their leases will run out",
                 )
+                if not retry:
+                    return
                 self._pending[:0] = batch
                 await asyncio.sleep(RETRY_DELAY)
                 continue
