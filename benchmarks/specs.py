@@ -272,7 +272,7 @@ SPECS: tuple[Spec, ...] = (
             {"single": 30, "batch": 300},
         ),
         target_text="(report)",
-        max_reps=2,
+        max_reps=1,
         warmup=False,
     ),
 )
