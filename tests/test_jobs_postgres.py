@@ -52,7 +52,11 @@ def woken(store: JobStore) -> asyncio.Event:
     """An event set whenever ``store`` tells its subscribers that something changed."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
-    store.subscribe(lambda: loop.call_soon_threadsafe(event.set))
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    store.subscribe(wake)
     return event
 
 
@@ -257,9 +261,9 @@ async def test_one_claim_reaps_every_expired_lease_and_takes_the_best_due_jobs(
     states = {j.id: j for j in await store.list_jobs()}
     assert states[once.id].status == "failed" and states[once.id].error is not None
     assert states[once.id].error == attempts_lost_error(once.id, 1)
-    assert states[asked.id].status == "cancelled"
-    assert states[asked.id].finished_at is not None
-    assert states[asked.id].finished_at.timestamp() == T0 + 10
+    cancelled = states[asked.id]
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert cancelled.finished_at.timestamp() == T0 + 10
     assert states[other.id].status == "queued" and states[other.id].attempts == 1
     assert states[fresh.id].status == "queued"
     for job in (once, asked, other):
