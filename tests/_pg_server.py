@@ -127,19 +127,23 @@ class PostgresServer:
         return self._process is not None and self._process.poll() is None
 
     def _run_as_server_user(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        user, group, extra_groups = self._as_server_user()
         return subprocess.run(
             args,
             cwd=self.root,
             capture_output=True,
             timeout=START_TIMEOUT,
             check=False,
-            **self._user_kwargs(),
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
 
-    def _user_kwargs(self) -> dict[str, object]:
+    def _as_server_user(self) -> tuple[int | None, int | None, list[int] | None]:
+        """``user``, ``group`` and ``extra_groups`` for ``subprocess`` (all ``None``: as we are)."""
         if self.user is None:
-            return {}
-        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+            return None, None, None
+        return self.user.pw_uid, self.user.pw_gid, []
 
     def _initdb(self) -> None:
         done = self._run_as_server_user(
@@ -184,8 +188,15 @@ class PostgresServer:
             command += ["-c", f"{name}={value}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it; closed below
         try:
+            user, group, extra_groups = self._as_server_user()
             self._process = subprocess.Popen(
-                command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, **self._user_kwargs()
+                command,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
         finally:
             log.close()

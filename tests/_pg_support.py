@@ -19,7 +19,7 @@ from _pg_server import PostgresServer, find_bindir
 if TYPE_CHECKING:
     from taskbuffer.jobs import JobStore
 
-__all__ = ("PostgresBackend", "postgres_job_backend", "postgres_server")
+__all__ = ("PostgresBackend", "job_backend", "postgres_job_backend", "postgres_server")
 
 _schemas = itertools.count(1)
 
@@ -84,3 +84,10 @@ def postgres_job_backend(postgres_server: PostgresServer) -> PostgresBackend:
     """The PostgreSQL backend of the shared job store suite."""
     pytest.importorskip("asyncpg")
     return PostgresBackend(postgres_server)
+
+
+def job_backend(request: pytest.FixtureRequest) -> PostgresBackend:
+    """The shared job store suite's hook (``_jobs_support.backend``): the PostgreSQL backend,
+    on the session's server."""
+    backend: PostgresBackend = request.getfixturevalue("postgres_job_backend")
+    return backend

@@ -17,7 +17,8 @@ import pytest_asyncio
 from _pg_server import PostgresServer
 from _pg_support import PostgresBackend
 
-from taskbuffer.jobs import JobOutcome, JobRequest, JobSchemaError, JobStore
+from taskbuffer.jobs import JobRequest, JobSchemaError, JobStore
+from taskbuffer.jobs._store import attempts_lost_error
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -51,7 +52,11 @@ def woken(store: JobStore) -> asyncio.Event:
     """An event set whenever ``store`` tells its subscribers that something changed."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
-    store.subscribe(lambda: loop.call_soon_threadsafe(event.set))
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    store.subscribe(wake)
     return event
 
 
@@ -182,23 +187,106 @@ async def test_a_first_open_that_cannot_connect_fails_at_once(
     assert "closed" in repr(store)
 
 
-async def test_a_finish_repeated_after_its_commit_reports_it_applied(
-    stores: Callable[..., PostgresJobStore],
+async def test_a_finish_whose_answer_was_lost_after_its_commit_reports_it_applied(
+    stores: Callable[..., PostgresJobStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What a finish retried after a lost connection sees when its first try had committed.
     store = stores()
     await store.enqueue(JobRequest(task_name="work"), now=T0)
     [claim] = await store.claim(worker_id="w", task_names=["work"], limit=1, now=T0)
+    fetch = asyncpg.pool.PoolConnectionProxy.fetch
+    lost: list[str] = []
+
+    async def commit_then_lose_the_answer(self: Any, query: str, *args: Any) -> Any:
+        rows = await fetch(self, query, *args)
+        if "UPDATE taskbuffer_job_attempts" in query and not lost:
+            lost.append(query)
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+        return rows
+
+    monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "fetch", commit_then_lose_the_answer)
     outcome = store.succeeded_outcome(claim, "r")
     assert await store.finish([outcome], now=T0 + 1) == [True]
-    assert await store.finish([outcome], now=T0 + 2) == [True]
-    failed = JobOutcome(job_id=claim.job.id, token=claim.token, outcome="failed")
-    assert await store.finish([failed], now=T0 + 3) == [False]
+    assert lost  # the first try did commit, and its answer was lost
+    monkeypatch.undo()
+    # a plain repeat is fenced out like any stale outcome
+    assert await store.finish([outcome], now=T0 + 2) == [False]
     job = await store.get(claim.job.id)
     assert job is not None and job.status == "succeeded" and job.finished_at is not None
     assert job.finished_at.timestamp() == T0 + 1
     [attempt] = await store.attempts(claim.job.id)
     assert attempt.outcome == "succeeded"
+
+
+async def test_an_enqueue_whose_answer_was_lost_after_its_commit_stores_the_job_once(
+    stores: Callable[..., PostgresJobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = stores()
+    await store.open()
+    fetch = asyncpg.pool.PoolConnectionProxy.fetch
+    lost: list[str] = []
+
+    async def commit_then_lose_the_answer(self: Any, query: str, *args: Any) -> Any:
+        rows = await fetch(self, query, *args)
+        if "INSERT INTO taskbuffer_jobs" in query and not lost:
+            lost.append(query)
+            raise ConnectionResetError("connection reset by peer")
+        return rows
+
+    monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "fetch", commit_then_lose_the_answer)
+    [a, b] = await store.enqueue_many(
+        [JobRequest(task_name="work", input=1), JobRequest(task_name="work", input=2)], now=T0
+    )
+    assert lost
+    monkeypatch.undo()
+    assert sorted(j.id for j in await store.list_jobs()) == sorted([a.id, b.id])
+    assert (a.input, b.input, a.status) == (1, 2, "queued")
+
+
+async def test_one_claim_reaps_every_expired_lease_and_takes_the_best_due_jobs(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    # Claiming reaps in the same statement: the expired jobs' fates, as the ABC orders them.
+    store = stores(lease=10.0)
+    once = await store.enqueue(JobRequest(task_name="work", priority=9, max_attempts=1), now=T0)
+    again = await store.enqueue(JobRequest(task_name="work", priority=5), now=T0)
+    other = await store.enqueue(JobRequest(task_name="other", priority=7), now=T0)
+    asked = await store.enqueue(JobRequest(task_name="work", priority=8), now=T0)
+    taken = await store.claim(worker_id="A", task_names=["work", "other"], limit=4, now=T0)
+    assert len(taken) == 4
+    assert await store.cancel(asked.id, now=T0 + 1)
+    fresh = await store.enqueue(JobRequest(task_name="work", priority=1), now=T0 + 2)
+    # at T0 + 10 every lease has run out; only "work" is asked for, one job at most
+    [best] = await store.claim(worker_id="B", task_names=["work"], limit=1, now=T0 + 10)
+    assert best.job.id == again.id and best.job.attempts == 2 and best.job.worker_id == "B"
+    states = {j.id: j for j in await store.list_jobs()}
+    assert states[once.id].status == "failed" and states[once.id].error is not None
+    assert states[once.id].error == attempts_lost_error(once.id, 1)
+    cancelled = states[asked.id]
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert cancelled.finished_at.timestamp() == T0 + 10
+    assert states[other.id].status == "queued" and states[other.id].attempts == 1
+    assert states[fresh.id].status == "queued"
+    for job in (once, asked, other):
+        assert [a.outcome for a in await store.attempts(job.id)] == ["lost"]
+    trail = await store.attempts(again.id)
+    assert [(a.attempt, a.worker_id, a.outcome) for a in trail] == [
+        (1, "A", "lost"),
+        (2, "B", None),
+    ]
+    # nothing runs twice: A's outcome is fenced out
+    assert await store.finish([store.succeeded_outcome(taken[1], None)], now=T0 + 11) == [False]
+
+
+async def test_a_job_whose_attempts_were_all_lost_records_the_libraries_error(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    store = stores(lease=1.0)
+    job = await store.enqueue(JobRequest(task_name="work", max_attempts=3), now=T0)
+    for k in range(4):
+        await store.claim(worker_id=f"w{k}", task_names=["work"], limit=1, now=T0 + k)
+    failed = await store.get(job.id)
+    assert failed is not None and failed.status == "failed" and failed.attempts == 3
+    assert failed.error == attempts_lost_error(job.id, 3)
 
 
 async def test_stores_opening_a_new_database_at_once_create_one_schema(

@@ -22,6 +22,7 @@ __all__ = (
     "ENQUEUE",
     "EXISTING",
     "FINISH",
+    "FINISH_AGAIN",
     "GET",
     "LATEST_SCHEDULE_KEY",
     "LIST",
@@ -29,8 +30,6 @@ __all__ = (
     "META",
     "NEXT_DUE",
     "PURGE",
-    "REAP",
-    "REAP_CANDIDATES",
     "RENEW",
     "RETRY",
     "SCHEMA",
@@ -51,7 +50,7 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
-    seq bigserial NOT NULL UNIQUE,
+    seq bigserial NOT NULL,
     id text PRIMARY KEY,
     task_name text NOT NULL,
     input bytea,
@@ -68,7 +67,7 @@ CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
     result bytea,
     error text,
     dedupe_key text,
-    schedule_key text UNIQUE,
+    schedule_key text,
     token text,
     lease_expires float8,
     cancel_requested boolean NOT NULL DEFAULT false
@@ -78,7 +77,9 @@ CREATE INDEX IF NOT EXISTS taskbuffer_jobs_due
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
     ON taskbuffer_jobs (lease_expires) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_token
-    ON taskbuffer_jobs (token) WHERE token IS NOT NULL;
+    ON taskbuffer_jobs (token) WHERE status = 'running';
+CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
+    ON taskbuffer_jobs (schedule_key) WHERE schedule_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
     ON taskbuffer_jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
@@ -128,47 +129,59 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
    OR (dedupe_key = ANY($3::text[]) AND status IN ('queued', 'running'))
 """
 
-REAP_CANDIDATES = """
-SELECT id, token, attempts, max_attempts, cancel_requested FROM taskbuffer_jobs
-WHERE status = 'running' AND lease_expires <= $1
-ORDER BY lease_expires LIMIT 1000
-"""
-
-# The new status and error of each expired job are decided by the store ($2-$4); the token
-# and the expiry are checked again under the row lock, so two reapers cannot both apply.
-REAP = """
-WITH r AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
-        AS r(id, token, status, error)
-), upd AS (
-    UPDATE taskbuffer_jobs j
-    SET status = r.status, error = coalesce(r.error, j.error),
-        finished_at = CASE WHEN r.status = 'queued' THEN j.finished_at ELSE $1::float8 END,
-        token = NULL, lease_expires = NULL,
-        cancel_requested = r.status = 'queued' AND j.cancel_requested
-    FROM r
-    WHERE j.id = r.id AND j.token = r.token AND j.status = 'running' AND j.lease_expires <= $1
-    RETURNING j.id, j.claims
-), ended AS (
-    UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
-    FROM upd WHERE a.job_id = upd.id AND a.attempt = upd.claims
-)
-SELECT count(*) FROM upd
-"""
-
+# Reaping and claiming in one statement. Every running job whose lease ran out (any task)
+# is ``expired``: its open attempt ends ``lost``, and its fate is decided as the ABC says. The
+# due jobs are the queued ones and the expired ones fated ``queued`` (so a reaped job is
+# claimed in this same call, as if reaped first); ``picked`` takes the best of them, which
+# ``claimed`` takes over; the other expired jobs meet their fate in ``reaped``. No row is
+# updated twice. The error of a job whose attempts were all lost comes from the store's
+# templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
 CLAIM = f"""
-WITH picked AS (
-    SELECT id FROM taskbuffer_jobs
-    WHERE status = 'queued' AND run_at <= $1 AND task_name = ANY($2::text[])
+WITH expired AS (
+    SELECT id, priority, run_at, seq, task_name, attempts, claims,
+           CASE WHEN cancel_requested THEN 'cancelled'
+                WHEN attempts >= max_attempts THEN 'failed'
+                ELSE 'queued' END AS fate
+    FROM taskbuffer_jobs
+    WHERE status = 'running' AND lease_expires <= $1
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id, priority, run_at, seq FROM taskbuffer_jobs
+    WHERE status = 'queued' AND run_at <= $1 AND task_name = ANY ($2::text[])
     ORDER BY priority DESC, run_at, seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM (
+        SELECT id, priority, run_at, seq FROM due
+        UNION ALL
+        SELECT id, priority, run_at, seq FROM expired
+        WHERE fate = 'queued' AND run_at <= $1 AND task_name = ANY ($2::text[])
+    ) AS candidates
+    ORDER BY priority DESC, run_at, seq
+    LIMIT $3
+), lost AS (
+    UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
+    FROM expired e
+    WHERE a.job_id = ANY (ARRAY (SELECT id FROM expired))
+      AND a.job_id = e.id AND a.attempt = e.claims
+), reaped AS (
+    UPDATE taskbuffer_jobs j
+    SET status = e.fate, token = NULL, lease_expires = NULL, cancel_requested = false,
+        finished_at = CASE WHEN e.fate = 'queued' THEN j.finished_at ELSE $1::float8 END,
+        error = CASE WHEN e.fate <> 'failed' THEN j.error
+                     WHEN e.attempts = 1 THEN replace($6::text, $8::text, j.id)
+                     ELSE replace(replace($7::text, $8::text, j.id), $9::text, e.attempts::text)
+                END
+    FROM expired e
+    WHERE j.id = ANY (ARRAY (SELECT id FROM expired)) AND j.id = e.id
+      AND j.id <> ALL (ARRAY (SELECT id FROM picked))
 ), claimed AS (
     UPDATE taskbuffer_jobs j
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $4, started_at = $1, lease_expires = $1 + $5,
         token = replace(gen_random_uuid()::text, '-', '')
-    FROM picked WHERE j.id = picked.id
+    WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 ), opened AS (
     INSERT INTO taskbuffer_job_attempts (job_id, attempt, worker_id, started_at)
@@ -177,12 +190,10 @@ WITH picked AS (
 SELECT * FROM claimed ORDER BY priority DESC, run_at, seq
 """
 
-# One row per outcome, in order: applied now, or applied already by an earlier try of this
-# same statement whose answer the connection lost (the token stays on a finished job).
-FINISH = """
+_FINISH = """
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
-        WITH ORDINALITY AS o(id, token, outcome, result, error, ord)
+        AS o(id, token, outcome, result, error)
 ), upd AS (
     UPDATE taskbuffer_jobs j
     SET status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END,
@@ -192,20 +203,33 @@ WITH o AS (
         error = CASE WHEN o.outcome = 'released' THEN j.error ELSE o.error END,
         lease_expires = NULL,
         cancel_requested = o.outcome = 'released' AND j.cancel_requested
-    FROM o WHERE j.id = o.id AND j.token = o.token AND j.status = 'running'
-    RETURNING j.id, j.claims, o.outcome, o.error
+    FROM o
+    WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
+      AND j.status = 'running'
+    RETURNING j.id, j.claims, o.token, o.outcome, o.error
 ), ended AS (
     UPDATE taskbuffer_job_attempts a
     SET outcome = upd.outcome, finished_at = $6, error = upd.error
-    FROM upd WHERE a.job_id = upd.id AND a.attempt = upd.claims
+    FROM upd
+    WHERE a.job_id = ANY ($1::text[]) AND a.job_id = upd.id AND a.attempt = upd.claims
 )
-SELECT EXISTS (SELECT 1 FROM upd WHERE upd.id = o.id)
-       OR (j.token = o.token
-           AND j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END),
-       (SELECT pg_notify($7, $8))
-FROM o LEFT JOIN taskbuffer_jobs j ON j.id = o.id
-ORDER BY o.ord
 """
+
+# The (id, token) of the outcomes applied (the token stays on a finished job, for FINISH_AGAIN).
+FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
+
+# The same, run again after a lost connection: an outcome counts as applied also when an
+# earlier try of it had committed (the job has its status and still its token).
+FINISH_AGAIN = (
+    _FINISH
+    + """
+SELECT o.id, o.token, (SELECT pg_notify($7, $8))
+FROM o JOIN taskbuffer_jobs j ON j.id = o.id AND j.id = ANY ($1::text[])
+WHERE (o.id, o.token) IN (SELECT id, token FROM upd)
+   OR (j.token = o.token
+       AND j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END)
+"""
+)
 
 RENEW = """
 UPDATE taskbuffer_jobs SET lease_expires = $2
@@ -249,10 +273,14 @@ SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = $1 ORDER BY attempt
 """
 
+# Two scans of partial indexes (queued jobs, running jobs), never of the finished ones.
 NEXT_DUE = """
-SELECT min(CASE status WHEN 'queued' THEN run_at ELSE lease_expires END)
-FROM taskbuffer_jobs
-WHERE status IN ('queued', 'running') AND task_name = ANY($1::text[])
+SELECT least(
+    (SELECT min(run_at) FROM taskbuffer_jobs
+     WHERE status = 'queued' AND task_name = ANY ($1::text[])),
+    (SELECT min(lease_expires) FROM taskbuffer_jobs
+     WHERE status = 'running' AND task_name = ANY ($1::text[]))
+)
 """
 
 # ``starts_with`` on the plain column, then the C collation for ordinal order.
@@ -266,7 +294,7 @@ WITH old AS (
     DELETE FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < $1
     RETURNING id
 ), trail AS (
-    DELETE FROM taskbuffer_job_attempts a USING old WHERE a.job_id = old.id
+    DELETE FROM taskbuffer_job_attempts WHERE job_id = ANY (ARRAY (SELECT id FROM old))
 )
 SELECT count(*) FROM old
 """

@@ -55,7 +55,16 @@ __all__ = ("PostgresJobStore",)
 
 POLL_LISTENING = 5.0
 POLL_NOT_LISTENING = 0.5
-ENQUEUE_ROUNDS = 3  # a request whose conflicting job finishes meanwhile is inserted again
+ENQUEUE_ROUNDS = 3
+_ID, _COUNT = "@@job-id@@", 97531
+# The error of a job whose every attempt was lost, as JSON with a stand-in for its id and
+# attempt count; the claim statement puts the real ones in.
+_LOST_TEMPLATES = (
+    error_json(attempts_lost_error(_ID, 1)),
+    error_json(attempts_lost_error(_ID, _COUNT)),
+    _ID,
+    str(_COUNT),
+)  # a request whose conflicting job finishes meanwhile is inserted again
 
 
 def _asyncpg_dsn(dsn: str) -> str:
@@ -160,8 +169,10 @@ class PostgresJobStore(JobStore):
 
     async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> list[Job]:
         """Store jobs in one statement (see :meth:`JobStore.enqueue_many`)."""
-        for request in requests:  # refuse a bad input before anything is written
-            self.encode(request.input)
+        # Encoded (so a bad input raises) and named before anything is written: a try
+        # repeated after a lost connection finds the rows of a first try that committed.
+        encoded = [self.encode(request.input) for request in requests]
+        ids = [uuid.uuid4().hex for _ in requests]
         if not requests:
             return []
 
@@ -171,7 +182,7 @@ class PostgresJobStore(JobStore):
                 missing = [i for i, job in enumerate(jobs) if job is None]
                 if not missing:
                     break
-                await self._insert(connection, [requests[i] for i in missing], missing, jobs, now)
+                await self._insert(connection, requests, ids, encoded, missing, jobs, now)
             if None in jobs:  # pragma: no cover - needs a job to finish between two statements
                 raise RuntimeError("enqueue kept meeting jobs that finished meanwhile")
             return [job for job in jobs if job is not None]
@@ -182,35 +193,36 @@ class PostgresJobStore(JobStore):
         self,
         connection: Connection,
         requests: Sequence[JobRequest],
-        where: list[int],
+        ids: list[str],
+        encoded: list[bytes],
+        indices: list[int],
         jobs: list[Job | None],
         now: float,
     ) -> None:
-        """Insert ``requests`` (their jobs go to ``jobs[where[i]]``); a request that met a stored
-        job (dedupe or schedule key) gets that job; one whose job vanished meanwhile stays
-        ``None``."""
-        encoded = [self.encode(request.input) for request in requests]
-        ids = [uuid.uuid4().hex for _ in requests]
+        """Insert the requests at ``indices`` (their jobs go to ``jobs[i]``); one that met a
+        stored job (its own id, a dedupe or schedule key) gets that job; one whose job
+        finished meanwhile stays ``None``."""
+        chosen = [requests[i] for i in indices]
         columns = (
-            ids,
-            [r.task_name for r in requests],
-            encoded,
-            [r.priority for r in requests],
-            [now if r.run_at is None else r.run_at for r in requests],
-            [r.max_attempts for r in requests],
-            [r.dedupe_key for r in requests],
-            [r.schedule_key for r in requests],
+            [ids[i] for i in indices],
+            [r.task_name for r in chosen],
+            [encoded[i] for i in indices],
+            [r.priority for r in chosen],
+            [now if r.run_at is None else r.run_at for r in chosen],
+            [r.max_attempts for r in chosen],
+            [r.dedupe_key for r in chosen],
+            [r.schedule_key for r in chosen],
         )
         rows = await connection.fetch(sql.ENQUEUE, *columns, now, sql.CHANNEL, self._id)
         if rows:
             self.notify()
         inserted = {row["id"] for row in rows}
         skipped = []
-        for request, job_id, data, i in zip(requests, ids, encoded, where, strict=True):
-            if job_id in inserted:
-                jobs[i] = self._new_job(request, job_id, data, now)
+        for i in indices:
+            if ids[i] in inserted:
+                jobs[i] = self._new_job(requests[i], ids[i], encoded[i], now)
             else:
-                skipped.append((request, job_id, i))
+                skipped.append((requests[i], ids[i], i))
         if skipped:
             await self._fill_existing(connection, skipped, jobs)
 
@@ -265,45 +277,20 @@ class PostgresJobStore(JobStore):
     async def claim(
         self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
     ) -> list[Claim]:
-        """Reap expired leases, then claim due jobs in one statement (see
+        """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
-
-        async def claim(connection: Connection) -> list[Claim]:
-            await self._reap(connection, now)
-            if limit <= 0 or not task_names:
-                return []
-            rows = await connection.fetch(
-                sql.CLAIM, now, list(task_names), limit, worker_id, self.lease
+        rows = await self._link.run(
+            lambda c: c.fetch(
+                sql.CLAIM,
+                now,
+                list(task_names),
+                max(limit, 0),
+                worker_id,
+                self.lease,
+                *_LOST_TEMPLATES,
             )
-            return [Claim(job=self._job(row), token=row["token"]) for row in rows]
-
-        return await self._link.run(claim)
-
-    async def _reap(self, connection: Connection, now: float) -> None:
-        """End the attempts whose lease ran out (``lost``) and decide what becomes of each job."""
-        expired = await connection.fetch(sql.REAP_CANDIDATES, now)
-        if not expired:
-            return
-        statuses: list[str] = []
-        errors: list[str | None] = []
-        for row in expired:
-            if row["cancel_requested"]:
-                statuses.append("cancelled")
-                errors.append(None)
-            elif row["attempts"] >= row["max_attempts"]:
-                statuses.append("failed")
-                errors.append(error_json(attempts_lost_error(row["id"], row["attempts"])))
-            else:
-                statuses.append("queued")
-                errors.append(None)
-        await connection.fetchval(
-            sql.REAP,
-            now,
-            [row["id"] for row in expired],
-            [row["token"] for row in expired],
-            statuses,
-            errors,
         )
+        return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
     async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
         """End claims in one statement (see :meth:`JobStore.finish`)."""
@@ -316,11 +303,17 @@ class PostgresJobStore(JobStore):
             [o.result for o in outcomes],
             [error_json(o.error) for o in outcomes],
         )
-        rows = await self._link.run(
-            lambda c: c.fetch(sql.FINISH, *columns, now, sql.CHANNEL, self._id)
-        )
+        tries = 0
+
+        async def finish(connection: Connection) -> list[asyncpg.Record]:
+            nonlocal tries
+            tries += 1  # a second try may find its first one committed
+            statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
+            return await connection.fetch(statement, *columns, now, sql.CHANNEL, self._id)
+
+        applied = {(row["id"], row["token"]) for row in await self._link.run(finish)}
         self.notify()
-        return [bool(row[0]) for row in rows]
+        return [(outcome.job_id, outcome.token) in applied for outcome in outcomes]
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one statement (see :meth:`JobStore.renew`)."""
