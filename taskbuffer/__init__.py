@@ -14,6 +14,7 @@ from ._constraints import ConstraintGroupStatistics as ConstraintGroupStatistics
 from ._constraints import RateLimit as RateLimit
 from ._constraints import TaskConstraintGroup as TaskConstraintGroup
 from ._debounced import TaskDebounced as TaskDebounced
+from ._decorator import task as task
 from ._events import EventSubject as EventSubject
 from ._events import TaskEvent as TaskEvent
 from ._events import TaskEventType as TaskEventType
@@ -43,7 +44,6 @@ from ._steps import TaskStep as TaskStep
 from ._steps import TaskStepInfo as TaskStepInfo
 from ._task import Task as Task
 from ._task import TaskOptions as TaskOptions
-from ._task import task as task
 
 if _TYPE_CHECKING:
     from ._service import Service as Service

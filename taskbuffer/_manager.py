@@ -21,7 +21,7 @@ from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFou
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._scheduler import Scheduler
 from ._shared import current_task_in
-from ._task import Task
+from ._task import Task, completed_steps
 from ._validation import check_count, check_seconds, safe_repr
 from ._waiting import (
     GO,
@@ -647,7 +647,7 @@ class TaskManager:
                 end_time=end,
                 duration=end - start,
                 steps=task.get_steps_metadata(),
-                steps_completed=task._steps.completed_names(),
+                steps_completed=completed_steps(task),
                 progress=task.get_progress(),
                 result=result,
                 error=error,

@@ -1,0 +1,229 @@
+"""Runs: one execution of a task, with an identity, its own steps and an outcome.
+
+Every path that executes a task (a direct trigger, a buffer, ``TaskOnce``, a debounce, a
+chain or parallel member, the manager, cron, one-off and job runs) makes one :class:`Run` and
+hands it to the task's run coroutine (``TaskRunner._run``); a trigger that waits in the
+manager's queue is a run in state ``waiting`` from the moment it queues. :class:`RunInfo` is
+the frozen snapshot the public API hands out (``TaskEvent.run``, :func:`current_run`,
+``TaskManager.get_active_runs``).
+
+A run is *entered* while its code executes: it is the value of a context variable in the
+asyncio context of the run (and so of every asyncio task the run creates). The token of that
+entry also names the run it was entered in (its parent), so that ``notify_step`` finds the run
+of its own task however deep the awaits that call it are nested, and :func:`current_run` skips
+the runs of pre- and after-tasks, which belong to their owner's run.
+
+Cheap on purpose: a run is made for every trigger, so it is a slotted object whose fields are
+plain floats and references; the identity is drawn only when somebody reads it, and datetimes
+are made only in :class:`RunInfo`.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+
+from ._clock import to_datetime
+from ._steps import RunSteps, TaskStepInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+__all__ = ("CURRENT", "Run", "RunInfo", "RunState", "current_run", "find_run")
+
+RunState: TypeAlias = Literal["waiting", "running", "completed", "failed", "cancelled", "skipped"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunInfo:
+    """A snapshot of one run. Datetimes are timezone-aware; ``progress`` is 0-100.
+
+    ``input`` is the run's input object itself (not a copy). ``attempt`` is 1-based and grows
+    with retries. ``blocked_by`` is the ``(group name, key)`` a waiting run waits for.
+    ``job_id`` is set when the run executes a durable job.
+    """
+
+    run_id: str
+    task_name: str
+    input: Any
+    state: RunState
+    attempt: int
+    priority: int
+    job_id: str | None
+    blocked_by: tuple[str, str] | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[TaskStepInfo]
+    progress: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready values (datetimes as ISO 8601 strings; ``input`` as is)."""
+        return {
+            "run_id": self.run_id,
+            "task_name": self.task_name,
+            "input": self.input,
+            "state": self.state,
+            "attempt": self.attempt,
+            "priority": self.priority,
+            "job_id": self.job_id,
+            "blocked_by": None if self.blocked_by is None else list(self.blocked_by),
+            "queued_at": _iso(self.queued_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "steps": [step.to_dict() for step in self.steps],
+            "progress": self.progress,
+        }
+
+
+class _FillingRunInfo(RunInfo):
+    """A ``RunInfo`` being filled in by :meth:`Run.info`; it never escapes (as ``_Filling``
+    in ``_metadata``: plain slot stores instead of the frozen dataclass's ``__init__``)."""
+
+    __slots__ = ()
+    __init__ = object.__init__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+
+class Run:
+    """One execution of a task (internal; :class:`RunInfo` is its public snapshot).
+
+    ``queued``, ``started`` and ``finished`` are epoch seconds on the loop's clock (``None``
+    until they happen); ``steps`` is where the run is in its task's declared steps (``None``
+    for a task without steps, or before the run starts); ``token`` is set while the run is
+    entered (see the module docstring); ``linked`` marks the run of a pre- or after-task.
+    """
+
+    __slots__ = (
+        "_run_id",
+        "attempt",
+        "blocked_by",
+        "finished",
+        "input",
+        "job_id",
+        "linked",
+        "priority",
+        "queued",
+        "started",
+        "state",
+        "steps",
+        "task",
+        "token",
+    )
+
+    def __init__(self, task: Any, input: Any, priority: int = 0, job_id: str | None = None) -> None:
+        self.task = task
+        self.input = input
+        self.priority = priority
+        self.job_id = job_id
+        self.state: RunState = "waiting"
+        self.attempt = 1
+        self.blocked_by: tuple[str, str] | None = None
+        self.queued: float | None = None
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.steps: RunSteps | None = None
+        self.token: Token[Run | None] | None = None
+        self.linked = False
+        self._run_id: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's identity: 32 hex digits of a random (version 4) UUID, drawn on first read."""
+        run_id = self._run_id
+        if run_id is None:
+            # uuid.uuid4().hex without the UUID object (a third of the cost): 16 random
+            # bytes with the version (4) and variant (10xx) bits set.
+            raw = bytearray(os.urandom(16))
+            raw[6] = (raw[6] & 0x0F) | 0x40
+            raw[8] = (raw[8] & 0x3F) | 0x80
+            run_id = self._run_id = raw.hex()
+        return run_id
+
+    def __repr__(self) -> str:
+        name = getattr(self.task, "name", None) or "unnamed"
+        return f"<Run {name!r} state={self.state} attempt={self.attempt}>"
+
+    def parent(self) -> Run | None:
+        """The run this one was entered in (``None`` at the top, or when not entered)."""
+        token = self.token
+        if token is None:
+            return None
+        parent = token.old_value
+        return None if parent is Token.MISSING else cast("Run | None", parent)
+
+    def info(self) -> RunInfo:
+        """A snapshot of the run as it is now."""
+        steps = self.steps
+        return self.info_as(
+            self.state,
+            self.attempt,
+            self.blocked_by,
+            self.finished,
+            None if steps is None else steps.copy(),
+        )
+
+    def info_as(
+        self,
+        state: RunState,
+        attempt: int,
+        blocked_by: tuple[str, str] | None,
+        finished: float | None,
+        steps: RunSteps | None,
+    ) -> RunInfo:
+        """A snapshot of the run with the fields that change taken as captured earlier."""
+        info = _FillingRunInfo()
+        info.run_id = self.run_id
+        info.task_name = getattr(self.task, "name", None) or "unnamed"
+        info.input = self.input
+        info.state = state
+        info.attempt = attempt
+        info.priority = self.priority
+        info.job_id = self.job_id
+        info.blocked_by = blocked_by
+        queued, started = self.queued, self.started
+        info.queued_at = None if queued is None else to_datetime(queued)
+        info.started_at = None if started is None else to_datetime(started)
+        info.finished_at = None if finished is None else to_datetime(finished)
+        if steps is None:
+            info.steps = []
+            info.progress = 0
+        else:
+            info.steps = steps.infos()
+            info.progress = steps.progress()
+        object.__setattr__(info, "__class__", RunInfo)
+        return cast(RunInfo, info)
+
+
+# The run whose code executes now (see the module docstring). Set and reset by the task's run
+# coroutine only.
+CURRENT: ContextVar[Run | None] = ContextVar("taskbuffer_current_run", default=None)
+
+
+def current_run() -> RunInfo | None:
+    """The run whose code is executing now, or ``None`` outside a run.
+
+    Inside a pre- or after-task it is the owner's run; inside a chain's or parallel's member
+    it is the member's own run. Works in any code the run awaits and in asyncio tasks the run
+    creates (they copy its context).
+    """
+    run = CURRENT.get()
+    while run is not None and run.linked:
+        run = run.parent()
+    return None if run is None else run.info()
+
+
+def find_run(task: Hashable) -> Run | None:
+    """The innermost entered run of ``task`` in the current context, or ``None``."""
+    run = CURRENT.get()
+    while run is not None and run.task is not task:
+        run = run.parent()
+    return run
