@@ -1,0 +1,309 @@
+"""What a :class:`TaskManager` has in flight: its runs, the triggers it admitted or queued.
+
+The manager counts them so that ``stop()`` knows when it is idle, remembers in which asyncio
+tasks its runs go on so that ``stop(timeout=...)`` can cancel exactly those, and which slots
+each of those tasks holds so that a nested trigger that would wait for itself is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from functools import partial
+from typing import Any
+
+from ._admission import GO, Admission, Claim, Claimer, SharingRun, Waiter
+from ._exceptions import TaskManagerStoppedError
+from ._shared import current_task_in
+
+__all__ = ("InFlight", "other_loop_error")
+
+
+def other_loop_error() -> RuntimeError:
+    """A trigger or stop() from another event loop than that of the runs in flight."""
+    return RuntimeError(
+        "this TaskManager has runs in flight in another event loop (another "
+        "thread?); a TaskManager serves one event loop at a time: use one "
+        "TaskManager per loop, or let the other loop's runs finish first"
+    )
+
+
+class InFlight:
+    """A manager's runs and triggers in flight, and the future ``stop()`` waits on."""
+
+    __slots__ = (
+        "active",
+        "admission",
+        "admitted",
+        "callers",
+        "claimers",
+        "held",
+        "idle",
+        "owner",
+        "running",
+        "seq",
+        "stop_cancelled",
+        "waiting",
+    )
+
+    def __init__(self, admission: Admission, owner: object, claimers: list[Claimer]) -> None:
+        self.admission = admission
+        self.owner = owner  # the manager's token as the owner of its triggers
+        self.claimers = claimers  # the manager's, per group in order (shared, not copied)
+        self.seq = itertools.count()  # waiters' arrival order
+        # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
+        # cancel exactly those; in the order their runs began (see cancel_runs).
+        self.active: dict[asyncio.Task[Any], None] = {}
+        self.stop_cancelled: set[asyncio.Task[Any]] = set()
+        # Per caller asyncio task, the claims of its constrained runs in flight, outermost
+        # first: a nested trigger that needs a slot only its own callers hold would wait
+        # forever (see check_self_deadlock).
+        self.held: dict[asyncio.Task[Any], list[list[Claim]]] = {}
+        # A share-latest run's own asyncio task -> the asyncio task of the caller that awaits
+        # it (until the caller leaves): its callers' slots are held for it too.
+        self.callers: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
+        self.running = 0
+        self.waiting = 0
+        # Triggers past the queue (holding their slots) and not yet finished: in
+        # should_execute, or running. stop() waits for them too.
+        self.admitted = 0
+        self.idle: asyncio.Future[None] | None = None  # what stop() calls wait on
+
+    def __repr__(self) -> str:
+        return f"<InFlight running={self.running} waiting={self.waiting}>"
+
+    def busy(self) -> bool:
+        """Whether a run, a waiting trigger or an admitted one is in flight."""
+        return bool(self.running or self.waiting or self.admitted)
+
+    def check_idle(self) -> None:
+        """Resolve ``idle`` once nothing is in flight."""
+        idle = self.idle
+        if (
+            idle is not None
+            and not idle.done()
+            and not self.running
+            and not self.waiting
+            and not self.admitted
+        ):
+            idle.set_result(None)
+
+    def end_admitted(self, current: asyncio.Task[Any], tracked: bool) -> None:
+        """An admitted trigger of ``current`` ended."""
+        if tracked:
+            del self.active[current]
+        self.admitted -= 1
+        if self.idle is not None:
+            self.check_idle()
+
+    def cancel_runs(self) -> None:
+        """A stop's deadline passed: cancel the runs' asyncio tasks, each once."""
+        # Outermost first: a run that awaits a run of another asyncio task cancels that one
+        # before that one handles stop's cancellation (see raise_if_stopping).
+        for caller in list(self.active):
+            if caller not in self.stop_cancelled:  # once, however many stops time out
+                self.stop_cancelled.add(caller)
+                caller.cancel()
+        self.check_idle()
+
+    def raise_if_stopping(self, current: asyncio.Task[Any], task: Any) -> None:
+        """Turn a cancellation that ``stop(timeout=...)`` caused into its error.
+
+        Called only at the outermost trigger of the caller's asyncio task: the runs nested
+        inside it must see the cancellation as such (no retry, no failure), all the way up.
+        Only stop's own cancellation becomes the error: one that someone else asked for too
+        goes on as such. That is also how runs nested across asyncio tasks (a buffered or
+        TaskOnce run, a parallel's children, a task a run spawned and awaits) stay cancelled:
+        the run around such a task, cancelled first (see cancel_runs), cancels it as well.
+        """
+        if current in self.stop_cancelled:
+            self.stop_cancelled.discard(current)
+            if current.cancelling() > 1:
+                return
+            current.uncancel()
+            raise TaskManagerStoppedError(
+                f"task {task.name!r} was cancelled because the TaskManager stopped"
+            ) from None
+
+    def claim(self, task: Any, input: Any, loop: asyncio.AbstractEventLoop) -> list[Claim]:
+        """The keys a trigger claims; a key function that raises fails the trigger."""
+        try:
+            return self.admission.claim(self.claimers, task, input, loop)
+        except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
+            if not isinstance(exc, asyncio.CancelledError):
+                task._emit("failed", "failed", error=exc)
+            raise
+
+    def park(
+        self,
+        task: Any,
+        claims: list[Claim],
+        blocked: tuple[Claim, float],
+        priority: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Waiter:
+        """Queue a blocked trigger (after refusing one that would wait for itself)."""
+        if self.held:
+            # Without a current task (None) nothing is held.
+            self.check_self_deadlock(task, claims, current_task_in(loop))
+        waiter = self.admission.park(
+            claims, blocked, loop.create_future(), priority, next(self.seq), self.owner
+        )
+        self.waiting += 1
+        if task._event_subject.observers or task._sinks:
+            task._emit("queued", None)
+        return waiter
+
+    def waiting_failed(
+        self,
+        task: Any,
+        waiter: Waiter,
+        exc: BaseException,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """A waiting trigger was cancelled, or failed by stop(): it ends, as it began, seen."""
+        if isinstance(exc, asyncio.CancelledError):
+            future = waiter.future
+            if future.cancelled():  # still in the queue
+                self.admission.leave(waiter, loop.time())
+            elif future.exception() is None and future.result() is GO:
+                # Woken, then cancelled before it could run: hand the slots on.
+                self.admission.release(waiter.claims, loop.time(), ran=False)
+            task._emit("cancelled", None, error="cancelled while waiting")
+        elif isinstance(exc, TaskManagerStoppedError):
+            task._emit("cancelled", None, error="the TaskManager stopped")
+
+    def check_loop(self, current: asyncio.Task[Any]) -> None:
+        """Another asyncio task's run in flight (the oldest; current came last): this loop's?"""
+        if next(iter(self.active)).get_loop() is not current.get_loop():
+            raise other_loop_error()
+
+    def refuse(self, task: Any) -> None:
+        """An admitted trigger is refused: stop(timeout=...) ran out."""
+        task._emit("cancelled", None, error="the TaskManager stopped")
+        raise TaskManagerStoppedError(
+            f"task {task.name!r} was not started because the TaskManager stopped"
+        )
+
+    def run_failed(
+        self,
+        task: Any,
+        exc: BaseException,
+        tracked: asyncio.Task[Any] | None,
+        started: bool,
+    ) -> None:
+        """An admitted trigger raised: ``started`` says whether it ran (or was refused)."""
+        if isinstance(exc, asyncio.CancelledError):
+            if not started:  # cancelled inside an async should_execute
+                task._emit("cancelled", None, error="cancelled before it started")
+            if tracked is not None:  # a nested level lets the cancellation reach the runs
+                self.raise_if_stopping(tracked, task)
+        elif not started:  # should_execute raised (or the loop check)
+            task._emit("failed", "failed", error=exc)
+
+    def check_self_deadlock(
+        self, task: Any, claims: list[Claim], current: asyncio.Task[Any] | None
+    ) -> None:
+        """Refuse a blocked trigger that waits for a key only its own callers hold.
+
+        The runs in flight in the calling asyncio task (the run that triggers, and the runs
+        that triggered it) wait for this trigger, so slots they hold are never given back
+        while it waits.
+        """
+        mine_held = self.held.get(current)  # type: ignore[arg-type]
+        if not mine_held:
+            return
+        held = list(mine_held)
+        caller = self.callers.get(current)  # type: ignore[arg-type]
+        while caller is not None:
+            # A share-latest run in a task of its own: its caller's runs wait for it too
+            # (their list of a run's claims is the very list its own task holds).
+            held.extend(c for c in self.held.get(caller, ()) if not any(c is h for h in held))
+            caller = self.callers.get(caller)
+        for st in claims:
+            table = st.table
+            if table.owner is not self.owner:  # removed: it no longer blocks
+                continue
+            mine = sum(1 for outer in held for claim in outer if claim is st)
+            if mine and mine >= table.max_concurrent:
+                error = RuntimeError(
+                    f"task {task.name!r} would wait forever for key {st.key!r} of constraint "
+                    f"group {table.name!r}: every slot of it (max_concurrent="
+                    f"{table.max_concurrent}) is held by the run that triggers it or by that "
+                    "run's callers, which wait for this trigger. Give the nested trigger "
+                    "another key (or None), raise max_concurrent, or call the inner task "
+                    "directly (task.trigger()) instead of through the TaskManager"
+                )
+                self.admission.drop(claims, asyncio.get_running_loop().time())
+                task._emit("failed", "failed", error=error)
+                raise error
+
+    async def run_shared(self, task: Any, input: Any, claims: list[Claim]) -> Any:
+        """Run a trigger that holds a ``share-latest`` key, in a task of its own.
+
+        The triggers waiting for that key await the run as much as its caller does: if the
+        caller is cancelled while any of them waits, it just leaves and the run goes on (it
+        is cancelled when the last of them leaves, see ``SharingRun``); else the run is
+        cancelled and the caller waits for it to end, as for a run in its own task.
+        """
+        run = SharingRun(claims)
+        loop = asyncio.get_running_loop()
+        runner = run.task = loop.create_task(self._drive(task, input, run))
+        self.active[runner] = None  # stop(timeout=...) reaches it even once its caller left
+        # A trigger nested in the run that waits for a slot the run (or its callers) holds
+        # would wait forever: check_self_deadlock follows the run to its callers.
+        self.held[runner] = [claims]
+        self.callers[runner] = asyncio.current_task()  # type: ignore[assignment]
+        runner.add_done_callback(partial(self._shared_done, task, run))
+        try:
+            return await asyncio.shield(runner)
+        except asyncio.CancelledError:
+            if not runner.done():
+                if run.has_sharers():
+                    del self.callers[runner]  # its callers go on without waiting for it
+                    run.detach()
+                else:
+                    run.abandon()
+                    await asyncio.wait((runner,))
+            raise
+
+    async def _drive(self, task: Any, input: Any, run: SharingRun) -> Any:
+        run.began = True
+        # Rate windows count it from here.
+        self.admission.begin(run.claims, asyncio.get_running_loop().time())
+        result = None
+        succeeded = False
+        try:
+            result = await (task._run(input) if task._direct else task._trigger_coro(input))
+            succeeded = True
+        finally:
+            # In the run's last step, as for a run in its caller's task: a trigger woken
+            # in between would start without the cooldown of this end.
+            self._end_shared(run, succeeded, result)
+        return result
+
+    def _end_shared(self, run: SharingRun, succeeded: bool, result: Any) -> None:
+        """A shared run ended: share its result, give back its slots and counts, once."""
+        runner = run.task
+        assert runner is not None
+        now = runner.get_loop().time()
+        run.end()
+        self.running -= 1
+        self.active.pop(runner, None)
+        self.stop_cancelled.discard(runner)
+        del self.held[runner]
+        self.callers.pop(runner, None)
+        if succeeded and not run.abandoned:
+            self.admission.share(run.claims, result, now, owner=self.owner)
+        self.admission.release(run.claims, now, ran=run.began)
+        if self.idle is not None:
+            self.check_idle()
+
+    def _shared_done(self, task: Any, run: SharingRun, runner: asyncio.Task[Any]) -> None:
+        if not run.began:  # cancelled before its first step: it never ran
+            task._emit("cancelled", None, error="cancelled before it started")
+            self._end_shared(run, False, None)
+        elif not runner.cancelled():
+            # Retrieved: a failure whose caller left is not "never retrieved" (the run
+            # reported it on the event stream and the logger).
+            runner.exception()
