@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from ._emitter import EventSource
 from ._exceptions import TaskTimeoutError
-from ._run import Run
+from ._run import Run, new_run
 from ._validation import reraise_interrupt_later, safe_repr
 
 __all__ = ("Attempts",)
@@ -223,7 +223,7 @@ class Attempts(EventSource):
         its own semantics and goes through its trigger.
         """
         if self._direct:
-            run = Run(self, input)
+            run = new_run(self, input)
             run.linked = True
             return self._run(input, run, visited)
         return self._trigger_coro(input)

@@ -7,11 +7,11 @@ manager's queue is a run in state ``waiting`` from the moment it queues. :class:
 the frozen snapshot the public API hands out (``TaskEvent.run``, :func:`current_run`,
 ``TaskManager.get_active_runs``).
 
-A run is *entered* while its code executes: it is the value of a context variable in the
-asyncio context of the run (and so of every asyncio task the run creates). The token of that
-entry also names the run it was entered in (its parent), so that ``notify_step`` finds the run
-of its own task however deep the awaits that call it are nested, and :func:`current_run` skips
-the runs of pre- and after-tasks, which belong to their owner's run.
+A run is *entered* when its code starts executing: it becomes the value of a context variable
+in the asyncio context of the run (and so of every asyncio task the run creates), and it
+remembers the run it was entered in (its parent), so that ``notify_step`` finds the run of its
+own task however deep the awaits that call it are nested, and :func:`current_run` skips the
+runs of pre- and after-tasks, which belong to their owner's run.
 
 Cheap on purpose: a run is made for every trigger, so it is a slotted object whose fields are
 plain floats and references; the identity is drawn only when somebody reads it, and datetimes
@@ -21,7 +21,7 @@ are made only in :class:`RunInfo`.
 from __future__ import annotations
 
 import os
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
@@ -32,7 +32,7 @@ from ._steps import RunSteps, TaskStepInfo
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
-__all__ = ("CURRENT", "Run", "RunInfo", "RunState", "current_run", "find_run")
+__all__ = ("Run", "RunInfo", "RunState", "current_run", "enter", "find_run", "new_run")
 
 RunState: TypeAlias = Literal["waiting", "running", "completed", "failed", "cancelled", "skipped"]
 
@@ -98,8 +98,8 @@ class Run:
 
     ``queued``, ``started`` and ``finished`` are epoch seconds on the loop's clock (``None``
     until they happen); ``steps`` is where the run is in its task's declared steps (``None``
-    for a task without steps, or before the run starts); ``token`` is set while the run is
-    entered (see the module docstring); ``linked`` marks the run of a pre- or after-task.
+    for a task without steps, or before the run starts); ``parent`` is the run it was
+    entered in (see :func:`enter`); ``linked`` marks the run of a pre- or after-task.
     """
 
     __slots__ = (
@@ -110,30 +110,30 @@ class Run:
         "input",
         "job_id",
         "linked",
+        "parent",
         "priority",
         "queued",
         "started",
         "state",
         "steps",
         "task",
-        "token",
     )
 
-    def __init__(self, task: Any, input: Any, priority: int = 0, job_id: str | None = None) -> None:
-        self.task = task
-        self.input = input
-        self.priority = priority
-        self.job_id = job_id
-        self.state: RunState = "waiting"
-        self.attempt = 1
-        self.blocked_by: tuple[str, str] | None = None
-        self.queued: float | None = None
-        self.started: float | None = None
-        self.finished: float | None = None
-        self.steps: RunSteps | None = None
-        self.token: Token[Run | None] | None = None
-        self.linked = False
-        self._run_id: str | None = None
+    # Made by new_run() only: a Python __init__ would cost a third of a run's bookkeeping.
+    task: Any
+    input: Any
+    state: RunState
+    attempt: int
+    priority: int
+    job_id: str | None
+    blocked_by: tuple[str, str] | None
+    queued: float | None
+    started: float | None
+    finished: float | None
+    steps: RunSteps | None
+    parent: Run | None
+    linked: bool
+    _run_id: str | None
 
     @property
     def run_id(self) -> str:
@@ -151,14 +151,6 @@ class Run:
     def __repr__(self) -> str:
         name = getattr(self.task, "name", None) or "unnamed"
         return f"<Run {name!r} state={self.state} attempt={self.attempt}>"
-
-    def parent(self) -> Run | None:
-        """The run this one was entered in (``None`` at the top, or when not entered)."""
-        token = self.token
-        if token is None:
-            return None
-        parent = token.old_value
-        return None if parent is Token.MISSING else cast("Run | None", parent)
 
     def info(self) -> RunInfo:
         """A snapshot of the run as it is now."""
@@ -203,9 +195,47 @@ class Run:
         return cast(RunInfo, info)
 
 
-# The run whose code executes now (see the module docstring). Set and reset by the task's run
-# coroutine only.
+def new_run(task: Any, input: Any, priority: int = 0, job_id: str | None = None) -> Run:
+    """A run of ``task`` with ``input``, not started yet (state ``waiting``): the one place
+    runs are made."""
+    run = Run()
+    run.task = task
+    run.input = input
+    run.state = "waiting"
+    run.attempt = 1
+    run.priority = priority
+    run.job_id = job_id
+    run.blocked_by = None
+    run.queued = None
+    run.started = None
+    run.finished = None
+    run.steps = None
+    run.parent = None
+    run.linked = False
+    run._run_id = None
+    return run
+
+
+# The run whose code executes now, set by enter(). It is not reset when the run ends (a set
+# and a reset cost twice one set, on every run): a finished run left in a context counts as
+# absent, and readers walk past it to the run it was entered in.
 CURRENT: ContextVar[Run | None] = ContextVar("taskbuffer_current_run", default=None)
+
+
+def enter(run: Run) -> None:
+    """Make ``run`` the current run of this asyncio context (it starts executing)."""
+    parent = CURRENT.get()
+    while parent is not None and parent.state != "running":
+        parent = parent.parent  # ended: it only lingers in the context
+    run.parent = parent
+    CURRENT.set(run)
+
+
+def _innermost() -> Run | None:
+    run = CURRENT.get()
+    while run is not None and run.state != "running":
+        run = run.parent
+    return run
 
 
 def current_run() -> RunInfo | None:
@@ -215,15 +245,15 @@ def current_run() -> RunInfo | None:
     it is the member's own run. Works in any code the run awaits and in asyncio tasks the run
     creates (they copy its context).
     """
-    run = CURRENT.get()
+    run = _innermost()
     while run is not None and run.linked:
-        run = run.parent()
+        run = run.parent
     return None if run is None else run.info()
 
 
 def find_run(task: Hashable) -> Run | None:
     """The innermost entered run of ``task`` in the current context, or ``None``."""
-    run = CURRENT.get()
+    run = _innermost()
     while run is not None and run.task is not task:
-        run = run.parent()
+        run = run.parent
     return run

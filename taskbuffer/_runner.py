@@ -20,7 +20,7 @@ from . import _clock, _events
 from ._attempts import Attempts
 from ._clock import loop_facts
 from ._emitter import send
-from ._run import CURRENT, Run
+from ._run import Run, enter, new_run
 from ._snapshot import Capture
 from ._steps import RunSteps, StepTracker
 
@@ -150,49 +150,46 @@ class TaskRunner(Attempts):
         start = _monotonic() if monotonic else loop.time()
         anchor = facts[2]
         if run is None:
-            run = Run(self, input)
+            run = new_run(self, input)
         run.started = self._last_run = anchor + start
         run.state = "running"
-        run.token = CURRENT.set(run)
+        enter(run)
         self.run_count += 1
         self._running += 1
         if self._has_steps:
             run.steps = self._steps.start()
             self._inflight[run] = None
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:
+            send(route, self._capture("started", run.started, None, None, "running", run))
         try:
-            route = self._route if self._routed == _events.generation else self._reroute()
-            if route is not None:
-                send(route, self._capture("started", run.started, None, None, "running", run))
-            try:
-                if self._plain:
-                    # No setup, pre/after task, retries or timeout: call in place (hot path).
-                    call = self._call  # an attribute load, then a call: both specialise
-                    result = call(input)
-                    if self._is_async or inspect.isawaitable(result):
-                        result = await result
-                elif self._retries or self._timeout is not None:
-                    result = await self._attempts(input, visited, run)
-                else:
-                    result = await self._attempt(input, visited)
-            except BaseException as exc:
-                return self._run_failed(loop, start, run, exc)
-            # _end_run inlined: this is the hot path.
-            end = _monotonic() if monotonic else loop.time()
-            run.finished = anchor + end
-            run.state = "completed"
-            self._running -= 1
-            self._finished_runs += 1
-            self._total_duration += end - start
-            if self._has_steps:
-                self._end_steps(run)
-            self._last_error = None
-            self._outcome = "completed"
-            route = self._route if self._routed == _events.generation else self._reroute()
-            if route is not None:
-                send(route, self._capture("completed", anchor + end, None, None, "completed", run))
-            return result
-        finally:
-            CURRENT.reset(run.token)
+            if self._plain:
+                # No setup, pre/after task, retries or timeout: call in place (hot path).
+                call = self._call  # an attribute load, then a call: both specialise
+                result = call(input)
+                if self._is_async or inspect.isawaitable(result):
+                    result = await result
+            elif self._retries or self._timeout is not None:
+                result = await self._attempts(input, visited, run)
+            else:
+                result = await self._attempt(input, visited)
+        except BaseException as exc:
+            return self._run_failed(loop, start, run, exc)
+        # _end_run inlined: this is the hot path.
+        end = _monotonic() if monotonic else loop.time()
+        run.finished = anchor + end
+        run.state = "completed"
+        self._running -= 1
+        self._finished_runs += 1
+        self._total_duration += end - start
+        if self._has_steps:
+            self._end_steps(run)
+        self._last_error = None
+        self._outcome = "completed"
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:
+            send(route, self._capture("completed", anchor + end, None, None, "completed", run))
+        return result
 
     def _run_failed(
         self, loop: asyncio.AbstractEventLoop, start: float, run: Run, exc: BaseException
