@@ -55,6 +55,15 @@ if _TYPE_CHECKING:
     from ._service import service as service
     from ._service_manager import ServiceManager as ServiceManager
     from ._service_manager import ServiceManagerStatistics as ServiceManagerStatistics
+    from .jobs import Job as Job
+    from .jobs import JobAttempt as JobAttempt
+    from .jobs import JobCancelledError as JobCancelledError
+    from .jobs import JobError as JobError
+    from .jobs import JobFailedError as JobFailedError
+    from .jobs import JobSchemaError as JobSchemaError
+    from .jobs import JobStore as JobStore
+    from .jobs import MemoryJobStore as MemoryJobStore
+    from .jobs import SQLiteJobStore as SQLiteJobStore
 
 # Services load on first use (PEP 562): an application that only runs tasks never pays for
 # importing them. Type checkers see the imports above.
@@ -68,6 +77,16 @@ _LAZY = {
     "service": "._service",
     "ServiceManager": "._service_manager",
     "ServiceManagerStatistics": "._service_manager",
+    # Durable jobs likewise load when first named (a manager without a store never needs them).
+    "Job": ".jobs",
+    "JobAttempt": ".jobs",
+    "JobCancelledError": ".jobs",
+    "JobError": ".jobs",
+    "JobFailedError": ".jobs",
+    "JobSchemaError": ".jobs",
+    "JobStore": ".jobs",
+    "MemoryJobStore": ".jobs",
+    "SQLiteJobStore": ".jobs",
 }
 
 
@@ -94,7 +113,16 @@ __all__ = [
     "ConstraintGroupStatistics",
     "EventSubject",
     "InvalidCronExpressionError",
+    "Job",
+    "JobAttempt",
+    "JobCancelledError",
+    "JobError",
+    "JobFailedError",
+    "JobSchemaError",
+    "JobStore",
+    "MemoryJobStore",
     "RateLimit",
+    "SQLiteJobStore",
     "ScheduledTaskInfo",
     "Service",
     "ServiceEvent",

@@ -124,21 +124,26 @@ class SharingRun:
 
 
 class Waiter:
-    """One trigger waiting for its keys."""
+    """One trigger's run waiting for its keys.
 
-    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq")
+    ``run`` is the run that waits (the manager's; here only its ``priority`` is read and its
+    ``blocked_by`` kept up to date: the ``(group name, key)`` it is parked on).
+    """
+
+    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "run", "seq")
 
     def __init__(
         self,
         claims: list[Claim],
         future: asyncio.Future[Any],
-        priority: int,
+        run: Any,
         seq: int,
         owner: object,
     ) -> None:
         self.claims = claims
         self.future = future
-        self.priority = priority
+        self.run = run
+        self.priority: int = run.priority
         self.seq = seq
         self.owner = owner  # its manager's token: the groups it claims apply while they match
         self.parked: QueuedKey | None = None
@@ -183,7 +188,7 @@ class Admission(ABC):
         claims: list[Claim],
         blocked: tuple[Claim, float],
         future: asyncio.Future[Any],
-        priority: int,
+        run: Any,
         seq: int,
         owner: object,
     ) -> Waiter:

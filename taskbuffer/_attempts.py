@@ -12,12 +12,21 @@ import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ._emitter import EventSource
 from ._exceptions import TaskTimeoutError
-from ._run import Run, new_run
-from ._validation import reraise_interrupt_later, safe_repr
+from ._validation import (
+    check_count,
+    check_error_filter,
+    check_number,
+    check_seconds,
+    reraise_interrupt_later,
+    safe_repr,
+)
+
+if TYPE_CHECKING:
+    from ._run import Run
 
 __all__ = ("Attempts",)
 
@@ -52,14 +61,24 @@ def _arity(fn: Callable[..., Any]) -> int:
     return min(positional, 2)
 
 
+def _call_of(function: Callable[..., Any], task: Attempts) -> Callable[[Any], Any]:
+    """One callable taking the input, so a run never re-decides how to call the function."""
+    arity = _arity(function)
+    if arity == 1:
+        return function
+    if arity == 0:
+        return lambda _input: function()
+    return lambda input: function(input, task._setup_value)
+
+
 class Attempts(EventSource):
     """The attempt half of a task (see the module docstring)."""
 
     __slots__ = (
         "_after_task",
         "_call",
-        "_direct",
         "_is_async",
+        "_linked",
         "_plain",
         "_pre_task",
         "_retries",
@@ -81,7 +100,7 @@ class Attempts(EventSource):
         self,
         function: Callable[..., Any],
         *,
-        direct: bool,
+        linked: Callable[[Any, set[Any]], Coroutine[Any, Any, Any]],
         pre_task: Linked | None,
         after_task: Linked | None,
         setup: Callable[[], Any] | None,
@@ -90,15 +109,31 @@ class Attempts(EventSource):
         retries: int,
         retry_delay: float,
         retry_backoff: float,
-        retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool],
+        retry_on: Any,
         retry_jitter: float,
         retry_max_delay: float | None,
     ) -> None:
-        """Set how attempts execute (options checked by the caller). ``direct``: a trigger
-        is just ``_run`` (no buffer, and the class keeps Task's trigger)."""
+        """Check and set how attempts execute."""
+        check_count("retries", retries, minimum=0)
+        check_number("retry_backoff", retry_backoff, minimum=1)
+        # math.inf means no limit and is stored as None, which keeps to_dict() JSON-clean.
+        timeout = check_seconds("timeout", timeout, positive=True, infinite=True, none=True)
+        retry_delay = check_seconds("retry_delay", retry_delay) or 0.0
+        retry_on = check_error_filter("retry_on", retry_on)
+        check_number("retry_jitter", retry_jitter, minimum=0, maximum=1)
+        retry_max_delay = check_seconds(
+            "retry_max_delay", retry_max_delay, infinite=True, none=True
+        )
+        for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
+            if ref is not None and not isinstance(ref, Attempts) and not callable(ref):
+                raise TypeError(
+                    f"{label} must be a Task or a callable returning one, not {safe_repr(ref)}"
+                )
+        if setup is not None and not callable(setup):
+            raise TypeError(f"task_setup must be callable or None, not {safe_repr(setup)}")
         EventSource.__init__(self)
         self._sync_warned = False  # see _warn_sync_timeout
-        self._direct = direct
+        self._linked = linked  # how this task runs as another's pre- or after-task
         self._pre_task = pre_task
         self._after_task = after_task
         self._setup = setup
@@ -109,39 +144,18 @@ class Attempts(EventSource):
         self._timeout = timeout
         self._retries = retries
         self._retry_delay = retry_delay
-        self._retry_backoff = retry_backoff
+        self._retry_backoff = float(retry_backoff)
         self._retry_on = retry_on  # a tuple of classes, or a predicate
-        self._retry_jitter = retry_jitter
+        self._retry_jitter = float(retry_jitter)
         self._retry_max_delay = retry_max_delay
-        arity = _arity(function)
-        # One callable taking the input, so a run never re-decides how to call the function.
-        self._call: Callable[[Any], Any] = (
-            function
-            if arity == 1
-            else (lambda _input: function())
-            if arity == 0
-            else (lambda input: function(input, self._setup_value))
-        )
-        self._plain = (
-            setup is None
-            and pre_task is None
-            and after_task is None
-            and retries == 0
-            and timeout is None
-        )
+        self._call = _call_of(function, self)
+        # Nothing around the call: _perform calls it in place.
+        self._plain = not (setup or pre_task or after_task or retries or timeout is not None)
         self._is_async = inspect.iscoroutinefunction(function)
 
     def _task_name(self) -> str:
         name: str | None = getattr(self, "name", None)
         return name or "unnamed"
-
-    def _run(
-        self, input: Any, run: Run | None = None, visited: set[Any] | None = None
-    ) -> Coroutine[Any, Any, Any]:
-        raise NotImplementedError  # TaskRunner's
-
-    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, Any]:
-        raise NotImplementedError  # Task's
 
     async def _attempts(self, input: Any, visited: set[Any] | None, run: Run) -> Any:
         delay = self._retry_delay
@@ -214,20 +228,6 @@ class Attempts(EventSource):
                 raise TaskTimeoutError(self._task_name(), seconds) from None
             raise
 
-    def _run_linked(self, input: Any, visited: set[Any]) -> Coroutine[Any, Any, Any]:
-        """Run as another task's pre- or after-task, inside that task's run.
-
-        A plain task runs directly, sharing the ``visited`` set so that a task reached again
-        within one run is not run twice; its run is marked ``linked``, so that
-        ``current_run()`` in it is its owner's. A buffered, run-once or debounced task keeps
-        its own semantics and goes through its trigger.
-        """
-        if self._direct:
-            run = new_run(self, input)
-            run.linked = True
-            return self._run(input, run, visited)
-        return self._trigger_coro(input)
-
     async def _attempt(self, input: Any, visited: set[Any] | None) -> Any:
         if self._setup is not None and not self._setup_done:
             await self._ensure_setup()
@@ -241,7 +241,7 @@ class Attempts(EventSource):
                 pre_task = _resolve(pre, "pre_task")
                 if pre_task not in visited:
                     visited.add(pre_task)
-                    await pre_task._run_linked(input, visited)
+                    await pre_task._linked(input, visited)
         value = self._call(input)
         if self._is_async or inspect.isawaitable(value):
             result = await cast(Awaitable[Any], value)
@@ -255,7 +255,7 @@ class Attempts(EventSource):
             after_task = _resolve(after, "after_task")
             if after_task not in visited:
                 visited.add(after_task)
-                await after_task._run_linked(result, visited)
+                await after_task._linked(result, visited)
         return result
 
     def _warn_sync_timeout(self, timeout: float) -> None:

@@ -46,7 +46,7 @@ class _BufferedRun(SharedRun[R]):
 class TaskBuffer(Generic[R]):
     """The run queue of one buffered task."""
 
-    __slots__ = ("_max", "_owner", "_run", "_runs")
+    __slots__ = ("_execute", "_max", "_owner", "_runs")
 
     def __init__(
         self,
@@ -54,7 +54,7 @@ class TaskBuffer(Generic[R]):
         owner: _Named,
         buffer_max: int,
     ) -> None:
-        self._run = run  # the task's run coroutine: each buffered run is one run of it
+        self._execute = run  # the task's run coroutine: each buffered run is one run of it
         self._owner = owner  # the task, for messages
         self._max = buffer_max
         self._runs: deque[_BufferedRun[R]] = deque()
@@ -88,7 +88,7 @@ class TaskBuffer(Generic[R]):
         return await run.join()
 
     def _start(self, run: _BufferedRun[R]) -> None:
-        run.start(self._run(run.input), partial(self._on_done, run.queue))
+        run.start(self._execute(run.input), partial(self._on_done, run.queue))
 
     def _on_done(self, queue: deque[_BufferedRun[R]], _finished: asyncio.Task[R]) -> None:
         queue.popleft()

@@ -10,13 +10,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._clock import now_wall
-from ._exceptions import TaskExecutionError, TaskManagerStoppedError
+from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFoundError
 from ._lifecycle import Life, RunState
 from ._metadata import ScheduledTaskInfo, TaskExecutionReport
 from ._task import Task, completed_steps
 from ._validation import check_count, safe_repr
 
 if TYPE_CHECKING:
+    from ._inflight import InFlight
+    from ._run import RunInfo
     from ._scheduler import Scheduler
 
 __all__ = ("ConveniencesMixin",)
@@ -37,6 +39,7 @@ class ConveniencesMixin:
     _scheduler: Scheduler
     _spawns: dict[asyncio.Task[Any], bool]
     _tasks: dict[str, Task[Any, Any]]
+    _flights: InFlight
 
     if TYPE_CHECKING:
 
@@ -46,6 +49,17 @@ class ConveniencesMixin:
         def trigger_task_constrained(
             self, task: Task[Any, Any, Any], input: Any = None, *, priority: int = 0
         ) -> Coroutine[Any, Any, Any]: ...
+
+    def get_active_runs(self, *, task_name: str | None = None) -> list[RunInfo]:
+        """Snapshots of the runs started through this manager that wait or run: running ones
+        first, then waiting ones in the order they would start. Runs of direct
+        ``task.trigger()`` calls are not the manager's.
+
+        :raises TaskNotFoundError: ``task_name`` is given and no task is registered so.
+        """
+        if task_name is not None and task_name not in self._tasks:
+            raise TaskNotFoundError(task_name)
+        return self._flights.active_runs(task_name)
 
     async def add_execute_remove_task(
         self, task: Task[Any, Any], *, schedule: str | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, overload
 
 from reactivex.abc import DisposableBase
@@ -122,9 +122,6 @@ class TaskDebounced(Task[R, D, In]):
         return result
 
     trigger_unbuffered = trigger
-
-    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
-        return self.trigger(input)
 
     def _pipeline_for(self, loop: asyncio.AbstractEventLoop) -> _Pipeline:
         import reactivex.operators as ops  # lazily: import taskbuffer stays fast

@@ -14,7 +14,14 @@ callers can catch either::
      ├── ServiceNotFoundError         (KeyError)      unknown service name
      ├── ServiceStartError            (RuntimeError)  ``ServiceManager.start()``: services failed
      ├── ServiceHealthCheckError      (RuntimeError)  a service failed its health checks
-     └── ServiceUnavailableError      (RuntimeError)  a task needs a service that will not run
+     ├── ServiceUnavailableError      (RuntimeError)  a task needs a service that will not run
+     ├── JobFailedError               (RuntimeError)  a durable job failed; carries the job
+     ├── JobCancelledError            (RuntimeError)  a durable job was cancelled; carries the job
+     └── JobSchemaError               (RuntimeError)  a job store's schema is newer than the library
+
+The three job errors live in ``taskbuffer/jobs/_errors.py`` (they carry a
+:class:`~taskbuffer.jobs.Job`, and this module imports nothing of the jobs package); they are
+exported from ``taskbuffer`` and ``taskbuffer.jobs``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ._admission import Admission, Claimer
+from ._emitter import forward_events, stop_forwarding
 from ._events import EventSubject
 from ._exceptions import TaskManagerStoppedError
 from ._inflight import InFlight, other_loop_error
@@ -15,6 +16,7 @@ from ._validation import check_seconds
 from .distributed import AbstractDistributedCoordinator
 
 if TYPE_CHECKING:
+    from ._manager_jobs import JobSide
     from ._scheduler import Scheduler
     from ._task import Task
 
@@ -64,6 +66,7 @@ class LifecycleMixin:
     _admission: Admission
     _claimers: list[Claimer]
     _flights: InFlight
+    _jobs: JobSide | None
     _life: Life
     _ref: object
     _scheduler: Scheduler
@@ -90,9 +93,11 @@ class LifecycleMixin:
                 "TaskManager.start() was called while a stop() is under way: await the "
                 "stop() first, then start()"
             )
+        if self._jobs is not None:
+            await self._jobs.open()  # a store that cannot open fails start() before anything
         if life.state < RunState.CREATED:  # stopped: forward the tasks' events again
             for task in self._tasks.values():
-                task._add_sink(self.task_subject)
+                forward_events(task, self.task_subject)
         life.state = RunState.STARTING
         if self.distributed_coordinator is not None:
             stop_calls = life.stop_calls
@@ -112,6 +117,9 @@ class LifecycleMixin:
         self._scheduler.start()
         life.up = True
         life.state = RunState.RUNNING
+        if self._jobs is not None:
+            self._jobs.start_worker()
+            await self._scheduler.catch_up(self._jobs)
 
     async def stop(
         self,
@@ -170,9 +178,11 @@ class LifecycleMixin:
         forwarding = life.state >= RunState.CREATED
         life.state = RunState.STOPPING
         self._scheduler.stop()
+        if self._jobs is not None:
+            await self._jobs.stop_claiming()
         if forwarding:
             for task in self._tasks.values():
-                task._drop_sink(self.task_subject)
+                stop_forwarding(task, self.task_subject)
         if not drain:
             self._fail_waiters()
         flights = self._flights
@@ -203,6 +213,8 @@ class LifecycleMixin:
             life.up = False  # an overlapping call must not stop it a second time
             await self.distributed_coordinator.stop()
         life.up = False
+        if self._jobs is not None and not life.stoppers:
+            await self._jobs.finish_stop()  # commit outcomes, release what never ran
 
     def _cancel_runs(self) -> None:
         """A stop's deadline passed: refuse what was admitted, cancel what runs."""

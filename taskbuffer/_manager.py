@@ -4,43 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._admission import GO, Claim, Claimer, Shared
 from ._constraints import TaskConstraintGroup, key_table
 from ._conveniences import ConveniencesMixin
+from ._emitter import forward_events, stop_forwarding
 from ._events import EventSubject
 from ._exceptions import TaskManagerStoppedError, TaskNotFoundError
 from ._inflight import InFlight, other_loop_error
+from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
+from ._manager_jobs import job_side_for
 from ._metadata import TaskMetadata
+from ._run import new_run
+from ._runner import run_task
 from ._scheduler import Scheduler
 from ._task import Task
 from ._validation import safe_repr
 from ._waiting import LOCAL_ADMISSION
 from .distributed import AbstractDistributedCoordinator
 
+if TYPE_CHECKING:
+    from .jobs import JobStore
+
 __all__ = ("TaskManager", "TaskManagerStatistics")
 
 logger = logging.getLogger("taskbuffer")
-
-if sys.version_info >= (3, 12):
-    _current_task = asyncio.current_task  # implemented in C
-else:
-    # On 3.11 asyncio.current_task() is a Python function costing more than the rest of an
-    # unconstrained trigger's bookkeeping; this is the dict it reads, looked up directly.
-    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
-
-    def _current_task() -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = _current_tasks[asyncio.get_running_loop()]
-        return task
-
 
 # From this state up a manager takes triggers and forwards its tasks' events.
 ACCEPTING = FORWARDING = RunState.CREATED
@@ -63,13 +58,17 @@ class TaskManagerStatistics:
     scheduled: int
 
 
-class TaskManager(ConveniencesMixin, LifecycleMixin):
+class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
     """Registers tasks and runs them through constraint groups, cron and a coordinator.
 
     :param distributed_coordinator: consulted before each cron tick (see
         :mod:`taskbuffer.distributed`).
     :param timezone: the time zone cron expressions and naive datetimes are read in; local
         time by default.
+    :param job_store: where durable jobs live (a :class:`~taskbuffer.jobs.JobStore` or a URL
+        such as ``sqlite:///jobs.db``); with one, cron ticks and one-off runs are jobs too.
+    :param job_concurrency: jobs this manager runs at once when started (0: enqueue only).
+    :param worker_id: names this manager in the jobs' audit trail (default host:pid:random).
     """
 
     __slots__ = (
@@ -78,6 +77,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         "_claimers",
         "_flights",
         "_groups",
+        "_jobs",
         "_life",
         "_ref",
         "_scheduler",
@@ -93,6 +93,9 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         *,
         distributed_coordinator: AbstractDistributedCoordinator | None = None,
         timezone: tzinfo | None = None,
+        job_store: JobStore | str | None = None,
+        job_concurrency: int = 10,
+        worker_id: str | None = None,
     ) -> None:
         if distributed_coordinator is not None and not isinstance(
             distributed_coordinator, AbstractDistributedCoordinator
@@ -121,7 +124,18 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         # a manager alive that nothing else uses (and is then free to join another).
         self._ref = weakref.ref(self)
         self._admission = LOCAL_ADMISSION
-        self._flights = InFlight(self._admission, self._ref, self._claimers)
+        self._flights = InFlight(self._admission, self._ref)
+        # Durable jobs (its own module): the store, the worker, cron ticks as jobs.
+        self._jobs = job_side_for(
+            job_store,
+            job_concurrency=job_concurrency,
+            worker_id=worker_id,
+            timezone=timezone,
+            lookup=self.get_task_by_name,
+            run=lambda task, job: self._trigger(task, job.input, job.priority, job.id),
+            task_names=lambda: list(self._tasks),
+        )
+        self._scheduler.ticks_as_jobs = self._jobs
 
     def __repr__(self) -> str:
         return (
@@ -155,7 +169,9 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
             raise ValueError(f"a task named {name!r} is already registered")
         self._tasks[name] = task
         if self._life.state >= FORWARDING:
-            task._add_sink(self.task_subject)  # a chain's or parallel's members' events too
+            forward_events(task, self.task_subject)  # a chain's or parallel's members' events too
+        if self._jobs is not None:
+            self._jobs.task_added()
 
     def remove_task(self, task: Task[Any, Any]) -> None:
         """Unregister ``task``: stop forwarding its events and drop its schedules.
@@ -167,7 +183,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
             raise TaskNotFoundError(str(name))
         del self._tasks[name]
         if self._life.state >= FORWARDING:
-            task._drop_sink(self.task_subject)
+            stop_forwarding(task, self.task_subject)
         self._scheduler.remove(task)
 
     def get_task_by_name(self, name: str) -> Task[Any, Any] | None:
@@ -261,7 +277,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         # No constraint group: the bookkeeping of trigger_task_constrained's run phase, here,
         # so that the hot by-name path pays for one coroutine frame and not two.
         flights = self._flights
-        current = _current_task()
+        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             # Another asyncio task's run in flight (the oldest): it must be in this loop.
@@ -271,23 +287,27 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
             active[current] = None
         flights.admitted += 1
         flights.running += 1
+        run = new_run(task, input)
+        runs = flights.runs
+        runs[run] = None
         try:
-            return await (task._run(input) if task._direct else task._trigger_coro(input))
+            return await run_task(task, run)
         except asyncio.CancelledError:
             if tracked:  # a nested level lets the cancellation reach the runs around it
                 flights.raise_if_stopping(current, task)
             raise
         finally:
+            del runs[run]
             flights.running -= 1
             flights.end_admitted(current, tracked)
 
-    async def trigger_task_constrained(
+    def trigger_task_constrained(
         self,
         task: Task[R, Any, In],
         input: In = None,  # type: ignore[assignment]
         *,
         priority: int = 0,
-    ) -> R | None:
+    ) -> Coroutine[Any, Any, R | None]:
         """Run ``task`` once every constraint group lets it.
 
         Returns the task's result, or ``None`` when a group's ``should_execute`` said no. A
@@ -298,6 +318,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
 
         :raises TaskManagerStoppedError: the manager is stopped or stopping.
         """
+        # A plain method returning the coroutine (as Task.trigger): no frame more.
+        return self._trigger(task, input, priority, None)
+
+    async def _trigger(self, task: Task[Any, Any], input: Any, priority: int, job_id: Any) -> Any:
+        """``trigger_task_constrained``, for a durable job too (``job_id``, see ``run_job``)."""
         # This one coroutine is every trigger's whole path (trigger_task is this method):
         # each frame more would cost time on the hot path and memory for every waiter.
         if type(priority) is not int:  # bool is not accepted either
@@ -307,14 +332,26 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
         flights = self._flights
         claims: list[Claim] | None = None
         waited = False
+        run = new_run(task, input, priority, job_id)
+        runs = flights.runs
+        runs[run] = None
         if self._groups:
             admission = self._admission
             loop = asyncio.get_running_loop()
-            claims = flights.claim(task, input, loop)
+            try:
+                claims = admission.claim(self._claimers, task, input, loop)
+            except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
+                del runs[run]
+                flights.claim_failed(run, exc)
+                raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             blocked = admission.acquire(claims, loop.time(), priority, owner=self._ref)
             if blocked is not None:
-                waiter = flights.park(task, claims, blocked, priority, loop)
+                try:
+                    waiter = flights.park(run, claims, blocked, loop)
+                except BaseException:
+                    del runs[run]
+                    raise
                 blocked = None  # not kept alive for as long as the trigger waits
                 waited = True
                 try:
@@ -323,19 +360,22 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
                         # Counted before the idle check below: this trigger goes on to run.
                         flights.admitted += 1
                 except BaseException as exc:
-                    flights.waiting_failed(task, waiter, exc, loop)
+                    del runs[run]
+                    flights.waiting_failed(run, waiter, exc, loop)
                     raise
                 finally:
                     flights.waiting -= 1
                     if flights.idle is not None:
                         flights.check_idle()
                 if type(outcome) is Shared:
-                    return outcome.value  # type: ignore[no-any-return]
+                    del runs[run]
+                    flights.shared(run)
+                    return outcome.value
         # From here the trigger holds its slots; stop() waits for it and, past its timeout,
         # cancels it, whether it is in should_execute or running.
         if not waited:
             flights.admitted += 1
-        current = _current_task()
+        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             flights.active[current] = None
@@ -347,35 +387,37 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
                 held.append(claims)
         ran = refused = handed_off = False
         try:
+            # Another asyncio task's run in flight (the oldest; current came last): this loop's?
             if tracked and len(flights.active) > 1:
-                flights.check_loop(current)
+                if next(iter(flights.active)).get_loop() is not current.get_loop():
+                    raise other_loop_error()
             if self._life.hard_stop:
                 refused = True
-                flights.refuse(task)
+                flights.refuse(run)
             if claims is not None:
                 for group in self._groups:
                     if group.should_execute is not None and not (
                         await group.check_should_execute(task, input)
                     ):
-                        task._emit("skipped", None)
+                        flights.end(run, "skipped")
                         return None
             ran = True
             flights.running += 1
             if claims:
                 if admission.sharing(claims):
                     handed_off = True  # the run gives back its slots (and counts) when it ends
-                    return await flights.run_shared(task, input, claims)  # type: ignore[no-any-return]
+                    return await flights.run_shared(run, claims)
                 for st in claims:
                     if st.pending:  # a rate-limited key: its window counts the run from now
                         admission.begin(claims, loop.time())
                         break
             try:
-                result = await (task._run(input) if task._direct else task._trigger_coro(input))
+                result = await run_task(task, run)
             finally:
                 flights.running -= 1
             return result
         except BaseException as exc:
-            flights.run_failed(task, exc, current if tracked else None, ran or refused)
+            flights.run_failed(run, exc, current if tracked else None, ran or refused)
             raise
         finally:
             if claims is not None:
@@ -386,6 +428,8 @@ class TaskManager(ConveniencesMixin, LifecycleMixin):
                     held.pop()
                     if not held:
                         del flights.held[current]
+            if not handed_off:
+                del runs[run]
             flights.end_admitted(current, tracked)
 
     # Same signature with an optional ``priority``; an alias so it costs no extra frame.

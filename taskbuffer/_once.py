@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar, overload
 
@@ -122,9 +122,6 @@ class TaskOnce(Task[R, D, In]):
         return await run.join()
 
     trigger_unbuffered = trigger
-
-    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
-        return self.trigger(input)
 
     async def _run_once(self, input: Any, previous: tuple[asyncio.Task[R], ...] = ()) -> R:
         if previous:

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from ._events import TaskEventType
     from ._metadata import TaskMetadata, TaskStatus
 
-__all__ = ("TaskRunner", "entry_of", "run_task", "set_next_run", "set_schedule")
+__all__ = (
+    "TaskRunner",
+    "completed_steps",
+    "entry_of",
+    "run_task",
+    "set_cron_schedule",
+    "set_next_run",
+)
 
 logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
@@ -39,6 +46,8 @@ class TaskRunner(Attempts):
 
     __slots__ = (
         "_cron_schedule",
+        "_direct",
+        "_entry",
         "_finished_runs",
         "_has_steps",
         "_inflight",
@@ -58,8 +67,16 @@ class TaskRunner(Attempts):
     _steps: StepTracker
     labels: dict[str, str]
 
-    def _init_state(self) -> None:
-        """The bookkeeping of a task that has not run yet (after ``_init_attempts``)."""
+    def _init_state(
+        self, *, direct: bool, trigger: Callable[[Any], Coroutine[Any, Any, Any]]
+    ) -> None:
+        """The bookkeeping of a task that has not run yet (after ``_init_attempts``).
+
+        ``direct``: a trigger is just a run (no buffer, and the class keeps Task's trigger);
+        ``trigger`` is the task's trigger, what executes a trigger of a task that is not.
+        """
+        self._direct = direct
+        self._entry = self._perform if direct else trigger
         self._running = 0
         self.run_count = 0
         self.error_count = 0
@@ -131,7 +148,7 @@ class TaskRunner(Attempts):
 
     # --------------------------------------------------------------------------- runs
 
-    async def _run(
+    async def _perform(
         self, input: Any, run: Run | None = None, visited: set[Any] | None = None
     ) -> Any:
         """One run: setup, pre-task, function, after-task; with retries, timeout and events.
@@ -191,6 +208,20 @@ class TaskRunner(Attempts):
             send(route, self._capture("completed", anchor + end, None, None, "completed", run))
         return result
 
+    def _run_linked(self, input: Any, visited: set[Any]) -> Coroutine[Any, Any, Any]:
+        """Run as another task's pre- or after-task, inside that task's run.
+
+        A plain task runs directly, sharing the ``visited`` set so that a task reached again
+        within one run is not run twice; its run is marked ``linked``, so that
+        ``current_run()`` in it is its owner's. A buffered, run-once or debounced task keeps
+        its own semantics and goes through its trigger.
+        """
+        if self._direct:
+            run = new_run(self, input)
+            run.linked = True
+            return self._perform(input, run, visited)
+        return self._entry(input)
+
     def _run_failed(
         self, loop: asyncio.AbstractEventLoop, start: float, run: Run, exc: BaseException
     ) -> Any:
@@ -234,17 +265,17 @@ def entry_of(task: TaskRunner) -> Callable[[Any], Coroutine[Any, Any, Any]]:
     """What executes a trigger of ``task`` with an input: its run coroutine for a plain task,
     its trigger for a buffered, run-once or debounced one (chains and parallels keep one per
     member, so that a member's trigger costs no call more than its run)."""
-    return task._run if task._direct else task._trigger_coro
+    return task._entry
 
 
 def run_task(task: TaskRunner, run: Run) -> Coroutine[Any, Any, Any]:
     """Execute ``run`` (made by the caller, maybe one that waited) of ``task``."""
     if task._direct:
-        return task._run(run.input, run)
-    return _run_through_trigger(task, run)
+        return task._perform(run.input, run)
+    return _run_through_trigger(task._entry, run)
 
 
-async def _run_through_trigger(task: TaskRunner, run: Run) -> Any:
+async def _run_through_trigger(trigger: Callable[[Any], Coroutine[Any, Any, Any]], run: Run) -> Any:
     """A manager's run of a buffered, run-once or debounced task: the task's own semantics
     decide how it executes (maybe joining a run in progress, whose events it then shares);
     ``run`` follows the trigger from its start to its outcome."""
@@ -252,7 +283,7 @@ async def _run_through_trigger(task: TaskRunner, run: Run) -> Any:
     run.state = "running"
     run.started = _clock.wall_anchor(loop) + loop.time()
     try:
-        result = await task._trigger_coro(run.input)
+        result = await trigger(run.input)
     except asyncio.CancelledError:
         run.state = "cancelled"
         raise
@@ -265,18 +296,18 @@ async def _run_through_trigger(task: TaskRunner, run: Run) -> Any:
     return result
 
 
-def set_schedule(task: TaskRunner, cron: str | None) -> None:
-    """Record ``task``'s cron expression (``None``: none), as its snapshots show it."""
-    task._cron_schedule = cron
-    if cron is None:
-        task._next_run = None
+def set_cron_schedule(task: TaskRunner, expression: str | None) -> None:
+    """Show ``task``'s cron expression in its metadata and events (the scheduler owns it)."""
+    task._cron_schedule = expression
 
 
 def set_next_run(task: TaskRunner, when: float | None) -> None:
-    """Record when ``task`` runs next (epoch seconds, ``None``: not scheduled)."""
+    """Show ``task``'s next scheduled run (epoch seconds) in its metadata and events (the
+    scheduler owns it)."""
     task._next_run = when
 
 
-def next_run_of(task: TaskRunner) -> float | None:
-    """When ``task`` runs next (epoch seconds), or ``None``."""
-    return task._next_run
+def completed_steps(task: TaskRunner) -> list[str]:
+    """The steps that ``task``'s shown run (see ``Task.get_progress``) reached."""
+    steps = task._shown_steps()
+    return [] if steps is None else steps.completed_names()

@@ -7,11 +7,7 @@ constraints. If the loop was blocked past one or more further ticks of the same 
 are coalesced into that one run: the task emits a ``missed`` event saying how many were missed
 and the ``taskbuffer`` logger warns; nothing is replayed in a burst.
 
-With a distributed coordinator, each cron tick is first offered to it and runs here only if
-it answers ``should_trigger``; one-off runs are not offered. A run that coalesced missed ticks
-is offered as the oldest of them, the tick it is late for: a coordinator that refuses ticks
-that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a long pause from
-claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
+What a tick does around its run (the coordinator, a job store) is in :mod:`taskbuffer._ticks`.
 """
 
 from __future__ import annotations
@@ -23,58 +19,53 @@ import logging
 import math
 import os
 from dataclasses import replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._clock import loop_to_wall, now_wall, to_datetime
 from ._cron import ONCE, CronSchedule, Zone
-from ._exceptions import TaskManagerStoppedError
 from ._metadata import ScheduledTaskInfo
-from ._validation import safe_repr, safe_str
-from .distributed import (
-    COORDINATOR_TIMEOUT,
-    AbstractDistributedCoordinator,
-    DistributedRequestStatus,
-    DistributedTaskRequest,
+from ._schedule_entry import Entry, soonest_runs
+from ._task import set_cron_schedule, set_next_run
+from ._ticks import (
+    MISSED_COUNT_LIMIT,
+    catch_up_ticks,
+    describe,
+    offer,
+    report,
+    report_missed,
+    run_logged,
+    store_tick,
 )
+from ._validation import safe_repr
 
 if TYPE_CHECKING:
-    from ._manager import TaskManager
+    from ._manager_jobs import JobSide
     from ._task import Task
+    from .distributed import (
+        AbstractDistributedCoordinator,
+        DistributedRequestStatus,
+        DistributedTaskRequest,
+    )
 
-__all__ = ("Scheduler",)
+__all__ = ("Scheduler", "SchedulerHost")
 
 logger = logging.getLogger("taskbuffer")
 
-# Counting missed ticks stops here (a loop blocked for days under an every-second schedule).
-_MISSED_COUNT_LIMIT = 100_000
 
-
-class _Entry:
-    """One schedule: a cron schedule of a task, or one pending one-off run."""
-
-    __slots__ = ("active", "cron", "input", "seq", "task", "when")
-
-    def __init__(
-        self,
-        task: Task[Any, Any],
-        when: float,
-        cron: CronSchedule | None,
-        input: Any,
-        seq: int,
-    ) -> None:
-        self.task = task
-        self.when = when  # epoch seconds of the next fire
-        self.cron = cron  # None for a one-off run
-        self.input = input
-        self.active = True
-        # Breaks ties between equal instants, first scheduled first. A one-off run keeps its
-        # number, so it has the same place in the manager's heap and in its task's heap.
-        self.seq = seq
+class SchedulerHost(Protocol):
+    """What the scheduler needs of the manager it schedules for (a ``TaskManager``, which the
+    scheduler does not import: imports run from the manager to the scheduler)."""
 
     @property
-    def schedule(self) -> str:
-        return ONCE if self.cron is None else self.cron.expression
+    def timezone(self) -> tzinfo | None: ...
+
+    @property
+    def distributed_coordinator(self) -> AbstractDistributedCoordinator | None: ...
+
+    def get_task_by_name(self, name: str) -> Task[Any, Any] | None: ...
+
+    async def trigger_task_constrained(self, task: Task[Any, Any], input: Any) -> Any: ...
 
 
 class Scheduler:
@@ -99,16 +90,17 @@ class Scheduler:
         "_timer",
         "_timer_when",
         "submitter_id",
+        "ticks_as_jobs",
     )
 
-    def __init__(self, manager: TaskManager) -> None:
+    def __init__(self, manager: SchedulerHost) -> None:
         self._manager = manager
-        self._cron: dict[Task[Any, Any], _Entry] = {}
+        self._cron: dict[Task[Any, Any], Entry] = {}
         # Each task's pending one-off runs, a heap on (when, seq): the soonest is [0], and it
         # is the one the timer fires next, so scheduling and firing cost O(log n) each.
-        self._once: dict[Task[Any, Any], list[tuple[float, int, _Entry]]] = {}
+        self._once: dict[Task[Any, Any], list[tuple[float, int, Entry]]] = {}
         self._once_count = 0
-        self._heap: list[tuple[float, int, _Entry]] = []
+        self._heap: list[tuple[float, int, Entry]] = []
         self._dead = 0  # inactive entries still in the heap
         self._seq = itertools.count()
         self._started = False
@@ -118,9 +110,11 @@ class Scheduler:
         self._timer_when = math.nan
         # Tick runs in flight -> their schedule until they are handed to the manager, then None.
         # stop() cancels those not handed yet (they may be waiting for the coordinator).
-        self._ticks: dict[asyncio.Task[None], _Entry | None] = {}
+        self._ticks: dict[asyncio.Task[None], Entry | None] = {}
         # Names this manager to a distributed coordinator, the same for all its requests.
         self.submitter_id = os.urandom(16).hex()
+        # The manager's job side when it has a store: ticks are stored as jobs there.
+        self.ticks_as_jobs: JobSide | None = None
 
     def __repr__(self) -> str:
         return (
@@ -146,9 +140,9 @@ class Scheduler:
         old = self._cron.pop(task, None)
         if old is not None:
             self._retire(old)
-        entry = _Entry(task, parsed.next_after(now_wall()), parsed, None, next(self._seq))
+        entry = Entry(task, parsed.next_after(now_wall()), parsed, None, next(self._seq))
         self._cron[task] = entry
-        task._cron_schedule = parsed.expression
+        set_cron_schedule(task, parsed.expression)
         self._push(entry)
         self._refresh(task)
         self._arm()
@@ -163,11 +157,11 @@ class Scheduler:
             instant = Zone(self._manager.timezone).first_reaching(when.replace(tzinfo=None))
         else:
             instant = when.timestamp()
-        entry = _Entry(task, instant, None, input, next(self._seq))
+        entry = Entry(task, instant, None, input, next(self._seq))
         self._add_once(entry)
         self._arm()
 
-    def _add_once(self, entry: _Entry) -> None:
+    def _add_once(self, entry: Entry) -> None:
         """Make the one-off run ``entry`` pending."""
         item = (entry.when, entry.seq, entry)
         pending = self._once.get(entry.task)
@@ -192,11 +186,11 @@ class Scheduler:
             if fired is not None and fired.cron is None and fired.task is task:
                 tick.cancel()
                 del self._ticks[tick]
-        task._cron_schedule = None
-        task._next_run = None
+        set_cron_schedule(task, None)
+        set_next_run(task, None)
         self._arm()
 
-    def _retire(self, entry: _Entry) -> None:
+    def _retire(self, entry: Entry) -> None:
         entry.active = False
         self._dead += 1
         heap = self._heap
@@ -205,17 +199,21 @@ class Scheduler:
             heapq.heapify(self._heap)
             self._dead = 0
 
-    def _push(self, entry: _Entry) -> None:
+    def _push(self, entry: Entry) -> None:
         heapq.heappush(self._heap, (entry.when, entry.seq, entry))
 
     def _refresh(self, task: Task[Any, Any]) -> None:
-        """Set the task's ``next_run`` to its soonest schedule."""
+        """Show the task's soonest schedule as its ``next_run``."""
+        set_next_run(task, self._soonest(task))
+
+    def _soonest(self, task: Task[Any, Any]) -> float | None:
+        """The soonest schedule of ``task`` (epoch seconds), or ``None``."""
         entry = self._cron.get(task)
         soonest = math.inf if entry is None else entry.when
         pending = self._once.get(task)
         if pending:
             soonest = min(soonest, pending[0][0])
-        task._next_run = None if soonest == math.inf else soonest
+        return None if soonest == math.inf else soonest
 
     # --------------------------------------------------------------------------- listings
 
@@ -225,11 +223,12 @@ class Scheduler:
         infos = []
         for task in tasks:
             entry = self._cron.get(task)
+            next_run = self._soonest(task)
             infos.append(
                 ScheduledTaskInfo(
                     name=task.name or "unnamed",
                     schedule=ONCE if entry is None else entry.schedule,
-                    next_run=None if task._next_run is None else to_datetime(task._next_run),
+                    next_run=None if next_run is None else to_datetime(next_run),
                     last_run=task.last_run,
                     steps=task.get_steps_metadata(),
                     metadata=task.get_metadata(),
@@ -239,19 +238,8 @@ class Scheduler:
 
     def next_runs(self, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` soonest scheduled runs: one per cron schedule, one per one-off run."""
-        entries = itertools.chain(
-            self._cron.values(),
-            (item[2] for pending in self._once.values() for item in pending),
-        )
-        soonest = heapq.nsmallest(limit, entries, key=lambda entry: entry.when)
-        return [
-            {
-                "task_name": entry.task.name,
-                "next_run": to_datetime(entry.when),
-                "schedule": entry.schedule,
-            }
-            for entry in soonest
-        ]
+        once = (item[2] for pending in self._once.values() for item in pending)
+        return soonest_runs(itertools.chain(self._cron.values(), once), limit)
 
     def count(self) -> int:
         """Cron schedules plus pending one-off runs."""
@@ -380,7 +368,7 @@ class Scheduler:
                 missed = 0
                 try:
                     following = cron.next_after(when)
-                    while following <= now and missed < _MISSED_COUNT_LIMIT:
+                    while following <= now and missed < MISSED_COUNT_LIMIT:
                         missed += 1
                         following = cron.next_after(following)
                     if following <= now:
@@ -391,15 +379,12 @@ class Scheduler:
                     logger.exception("task %r: cron %r failed; descheduled", task.name, cron)
                     entry.active = False  # already off the heap
                     del self._cron[task]
-                    task._cron_schedule = None
+                    set_cron_schedule(task, None)
                 else:
                     entry.when = following
                     entry.seq = next(self._seq)
                     heapq.heappush(heap, (following, entry.seq, entry))
-                if task in self._once:
-                    self._refresh(task)
-                else:
-                    task._next_run = entry.when if entry.active else None
+                self._refresh(task)
                 # The run removes itself from _ticks when it ends (a done callback would cost
                 # a loop iteration per tick); one cancelled before it began is dropped by
                 # wait_stopped().
@@ -408,7 +393,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------ ticks
 
-    async def _run_entry(self, entry: _Entry, when: float, missed: int) -> None:
+    async def _run_entry(self, entry: Entry, when: float, missed: int) -> None:
         """One scheduled run, in its own asyncio task, through the constraints.
 
         A cron tick is first offered to the coordinator (if any), and reported to it after.
@@ -422,127 +407,40 @@ class Scheduler:
         request: DistributedTaskRequest | None = None
         status: DistributedRequestStatus = "failed"
         try:
+            if cron is not None and missed:
+                report_missed(task, cron, missed)
+            if self.ticks_as_jobs is not None:
+                await self._store_tick(self.ticks_as_jobs, entry, when)
+                return
             if cron is not None:
-                if missed:
-                    self._report_missed(task, cron, missed)
                 if coordinator is not None:
-                    request = await self._offer(coordinator, task, when)
+                    request = await offer(coordinator, self.submitter_id, task, when)
                     if request is None:
                         return
             self._ticks[tick] = None  # stop() leaves it to the manager from here on
             manager = self._manager
             if task.name is not None and manager.get_task_by_name(task.name) is task:
-                try:
-                    await manager.trigger_task_constrained(task, entry.input)
-                    status = "succeeded"
-                except TaskManagerStoppedError as exc:
-                    logger.debug("%s did not complete: %s", _describe(task, cron), exc)
-                except Exception as exc:
-                    logger.error("%s failed", _describe(task, cron), exc_info=exc)
-                except BaseException as exc:
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    # Not an Exception, yet the run recorded it as a failure like any other.
-                    logger.error("%s failed", _describe(task, cron), exc_info=exc)
-                    if isinstance(exc, KeyboardInterrupt | SystemExit):
-                        # asyncio raises these out of the loop; retrieved, so that it does
-                        # not also log "Task exception was never retrieved" for the tick.
-                        tick.add_done_callback(_retrieve)
-                        raise
-                    # Any other: nobody awaits a tick, so it ends here, logged (raising it
-                    # would only leave an exception that is never retrieved).
+                status = await run_logged(
+                    manager.trigger_task_constrained(task, entry.input), describe(task, cron)
+                )
             # else: removed from the manager while the run was on its way
             if request is not None and coordinator is not None:
-                await self._report(coordinator, replace(request, status=status))
+                await report(coordinator, replace(request, status=status))
         finally:
             self._ticks.pop(tick, None)
 
-    @staticmethod
-    def _report_missed(task: Task[Any, Any], cron: CronSchedule, missed: int) -> None:
-        count = f"{missed}+" if missed >= _MISSED_COUNT_LIMIT else str(missed)
-        ticks_were = "tick was" if missed == 1 else "ticks were"
-        message = (
-            f"{count} {ticks_were} missed while the event loop was blocked "
-            f"({cron.expression!r}); coalesced into this run"
-        )
-        logger.warning("task %r: %s", task.name, message)
-        task._emit("missed", None, error=message)
-
-    async def _offer(
-        self, coordinator: AbstractDistributedCoordinator, task: Task[Any, Any], when: float
-    ) -> DistributedTaskRequest | None:
-        """Offer the tick at ``when``; the request if it is to run here, else ``None``."""
-        request = DistributedTaskRequest(
-            submitter_id=self.submitter_id,
-            request_response_id=os.urandom(16).hex(),
-            task_name=task.name or "unnamed",
-            task_version=task.version,
-            task_execution_time=when,
-            task_execution_timeout=task.timeout,
-            task_execution_parallel=1,
-            status="requesting",
-        )
-        try:
-            async with asyncio.timeout(COORDINATOR_TIMEOUT):
-                answer = await coordinator.fire_distributed_task_request(request)
-        except BaseException as exc:
-            if _passes_through(exc):
-                raise
-            if isinstance(exc, TimeoutError):
-                reason = f"the coordinator did not answer within {COORDINATOR_TIMEOUT:g} s"
-            else:
-                reason = f"the coordinator failed: {type(exc).__name__}: {safe_str(exc)}"
-            message = f"tick at {to_datetime(when).isoformat()} not run here: {reason}"
-            logger.warning("task %r: %s", task.name, message, exc_info=exc)
-            task._emit("skipped", None, error=message)
-            return None
-        if not answer.should_trigger:
-            logger.debug(
-                "task %r: the coordinator gave the tick at %s elsewhere (%s)",
-                task.name,
-                to_datetime(when).isoformat(),
-                answer.reason,
-            )
-            return None
-        return request
-
-    @staticmethod
-    async def _report(
-        coordinator: AbstractDistributedCoordinator, request: DistributedTaskRequest
-    ) -> None:
-        """Tell the coordinator what became of a tick; a failure to do so is only logged."""
-        try:
-            async with asyncio.timeout(COORDINATOR_TIMEOUT):
-                await coordinator.update_distributed_task_request(request)
-        except BaseException as exc:
-            if _passes_through(exc):
-                raise
-            logger.warning(
-                "task %r: reporting the tick at %s to the coordinator failed",
-                request.task_name,
-                to_datetime(request.task_execution_time).isoformat(),
-                exc_info=exc,
-            )
-
-
-def _passes_through(error: BaseException) -> bool:
-    """Whether what a coordinator raised must leave the tick: a cancellation (the tick's own)
-    or an interrupt (asyncio raises it out of the loop; retrieved, so that it is not also
-    logged as "never retrieved"). Anything else, ``BaseException`` subclasses included, is a
-    coordinator failure: nobody awaits a tick, so raising it would only lose it."""
-    if isinstance(error, KeyboardInterrupt | SystemExit):
+    async def _store_tick(self, jobs: JobSide, entry: Entry, when: float) -> None:
+        """Store a tick or one-off run as a job (a failure is logged: nobody awaits a tick)."""
         tick = asyncio.current_task()
-        if tick is not None:
-            tick.add_done_callback(_retrieve)
-        return True
-    return isinstance(error, asyncio.CancelledError)
+        assert tick is not None
+        self._ticks[tick] = None  # stop() leaves the store's write to finish
+        task = entry.task
+        if task.name is not None and self._manager.get_task_by_name(task.name) is task:
+            await store_tick(jobs, task, entry.input, when, entry.cron)
 
-
-def _retrieve(tick: asyncio.Task[Any]) -> None:
-    if not tick.cancelled():
-        tick.exception()
-
-
-def _describe(task: Task[Any, Any], cron: CronSchedule | None) -> str:
-    kind = "one-off" if cron is None else "scheduled"
-    return f"{kind} run of task {task.name!r}"
+    async def catch_up(self, jobs: JobSide) -> None:
+        """Store one job for the ticks of each cron schedule missed since its last stored tick
+        (no manager sharing the store was running), with a ``missed`` event."""
+        for task, entry in list(self._cron.items()):
+            if entry.cron is not None:
+                await catch_up_ticks(jobs, task, entry.cron)

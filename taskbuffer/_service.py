@@ -1,9 +1,10 @@
 """``Service``: a long-running part of an application, with its start, stop and health check.
 
 A service is what its ``start`` callback returns (a database pool, a consumer, a server), kept
-between a start and a stop. It holds its options and its state; a :class:`ServiceManager`
-(``_service_manager.py``) decides when it starts, stops and restarts, through the small
-interface at the bottom of the class (``_open``, ``_close``, ``_probe``, ``_enter``).
+between a start and a stop. It holds its options and shows its state; the state lives in its
+:class:`~taskbuffer._service_runtime.ServiceRuntime` (handed out by :func:`runtime_of`), which a
+:class:`ServiceManager` (``_service_manager.py``) drives: it decides when the service starts,
+stops and restarts.
 
 Two ways to build one: ``Service(name=..., start=..., stop=..., ...)``, or ``@service`` on an
 async generator function whose code before ``yield`` is the start, the yielded value the
@@ -12,27 +13,28 @@ instance and the code after it the stop, the way ``contextlib.asynccontextmanage
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, cast, overload
+from typing import Any, Generic, TypedDict, TypeVar, cast, overload
 
 from typing_extensions import Unpack
 
-from ._clock import now_wall, to_datetime
+from ._clock import to_datetime
+from ._service_info import SERVICE_STATES as SERVICE_STATES
+from ._service_info import RestartPolicy
+from ._service_info import ServiceEvent as ServiceEvent
+from ._service_info import ServiceEventType as ServiceEventType
+from ._service_info import ServiceMetadata as ServiceMetadata
+from ._service_info import ServiceState as ServiceState
+from ._service_runtime import ServiceRuntime
 from ._validation import (
     check_count,
     check_labels,
     check_number,
     check_seconds,
     error_message,
-    reraise_interrupt_later,
     safe_repr,
-    safe_str,
 )
 
 __all__ = (
@@ -43,79 +45,11 @@ __all__ = (
     "ServiceMetadata",
     "ServiceOptions",
     "ServiceState",
+    "runtime_of",
     "service",
 )
 
-logger = logging.getLogger("taskbuffer")
-
 T = TypeVar("T")
-
-ServiceState: TypeAlias = Literal[
-    "stopped", "starting", "running", "unhealthy", "restarting", "stopping", "failed"
-]
-# Every state entered emits the event of the same name.
-ServiceEventType: TypeAlias = ServiceState
-SERVICE_STATES: tuple[ServiceState, ...] = (
-    "stopped",
-    "starting",
-    "running",
-    "unhealthy",
-    "restarting",
-    "stopping",
-    "failed",
-)
-RestartPolicy: TypeAlias = Literal["never", "on-failure"]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ServiceMetadata:
-    """A snapshot of a service's state. Datetimes are timezone-aware (UTC)."""
-
-    name: str
-    state: ServiceState
-    labels: dict[str, str]
-    depends_on: tuple[str, ...]
-    restart_count: int
-    last_error: str | None
-    last_health_check: datetime | None
-    started_at: datetime | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The snapshot as JSON-ready values (datetimes as ISO 8601 strings)."""
-        return {
-            "name": self.name,
-            "state": self.state,
-            "labels": dict(self.labels),
-            "depends_on": list(self.depends_on),
-            "restart_count": self.restart_count,
-            "last_error": self.last_error,
-            "last_health_check": _iso(self.last_health_check),
-            "started_at": _iso(self.started_at),
-        }
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ServiceEvent:
-    """A service entered the state ``type``; ``service`` is a snapshot taken at that moment."""
-
-    type: ServiceEventType
-    service: ServiceMetadata
-    timestamp: float  # epoch seconds
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The event as JSON-ready values."""
-        return {
-            "type": self.type,
-            "service": self.service.to_dict(),
-            "timestamp": self.timestamp,
-            "error": self.error,
-        }
-
 
 # ----------------------------------------------------------------------------- validation
 
@@ -136,12 +70,6 @@ def _limit(name: str, value: float | None) -> float | None:
     return None if seconds is None else float(seconds)
 
 
-def _effective(limit: float | None, default: float | None) -> float | None:
-    """The limit to apply: the service's own, else the manager's; ``None`` = no limit."""
-    chosen = default if limit is None else limit
-    return None if chosen is None or chosen == math.inf else chosen
-
-
 def _names(service_name: str, depends_on: Sequence[str]) -> tuple[str, ...]:
     if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):
         raise TypeError(
@@ -157,28 +85,6 @@ def _names(service_name: str, depends_on: Sequence[str]) -> tuple[str, ...]:
     if service_name in names:
         raise ValueError(f"service {service_name!r} cannot depend on itself (depends_on)")
     return names
-
-
-def _is_cancellation(error: BaseException) -> bool:
-    """Whether ``error`` is the current task being cancelled, which must go on.
-
-    A ``CancelledError`` a callback raises of its own accord while nobody cancels the task is
-    a failure of that callback like any other error, and so is any ``BaseException``
-    subclass; a ``KeyboardInterrupt`` or ``SystemExit`` is recorded as such, then raised again
-    from the loop (:func:`reraise_interrupt_later`).
-    """
-    if not isinstance(error, asyncio.CancelledError):
-        return False
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
-async def _call(function: Callable[..., Any], *args: Any) -> Any:
-    """Call a plain or async callback and return its (awaited) result."""
-    result = function(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
 
 
 # -------------------------------------------------------------------------------- Service
@@ -206,18 +112,7 @@ class Service(Generic[T]):
 
     __slots__ = (
         "_depends_on",
-        "_health_check",
-        "_instance",
-        "_last_error",
-        "_last_health_check",
-        "_name",
-        "_opened",
-        "_owner",
-        "_restart_count",
-        "_start",
-        "_started_at",
-        "_state",
-        "_stop",
+        "_runtime",
         "health_interval",
         "health_timeout",
         "labels",
@@ -294,22 +189,9 @@ class Service(Generic[T]):
         restart_max_delay: float = 60.0,
         max_restarts: int | None = None,
     ) -> None:
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__qualname__} {safe_repr(name)}")
-        if not name:
-            raise ValueError("name must be a non-empty string, not ''")
-        for option, function in (("start", start), ("stop", stop), ("health_check", health_check)):
-            if function is not None and not callable(function):
-                raise TypeError(f"{option} must be callable, not {safe_repr(function)}")
-        if start is None:
-            raise TypeError("start must be callable, not None")
-        if restart not in ("never", "on-failure"):
-            raise ValueError(f"restart must be 'never' or 'on-failure', not {safe_repr(restart)}")
+        _check_identity(name, start, stop, health_check, restart)
         backoff = float(check_number("restart_backoff", restart_backoff, minimum=1))
-        self._name = name
-        self._start = start
-        self._stop = stop
-        self._health_check = health_check
+        self._runtime: ServiceRuntime[T] = ServiceRuntime(name, start, stop, health_check)
         self.health_interval = _duration("health_interval", health_interval)
         self.health_timeout = _limit("health_timeout", health_timeout)
         self.unhealthy_threshold: int = check_count(
@@ -327,18 +209,10 @@ class Service(Generic[T]):
             "max_restarts", max_restarts, minimum=0, integer=True, none=True
         )
 
-        self._state: ServiceState = "stopped"
-        self._instance: T | None = None
-        self._opened = False  # a start succeeded and no stop ran since (instance may be None)
-        self._restart_count = 0
-        self._last_error: BaseException | None = None
-        self._last_health_check: float | None = None  # epoch seconds
-        self._started_at: float | None = None  # epoch seconds
-        self._owner: object | None = None  # the ServiceManager it is registered with
-
     def __repr__(self) -> str:
+        runtime = self._runtime
         return (
-            f"<Service {self._name!r} state={self._state!r} restarts={self._restart_count}"
+            f"<Service {runtime.name!r} state={runtime.state!r} restarts={runtime.restart_count}"
             f" depends_on={list(self._depends_on)!r}>"
         )
 
@@ -347,7 +221,7 @@ class Service(Generic[T]):
     @property
     def name(self) -> str:
         """The service's name, unique within its manager."""
-        return self._name
+        return self._runtime.name
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -357,45 +231,46 @@ class Service(Generic[T]):
     @property
     def state(self) -> ServiceState:
         """Where the service is in its lifecycle."""
-        return self._state
+        return self._runtime.state
 
     @property
     def instance(self) -> T | None:
         """What ``start`` returned, while the service is started; ``None`` otherwise."""
-        return self._instance
+        return self._runtime.instance
 
     @property
     def restart_count(self) -> int:
         """Restarts since the manager's latest ``start()``."""
-        return self._restart_count
+        return self._runtime.restart_count
 
     @property
     def last_error(self) -> BaseException | None:
         """The error that last failed a start or made the service unhealthy (kept after a
         recovery, cleared by the manager's next ``start()``)."""
-        return self._last_error
+        return self._runtime.last_error
 
     @property
     def last_health_check(self) -> datetime | None:
         """When the latest health check finished (UTC), or ``None``."""
-        at = self._last_health_check
+        at = self._runtime.last_health_check
         return None if at is None else to_datetime(at)
 
     @property
     def started_at(self) -> datetime | None:
         """When the current instance was started (UTC), or ``None`` when not started."""
-        at = self._started_at
+        at = self._runtime.started_at
         return None if at is None else to_datetime(at)
 
     def get_metadata(self) -> ServiceMetadata:
         """A snapshot of the service."""
-        error = self._last_error
+        runtime = self._runtime
+        error = runtime.last_error
         return ServiceMetadata(
-            name=self._name,
-            state=self._state,
+            name=runtime.name,
+            state=runtime.state,
             labels=dict(self.labels),
             depends_on=self._depends_on,
-            restart_count=self._restart_count,
+            restart_count=runtime.restart_count,
             last_error=None if error is None else error_message(error),
             last_health_check=self.last_health_check,
             started_at=self.started_at,
@@ -406,105 +281,27 @@ class Service(Generic[T]):
         delay = self.restart_delay * self.restart_backoff ** max(0, restart_number - 1)
         return min(delay, self.restart_max_delay)
 
-    # ------------------------------------------------------ interface of the ServiceManager
 
-    def _enter(self, state: ServiceState, error: BaseException | None = None) -> None:
-        self._state = state
-        if error is not None:
-            self._last_error = error
+def runtime_of(service: Service[T]) -> ServiceRuntime[T]:
+    """The lifecycle state of ``service``, for the manager that drives it."""
+    return service._runtime
 
-    def _reset(self) -> None:
-        """Forget the previous run (the manager starts afresh; nothing is open)."""
-        self._state = "stopped"
-        self._instance = None
-        self._opened = False
-        self._restart_count = 0
-        self._last_error = None
-        self._started_at = None
 
-    def _count_restart(self) -> int:
-        self._restart_count += 1
-        return self._restart_count
-
-    @property
-    def _is_open(self) -> bool:
-        return self._opened
-
-    @property
-    def _has_health_check(self) -> bool:
-        return self._health_check is not None
-
-    async def _open(self, default_timeout: float | None) -> None:
-        """Run ``start``; on success the instance is kept.
-
-        :param default_timeout: the manager's ``start_timeout``, for a service without one.
-        :raises TimeoutError: ``start`` took longer than its timeout.
-        :raises Exception: whatever ``start`` raised.
-        """
-        timeout = _effective(self.start_timeout, default_timeout)
-        try:
-            async with asyncio.timeout(timeout) as window:
-                instance = await _call(self._start)
-        except TimeoutError:
-            if window.expired():
-                raise TimeoutError(
-                    f"service {self._name!r} did not start within {timeout:g} s"
-                ) from None
-            raise
-        self._instance = instance
-        self._opened = True
-        self._started_at = now_wall()
-
-    async def _close(self, default_timeout: float | None) -> None:
-        """Run ``stop`` on the instance and drop it; an error or timeout is logged, not raised.
-
-        :param default_timeout: the manager's ``stop_timeout``, for a service without one.
-        """
-        timeout = _effective(self.stop_timeout, default_timeout)
-        instance = self._instance
-        self._instance = None
-        self._opened = False
-        self._started_at = None
-        if self._stop is None:
-            return
-        try:
-            async with asyncio.timeout(timeout) as window:
-                await _call(self._stop, instance)
-        except TimeoutError:
-            if not window.expired():
-                logger.exception("stopping service %r raised", self._name)
-            else:
-                logger.error(
-                    "stopping service %r took longer than its stop timeout (%g s); cut short",
-                    self._name,
-                    timeout,
-                )
-        except BaseException as exc:
-            if _is_cancellation(exc):
-                raise
-            logger.error("stopping service %r raised", self._name, exc_info=exc)
-            reraise_interrupt_later(exc)
-
-    async def _probe(self) -> tuple[str, BaseException | None] | None:
-        """Run the health check once: ``None`` when healthy, else what went wrong."""
-        assert self._health_check is not None
-        timeout = _effective(self.health_timeout, self.health_interval)
-        problem: tuple[str, BaseException | None] | None
-        try:
-            async with asyncio.timeout(timeout) as window:
-                verdict = await _call(self._health_check, self._instance)
-            # Inside the try: a verdict whose truth cannot be told is a failed check too.
-            problem = None if verdict else (f"returned {safe_repr(verdict)}", None)
-        except BaseException as exc:
-            if _is_cancellation(exc):
-                raise
-            reraise_interrupt_later(exc)
-            if isinstance(exc, TimeoutError) and window.expired():
-                problem = (f"took longer than {timeout or 0:g} s", None)
-            else:
-                problem = (f"raised {type(exc).__name__}: {safe_str(exc)}", exc)
-        self._last_health_check = now_wall()
-        return problem
+def _check_identity(
+    name: object, start: object, stop: object, health_check: object, restart: object
+) -> None:
+    """The checks of ``Service``'s name, callbacks and restart policy."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__qualname__} {safe_repr(name)}")
+    if not name:
+        raise ValueError("name must be a non-empty string, not ''")
+    for option, function in (("start", start), ("stop", stop), ("health_check", health_check)):
+        if function is not None and not callable(function):
+            raise TypeError(f"{option} must be callable, not {safe_repr(function)}")
+    if start is None:
+        raise TypeError("start must be callable, not None")
+    if restart not in ("never", "on-failure"):
+        raise ValueError(f"restart must be 'never' or 'on-failure', not {safe_repr(restart)}")
 
 
 # ---------------------------------------------------------------------- @service decorator
@@ -587,10 +384,10 @@ def service(
 
 
 class _ServiceDecorator:
-    __slots__ = ("_name", "_options")
+    __slots__ = ("_options", "_service_name")
 
     def __init__(self, name: str | None, options: ServiceOptions) -> None:
-        self._name = name
+        self._service_name = name
         self._options = options
 
     def __call__(self, function: Callable[[], AsyncIterator[T]], /) -> Service[T]:
@@ -602,7 +399,7 @@ class _ServiceDecorator:
             )
         lifecycle = _Lifecycle(function)
         return Service(
-            name=self._name or function.__name__,
+            name=self._service_name or function.__name__,
             start=lifecycle.start,
             stop=lifecycle.stop,
             **self._options,

@@ -16,7 +16,6 @@ normal case, so this is its hot path.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -24,14 +23,10 @@ __all__ = ("SharedRun", "current_task_in", "settle_future")
 
 R = TypeVar("R")
 
-current_task_in: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
-if sys.version_info >= (3, 12):
-    current_task_in = asyncio.current_task  # implemented in C
-else:
-    # On 3.11 asyncio.current_task() is a Python function; this is the dict it reads.
-    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
-
-    current_task_in = _current_tasks.get
+# The asyncio task running in ``loop`` (the running loop), or None: public API only.
+current_task_in: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    asyncio.current_task
+)
 
 
 def settle_future(future: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:

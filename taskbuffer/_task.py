@@ -14,24 +14,32 @@ from typing_extensions import TypeVar, Unpack
 
 from ._buffer import TaskBuffer
 from ._clock import to_datetime
+from ._emitter import emit
 from ._metadata import TaskMetadata
 from ._run import find_run
-from ._runner import TaskRunner
+from ._runner import TaskRunner, completed_steps, set_cron_schedule, set_next_run
 from ._steps import StepSpec, StepTracker, TaskStepInfo, validate_steps
 from ._validation import (
     check_count,
-    check_error_filter,
     check_labels,
-    check_number,
     check_optional_str,
-    check_seconds,
     safe_repr,
 )
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-__all__ = ("CoreOptions", "Task", "TaskOptions", "completed_steps")
+    from ._events import TaskEventType
+
+__all__ = (
+    "CoreOptions",
+    "Task",
+    "TaskOptions",
+    "completed_steps",
+    "emit_notice",
+    "set_cron_schedule",
+    "set_next_run",
+)
 
 # Covariant: a Task[int] is usable where a Task[int | None] is expected (trigger only returns R).
 R = TypeVar("R", covariant=True)
@@ -179,46 +187,18 @@ class Task(TaskRunner, Generic[R, D, In]):
             raise TypeError(f"task_function must be callable, not {safe_repr(task_function)}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, not {name!r}")
-        version = check_optional_str("version", version)
-        labels = check_labels("labels", labels)
-        if buffered:
-            if buffer_max is None:
-                raise ValueError("buffer_max is required when buffered=True (an int >= 1)")
-            check_count("buffer_max", buffer_max, minimum=1)
-        elif buffer_max is not None:
-            raise ValueError("buffer_max only applies to buffered tasks; pass buffered=True")
-        check_count("retries", retries, minimum=0)
-        check_number("retry_backoff", retry_backoff, minimum=1)
-        # math.inf means no limit and is stored as None, which keeps to_dict() JSON-clean.
-        timeout = check_seconds("timeout", timeout, positive=True, infinite=True, none=True)
-        retry_delay = check_seconds("retry_delay", retry_delay) or 0.0
-        retries_what = check_error_filter("retry_on", retry_on)
-        check_number("retry_jitter", retry_jitter, minimum=0, maximum=1)
-        retry_max_delay = check_seconds(
-            "retry_max_delay", retry_max_delay, infinite=True, none=True
-        )
-        for label, ref in (("pre_task", pre_task), ("after_task", after_task)):
-            if ref is not None and not isinstance(ref, Task) and not callable(ref):
-                raise TypeError(
-                    f"{label} must be a Task or a callable returning one, not {safe_repr(ref)}"
-                )
-        if task_setup is not None and not callable(task_setup):
-            raise TypeError(f"task_setup must be callable or None, not {safe_repr(task_setup)}")
-
         self._function = task_function
         self._name = name
-        self.version = version
+        self.version = check_optional_str("version", version)
         self.data: D = data if data is not None else cast(D, {})
-        self.labels = labels
-        self._steps = StepTracker(validate_steps(steps))
-        self._buffer_max = buffer_max if buffered else None
+        self.labels = check_labels("labels", labels)
+        self._buffer_max = _check_buffer(buffered, buffer_max)
         self._buffer: TaskBuffer[R] | None = (
-            TaskBuffer(self._run, self, buffer_max) if buffered and buffer_max is not None else None
+            None if self._buffer_max is None else TaskBuffer(self._perform, self, self._buffer_max)
         )
         self._init_attempts(
             task_function,
-            # trigger() is _run() for an unbuffered task whose class keeps Task's trigger.
-            direct=self._buffer is None and type(self)._trigger_coro is Task._trigger_coro,
+            linked=self._run_linked,
             pre_task=pre_task,
             after_task=after_task,
             setup=task_setup,
@@ -226,12 +206,16 @@ class Task(TaskRunner, Generic[R, D, In]):
             timeout=timeout,
             retries=retries,
             retry_delay=retry_delay,
-            retry_backoff=float(retry_backoff),
-            retry_on=retries_what,
-            retry_jitter=float(retry_jitter),
+            retry_backoff=retry_backoff,
+            retry_on=retry_on,
+            retry_jitter=retry_jitter,
             retry_max_delay=retry_max_delay,
         )
-        self._init_state()
+        self._steps = StepTracker(validate_steps(steps))
+        self._init_state(
+            direct=self._buffer is None and type(self).trigger is Task.trigger,
+            trigger=self.trigger,
+        )
 
     # ----------------------------------------------------------------------------- state
 
@@ -349,21 +333,11 @@ class Task(TaskRunner, Generic[R, D, In]):
         """
         if self._buffer is not None:
             return self._buffer.submit(input)
-        return self._run(input)
-
-    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
-        """The coroutine ``trigger(input)`` awaits, for callers that await it in place.
-
-        Hot callers (manager, chain, parallel) call ``_run`` instead when ``_direct`` is set
-        (see ``_runner.entry_of``).
-        """
-        if self._buffer is not None:
-            return self._buffer.submit(input)
-        return cast(Coroutine[Any, Any, R], self._run(input))
+        return self._perform(input)
 
     async def trigger_unbuffered(self, input: In = None) -> R:  # type: ignore[assignment]
         """Run the task now, bypassing its buffer."""
-        return await self._run(input)  # type: ignore[no-any-return]
+        return await self._perform(input)  # type: ignore[no-any-return]
 
     def _warn_sync_timeout(self, timeout: float) -> None:
         """Warn that ``timeout`` cannot stop the task's plain function, at its definition.
@@ -400,7 +374,19 @@ class Task(TaskRunner, Generic[R, D, In]):
         )
 
 
-def completed_steps(task: Task[Any, Any]) -> list[str]:
-    """The steps that ``task``'s shown run (see ``get_progress``) reached."""
-    steps = task._shown_steps()
-    return [] if steps is None else steps.completed_names()
+def _check_buffer(buffered: bool, buffer_max: int | None) -> int | None:
+    """The buffer's capacity (``None``: not buffered), checked."""
+    if buffered:
+        if buffer_max is None:
+            raise ValueError("buffer_max is required when buffered=True (an int >= 1)")
+        check_count("buffer_max", buffer_max, minimum=1)
+        return buffer_max
+    if buffer_max is not None:
+        raise ValueError("buffer_max only applies to buffered tasks; pass buffered=True")
+    return None
+
+
+def emit_notice(task: Task[Any, Any], type: TaskEventType, message: str) -> None:
+    """Emit an event of ``task`` not tied to one run, carrying ``message`` as its error (the
+    scheduler's ``missed`` and ``skipped``)."""
+    emit(task, type, None, error=message)

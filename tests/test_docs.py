@@ -23,6 +23,7 @@ import pytest
 
 import taskbuffer
 import taskbuffer.distributed
+import taskbuffer.jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference.md"
@@ -147,6 +148,7 @@ def _prose_lines_keeping_code(text: str) -> list[str]:
 
 def test_reference_has_an_entry_for_every_public_name() -> None:
     public = set(taskbuffer.__all__) | set(taskbuffer.distributed.__all__) | {"__version__"}
+    public |= set(taskbuffer.jobs.__all__)
     public.add("RedisDistributedCoordinator")  # taskbuffer.distributed.redis, an opt-in module
     missing = public - _reference_entries()
     assert not missing, f"docs/reference.md has no entry (### `Name`) for {sorted(missing)}"

@@ -53,7 +53,11 @@ LAZY = {
     "importlib.metadata",
     "redis",
     "taskbuffer._service",
+    "taskbuffer._service_graph",
+    "taskbuffer._service_info",
     "taskbuffer._service_manager",
+    "taskbuffer._service_runtime",
+    "taskbuffer._service_supervisor",
 }
 
 

@@ -1,0 +1,436 @@
+"""``SQLiteJobStore``: the embedded default store, on the standard library's ``sqlite3``.
+
+One file, shared by every process on the host that opens it. The database runs in WAL mode
+(readers never block the writer) with ``synchronous=FULL`` (a returned ``enqueue`` survives a
+power cut) and a ``busy_timeout``, and every write is one short ``BEGIN IMMEDIATE``
+transaction. The blocking calls run on one dedicated thread per store, off the event loop.
+
+Wake-ups: a commit through this store object notifies its subscribers at once; commits of
+other processes are noticed by the store's thread, which checks ``PRAGMA data_version`` every
+``watch_interval`` seconds while it is idle and someone is subscribed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+from ._sqlite_sql import (
+    CANCEL_QUEUED,
+    CANCEL_RUNNING,
+    CLAIM,
+    COLUMNS,
+    END_ATTEMPT,
+    FAIL_EXHAUSTED,
+    FINISH,
+    INSERT,
+    NEXT_DUE,
+    OPEN_ATTEMPT,
+    PURGE_ATTEMPTS,
+    PURGE_JOBS,
+    REAP_ATTEMPTS,
+    REAP_CANCELLED,
+    REAP_EXHAUSTED,
+    REAP_REQUEUE,
+    RELEASE,
+    RENEW,
+    REQUEUE,
+    SCHEMA,
+    TAKE,
+)
+from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
+from ._thread import ConnectionThread
+from ._values import (
+    Claim,
+    Job,
+    JobAttempt,
+    JobOutcome,
+    JobRequest,
+    JobStatus,
+    RenewReport,
+    attempt_from_row,
+    error_json,
+    job_from_row,
+)
+
+__all__ = ("SQLiteJobStore",)
+
+R = TypeVar("R")
+
+BUSY_TIMEOUT = 10.0
+"""Seconds a write waits for another process's write lock before failing."""
+
+
+class SQLiteJobStore(JobStore):
+    """Jobs in a SQLite file (see :class:`~taskbuffer.jobs.JobStore` for the options).
+
+    :param path: the database file (created with its schema when missing).
+    :param watch_interval: seconds between two checks for other processes' commits while idle.
+    """
+
+    poll_interval = 1.0
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, watch_interval: float = 0.02, **options: Any
+    ):
+        super().__init__(**options)
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__qualname__}")
+        self._path = os.fspath(path)
+        self._watch_interval = watch_interval
+        self._thread: ConnectionThread[sqlite3.Connection] | None = None
+        self._data_version: int | None = None
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+        )
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+            self._write(connection, self._create_schema)
+            self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _create_schema(self, connection: sqlite3.Connection) -> None:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS taskbuffer_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        row = connection.execute(
+            "SELECT value FROM taskbuffer_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if row is not None:
+            check_schema_version(int(row[0]), where=repr(self._path))
+            return
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        connection.execute(
+            "INSERT INTO taskbuffer_meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def _watch(self, connection: sqlite3.Connection) -> None:
+        version = connection.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self.notify()
+
+    @staticmethod
+    def _write(connection: sqlite3.Connection, function: Callable[[sqlite3.Connection], R]) -> R:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = function(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
+
+    async def _run(self, function: Callable[[sqlite3.Connection], R], *, write: bool) -> R:
+        if self._thread is None or not self._thread.alive:
+            await self.open()
+        assert self._thread is not None
+        if write:
+            return await self._thread.call(lambda connection: self._write(connection, function))
+        return await self._thread.call(function)
+
+    async def open(self) -> None:
+        """Open the file (creating it and its schema when missing) on the store's thread.
+
+        :raises JobSchemaError: the file's schema is newer than this library.
+        """
+        if self._thread is not None and self._thread.alive:
+            return
+        thread = ConnectionThread(
+            name=f"taskbuffer-sqlite:{self._path}",
+            connect=self._connect,
+            disconnect=lambda connection: connection.close(),
+            watch=self._watch,
+            watching=lambda: self.has_subscribers,
+            watch_interval=self._watch_interval,
+        )
+        try:
+            await thread.call(lambda connection: None)
+        except BaseException:
+            await thread.stop()
+            raise
+        self._thread = thread
+
+    async def close(self) -> None:
+        """Close the connection and end the store's thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.alive:
+            await thread.stop()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        return job_from_row(row, input=self.decode(row["input"]), result=self.decode(row["result"]))
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None``."""
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+            ).fetchone(),
+            write=False,
+        )
+        return None if row is None else self._job(row)
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        task_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first (see :meth:`JobStore.list_jobs`)."""
+        query = (
+            f"SELECT {COLUMNS} FROM taskbuffer_jobs "
+            "WHERE (:status IS NULL OR status = :status) "
+            "AND (:task IS NULL OR task_name = :task) "
+            "ORDER BY created_at DESC, seq DESC LIMIT :limit OFFSET :offset"
+        )
+        params = {"status": status, "task": task_name, "limit": limit, "offset": offset}
+        rows = await self._run(lambda c: c.execute(query, params).fetchall(), write=False)
+        return [self._job(row) for row in rows]
+
+    async def attempts(self, job_id: str) -> list[JobAttempt]:
+        """The audit trail of a job, oldest first."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT * FROM taskbuffer_job_attempts WHERE job_id = ? ORDER BY attempt",
+                (job_id,),
+            ).fetchall(),
+            write=False,
+        )
+        return [attempt_from_row(row) for row in rows]
+
+    async def next_due_at(self, task_names: Sequence[str]) -> float | None:
+        """When a claim could next find work (see :meth:`JobStore.next_due_at`)."""
+        if not task_names:
+            return None
+        query = NEXT_DUE.format(names=", ".join("?" * len(task_names)))
+        row = await self._run(lambda c: c.execute(query, tuple(task_names)).fetchone(), write=False)
+        return None if row[0] is None else float(row[0])
+
+    async def latest_schedule_key(self, prefix: str) -> str | None:
+        """The greatest stored ``schedule_key`` starting with ``prefix``."""
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT MAX(schedule_key) FROM taskbuffer_jobs "
+                "WHERE substr(schedule_key, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchone(),
+            write=False,
+        )
+        return None if row is None else row[0]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> list[Job]:
+        """Store jobs in one transaction (see :meth:`JobStore.enqueue_many`)."""
+        encoded = [self.encode(request.input) for request in requests]
+
+        def insert(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows = []
+            for request, data in zip(requests, encoded, strict=True):
+                row = self._existing(c, request)
+                if row is None:
+                    job_id = uuid.uuid4().hex
+                    run_at = now if request.run_at is None else request.run_at
+                    c.execute(
+                        INSERT,
+                        (job_id, request.task_name, data, request.priority, run_at,
+                         request.max_attempts, now, request.dedupe_key, request.schedule_key),
+                    )  # fmt: skip
+                    row = c.execute(
+                        f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+                    ).fetchone()
+                rows.append(row)
+            return rows
+
+        rows = await self._run(insert, write=True)
+        self.notify()
+        return [self._job(row) for row in rows]
+
+    @staticmethod
+    def _existing(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:
+        if request.schedule_key is not None:
+            row = c.execute(
+                f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE schedule_key = ?",
+                (request.schedule_key,),
+            ).fetchone()
+            if row is not None:
+                return cast("sqlite3.Row", row)
+        if request.dedupe_key is not None:
+            return cast(
+                "sqlite3.Row | None",
+                c.execute(
+                    f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE dedupe_key = ? "
+                    "AND status IN ('queued', 'running')",
+                    (request.dedupe_key,),
+                ).fetchone(),
+            )
+        return None
+
+    def _reap(self, c: sqlite3.Connection, now: float) -> None:
+        expired = c.execute(
+            "SELECT 1 FROM taskbuffer_jobs WHERE status = 'running' AND lease_expires <= ? LIMIT 1",
+            (now,),
+        ).fetchone()
+        if expired is None:
+            return
+        params = {"now": now}
+        c.execute(REAP_ATTEMPTS, params)
+        c.execute(REAP_CANCELLED, params)
+        exhausted = c.execute(REAP_EXHAUSTED, params).fetchall()
+        c.executemany(
+            FAIL_EXHAUSTED,
+            [(now, error_json(attempts_lost_error(job_id, n)), job_id) for job_id, n in exhausted],
+        )
+        c.execute(REAP_REQUEUE, params)
+
+    async def claim(
+        self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
+    ) -> list[Claim]:
+        """Claim due jobs in one transaction (see :meth:`JobStore.claim`)."""
+        query = CLAIM.format(names=", ".join("?" * len(task_names)))
+        lease_expires = now + self.lease
+
+        def take(c: sqlite3.Connection) -> list[tuple[sqlite3.Row, str]]:
+            self._reap(c, now)
+            if limit <= 0 or not task_names:
+                return []
+            rows = c.execute(query, (now, *task_names, limit)).fetchall()
+            taken = [(row, uuid.uuid4().hex) for row in rows]
+            c.executemany(
+                TAKE,
+                [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken],
+            )
+            c.executemany(
+                OPEN_ATTEMPT, [(row["id"], row["id"], worker_id, now) for row, _ in taken]
+            )
+            return taken
+
+        taken = await self._run(take, write=True)
+        claims = []
+        for row, token in taken:
+            columns = dict(row)
+            columns.update(
+                status="running", attempts=row["attempts"] + 1, worker_id=worker_id, started_at=now
+            )
+            claims.append(Claim(job=self._job_from(columns), token=token))
+        return claims
+
+    def _job_from(self, columns: dict[str, Any]) -> Job:
+        return job_from_row(
+            columns, input=self.decode(columns["input"]), result=self.decode(columns["result"])
+        )
+
+    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
+        """End claims in one transaction (see :meth:`JobStore.finish`)."""
+
+        def apply(c: sqlite3.Connection) -> list[bool]:
+            applied = []
+            for o in outcomes:
+                error = error_json(o.error)
+                if o.outcome == "released":
+                    done = c.execute(RELEASE, (o.job_id, o.token)).rowcount == 1
+                else:
+                    done = c.execute(
+                        FINISH, (o.outcome, now, o.result, error, o.job_id, o.token)
+                    ).rowcount == 1  # fmt: skip
+                if done:
+                    c.execute(END_ATTEMPT, (o.outcome, now, error, o.job_id))
+                applied.append(done)
+            return applied
+
+        applied = await self._run(apply, write=True)
+        self.notify()
+        return applied
+
+    async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
+        """Extend leases in one transaction (see :meth:`JobStore.renew`)."""
+        lease_expires = now + self.lease
+
+        def extend(c: sqlite3.Connection) -> RenewReport:
+            lost, cancel = set(), set()
+            for token in tokens:
+                row = c.execute(RENEW, (lease_expires, token)).fetchone()
+                if row is None:
+                    lost.add(token)
+                elif row[0]:
+                    cancel.add(token)
+            return RenewReport(lost=frozenset(lost), cancel_requested=frozenset(cancel))
+
+        return await self._run(extend, write=True)
+
+    async def cancel(self, job_id: str, *, now: float) -> bool:
+        """Cancel a job (see :meth:`JobStore.cancel`)."""
+
+        def mark(c: sqlite3.Connection) -> bool:
+            queued = c.execute(CANCEL_QUEUED, (now, job_id)).rowcount
+            running = c.execute(CANCEL_RUNNING, (job_id,)).rowcount
+            return bool(queued or running)
+
+        cancelled = await self._run(mark, write=True)
+        if cancelled:
+            self.notify()
+        return cancelled
+
+    async def retry(self, job_id: str, *, now: float) -> Job:
+        """Re-queue a failed or cancelled job (see :meth:`JobStore.retry`)."""
+
+        def requeue(c: sqlite3.Connection) -> sqlite3.Row:
+            row = c.execute("SELECT status FROM taskbuffer_jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no job with id {job_id!r}")
+            if row[0] not in ("failed", "cancelled"):
+                raise ValueError(
+                    f"only a failed or cancelled job can be retried; job {job_id!r} is {row[0]}"
+                )
+            c.execute(REQUEUE, (now, job_id))
+            return cast(
+                "sqlite3.Row",
+                c.execute(
+                    f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+                ).fetchone(),
+            )
+
+        row = await self._run(requeue, write=True)
+        self.notify()
+        return self._job(row)
+
+    async def purge(self, *, now: float) -> int:
+        """Delete jobs finished more than ``retention`` seconds ago, with their attempts."""
+        retention = self.retention
+        if retention is None:
+            return 0
+
+        def delete(c: sqlite3.Connection) -> int:
+            cutoff = now - retention
+            c.execute(PURGE_ATTEMPTS, (cutoff,))
+            return c.execute(PURGE_JOBS, (cutoff,)).rowcount
+
+        return await self._run(delete, write=True)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteJobStore path={self._path!r} lease={self.lease:g}>"

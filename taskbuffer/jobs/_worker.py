@@ -1,0 +1,305 @@
+"""The worker that a manager with a job store runs: claim, lease, renew, flush.
+
+It knows nothing of the manager: it is handed ``run(job)`` (run a claimed job through the
+constraints with its input, priority and id, returning the result or raising) and
+``task_names()`` (the tasks registered now). One asyncio task claims, one renews leases:
+
+- Claiming takes up to the free capacity in one store call and never holds more than
+  ``concurrency`` jobs (a job counts as held until its outcome is committed). It then sleeps
+  until the store signals work (an enqueue in this process, another process's commit), a job
+  ends here, the next delayed job falls due, or ``store.poll_interval`` passes.
+- Outcomes are committed in batches: when a run ends while others still run, its outcome
+  waits up to :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its
+  commit; when no run is left, the batch is committed at once.
+- Leases are renewed every ``lease / 3`` in one call for all held jobs. A renewal that reports
+  a lost lease cancels the local run and its outcome is dropped (and logged); one that reports
+  a cancel request cancels the run and finishes the job ``cancelled``.
+- ``stop_claiming()`` then ``drain()``: runs that the manager refused or cancelled because it
+  is stopping are released (back to ``queued``, the attempt not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from .._clock import now_wall
+from .._exceptions import TaskManagerStoppedError, TaskNotFoundError
+from ._store import JobStore
+from ._values import Claim, Job, JobError, JobOutcome
+
+__all__ = ("FLUSH_WINDOW", "JobWorker")
+
+logger = logging.getLogger("taskbuffer")
+
+FLUSH_WINDOW = 0.002
+"""Seconds an outcome waits for others to share its commit (the first of a batch waits this
+long; the batch is committed together)."""
+
+RETRY_DELAY = 1.0
+"""Seconds before a failed store call (claim, finish, renew) is tried again."""
+
+PURGE_INTERVAL = 3600.0
+"""Seconds between two purges of finished jobs past the store's retention."""
+
+
+class _Held:
+    __slots__ = ("cancel_requested", "claim", "lost", "runner")
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.runner: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self.lost = False
+
+
+class JobWorker:
+    """Works the jobs of one manager on one store (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        worker_id: str,
+        concurrency: int,
+        run: Callable[[Job], Awaitable[Any]],
+        task_names: Callable[[], Sequence[str]],
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self._run = run
+        self._task_names = task_names
+        self._held: dict[str, _Held] = {}  # token -> held job
+        self._pending: list[JobOutcome] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._claimer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._claiming = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<JobWorker id={self.worker_id!r} held={len(self._held)} "
+            f"concurrency={self.concurrency} claiming={self._claiming}>"
+        )
+
+    @property
+    def held(self) -> int:
+        """Jobs held now (running, or finished with the outcome not yet committed)."""
+        return len(self._held)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start claiming and renewing on the running loop (the store is open)."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._claiming = True
+        self._unsubscribe = self.store.subscribe(self._signal)
+        self._claimer = loop.create_task(self._claim_loop(), name="taskbuffer-job-claimer")
+        self._renewer = loop.create_task(self._renew_loop(), name="taskbuffer-job-renewer")
+
+    def _signal(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(wake.set)
+
+    def wake(self) -> None:
+        """Make the claimer look for work now (the manager registered a task)."""
+        self._signal()
+
+    async def stop_claiming(self) -> None:
+        """Claim nothing more; wait for a claim in progress to end.
+
+        A claim under way is not cancelled (its transaction would commit anyway, leaving jobs
+        held by nobody until their lease ran out): its jobs start, meet the stopping manager
+        and are released.
+        """
+        self._claiming = False
+        claimer, self._claimer = self._claimer, None
+        if claimer is not None:
+            if self._wake is not None:
+                self._wake.set()
+            await claimer
+
+    async def drain(self) -> None:
+        """After the manager's runs ended: commit every outcome, stop renewing, unsubscribe."""
+        runners = [h.runner for h in self._held.values() if h.runner is not None]
+        if runners:
+            await asyncio.wait(runners)
+        if self._flush_task is not None:
+            await self._flush_task
+        # One last try: a store that is down now leaves these jobs to their lease's end.
+        await self._flush_now(retry=False)
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._wake = None
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while self._claiming:
+            wake.clear()
+            free = self.concurrency - len(self._held)
+            names = list(self._task_names())
+            sleep = self.store.poll_interval
+            if free > 0 and names:
+                try:
+                    claims = await self.store.claim(
+                        worker_id=self.worker_id, task_names=names, limit=free, now=now_wall()
+                    )
+                    if len(claims) < free:
+                        due = await self.store.next_due_at(names)
+                        if due is not None:
+                            sleep = min(sleep, max(due - now_wall(), 0.0))
+                except Exception:
+                    logger.exception("job worker %r: claiming failed; retrying", self.worker_id)
+                    claims = []
+                    sleep = RETRY_DELAY
+                for claim in claims:
+                    self._begin(claim)
+                if len(claims) == free and claims:
+                    continue  # there may be more: claim again once capacity frees
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if math.isinf(sleep) else sleep):
+                    await wake.wait()
+
+    def _begin(self, claim: Claim) -> None:
+        held = _Held(claim)
+        self._held[claim.token] = held
+        loop = self._loop
+        assert loop is not None
+        held.runner = loop.create_task(self._execute(held), name=f"taskbuffer-job-{claim.job.id}")
+
+    async def _execute(self, held: _Held) -> None:
+        claim = held.claim
+        outcome: JobOutcome | None
+        try:
+            result = await self._run(claim.job)
+        except asyncio.CancelledError:
+            outcome = self._interrupted(held, None)
+        except (TaskManagerStoppedError, TaskNotFoundError) as error:
+            outcome = self._interrupted(held, error)
+        except Exception as error:
+            outcome = self._ended(held, "failed", JobError.from_exception(error))
+        else:
+            outcome = None if held.lost else self.store.succeeded_outcome(claim, result)
+        held.runner = None
+        if outcome is None:
+            self._held.pop(claim.token, None)
+            self._signal()
+            logger.warning(
+                "job %r of task %r: the lease was lost; its outcome is ignored",
+                claim.job.id,
+                claim.job.task_name,
+            )
+            return
+        self._pending.append(outcome)
+        if self._flush_task is None:
+            loop = self._loop
+            assert loop is not None
+            self._flush_task = loop.create_task(self._flush_soon())
+
+    def _ended(self, held: _Held, outcome: Any, error: JobError | None) -> JobOutcome | None:
+        if held.lost:
+            return None
+        claim = held.claim
+        return JobOutcome(job_id=claim.job.id, token=claim.token, outcome=outcome, error=error)
+
+    def _interrupted(self, held: _Held, error: BaseException | None) -> JobOutcome | None:
+        """A run cancelled, refused or dropped: cancelled on request, else given back."""
+        if held.cancel_requested:
+            return self._ended(held, "cancelled", None)
+        if isinstance(error, TaskNotFoundError) or not self._claiming or error is None:
+            return self._ended(held, "released", None)
+        return self._ended(held, "failed", JobError.from_exception(error))
+
+    # -- committing outcomes --------------------------------------------------------------
+
+    async def _flush_soon(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the runs that end in this loop iteration join the batch
+            if any(held.runner is not None for held in self._held.values()):
+                await asyncio.sleep(FLUSH_WINDOW)  # others still run: give them a moment
+            await self._flush_now()
+        finally:
+            self._flush_task = None
+
+    async def _flush_now(self, *, retry: bool = True) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                applied = await self.store.finish(batch, now=now_wall())
+            except Exception:
+                logger.exception(
+                    "job worker %r: committing %d outcome(s) failed%s",
+                    self.worker_id,
+                    len(batch),
+                    "; retrying" if retry else "; their leases will run out",
+                )
+                if not retry:
+                    return
+                self._pending[:0] = batch
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            for outcome, ok in zip(batch, applied, strict=True):
+                self._held.pop(outcome.token, None)
+                if not ok:
+                    logger.warning(
+                        "job %r: outcome %r ignored: this worker no longer holds its lease",
+                        outcome.job_id,
+                        outcome.outcome,
+                    )
+            self._signal()
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        interval = self.store.lease / 3
+        next_purge = now_wall()
+        while True:
+            if now_wall() >= next_purge:
+                next_purge = now_wall() + PURGE_INTERVAL
+                try:
+                    await self.store.purge(now=now_wall())
+                except Exception:
+                    logger.exception("job worker %r: purging old jobs failed", self.worker_id)
+            await asyncio.sleep(interval)
+            tokens = [token for token, held in self._held.items() if held.runner is not None]
+            if not tokens:
+                continue
+            try:
+                report = await self.store.renew(tokens, now=now_wall())
+            except Exception:
+                logger.exception("job worker %r: renewing leases failed", self.worker_id)
+                continue
+            self._apply(report.lost, report.cancel_requested)
+
+    def _apply(self, lost: frozenset[str], cancel_requested: frozenset[str]) -> None:
+        for token in lost:
+            held = self._held.get(token)
+            if held is not None and held.runner is not None:
+                held.lost = True
+                held.runner.cancel()
+        for token in cancel_requested - lost:
+            held = self._held.get(token)
+            if held is not None and held.runner is not None and not held.cancel_requested:
+                held.cancel_requested = True
+                held.runner.cancel()
