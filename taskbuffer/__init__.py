@@ -38,6 +38,9 @@ from ._metadata import TaskMetadata as TaskMetadata
 from ._metadata import TaskStatus as TaskStatus
 from ._once import TaskOnce as TaskOnce
 from ._parallel import Taskparallel as Taskparallel
+from ._run import RunInfo as RunInfo
+from ._run import RunState as RunState
+from ._run import current_run as current_run
 from ._steps import StepSpec as StepSpec
 from ._steps import StepStatus as StepStatus
 from ._steps import TaskStep as TaskStep
@@ -122,6 +125,8 @@ __all__ = [
     "JobStore",
     "MemoryJobStore",
     "RateLimit",
+    "RunInfo",
+    "RunState",
     "SQLiteJobStore",
     "ScheduledTaskInfo",
     "Service",
@@ -161,6 +166,7 @@ __all__ = [
     "TaskbufferError",
     "Taskchain",
     "Taskparallel",
+    "current_run",
     "service",
     "task",
 ]
