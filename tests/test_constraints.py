@@ -1329,7 +1329,7 @@ async def test_share_latest_cancelling_the_running_caller_detaches_only_it(
         event_types(events)
         == ["started", "queued", "queued", "queued", "completed"] + ["completed"] * 3
     )
-    assert [e.run.started_at is None for e in events if e.type == "completed"] == [
+    assert [e.run and e.run.started_at is None for e in events if e.type == "completed"] == [
         False,
         True,
         True,
