@@ -6,8 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 from functools import partial
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Generic, Literal, SupportsIndex, TypeAlias
+from typing import Any, Generic, Literal, SupportsIndex, TypeAlias
 
 from reactivex import abc
 from reactivex.observer.autodetachobserver import AutoDetachObserver
@@ -17,10 +16,8 @@ from typing_extensions import TypeVar
 
 from ._metadata import TaskMetadata
 from ._run import RunInfo
+from ._snapshot import Capture, event_field, event_fields, metadata, run_info, task_name
 from ._validation import reraise_interrupt_later
-
-if TYPE_CHECKING:
-    from ._snapshot import Capture
 
 __all__ = (
     "EventSubject",
@@ -88,7 +85,7 @@ class TaskEvent:
 _TASK_SLOT = TaskEvent.__dict__["task"]
 _RUN_SLOT = TaskEvent.__dict__["run"]
 _SETTERS = tuple(
-    (TaskEvent.__dict__[name].__set__, name) for name in ("type", "timestamp", "step_name", "error")
+    TaskEvent.__dict__[name].__set__ for name in ("type", "timestamp", "step_name", "error")
 )
 
 
@@ -97,7 +94,7 @@ def _frozen(self: PendingEvent, value: Any = None) -> None:
 
 
 def _captured(name: str) -> property:
-    return property(attrgetter(f"capture.{name}"), _frozen, _frozen)
+    return property(event_field(name), _frozen, _frozen)
 
 
 class PendingEvent(TaskEvent):
@@ -130,24 +127,24 @@ class PendingEvent(TaskEvent):
     error = _captured("error")
 
     def _read_run(self) -> RunInfo | None:
-        try:
-            info: RunInfo | None = _RUN_SLOT.__get__(self, TaskEvent)
-        except AttributeError:  # not built yet
-            info = self.capture.run_info()
-            _RUN_SLOT.__set__(self, info)
+        info = run_info(self.capture)
+        _RUN_SLOT.__set__(self, info)
+        # From now on ``run`` is the plain slot: a class with this one's layout that reads it.
+        object.__setattr__(self, "__class__", _RunReadEvent)
         return info
 
     run = property(_read_run, _frozen, _frozen)
 
     def _materialise(self) -> TaskMetadata:
         capture = self.capture
-        metadata = capture.metadata()
-        _ = self.run  # built now, while the capture is at hand
-        for setter, name in _SETTERS:
-            setter(self, getattr(capture, name))
-        _TASK_SLOT.__set__(self, metadata)
+        task = metadata(capture)
+        if type(self) is PendingEvent:  # its run snapshot not read yet: built now
+            _RUN_SLOT.__set__(self, run_info(capture))
+        for setter, value in zip(_SETTERS, event_fields(capture), strict=True):
+            setter(self, value)
+        _TASK_SLOT.__set__(self, task)
         object.__setattr__(self, "__class__", TaskEvent)
-        return metadata
+        return task
 
     task = property(_materialise, _frozen, _frozen)
 
@@ -164,6 +161,14 @@ class PendingEvent(TaskEvent):
     def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         _ = self.task  # materialise first: copies and pickles are plain TaskEvents
         return self.__reduce_ex__(protocol)
+
+
+class _RunReadEvent(PendingEvent):
+    """A :class:`PendingEvent` whose ``run`` has been read (and so is set): only ``task`` is
+    still pending."""
+
+    __slots__ = ()
+    run = TaskEvent.__dict__["run"]
 
 
 # The event type an EventSubject carries: TaskEvent unless said otherwise (ServiceEvent).
@@ -239,7 +244,7 @@ def _source(event: Any) -> str:
     """What emitted ``event``, for the log; a task's name is read without building its
     metadata snapshot."""
     if isinstance(event, PendingEvent):
-        return f"task {event.capture.task_name()!r}"
+        return f"task {task_name(event.capture)!r}"
     if isinstance(event, TaskEvent):
         return f"task {event.task.name!r}"
     return f"service {event.service.name!r}"  # a ServiceEvent

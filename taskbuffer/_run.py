@@ -20,7 +20,7 @@ are made only in :class:`RunInfo`.
 
 from __future__ import annotations
 
-import os
+import random
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from collections.abc import Hashable
 
 __all__ = ("Run", "RunInfo", "RunState", "current_run", "enter", "find_run", "new_run")
+
+_getrandbits = random.getrandbits
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))  # the version nibble and the variant's two bits
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 RunState: TypeAlias = Literal["waiting", "running", "completed", "failed", "cancelled", "skipped"]
 
@@ -114,6 +118,7 @@ class Run:
         "priority",
         "queued",
         "started",
+        "started_at",
         "state",
         "steps",
         "task",
@@ -129,6 +134,7 @@ class Run:
     blocked_by: tuple[str, str] | None
     queued: float | None
     started: float | None
+    started_at: datetime | None  # started as a datetime, once a snapshot needed it
     finished: float | None
     steps: RunSteps | None
     parent: Run | None
@@ -140,12 +146,10 @@ class Run:
         """The run's identity: 32 hex digits of a random (version 4) UUID, drawn on first read."""
         run_id = self._run_id
         if run_id is None:
-            # uuid.uuid4().hex without the UUID object (a third of the cost): 16 random
-            # bytes with the version (4) and variant (10xx) bits set.
-            raw = bytearray(os.urandom(16))
-            raw[6] = (raw[6] & 0x0F) | 0x40
-            raw[8] = (raw[8] & 0x3F) | 0x80
-            run_id = self._run_id = raw.hex()
+            # The layout of uuid.uuid4().hex (version 4, variant 10xx) without the UUID object
+            # and the system call: an identifier, not a secret (random reseeds after a fork).
+            bits = _getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
+            run_id = self._run_id = f"{bits:032x}"
         return run_id
 
     def __repr__(self) -> str:
@@ -173,17 +177,21 @@ class Run:
     ) -> RunInfo:
         """A snapshot of the run with the fields that change taken as captured earlier."""
         info = _FillingRunInfo()
-        info.run_id = self.run_id
-        info.task_name = getattr(self.task, "name", None) or "unnamed"
+        info.run_id = self._run_id or self.run_id
+        info.task_name = self.task.name or "unnamed"
         info.input = self.input
         info.state = state
         info.attempt = attempt
         info.priority = self.priority
         info.job_id = self.job_id
         info.blocked_by = blocked_by
-        queued, started = self.queued, self.started
+        queued = self.queued
         info.queued_at = None if queued is None else to_datetime(queued)
-        info.started_at = None if started is None else to_datetime(started)
+        started_at = self.started_at
+        if started_at is None and self.started is not None:
+            # Every snapshot of the run shows the same start: converted once.
+            started_at = self.started_at = to_datetime(self.started)
+        info.started_at = started_at
         info.finished_at = None if finished is None else to_datetime(finished)
         if steps is None:
             info.steps = []
@@ -191,7 +199,7 @@ class Run:
         else:
             info.steps = steps.infos()
             info.progress = steps.progress()
-        object.__setattr__(info, "__class__", RunInfo)
+        info.__class__ = RunInfo
         return cast(RunInfo, info)
 
 
@@ -208,6 +216,7 @@ def new_run(task: Any, input: Any, priority: int = 0, job_id: str | None = None)
     run.blocked_by = None
     run.queued = None
     run.started = None
+    run.started_at = None
     run.finished = None
     run.steps = None
     run.parent = None

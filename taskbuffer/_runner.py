@@ -21,7 +21,7 @@ from ._attempts import Attempts
 from ._clock import loop_facts
 from ._emitter import send
 from ._run import Run, enter, new_run
-from ._snapshot import Capture
+from ._snapshot import Capture, capture, metadata
 from ._steps import RunSteps, StepTracker
 
 if TYPE_CHECKING:
@@ -113,38 +113,47 @@ class TaskRunner(Attempts):
         run: Run | None,
     ) -> Capture:
         """Copy what can change of the task's and the run's state; the one place that does."""
-        c = Capture()
-        c.type = kind
-        c.timestamp = timestamp
-        c.step_name = step_name
-        c.error = error
-        c.task = self
-        c.status = status
-        c.run_count = self.run_count
-        c.error_count = self.error_count
-        c.last_error = self._last_error
-        c.last_run = self._last_run
-        c.labels = self.labels.copy() if self.labels else None
-        c.finished_runs = self._finished_runs
-        c.total_duration = self._total_duration
-        c.next_run = self._next_run
-        c.cron_schedule = self._cron_schedule
-        c.run = run
         shown = self._shown_steps() if self._has_steps else None
         shown_copy = None if shown is None else shown.copy()
-        c.task_steps = shown_copy
-        if run is not None:
-            c.run_state = run.state
-            c.attempt = run.attempt
-            c.blocked_by = run.blocked_by
-            c.finished = run.finished
+        if run is None:
+            state, attempt, blocked_by, finished, steps = None, 1, None, None, None
+        else:
+            state, attempt, blocked_by, finished = (
+                run.state,
+                run.attempt,
+                run.blocked_by,
+                run.finished,
+            )
             steps = run.steps
-            c.run_steps = shown_copy if steps is shown or steps is None else steps.copy()
-        return c
+            steps = shown_copy if steps is shown or steps is None else steps.copy()
+        return capture(
+            kind,
+            timestamp,
+            step_name,
+            error,
+            self,
+            status,
+            self.run_count,
+            self.error_count,
+            self._last_error,
+            self._last_run,
+            self.labels.copy() if self.labels else None,
+            self._finished_runs,
+            self._total_duration,
+            self._next_run,
+            self._cron_schedule,
+            shown_copy,
+            run,
+            state,
+            attempt,
+            blocked_by,
+            finished,
+            steps,
+        )
 
     def _snapshot(self) -> TaskMetadata:
         """The task's metadata snapshot now."""
-        return self._capture("started", 0.0, None, None, self._status(), None).metadata()
+        return metadata(self._capture("started", 0.0, None, None, self._status(), None))
 
     # --------------------------------------------------------------------------- runs
 
