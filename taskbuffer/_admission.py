@@ -72,6 +72,10 @@ class QueuedKey(KeyState):
         # share-latest runs of this key whose caller left, kept going for the sharers
         self.detached: list[SharingRun] | None = None
 
+    def names(self) -> tuple[str, str]:
+        """``(group name, key)``: what a run parked here waits for, as snapshots show it."""
+        return (self.table.name, self.key)
+
 
 class Shared:
     """A result handed to a waiter by ``share-latest`` instead of a run."""
@@ -127,7 +131,7 @@ class Waiter:
     """One trigger's run waiting for its keys.
 
     ``run`` is the run that waits (the manager's; here only its ``priority`` is read and its
-    ``blocked_by`` kept up to date: the ``(group name, key)`` it is parked on).
+    ``blocked_by`` kept up to date: the :class:`QueuedKey` it is parked on).
     """
 
     __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "run", "seq")

@@ -24,7 +24,7 @@ import random
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, cast
 
 from ._clock import to_datetime
 from ._steps import RunSteps, TaskStepInfo
@@ -97,6 +97,12 @@ class _FillingRunInfo(RunInfo):
     __delattr__ = object.__delattr__
 
 
+class Blocker(Protocol):
+    """What a waiting run is parked on (the admission's key), named on demand."""
+
+    def names(self) -> tuple[str, str]: ...
+
+
 class Run:
     """One execution of a task (internal; :class:`RunInfo` is its public snapshot).
 
@@ -131,7 +137,7 @@ class Run:
     attempt: int
     priority: int
     job_id: str | None
-    blocked_by: tuple[str, str] | None
+    blocked_by: Blocker | None  # the key a waiting run is parked on
     queued: float | None
     started: float | None
     started_at: datetime | None  # started as a datetime, once a snapshot needed it
@@ -171,7 +177,7 @@ class Run:
         self,
         state: RunState,
         attempt: int,
-        blocked_by: tuple[str, str] | None,
+        blocked_by: Blocker | None,
         finished: float | None,
         steps: RunSteps | None,
     ) -> RunInfo:
@@ -184,7 +190,7 @@ class Run:
         info.attempt = attempt
         info.priority = self.priority
         info.job_id = self.job_id
-        info.blocked_by = blocked_by
+        info.blocked_by = None if blocked_by is None else blocked_by.names()
         queued = self.queued
         info.queued_at = None if queued is None else to_datetime(queued)
         started_at = self.started_at

@@ -18,7 +18,7 @@ from ._validation import error_message
 
 if TYPE_CHECKING:
     from ._metadata import TaskStatus
-    from ._run import Run, RunInfo, RunState
+    from ._run import Blocker, Run, RunInfo, RunState
     from ._steps import RunSteps
 
 __all__ = ("Capture", "capture", "event_field", "event_fields", "metadata", "run_info", "task_name")
@@ -75,7 +75,7 @@ def capture(
     run: Run | None,
     run_state: RunState | None,
     attempt: int,
-    blocked_by: tuple[str, str] | None,
+    blocked_by: Blocker | None,
     finished: float | None,
     run_steps: RunSteps | None,
 ) -> Capture:

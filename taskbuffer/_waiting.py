@@ -109,7 +109,7 @@ class LocalAdmission(Admission):
         st, until = blocked  # (inlined _park: every waiter comes this way)
         heapq.heappush(st.heap, (-waiter.priority, seq, waiter))
         waiter.parked = st
-        run.blocked_by = (st.table.name, st.key)
+        run.blocked_by = st  # named as (group, key) only when a snapshot needs it
         if until != math.inf:
             st.table.arm_timer(st, until)
         return waiter
@@ -117,7 +117,7 @@ class LocalAdmission(Admission):
     def _park(self, waiter: Waiter, st: Claim, until: float) -> None:
         heapq.heappush(st.heap, (-waiter.priority, waiter.seq, waiter))
         waiter.parked = st
-        waiter.run.blocked_by = (st.table.name, st.key)
+        waiter.run.blocked_by = st
         if until != math.inf:
             st.table.arm_timer(st, until)
 
