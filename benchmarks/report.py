@@ -265,6 +265,28 @@ def _e2_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     return [row]
 
 
+def _d1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    """D1: W1 with a dashboard client against none, paired in one process; a stalled client."""
+    row = _base_row(run, mode)
+    a, b = _median(run.taskbuffer, "us_per_op"), _median(run.taskbuffer, "us_per_op_no_client")
+    ratio = _median(run.taskbuffer, "ratio")
+    stalled = _median(run.taskbuffer, "stalled_bytes")
+    row.taskbuffer, row.baseline = _fmt(a, " µs/op"), _fmt(b, " µs/op")
+    row.ratio = _fmt(ratio, "x")
+    targets = run.spec.targets
+    ok = _at_most(ratio, targets.get("ratio"))
+    ok_stalled = _at_most(stalled, targets.get("stalled_bytes"))
+    row.verdict = _verdict(None if ok is None or ok_stalled is None else ok and ok_stalled)
+    row.notes = (
+        f"baseline = no client, same process; a client stalled for the stall time: "
+        f"{_fmt(None if stalled is None else stalled / 1024, ' KiB', 1)} traced growth; "
+        + row.notes
+    )
+    row.values = {"with_client_us_per_op": a, "no_client_us_per_op": b, "ratio": ratio}
+    row.values["stalled_bytes"] = stalled
+    return [row]
+
+
 def _s1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     row = _base_row(run, mode)
     if run.unavailable is not None:
@@ -338,13 +360,91 @@ def _v1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     return rows
 
 
+def _at_least(value: float | None, limit: float | None) -> bool | None:
+    if value is None or limit is None:
+        return None
+    return value >= limit
+
+
+def _engines_missing(run: WorkloadRun, engine: str) -> str:
+    why = next((r.info.get(f"{engine}_missing") for r in run.taskbuffer if r.status == "ok"), None)
+    return f"{engine} not measured: {why}" if why else ""
+
+
+def _rate_rows(
+    run: WorkloadRun, mode: Mode, figures: Sequence[tuple[str, str]], limit: float | None
+) -> list[Row]:
+    """One row per (metric, label): jobs/s of both sides and their paired ratio (higher is
+    better), judged against ``limit`` (at least) when there is one."""
+    rows = []
+    for metric, label in figures:
+        row = _base_row(run, mode, f"{run.spec.name} {label}")
+        if limit is None:
+            row.target = NONE
+        a, b = _median(run.taskbuffer, metric), _median(run.baseline, metric)
+        ratio = _paired(run, _ratio, metric)
+        row.taskbuffer, row.baseline = _fmt(a, " jobs/s", 0), _fmt(b, " jobs/s", 0)
+        row.ratio = _fmt(ratio, "x")
+        row.verdict = _verdict(_at_least(ratio, limit))
+        missing = _engines_missing(run, label.split()[0])
+        row.notes = missing or row.notes
+        row.values = {"taskbuffer_jobs_per_s": a, "baseline_jobs_per_s": b, "ratio": ratio}
+        rows.append(row)
+    return rows
+
+
+def _j1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    figures = [(f"{e}_jobs_per_s", e) for e in ("sqlite", "postgres")]
+    rows = _rate_rows(run, mode, figures, run.spec.targets.get("ratio_min"))
+    for row in rows:
+        if not row.notes.startswith(("sqlite not", "postgres not")):
+            row.notes = "one worker, job_concurrency=10; " + row.notes
+    return rows
+
+
+def _j2_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    rows = []
+    for engine in ("postgres", "sqlite"):
+        row = _base_row(run, mode, f"{run.spec.name} {engine}")
+        median = _median(run.taskbuffer, f"{engine}_median_ms")
+        p99 = _median(run.taskbuffer, f"{engine}_p99_ms")
+        row.taskbuffer = f"median {_fmt(median, ' ms')}, p99 {_fmt(p99, ' ms')}"
+        targets = run.spec.targets
+        if engine == "postgres":
+            ok_median = _at_most(median, targets.get("median_ms"))
+            ok_p99 = _at_most(p99, targets.get("p99_ms"))
+            both = None if ok_median is None or ok_p99 is None else ok_median and ok_p99
+            row.verdict = _verdict(both)
+            row.notes = "LISTEN/NOTIFY; worker in another process; " + row.notes
+        else:
+            row.target = "(report)"
+            row.notes = "data_version watch; worker in another process; " + row.notes
+        row.notes = _engines_missing(run, engine) or row.notes
+        row.values = {"median_ms": median, "p99_ms": p99}
+        rows.append(row)
+    return rows
+
+
+def _j3_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    figures = [
+        (f"{engine}_{kind}_per_s", f"{engine} {label}")
+        for engine in ("sqlite", "postgres")
+        for kind, label in (("single", "one by one"), ("batch", "enqueue_many"))
+    ]
+    return _rate_rows(run, mode, figures, None)
+
+
 SUMMARIES: dict[str, Callable[[WorkloadRun, Mode], list[Row]]] = {
+    "J1": _j1_rows,
+    "J2": _j2_rows,
+    "J3": _j3_rows,
     "W3": _w3_rows,
     "C4": _c4_rows,
     "C5": _c5_rows,
     "C6": _c6_rows,
     "E1": _e1_rows,
     "E2": _e2_rows,
+    "D1": _d1_rows,
     "S1": _s1_rows,
     "S2": _s2_rows,
     "V1": _v1_rows,

@@ -217,6 +217,20 @@ SPECS: tuple[Spec, ...] = (
         target_text="ratio <= 1.5 (calls and firings)",
     ),
     Spec(
+        id="D1",
+        name="dashboard_load",
+        what=(
+            "W1 (yielding every 50 triggers) with one dashboard client connected while 1,000"
+            " events/s flow, against none connected; then a client that stops reading"
+        ),
+        baseline=None,
+        sizes=_sizes({"n": 50_000, "stall": 30}, {"n": 10_000, "stall": 5}, {"n": 300, "stall": 1}),
+        targets={"ratio": 1.1, "stalled_bytes": 1_000_000},
+        target_text="<= 1.1x, stalled < 1 MB",
+        warmup=False,
+        max_reps=1,
+    ),
+    Spec(
         id="V1",
         name="services_scaling",
         what="start + stop of n services in a random dependency DAG: cost per service by n",
@@ -228,6 +242,47 @@ SPECS: tuple[Spec, ...] = (
         ),
         targets={"scaling": 1.5},
         target_text="ratio <= 1.5",
+    ),
+    Spec(
+        id="J1",
+        name="jobs_throughput",
+        what="n trivial jobs enqueued, then worked by one manager (worker) process; jobs/s, "
+        "SQLite and PostgreSQL",
+        baseline="bare SQL loop: claim 10 due jobs per statement, complete them in one commit",
+        sizes=_n(10_000, 2_000, 200),
+        targets={"ratio_min": 0.67},
+        target_text=">= 0.67x",
+        max_reps=2,
+        warmup=False,
+    ),
+    Spec(
+        id="J2",
+        name="job_pickup",
+        what="idle worker in another process: ms from enqueue commit to run start, "
+        "jobs gap_ms apart; PostgreSQL (LISTEN/NOTIFY) and SQLite",
+        baseline=None,
+        sizes=_sizes(
+            {"jobs": 200, "gap_ms": 20}, {"jobs": 100, "gap_ms": 20}, {"jobs": 10, "gap_ms": 20}
+        ),
+        targets={"median_ms": 3.0, "p99_ms": 10.0},
+        target_text="PG median <= 3 ms, p99 <= 10 ms",
+        max_reps=1,
+        warmup=False,
+    ),
+    Spec(
+        id="J3",
+        name="enqueue_rate",
+        what="single awaited manager.enqueue one by one, then batch jobs by store.enqueue_many "
+        "(1,000 per call); jobs/s",
+        baseline="bare INSERT: one row per commit, then 1,000 rows per statement",
+        sizes=_sizes(
+            {"single": 1_000, "batch": 10_000},
+            {"single": 300, "batch": 3_000},
+            {"single": 30, "batch": 300},
+        ),
+        target_text="(report)",
+        max_reps=2,
+        warmup=False,
     ),
 )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._clock import now_wall
 from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFoundError
 from ._lifecycle import Life, RunState
-from ._metadata import ScheduledTaskInfo, TaskExecutionReport
+from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
 from ._task import Task, completed_steps
 from ._validation import check_count, safe_repr
 
@@ -49,6 +49,23 @@ class ConveniencesMixin:
         def trigger_task_constrained(
             self, task: Task[Any, Any, Any], input: Any = None, *, priority: int = 0
         ) -> Coroutine[Any, Any, Any]: ...
+
+    def get_task_metadata(self, name: str) -> TaskMetadata | None:
+        """A snapshot of task ``name``, or ``None`` if there is none."""
+        task = self._tasks.get(name)
+        return None if task is None else task.get_metadata()
+
+    def get_all_tasks_metadata(self) -> list[TaskMetadata]:
+        """Snapshots of every registered task."""
+        return [task.get_metadata() for task in self._tasks.values()]
+
+    def get_tasks_by_label(self, key: str, value: str) -> list[Task[Any, Any]]:
+        """The registered tasks whose label ``key`` is ``value``."""
+        return [task for task in self._tasks.values() if task.labels.get(key) == value]
+
+    def get_tasks_metadata_by_label(self, key: str, value: str) -> list[TaskMetadata]:
+        """Snapshots of the registered tasks whose label ``key`` is ``value``."""
+        return [task.get_metadata() for task in self.get_tasks_by_label(key, value)]
 
     def get_active_runs(self, *, task_name: str | None = None) -> list[RunInfo]:
         """Snapshots of the runs started through this manager that wait or run: running ones

@@ -21,7 +21,6 @@ from ._inflight import InFlight, other_loop_error
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._metadata import TaskMetadata
 from ._run import new_run
 from ._runner import run_task
 from ._scheduler import Scheduler
@@ -33,7 +32,7 @@ from .distributed import AbstractDistributedCoordinator
 if TYPE_CHECKING:
     from .jobs import JobStore
 
-__all__ = ("TaskManager", "TaskManagerStatistics")
+__all__ = ("TaskManager", "TaskManagerStatistics", "override_job_options")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -125,17 +124,28 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         self._ref = weakref.ref(self)
         self._admission = LOCAL_ADMISSION
         self._flights = InFlight(self._admission, self._ref)
+        self._use_jobs(job_store, job_concurrency, worker_id)
+
+    def _use_jobs(self, job_store: Any, job_concurrency: Any, worker_id: Any) -> None:
         # Durable jobs (its own module): the store, the worker, cron ticks as jobs.
         self._jobs = job_side_for(
             job_store,
             job_concurrency=job_concurrency,
             worker_id=worker_id,
-            timezone=timezone,
+            timezone=self.timezone,
             lookup=self.get_task_by_name,
             run=lambda task, job: self._trigger(task, job.input, job.priority, job.id),
             task_names=lambda: list(self._tasks),
         )
         self._scheduler.ticks_as_jobs = self._jobs
+
+    def _override_jobs(self, job_store: Any, job_concurrency: Any) -> bool:
+        side = self._jobs  # None of the two overrides keeps what the manager has
+        store = side.store if job_store is None and side is not None else job_store
+        default = 10 if side is None else side.concurrency
+        concurrency = default if job_concurrency is None else job_concurrency
+        self._use_jobs(store, concurrency, None if side is None else side.worker_id)
+        return self._jobs is not None
 
     def __repr__(self) -> str:
         return (
@@ -195,23 +205,6 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             return self._tasks[name]
         except KeyError:
             raise TaskNotFoundError(name) from None
-
-    def get_task_metadata(self, name: str) -> TaskMetadata | None:
-        """A snapshot of task ``name``, or ``None`` if there is none."""
-        task = self._tasks.get(name)
-        return None if task is None else task.get_metadata()
-
-    def get_all_tasks_metadata(self) -> list[TaskMetadata]:
-        """Snapshots of every registered task."""
-        return [task.get_metadata() for task in self._tasks.values()]
-
-    def get_tasks_by_label(self, key: str, value: str) -> list[Task[Any, Any]]:
-        """The registered tasks whose label ``key`` is ``value``."""
-        return [task for task in self._tasks.values() if task.labels.get(key) == value]
-
-    def get_tasks_metadata_by_label(self, key: str, value: str) -> list[TaskMetadata]:
-        """Snapshots of the registered tasks whose label ``key`` is ``value``."""
-        return [task.get_metadata() for task in self.get_tasks_by_label(key, value)]
 
     # ------------------------------------------------------------------------ constraints
 
@@ -443,3 +436,13 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             waiting=self._flights.waiting,
             scheduled=self._scheduler.count(),
         )
+
+
+def override_job_options(
+    manager: TaskManager, *, job_store: JobStore | str | None, job_concurrency: int | None
+) -> bool:
+    """Another store or job concurrency for a manager not started (``None`` keeps its own),
+    as ``taskbuffer worker --store/--concurrency`` do; False when it has no store then."""
+    if manager.started:
+        raise RuntimeError("the job options of a started TaskManager cannot change")
+    return manager._override_jobs(job_store, job_concurrency)

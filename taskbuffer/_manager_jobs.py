@@ -14,6 +14,7 @@ never loads it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,13 +25,15 @@ from ._clock import now_wall
 from ._cron import Zone
 from ._exceptions import TaskNotFoundError
 from ._task import Task
-from ._validation import check_count, check_number, check_optional_str, check_seconds, safe_repr
+from ._validation import check_count, check_optional_str, check_seconds, safe_repr
 
 if TYPE_CHECKING:
     from .jobs import Job, JobAttempt, JobStatus, JobStore
     from .jobs._worker import JobWorker
 
-__all__ = ("JobSide", "check_id", "job_side_for")
+__all__ = ("INT32_MAX", "INT32_MIN", "INT64_MAX", "JobSide", "check_id", "job_side_for")
+
+logger = logging.getLogger("taskbuffer")
 
 _STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -108,14 +111,21 @@ class JobSide:
         self._task_names = task_names
         self._opened = False
         self._worker: JobWorker | None = None
+        from .jobs._once import OnceRuns
+
+        self._once = OnceRuns()
 
     def __repr__(self) -> str:
         return f"<JobSide store={self.store!r} worker={self._worker!r}>"
 
     async def _open(self) -> JobStore:
+        """The open store, with the one-off runs scheduled so far written to it."""
         if not self._opened:
             await self.store.open()
             self._opened = True
+        await self._once.settle()  # a background write under way is part of "so far"
+        if self._once.unwritten:
+            await self._once.flush(self.store)
         return self.store
 
     # -- lifecycle (called by the manager) -----------------------------------------------
@@ -139,9 +149,11 @@ class JobSide:
             self._worker.start()
 
     async def _run_job(self, job: Job) -> Any:
+        from .jobs._worker import TaskGone
+
         task = self._lookup(job.task_name)
         if task is None:
-            raise TaskNotFoundError(job.task_name)
+            raise TaskGone(job.task_name)  # removed since the claim: the job goes back
         return await self._run(task, job)
 
     async def stop_claiming(self) -> None:
@@ -150,10 +162,14 @@ class JobSide:
             await self._worker.stop_claiming()
 
     async def finish_stop(self) -> None:
-        """Last step of the manager's stop (its runs are over): commit, release, close."""
+        """Last step of the manager's stop (its runs are over): commit, release, write the
+        one-off runs scheduled, close."""
         worker, self._worker = self._worker, None
         if worker is not None:
             await worker.drain()
+        await self._once.settle()
+        if self._once.unwritten:
+            await self._write_once_runs()
         if self.owned and self._opened:
             self._opened = False
             await self.store.close()
@@ -162,6 +178,34 @@ class JobSide:
         """A task was registered: its jobs may be claimable now."""
         if self._worker is not None:
             self._worker.wake()
+
+    # -- one-off runs as jobs, stored when scheduled (see taskbuffer.jobs._once) ----------
+
+    def schedule_once(self, token: object, task_name: str, input: Any, when: float) -> None:
+        """Store a one-off run as a job due at ``when``: at once in the background on a
+        running loop, else at the manager's next awaited job call or ``start()``."""
+        self._once.add(token, task_name, input, when)
+        self._once.write_soon(self._write_once_runs)
+
+    def deschedule_once(self, task_name: str) -> None:
+        """Drop the pending one-off runs of ``task_name`` (stored ones still queued are
+        cancelled)."""
+        self._once.drop(task_name)
+        self._once.write_soon(self._write_once_runs)
+
+    async def fire_once(self, token: object) -> None:
+        """The one-off run ``token`` is due: make sure it is stored (it normally is)."""
+        await self._once.fire(token, await self._open())
+
+    async def _write_once_runs(self) -> None:
+        try:
+            await self._open()
+        except Exception as exc:  # nobody awaits this write: logged, tried again later
+            logger.error(
+                "one-off runs could not be stored as jobs yet; tried again at the manager's "
+                "next job call, start(), stop() and their instant",
+                exc_info=exc,
+            )
 
     # -- cron ticks as jobs ---------------------------------------------------------------
 
@@ -243,9 +287,9 @@ class JobSide:
         from .jobs import JobRequest
 
         name = self._task_name(task_or_name)
-        check_number("priority", priority, minimum=-math.inf, integer=True)
+        _check_stored_int("priority", priority, minimum=INT32_MIN)
         check_optional_str("dedupe_key", dedupe_key)
-        check_count("max_attempts", max_attempts, minimum=1)
+        _check_stored_int("max_attempts", max_attempts, minimum=1)
         now = now_wall()
         request = JobRequest(
             task_name=name,
@@ -272,8 +316,8 @@ class JobSide:
                 f"status must be one of {', '.join(_STATUSES)} or None, not {status!r}"
             )
         check_optional_str("task_name", task_name)
-        check_count("limit", limit, minimum=0)
-        check_count("offset", offset, minimum=0)
+        _check_stored_int("limit", limit, minimum=0, maximum=INT64_MAX)
+        _check_stored_int("offset", offset, minimum=0, maximum=INT64_MAX)
         store = await self._open()
         return await store.list_jobs(status=status, task_name=task_name, limit=limit, offset=offset)
 
@@ -293,11 +337,17 @@ class JobSide:
         return await store.attempts(check_id(job_id))
 
     async def wait_for_job(self, job_id: str, timeout: float | None) -> Job:  # noqa: ASYNC109
-        """Wait until the job has finished; ``TimeoutError`` after ``timeout`` seconds."""
+        """Wait until the job has finished; ``TimeoutError`` after ``timeout`` seconds.
+
+        The first look-up is not cut short: a job that has finished already is returned
+        even with ``timeout=0``, on every store (a store call may take a few loop
+        iterations); ``timeout`` bounds the wait for a job still queued or running.
+        """
         seconds = check_seconds("timeout", timeout, infinite=True, none=True)
         check_id(job_id)
-        store = await self._open()
         loop = asyncio.get_running_loop()
+        deadline = None if seconds is None or math.isinf(seconds) else loop.time() + seconds
+        store = await self._open()
         changed = asyncio.Event()
 
         def signal() -> None:
@@ -306,21 +356,43 @@ class JobSide:
         unsubscribe = store.subscribe(signal)
         poll = min(store.poll_interval, 1.0)
         try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    changed.clear()
-                    job = await store.get(job_id)
-                    if job is None:
-                        raise KeyError(f"no job with id {job_id!r}")
-                    if job.finished:
-                        return job
+            job = await self._finished_job(store, job_id)
+            async with asyncio.timeout_at(deadline):
+                while job is None:
                     try:
                         async with asyncio.timeout(poll):
                             await changed.wait()
                     except TimeoutError:
                         pass
+                    changed.clear()  # before the look-up: a change during it is not missed
+                    job = await self._finished_job(store, job_id)
+            return job
         finally:
             unsubscribe()
+
+    @staticmethod
+    async def _finished_job(store: JobStore, job_id: str) -> Job | None:
+        job = await store.get(job_id)
+        if job is None:
+            raise KeyError(f"no job with id {job_id!r}")
+        return job if job.finished else None
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+"""The integers every job store can hold (PostgreSQL's ``integer``)."""
+
+INT64_MAX = 2**63 - 1
+"""The largest ``LIMIT`` and ``OFFSET`` every store's SQL takes."""
+
+
+def _check_stored_int(name: str, value: Any, *, minimum: int, maximum: int = INT32_MAX) -> None:
+    """An int option of a job or a look-up, within what every store can hold."""
+    accepted = f"an int from {minimum} to {maximum} (what every job store holds)"
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = f"{type(value).__qualname__} {safe_repr(value)}"
+        raise TypeError(f"{name} must be {accepted}, not {shown}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be {accepted}, not {value!r}")
 
 
 def check_id(job_id: Any) -> str:

@@ -158,6 +158,8 @@ class Scheduler:
         else:
             instant = when.timestamp()
         entry = Entry(task, instant, None, input, next(self._seq))
+        if self.ticks_as_jobs is not None and task.name is not None:
+            self.ticks_as_jobs.schedule_once(entry, task.name, input, instant)  # stored now
         self._add_once(entry)
         self._arm()
 
@@ -186,6 +188,8 @@ class Scheduler:
             if fired is not None and fired.cron is None and fired.task is task:
                 tick.cancel()
                 del self._ticks[tick]
+        if self.ticks_as_jobs is not None and task.name is not None:
+            self.ticks_as_jobs.deschedule_once(task.name)  # the stored ones, still queued
         set_cron_schedule(task, None)
         set_next_run(task, None)
         self._arm()
@@ -436,7 +440,7 @@ class Scheduler:
         self._ticks[tick] = None  # stop() leaves the store's write to finish
         task = entry.task
         if task.name is not None and self._manager.get_task_by_name(task.name) is task:
-            await store_tick(jobs, task, entry.input, when, entry.cron)
+            await store_tick(jobs, task, entry, when)
 
     async def catch_up(self, jobs: JobSide) -> None:
         """Store one job for the ticks of each cron schedule missed since its last stored tick

@@ -13,10 +13,11 @@ that late (the Redis one's ``max_tick_age``) keeps a manager resumed after a lon
 claiming a recent tick that others may have run meanwhile (and that Redis may have forgotten).
 
 With a job store (the scheduler's ``ticks_as_jobs``, set by the manager), a tick or one-off
-run is not run here: it is stored as a job due at its instant (a cron tick under a key naming
-task and instant, so it is stored once however many managers share the store), and whichever
-worker claims it runs it; the coordinator is not asked. :meth:`Scheduler.catch_up` turns the ticks
-missed while no manager ran into one job.
+run is not run here: it is a job due at its instant (a cron tick stored when it falls due
+under a key naming task and instant, so it is stored once however many managers share the
+store; a one-off run stored when it is scheduled, see :mod:`taskbuffer.jobs._once`), and
+whichever worker claims it runs it; the coordinator is not asked. :meth:`Scheduler.catch_up`
+turns the ticks missed while no manager ran into one job.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .distributed import (
 if TYPE_CHECKING:
     from ._cron import CronSchedule
     from ._manager_jobs import JobSide
+    from ._schedule_entry import Entry
     from ._task import Task
 
 __all__ = (
@@ -78,16 +80,18 @@ def report_missed(
     emit_notice(task, "missed", message)
 
 
-async def store_tick(
-    jobs: JobSide, task: Task[Any, Any], input: Any, when: float, cron: CronSchedule | None
-) -> None:
-    """Store a tick or one-off run of a registered task as a job; a failure is logged
-    (nobody awaits a tick)."""
+async def store_tick(jobs: JobSide, task: Task[Any, Any], entry: Entry, when: float) -> None:
+    """Store a cron tick of a registered task as a job, or make sure a one-off run that falls
+    due is stored (it was written when scheduled); a failure is logged (nobody awaits a
+    tick)."""
     assert task.name is not None
     try:
-        await jobs.enqueue_tick(task.name, input, when, cron=cron is not None)
+        if entry.cron is None:
+            await jobs.fire_once(entry)
+        else:
+            await jobs.enqueue_tick(task.name, entry.input, when, cron=True)
     except Exception as exc:
-        logger.error("%s could not be stored as a job", describe(task, cron), exc_info=exc)
+        logger.error("%s could not be stored as a job", describe(task, entry.cron), exc_info=exc)
 
 
 async def catch_up_ticks(jobs: JobSide, task: Task[Any, Any], cron: CronSchedule) -> None:

@@ -20,6 +20,13 @@ from reactivex.abc import DisposableBase
 
 from taskbuffer import Task, TaskEvent
 
+try:  # PostgreSQL's fixtures (absent where this file is copied alone, as test_ci does)
+    from _pg_support import postgres_job_backend, postgres_server
+except ImportError:
+    pass
+else:
+    __all__ = ("postgres_job_backend", "postgres_server")
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

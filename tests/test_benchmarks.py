@@ -34,6 +34,14 @@ def test_smoke_run_prints_the_table_and_passes(tmp_path: Path) -> None:
     assert data["meta"]["mode"] == "smoke"
 
 
+def test_d1_dashboard_load_runs_at_smoke_size(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    done = _run("-m", "benchmarks", "--smoke", "--only", "D1", "--json", str(results))
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = json.loads(results.read_text(encoding="utf-8"))["rows"]
+    assert (row["id"], row["correct"]) == ("D1", "ok")
+
+
 def test_script_entry_point_and_bad_ids() -> None:
     done = _run("benchmarks/run.py", "--help")
     assert done.returncode == 0, done.stderr

@@ -109,6 +109,23 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "  consumer  stopped\n  database  stopping\n  database  stopped\n",
         "after stop: service 'consumer' is not available: the ServiceManager is stopped",
     ],
+    "dashboard.py": [
+        "dashboard on http://127.0.0.1:0/ (Ctrl-C to stop)",
+        " syncs finished: ",
+    ],
+    "durable.py": [
+        "worked 3 jobs: ['report-0.pdf', 'report-1.pdf', 'report-2.pdf']",
+        "enqueued render('quarterly'): queued",
+        "doomed-worker: rendering quarterly ...",
+        "killed the worker; the job is still running until its lease runs out",
+        "recovered: quarterly.pdf",
+        "  attempt 1: doomed-worker -> lost\n  attempt 2: main-worker -> succeeded",
+    ],
+}
+
+# Arguments for the examples that run until stopped.
+EXAMPLE_ARGS: dict[str, list[str]] = {
+    "dashboard.py": ["--seconds", "2", "--port", "0"],
 }
 
 
@@ -133,7 +150,7 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
     processes = {
         name: subprocess.Popen(
             # -W error: a warning in an example fails it, as it would fail the test suite.
-            [sys.executable, "-W", "error", str(EXAMPLES / name)],
+            [sys.executable, "-W", "error", str(EXAMPLES / name), *EXAMPLE_ARGS.get(name, [])],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -13,7 +13,9 @@ from ..measure import Outcome
 from ..specs import Params
 from . import constraints as c
 from . import core as w
+from . import dashboard as d
 from . import events_cron as e
+from . import jobs as j
 from . import services as v
 
 __all__ = ("IMPLEMENTATIONS", "Implementation", "Side")
@@ -46,5 +48,9 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "E2": Implementation(e.e2_taskbuffer, e.e2_baseline),
     "S1": Implementation(e.s1_taskbuffer),
     "S2": Implementation(e.s2_taskbuffer),
+    "D1": Implementation(d.d1_taskbuffer),
     "V1": Implementation(v.v1_taskbuffer),
+    "J1": Implementation(j.j1_taskbuffer, j.j1_baseline),
+    "J2": Implementation(j.j2_taskbuffer),
+    "J3": Implementation(j.j3_taskbuffer, j.j3_baseline),
 }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error
+from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, dedupe_conflict
 from ._values import (
     FINISHED,
     Claim,
@@ -109,6 +109,8 @@ class MemoryJobStore(JobStore):
         return jobs
 
     def _existing(self, request: JobRequest) -> _Row | None:
+        if request.schedule_key is None and request.dedupe_key is None:
+            return None  # nothing to look for (no scan: enqueueing n jobs stays linear)
         for row in self._rows.values():
             if request.schedule_key is not None and row.schedule_key == request.schedule_key:
                 return row
@@ -244,6 +246,9 @@ class MemoryJobStore(JobStore):
             raise ValueError(
                 f"only a failed or cancelled job can be retried; job {job_id!r} is {row.status}"
             )
+        live = self._existing(JobRequest(task_name=row.task_name, dedupe_key=row.dedupe_key))
+        if live is not None:
+            raise ValueError(dedupe_conflict(job_id, live.id, live.status, row.dedupe_key))
         row.status = "queued"
         row.run_at = now
         row.attempts = 0

@@ -41,7 +41,13 @@ from ._sqlite_sql import (
     SCHEMA,
     TAKE,
 )
-from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
+from ._store import (
+    SCHEMA_VERSION,
+    JobStore,
+    attempts_lost_error,
+    check_schema_version,
+    dedupe_conflict,
+)
 from ._thread import ConnectionThread
 from ._values import (
     Claim,
@@ -400,13 +406,18 @@ class SQLiteJobStore(JobStore):
         """Re-queue a failed or cancelled job (see :meth:`JobStore.retry`)."""
 
         def requeue(c: sqlite3.Connection) -> sqlite3.Row:
-            row = c.execute("SELECT status FROM taskbuffer_jobs WHERE id = ?", (job_id,)).fetchone()
+            row = c.execute(
+                "SELECT status, dedupe_key FROM taskbuffer_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise KeyError(f"no job with id {job_id!r}")
             if row[0] not in ("failed", "cancelled"):
                 raise ValueError(
                     f"only a failed or cancelled job can be retried; job {job_id!r} is {row[0]}"
                 )
+            live = self._existing(c, JobRequest(task_name="", dedupe_key=row[1]))
+            if live is not None:
+                raise ValueError(dedupe_conflict(job_id, live["id"], live["status"], row[1]))
             c.execute(REQUEUE, (now, job_id))
             return cast(
                 "sqlite3.Row",

@@ -36,7 +36,14 @@ from ._values import (
     RenewReport,
 )
 
-__all__ = ("SCHEMA_VERSION", "JobStore", "attempts_lost_error", "check_schema_version")
+__all__ = (
+    "CULPRIT_DEPTH",
+    "SCHEMA_VERSION",
+    "JobStore",
+    "attempts_lost_error",
+    "check_schema_version",
+    "dedupe_conflict",
+)
 
 SCHEMA_VERSION = 1
 """The version of the job schema this library writes; a store with a newer one refuses to open."""
@@ -49,6 +56,32 @@ def check_schema_version(found: int, *, where: str) -> None:
             f"the job store at {where} has schema version {found}, newer than the version "
             f"{SCHEMA_VERSION} this taskbuffer knows; upgrade taskbuffer to use it"
         )
+
+
+CULPRIT_DEPTH = 32
+"""How deep :meth:`JobStore.encode` looks into an input to find the value it cannot encode."""
+
+
+def _children(value: Any, path: str) -> list[tuple[str, Any, Any]]:
+    """The parts of a container as ``(path, what to try encoding, the part)``: a dict's
+    values, then its keys (tried as ``{key: None}``: a serializer may refuse a key type
+    that it accepts as a value), a list's or tuple's items."""
+    if isinstance(value, dict):
+        items = [(f"{path}[{safe_repr(key)}]", item, item) for key, item in value.items()]
+        keys = [(f"{path} key {safe_repr(key)}", {key: None}, key) for key in value]
+        return items + keys
+    if isinstance(value, list | tuple):
+        return [(f"{path}[{index}]", item, item) for index, item in enumerate(value)]
+    return []
+
+
+def dedupe_conflict(job_id: str, live_id: str, live_status: str, key: str | None) -> str:
+    """Why ``retry`` refuses a job while another with its ``dedupe_key`` is live (semantic 6:
+    one live job per key)."""
+    return (
+        f"job {job_id!r} cannot be retried while job {live_id!r} with the same dedupe_key "
+        f"{key!r} is {live_status}"
+    )
 
 
 def attempts_lost_error(job_id: str, attempts: int) -> JobError:
@@ -147,20 +180,25 @@ class JobStore(abc.ABC):
         return bytes(data)
 
     def _culprit(self, value: Any, path: str) -> tuple[str, Any]:
-        """The deepest part of ``value`` that the serializer refuses, and its path."""
-        children: list[tuple[str, Any]] = []
-        if isinstance(value, dict):
-            children = [(f"{path}[{key!r}]", item) for key, item in value.items()]
-            children += [(f"{path} key {key!r}", key) for key in value]
-        elif isinstance(value, list | tuple):
-            children = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
-        for child_path, child in children:
-            if child is value:
-                continue
-            try:
-                self._serializer.dumps(child)
-            except Exception:
-                return self._culprit(child, child_path)
+        """The deepest part of ``value`` that the serializer refuses, and its path.
+
+        A loop, not a recursion, that never enters a container it is already inside: a
+        cyclic or deeply nested input is reported like any other, never as a
+        ``RecursionError`` (the descent stops at :data:`CULPRIT_DEPTH` levels).
+        """
+        inside: set[int] = set()
+        for _ in range(CULPRIT_DEPTH):
+            inside.add(id(value))
+            for child_path, probe, child in _children(value, path):
+                if id(child) in inside:
+                    continue  # a cycle: the container holding it is the culprit
+                try:
+                    self._serializer.dumps(probe)
+                except Exception:
+                    value, path = child, child_path
+                    break
+            else:
+                break
         return path, value
 
     def decode(self, data: bytes | None) -> Any:
@@ -297,7 +335,8 @@ class JobStore(abc.ABC):
         attempts, result and error cleared; returns it.
 
         :raises KeyError: no such job.
-        :raises ValueError: the job is not ``failed`` or ``cancelled``.
+        :raises ValueError: the job is not ``failed`` or ``cancelled``, or another job with its
+            ``dedupe_key`` is ``queued`` or ``running`` (semantic 6 holds for retries too).
         """
 
     @abc.abstractmethod

@@ -70,6 +70,9 @@ class ConnectionThread(Generic[C]):
         done: asyncio.Future[None] = loop.create_future()
         self._queue.put((_STOP, loop, done))
         await done
+        # The thread has closed the connection and only returns now: joined, so that no
+        # thread of the store outlives close() (a moment's wait at most; bounded anyway).
+        self._thread.join(timeout=1.0)
 
     def _main(self) -> None:
         try:

@@ -28,11 +28,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._clock import now_wall
-from .._exceptions import TaskManagerStoppedError, TaskNotFoundError
+from .._exceptions import TaskManagerStoppedError
 from ._store import JobStore
 from ._values import Claim, Job, JobError, JobOutcome
 
-__all__ = ("FLUSH_WINDOW", "JobWorker")
+__all__ = ("FLUSH_WINDOW", "JobWorker", "TaskGone")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -45,6 +45,17 @@ RETRY_DELAY = 1.0
 
 PURGE_INTERVAL = 3600.0
 """Seconds between two purges of finished jobs past the store's retention."""
+
+
+class TaskGone(Exception):
+    """Raised by the ``run`` a worker is handed when the job's task is no longer registered
+    there: the job is given back to the queue, not failed. (A ``TaskNotFoundError`` raised by
+    the job's own code fails the job like any other error.)"""
+
+
+def _retrieve(runner: asyncio.Task[Any]) -> None:
+    if not runner.cancelled():
+        runner.exception()
 
 
 class _Held:
@@ -165,21 +176,31 @@ class JobWorker:
                     claims = await self.store.claim(
                         worker_id=self.worker_id, task_names=names, limit=free, now=now_wall()
                     )
-                    if len(claims) < free:
-                        due = await self.store.next_due_at(names)
-                        if due is not None:
-                            sleep = min(sleep, max(due - now_wall(), 0.0))
                 except Exception:
                     logger.exception("job worker %r: claiming failed; retrying", self.worker_id)
-                    claims = []
-                    sleep = RETRY_DELAY
-                for claim in claims:
+                    claims = None
+                # Begun at once, before anything else can fail: a claim committed is a
+                # job that this worker holds and must run (or give back).
+                for claim in claims or ():
                     self._begin(claim)
-                if len(claims) == free and claims:
+                if claims is None:
+                    sleep = RETRY_DELAY
+                elif len(claims) == free:
                     continue  # there may be more: claim again once capacity frees
+                else:
+                    sleep = await self._sleep_until_due(names, sleep)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if math.isinf(sleep) else sleep):
                     await wake.wait()
+
+    async def _sleep_until_due(self, names: Sequence[str], sleep: float) -> float:
+        """``sleep``, shortened to the moment the next delayed job of ``names`` falls due."""
+        try:
+            due = await self.store.next_due_at(names)
+        except Exception:
+            logger.exception("job worker %r: looking for the next due job failed", self.worker_id)
+            return RETRY_DELAY
+        return sleep if due is None else min(sleep, max(due - now_wall(), 0.0))
 
     def _begin(self, claim: Claim) -> None:
         held = _Held(claim)
@@ -190,18 +211,18 @@ class JobWorker:
 
     async def _execute(self, held: _Held) -> None:
         claim = held.claim
-        outcome: JobOutcome | None
         try:
-            result = await self._run(claim.job)
-        except asyncio.CancelledError:
-            outcome = self._interrupted(held, None)
-        except (TaskManagerStoppedError, TaskNotFoundError) as error:
-            outcome = self._interrupted(held, error)
-        except Exception as error:
-            outcome = self._ended(held, "failed", JobError.from_exception(error))
-        else:
-            outcome = None if held.lost else self.store.succeeded_outcome(claim, result)
+            outcome = await self._outcome(held)
+        except BaseException:  # an interrupt, raised out of the loop: give the job back
+            held.runner = None
+            if not held.lost:
+                self._pending.append(self._released(held))
+                self._flush_later()
+            raise
         held.runner = None
+        if outcome is not None and outcome.outcome == "released" and self._cancelled_here():
+            await self._release_now(outcome)
+            return
         if outcome is None:
             self._held.pop(claim.token, None)
             self._signal()
@@ -212,6 +233,66 @@ class JobWorker:
             )
             return
         self._pending.append(outcome)
+        self._flush_later()
+
+    async def _outcome(self, held: _Held) -> JobOutcome | None:
+        """Run the job and say how its claim ends (``None``: the lease was lost).
+
+        Only this worker (or the loop's end) cancels a runner; a ``CancelledError`` that
+        the job's own code raises ends the job ``cancelled``, for good, and any other
+        error from the run (``TaskNotFoundError`` and ``BaseException`` subclasses
+        included) fails it: given back, the job would only run and fail again. A
+        ``KeyboardInterrupt`` or ``SystemExit`` leaves (see :meth:`_execute`).
+        """
+        runner = asyncio.current_task()
+        assert runner is not None
+        try:
+            result = await self._run(held.claim.job)
+        except asyncio.CancelledError as error:
+            if runner.cancelling():
+                return self._interrupted(held, None)
+            return self._ended(held, "cancelled", JobError.from_exception(error))
+        except TaskGone:
+            return self._ended(held, "released", None)
+        except TaskManagerStoppedError as error:
+            return self._interrupted(held, error)
+        except Exception as error:
+            return self._ended(held, "failed", JobError.from_exception(error))
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                runner.add_done_callback(_retrieve)  # the loop raises it; give the job back
+                raise
+            return self._ended(held, "failed", JobError.from_exception(error))
+        if held.lost:
+            return None
+        try:
+            return self.store.succeeded_outcome(held.claim, result)
+        except Exception as error:  # a serializer that fails otherwise than encode() expects
+            return self._ended(held, "failed", JobError.from_exception(error))
+
+    @staticmethod
+    def _cancelled_here() -> bool:
+        """Whether the running runner was cancelled: not by this worker (a lost lease or a
+        cancel request never gives the job back), so by the loop's end."""
+        runner = asyncio.current_task()
+        return runner is not None and runner.cancelling() > 0
+
+    async def _release_now(self, outcome: JobOutcome) -> None:
+        """Give back a job whose runner someone else cancelled (the loop's end: asyncio.run
+        cancels every task and waits for them) within the runner itself, which is awaited;
+        a flush task made now might never run."""
+        try:
+            await self.store.finish([outcome], now=now_wall())
+        except Exception:
+            logger.exception("job %r: giving it back failed (its lease runs out)", outcome.job_id)
+        self._held.pop(outcome.token, None)
+        self._signal()
+
+    def _released(self, held: _Held) -> JobOutcome:
+        claim = held.claim
+        return JobOutcome(job_id=claim.job.id, token=claim.token, outcome="released")
+
+    def _flush_later(self) -> None:
         if self._flush_task is None:
             loop = self._loop
             assert loop is not None
@@ -224,10 +305,11 @@ class JobWorker:
         return JobOutcome(job_id=claim.job.id, token=claim.token, outcome=outcome, error=error)
 
     def _interrupted(self, held: _Held, error: BaseException | None) -> JobOutcome | None:
-        """A run cancelled, refused or dropped: cancelled on request, else given back."""
+        """A run cancelled or refused: cancelled on request, given back when this worker is
+        stopping (or the loop cancelled it), failed otherwise."""
         if held.cancel_requested:
             return self._ended(held, "cancelled", None)
-        if isinstance(error, TaskNotFoundError) or not self._claiming or error is None:
+        if not self._claiming or error is None:
             return self._ended(held, "released", None)
         return self._ended(held, "failed", JobError.from_exception(error))
 

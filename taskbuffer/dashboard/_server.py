@@ -1,0 +1,128 @@
+"""``dashboard_app`` (the ASGI app) and ``serve_dashboard`` (the app alone, on uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from .._validation import safe_repr
+from ._app import Dashboard, build_dashboard
+
+if TYPE_CHECKING:
+    from .._manager import TaskManager
+    from .._service_manager import ServiceManager
+
+__all__ = ("dashboard_app", "serve_dashboard")
+
+logger = logging.getLogger("taskbuffer")
+
+
+def dashboard_app(
+    manager: TaskManager,
+    *,
+    services: ServiceManager | None = None,
+    token: str | None = None,
+    allow_actions: bool = False,
+    title: str = "taskbuffer",
+) -> ASGIApp:
+    """The dashboard of ``manager`` as an ASGI app, to mount anywhere.
+
+    The app keeps the manager's latest events (for the first paint) through one subscription
+    to ``manager.task_subject``; each open event stream adds one while it is open.
+
+    :param services: a :class:`~taskbuffer.ServiceManager` whose services to show as well.
+    :param token: when set, every request must carry it: ``Authorization: Bearer <token>``,
+        or ``?token=<token>`` in the URL of a GET (the page, its files, the event stream).
+        Others get 401. Compared in constant time.
+    :param allow_actions: add the POST actions (trigger, deschedule, cancel and retry a job);
+        without it they do not exist (404).
+    :param title: shown in the page's title and header.
+    :raises TypeError: a wrong type for ``manager``, ``services``, ``allow_actions`` or ``title``.
+    :raises ValueError: an empty ``token``.
+    """
+    return build_dashboard(
+        manager, services=services, token=token, allow_actions=allow_actions, title=title
+    ).app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which ends the dashboard's open event streams when it shuts down
+    (it would otherwise wait for them, since they never end by themselves)."""
+
+    def __init__(self, config: uvicorn.Config, dashboard: Dashboard) -> None:
+        super().__init__(config)
+        self.dashboard = dashboard
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.dashboard.close_streams()
+        await super().shutdown(sockets)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_dashboard(
+    manager: TaskManager,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    services: ServiceManager | None = None,
+    token: str | None = None,
+    allow_actions: bool = False,
+    title: str = "taskbuffer",
+    log_level: str = "warning",
+) -> None:
+    """Serve the dashboard of ``manager`` with uvicorn until cancelled (or SIGINT/SIGTERM).
+
+    It binds to the loopback interface unless ``host`` says otherwise; on another interface
+    without a ``token`` it logs a warning. Cancelling the awaiting task shuts the server down
+    gracefully (open event streams are ended) before the cancellation propagates.
+    The other options are :func:`dashboard_app`'s; ``log_level`` is uvicorn's.
+
+    :raises TypeError: ``host`` is not a string or ``port`` not an int.
+    :raises ValueError: ``port`` is outside 0-65535.
+    """
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host must be a non-empty string, not {safe_repr(host)}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {safe_repr(port)}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be within 0-65535, not {port}")
+    dashboard = build_dashboard(
+        manager, services=services, token=token, allow_actions=allow_actions, title=title
+    )
+    if token is None and not _is_loopback(host):
+        logger.warning(
+            "the dashboard listens on %s without a token: anyone who reaches it sees the tasks",
+            host,
+        )
+    config = uvicorn.Config(
+        dashboard.app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        ws="none",  # the dashboard uses no websockets: do not import a websockets library
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config, dashboard)
+    logger.info("dashboard on http://%s:%d/", host, port)
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise

@@ -1,0 +1,253 @@
+"""What the dashboard shows, as JSON-ready values read from a manager (and services).
+
+Everything here reads the manager through its public API, plus ``key_table`` of the
+constraints module for the per-key table. Runs (``get_active_runs``, ``event.run``) are
+shown when the manager has them, jobs when it has a job store: the page hides those panels
+otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .._constraints import key_table
+from .._validation import safe_repr
+
+if TYPE_CHECKING:
+    from .._events import TaskEvent
+    from .._manager import TaskManager
+    from .._service_manager import ServiceManager
+    from ..jobs import Job, JobAttempt, JobStatus
+
+__all__ = ("KEYS_PER_GROUP", "DashboardState", "event_entry", "short_repr")
+
+KEYS_PER_GROUP = 20  # keys listed per constraint group, the busiest first
+SCHEDULES_LISTED = 50
+RECENT_EVENTS = 100  # events the snapshot carries, newest last
+REPR_LIMIT = 200  # characters of an input or result shown
+
+
+def short_repr(value: Any) -> str | None:
+    """A bounded ``repr`` of an input or result (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    text = safe_repr(value)
+    return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 1] + "…"
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def run_entry(run: Any) -> dict[str, Any]:
+    """A ``RunInfo`` as JSON-ready values; its input as a bounded repr."""
+    return {
+        "run_id": run.run_id,
+        "task_name": run.task_name,
+        "input": short_repr(run.input),
+        "state": run.state,
+        "attempt": run.attempt,
+        "priority": run.priority,
+        "job_id": run.job_id,
+        "blocked_by": None if run.blocked_by is None else list(run.blocked_by),
+        "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "steps": [step.to_dict() for step in run.steps],
+        "progress": run.progress,
+    }
+
+
+def event_entry(event: TaskEvent) -> dict[str, Any]:
+    """A task event for the live feed: what happened to which task (and run)."""
+    run = getattr(event, "run", None)
+    return {
+        "type": event.type,
+        "task": event.task.name,
+        "labels": dict(event.task.labels),
+        "timestamp": event.timestamp,
+        "step_name": event.step_name,
+        "error": event.error,
+        "run_id": None if run is None else run.run_id,
+        "job_id": None if run is None else run.job_id,
+    }
+
+
+def job_entry(job: Job, *, detail: bool = False) -> dict[str, Any]:
+    """A ``Job`` as JSON-ready values; the traceback only in the detailed form."""
+    error = job.error
+    entry: dict[str, Any] = {
+        "id": job.id,
+        "task_name": job.task_name,
+        "status": job.status,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "run_at": iso(job.run_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "worker_id": job.worker_id,
+        "dedupe_key": job.dedupe_key,
+        "error": None if error is None else {"type": error.type, "message": error.message},
+    }
+    if detail:
+        entry["input"] = short_repr(job.input)
+        entry["result"] = short_repr(job.result)
+        if error is not None:
+            entry["error"] = {
+                "type": error.type,
+                "message": error.message,
+                "traceback": error.traceback,
+            }
+    return entry
+
+
+def attempt_entry(attempt: JobAttempt) -> dict[str, Any]:
+    """One ``JobAttempt`` of a job's audit trail."""
+    error = attempt.error
+    return {
+        "attempt": attempt.attempt,
+        "worker_id": attempt.worker_id,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "outcome": attempt.outcome,
+        "error": None if error is None else f"{error.type}: {error.message}",
+    }
+
+
+def _limit(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+class DashboardState:
+    """Reads what the page shows from ``manager`` (and ``services``), and keeps the latest
+    events for the first paint (one subscription, made by :meth:`attach`)."""
+
+    __slots__ = ("manager", "recent", "services")
+
+    def __init__(self, manager: TaskManager, services: ServiceManager | None) -> None:
+        self.manager = manager
+        self.services = services
+        self.recent: deque[TaskEvent] = deque(maxlen=RECENT_EVENTS)
+
+    def attach(self) -> None:
+        """Keep the latest events of the manager for :meth:`snapshot`."""
+        self.manager.task_subject.subscribe(self.recent.append)
+
+    @property
+    def has_runs(self) -> bool:
+        return callable(getattr(self.manager, "get_active_runs", None))
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return [metadata.to_dict() for metadata in self.manager.get_all_tasks_metadata()]
+
+    def runs(self) -> list[dict[str, Any]]:
+        if not self.has_runs:
+            return []
+        get_active_runs: Callable[[], list[Any]] = self.manager.get_active_runs  # type: ignore[attr-defined,unused-ignore]
+        return [run_entry(run) for run in get_active_runs()]
+
+    def groups(self) -> list[dict[str, Any]]:
+        entries = []
+        for group in self.manager.constraint_groups:
+            stats = group.statistics()
+            counts = [(st.key, st.running, st.waiting) for st in key_table(group).states.values()]
+            keys = sorted(counts, key=lambda k: (-k[1], -k[2], k[0]))
+            rate = group.rate_limit
+            entries.append(
+                {
+                    "name": group.name,
+                    "max_concurrent": _limit(group.max_concurrent),
+                    "cooldown": group.cooldown,
+                    "rate_limit": None
+                    if rate is None
+                    else {"max_per_window": rate.max_per_window, "window": rate.window},
+                    "result_sharing": group.result_sharing,
+                    "tracked_keys": stats.tracked_keys,
+                    "running": stats.running,
+                    "waiting": stats.waiting,
+                    "keys": [
+                        {"key": key, "running": running, "waiting": waiting}
+                        for key, running, waiting in keys[:KEYS_PER_GROUP]
+                    ],
+                    "more_keys": max(0, len(keys) - KEYS_PER_GROUP),
+                }
+            )
+        return entries
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "task_name": entry["task_name"],
+                "schedule": entry["schedule"],
+                "next_run": iso(entry["next_run"]),
+            }
+            for entry in self.manager.get_next_scheduled_runs(SCHEDULES_LISTED)
+        ]
+
+    def service_list(self) -> list[dict[str, Any]]:
+        if self.services is None:
+            return []
+        return [s.get_metadata().to_dict() for s in self.services.service_map.values()]
+
+    def statistics(self) -> dict[str, int]:
+        stats = self.manager.statistics()
+        return {
+            "tasks": stats.tasks,
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "scheduled": stats.scheduled,
+        }
+
+    def features(self, *, actions: bool, jobs: bool) -> dict[str, bool]:
+        return {
+            "runs": self.has_runs,
+            "jobs": jobs,
+            "services": self.services is not None,
+            "actions": actions,
+        }
+
+    async def jobs(
+        self, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
+    ) -> list[dict[str, Any]] | None:
+        """A page of jobs, newest first; ``None`` when the manager has no job store."""
+        try:
+            jobs = await self.manager.list_jobs(status=status, limit=limit, offset=offset)
+        except RuntimeError:  # the manager was built without a job store
+            return None
+        return [job_entry(job) for job in jobs]
+
+    async def job_detail(self, job_id: str) -> dict[str, Any] | None:
+        """One job with its audit trail, error and traceback; ``None`` if unknown (or the
+        manager has no job store)."""
+        try:
+            job = await self.manager.get_job(job_id)
+            if job is None:
+                return None
+            attempts = await self.manager.get_job_attempts(job_id)
+        except RuntimeError:  # no job store
+            return None
+        entry = job_entry(job, detail=True)
+        entry["attempts_trail"] = [attempt_entry(attempt) for attempt in attempts]
+        return entry
+
+    async def snapshot(self, *, actions: bool, title: str) -> dict[str, Any]:
+        """Everything the page shows, as one JSON-ready dict."""
+        jobs = await self.jobs()
+        return {
+            "title": title,
+            "features": self.features(actions=actions, jobs=jobs is not None),
+            "statistics": self.statistics(),
+            "tasks": self.tasks(),
+            "runs": self.runs(),
+            "groups": self.groups(),
+            "schedules": self.schedules(),
+            "jobs": jobs or [],
+            "services": self.service_list(),
+            "events": [event_entry(event) for event in tuple(self.recent)],
+        }

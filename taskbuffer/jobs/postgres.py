@@ -1,0 +1,415 @@
+"""``PostgresJobStore``: durable jobs shared by processes on many hosts (``taskbuffer[postgres]``).
+
+Built on asyncpg (the faster of asyncpg and psycopg 3 on this store's statements; the README
+gives the figures). Each hot operation is one statement and one commit for a whole batch
+(see :mod:`taskbuffer.jobs._postgres_sql`): workers claim with ``FOR UPDATE SKIP LOCKED``, so a
+claim never waits on another worker's; finishes and renewals carry many jobs at once; every
+write about a claim presents its lease token.
+
+Wake-ups: a commit that enqueues, finishes, cancels or retries jobs sends a ``NOTIFY`` on the
+``taskbuffer_jobs`` channel; every store LISTENs on one connection of its own and passes other
+stores' notifications to its subscribers, so an idle worker picks a job up a millisecond or
+two after it is committed. Polling (:attr:`poll_interval`) is only the fallback: it shortens
+while the listening connection is down.
+
+Reconnection: a statement that fails because the server went away (stopped, restarted,
+crashed, network cut) is retried on a fresh connection with backoff until ``reconnect_timeout``
+passes, and the first failure and the recovery are logged. Retrying is safe: job ids are
+chosen here (a repeated enqueue finds its own rows) and a finish that already committed reports
+itself applied. A worker therefore keeps its in-flight runs while the server is away and
+reports them when it is back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    import asyncpg
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "taskbuffer.jobs.postgres needs asyncpg; install it with: "
+        "pip install 'taskbuffer[postgres]'"
+    ) from error
+
+from .._validation import check_seconds, safe_repr
+from . import _postgres_sql as sql
+from ._postgres_link import Connection, PostgresLink
+from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
+from ._values import (
+    Claim,
+    Job,
+    JobAttempt,
+    JobOutcome,
+    JobRequest,
+    JobStatus,
+    RenewReport,
+    attempt_from_row,
+    error_json,
+    job_from_row,
+)
+
+__all__ = ("PostgresJobStore",)
+
+POLL_LISTENING = 5.0
+POLL_NOT_LISTENING = 0.5
+ENQUEUE_ROUNDS = 3  # a request whose conflicting job finishes meanwhile is inserted again
+
+
+def _asyncpg_dsn(dsn: str) -> str:
+    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
+    if dsn.startswith("postgresql+"):
+        return "postgresql://" + dsn.split("://", 1)[1]
+    return dsn
+
+
+class PostgresJobStore(JobStore):
+    """Jobs in PostgreSQL (see :class:`~taskbuffer.jobs.JobStore` for the shared options).
+
+    :param dsn_or_pool: a ``postgresql://`` URL (the store makes and closes its own pool) or an
+        ``asyncpg.Pool`` (used as it is and left open; the store holds one of its connections
+        for LISTEN).
+    :param reconnect_timeout: seconds an operation keeps retrying while the server is away
+        (``None``: until it is back). Only once the store has opened: a first :meth:`open`
+        that cannot connect fails at once.
+    """
+
+    poll_interval = POLL_NOT_LISTENING
+
+    def __init__(
+        self,
+        dsn_or_pool: str | asyncpg.Pool[asyncpg.Record],
+        *,
+        reconnect_timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        dsn: str | None = None
+        pool: asyncpg.Pool[asyncpg.Record] | None = None
+        if isinstance(dsn_or_pool, str):
+            dsn = _asyncpg_dsn(dsn_or_pool)
+        elif isinstance(dsn_or_pool, asyncpg.Pool):
+            pool = dsn_or_pool
+        else:
+            raise TypeError(
+                f"dsn_or_pool must be a postgresql:// URL or an asyncpg.Pool, not "
+                f"{safe_repr(dsn_or_pool)}"
+            )
+        self._dsn = dsn
+        self._reconnect_timeout = check_seconds(
+            "reconnect_timeout", reconnect_timeout, none=True, infinite=True
+        )
+        self._id = uuid.uuid4().hex  # the payload of our NOTIFYs, to skip our own
+        self._link = PostgresLink(
+            dsn=dsn,
+            pool=pool,
+            channel=sql.CHANNEL,
+            reconnect_timeout=check_seconds(
+                "reconnect_timeout", reconnect_timeout, none=True, infinite=True
+            ),
+            prepare=self._create_schema,
+            on_notify=self._on_notification,
+            on_listening=self._on_listening,
+            name=self._where,
+        )
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, create the schema when missing (or check its version) and LISTEN.
+
+        :raises JobSchemaError: the database's schema is newer than this library.
+        """
+        await self._link.open()
+
+    async def close(self) -> None:
+        """Stop listening and close the store's own pool (a given pool stays open)."""
+        await self._link.close()
+
+    async def _create_schema(self, connection: Connection) -> None:
+        await connection.execute(sql.LOCK_SCHEMA)  # concurrent first opens take turns
+        await connection.execute(sql.META)
+        found = await connection.fetchval(sql.VERSION)
+        if found is not None:
+            check_schema_version(int(found), where=self._where())
+            return
+        await connection.execute(sql.SCHEMA)
+        await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
+
+    def _where(self) -> str:
+        if self._dsn is None:
+            return "(a given asyncpg pool)"
+        head, at, tail = self._dsn.rpartition("@")
+        if not at:
+            return repr(self._dsn)
+        scheme, _, user = head.partition("://")
+        return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
+
+    def _on_notification(self, payload: str) -> None:
+        if payload != self._id:  # our own commits notified our subscribers already
+            self.notify()
+
+    def _on_listening(self, listening: bool) -> None:
+        self.poll_interval = POLL_LISTENING if listening else POLL_NOT_LISTENING
+        if listening:
+            self.notify()  # whatever was committed while we were not listening
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> list[Job]:
+        """Store jobs in one statement (see :meth:`JobStore.enqueue_many`)."""
+        for request in requests:  # refuse a bad input before anything is written
+            self.encode(request.input)
+        if not requests:
+            return []
+
+        async def insert(connection: Connection) -> list[Job]:
+            jobs: list[Job | None] = [None] * len(requests)
+            for _ in range(ENQUEUE_ROUNDS):
+                missing = [i for i, job in enumerate(jobs) if job is None]
+                if not missing:
+                    break
+                await self._insert(connection, [requests[i] for i in missing], missing, jobs, now)
+            if None in jobs:  # pragma: no cover - needs a job to finish between two statements
+                raise RuntimeError("enqueue kept meeting jobs that finished meanwhile")
+            return [job for job in jobs if job is not None]
+
+        return await self._link.run(insert)
+
+    async def _insert(
+        self,
+        connection: Connection,
+        requests: Sequence[JobRequest],
+        where: list[int],
+        jobs: list[Job | None],
+        now: float,
+    ) -> None:
+        """Insert ``requests`` (their jobs go to ``jobs[where[i]]``); a request that met a stored
+        job (dedupe or schedule key) gets that job; one whose job vanished meanwhile stays
+        ``None``."""
+        encoded = [self.encode(request.input) for request in requests]
+        ids = [uuid.uuid4().hex for _ in requests]
+        columns = (
+            ids,
+            [r.task_name for r in requests],
+            encoded,
+            [r.priority for r in requests],
+            [now if r.run_at is None else r.run_at for r in requests],
+            [r.max_attempts for r in requests],
+            [r.dedupe_key for r in requests],
+            [r.schedule_key for r in requests],
+        )
+        rows = await connection.fetch(sql.ENQUEUE, *columns, now, sql.CHANNEL, self._id)
+        if rows:
+            self.notify()
+        inserted = {row["id"] for row in rows}
+        skipped = []
+        for request, job_id, data, i in zip(requests, ids, encoded, where, strict=True):
+            if job_id in inserted:
+                jobs[i] = self._new_job(request, job_id, data, now)
+            else:
+                skipped.append((request, job_id, i))
+        if skipped:
+            await self._fill_existing(connection, skipped, jobs)
+
+    def _new_job(self, request: JobRequest, job_id: str, data: bytes, now: float) -> Job:
+        row = {
+            "id": job_id,
+            "task_name": request.task_name,
+            "status": "queued",
+            "priority": request.priority,
+            "run_at": now if request.run_at is None else request.run_at,
+            "attempts": 0,
+            "max_attempts": request.max_attempts,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "worker_id": None,
+            "error": None,
+            "dedupe_key": request.dedupe_key,
+            "schedule_key": request.schedule_key,
+        }
+        return job_from_row(row, input=self.decode(data), result=None)
+
+    async def _fill_existing(
+        self,
+        connection: Connection,
+        skipped: list[tuple[JobRequest, str, int]],
+        jobs: list[Job | None],
+    ) -> None:
+        """Put the stored job that each skipped request met in its place in ``jobs``."""
+        rows = await connection.fetch(
+            sql.EXISTING,
+            [job_id for _, job_id, _ in skipped],
+            [r.schedule_key for r, _, _ in skipped if r.schedule_key is not None],
+            [r.dedupe_key for r, _, _ in skipped if r.dedupe_key is not None],
+        )
+        by_id = {row["id"]: row for row in rows}
+        by_schedule = {row["schedule_key"]: row for row in rows if row["schedule_key"]}
+        by_dedupe = {
+            row["dedupe_key"]: row
+            for row in rows
+            if row["dedupe_key"] and row["status"] in ("queued", "running")
+        }
+        for request, job_id, i in skipped:
+            row = (
+                by_id.get(job_id)
+                or by_schedule.get(request.schedule_key)
+                or by_dedupe.get(request.dedupe_key)
+            )
+            if row is not None:  # else the job it met finished in between: inserted next round
+                jobs[i] = self._job(row)
+
+    async def claim(
+        self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
+    ) -> list[Claim]:
+        """Reap expired leases, then claim due jobs in one statement (see
+        :meth:`JobStore.claim`)."""
+
+        async def claim(connection: Connection) -> list[Claim]:
+            await self._reap(connection, now)
+            if limit <= 0 or not task_names:
+                return []
+            rows = await connection.fetch(
+                sql.CLAIM, now, list(task_names), limit, worker_id, self.lease
+            )
+            return [Claim(job=self._job(row), token=row["token"]) for row in rows]
+
+        return await self._link.run(claim)
+
+    async def _reap(self, connection: Connection, now: float) -> None:
+        """End the attempts whose lease ran out (``lost``) and decide what becomes of each job."""
+        expired = await connection.fetch(sql.REAP_CANDIDATES, now)
+        if not expired:
+            return
+        statuses: list[str] = []
+        errors: list[str | None] = []
+        for row in expired:
+            if row["cancel_requested"]:
+                statuses.append("cancelled")
+                errors.append(None)
+            elif row["attempts"] >= row["max_attempts"]:
+                statuses.append("failed")
+                errors.append(error_json(attempts_lost_error(row["id"], row["attempts"])))
+            else:
+                statuses.append("queued")
+                errors.append(None)
+        await connection.fetchval(
+            sql.REAP,
+            now,
+            [row["id"] for row in expired],
+            [row["token"] for row in expired],
+            statuses,
+            errors,
+        )
+
+    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
+        """End claims in one statement (see :meth:`JobStore.finish`)."""
+        if not outcomes:
+            return []
+        columns = (
+            [o.job_id for o in outcomes],
+            [o.token for o in outcomes],
+            [o.outcome for o in outcomes],
+            [o.result for o in outcomes],
+            [error_json(o.error) for o in outcomes],
+        )
+        rows = await self._link.run(
+            lambda c: c.fetch(sql.FINISH, *columns, now, sql.CHANNEL, self._id)
+        )
+        self.notify()
+        return [bool(row[0]) for row in rows]
+
+    async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
+        """Extend leases in one statement (see :meth:`JobStore.renew`)."""
+        if not tokens:
+            return RenewReport()
+        rows = await self._link.run(lambda c: c.fetch(sql.RENEW, list(tokens), now + self.lease))
+        held = {row["token"] for row in rows}
+        return RenewReport(
+            lost=frozenset(token for token in tokens if token not in held),
+            cancel_requested=frozenset(row["token"] for row in rows if row["cancel_requested"]),
+        )
+
+    async def cancel(self, job_id: str, *, now: float) -> bool:
+        """Cancel a job (see :meth:`JobStore.cancel`)."""
+        rows = await self._link.run(
+            lambda c: c.fetch(sql.CANCEL, job_id, now, sql.CHANNEL, self._id)
+        )
+        if rows:
+            self.notify()
+        return bool(rows)
+
+    async def retry(self, job_id: str, *, now: float) -> Job:
+        """Re-queue a failed or cancelled job (see :meth:`JobStore.retry`)."""
+
+        async def retry(connection: Connection) -> asyncpg.Record | None:
+            try:
+                return await connection.fetchrow(sql.RETRY, job_id, now, sql.CHANNEL, self._id)
+            except asyncpg.UniqueViolationError:
+                raise ValueError(
+                    f"job {job_id!r} cannot be retried while another job with its dedupe_key "
+                    "is queued or running"
+                ) from None
+
+        row = await self._link.run(retry)
+        if row is None:
+            job = await self.get(job_id)
+            if job is None:
+                raise KeyError(f"no job with id {job_id!r}")
+            raise ValueError(
+                f"only a failed or cancelled job can be retried; job {job_id!r} is {job.status}"
+            )
+        self.notify()
+        return self._job(row)
+
+    async def purge(self, *, now: float) -> int:
+        """Delete jobs finished more than ``retention`` seconds ago, with their attempts."""
+        if self.retention is None:
+            return 0
+        cutoff = now - self.retention
+        count = await self._link.run(lambda c: c.fetchval(sql.PURGE, cutoff))
+        return int(count)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _job(self, row: asyncpg.Record) -> Job:
+        return job_from_row(row, input=self.decode(row["input"]), result=self.decode(row["result"]))
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None``."""
+        row = await self._link.run(lambda c: c.fetchrow(sql.GET, job_id))
+        return None if row is None else self._job(row)
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        task_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first (see :meth:`JobStore.list_jobs`)."""
+        rows = await self._link.run(lambda c: c.fetch(sql.LIST, status, task_name, limit, offset))
+        return [self._job(row) for row in rows]
+
+    async def attempts(self, job_id: str) -> list[JobAttempt]:
+        """The audit trail of a job, oldest attempt first."""
+        rows = await self._link.run(lambda c: c.fetch(sql.ATTEMPTS, job_id))
+        return [attempt_from_row(row) for row in rows]
+
+    async def next_due_at(self, task_names: Sequence[str]) -> float | None:
+        """When a claim could next find work (see :meth:`JobStore.next_due_at`)."""
+        value = await self._link.run(lambda c: c.fetchval(sql.NEXT_DUE, list(task_names)))
+        return None if value is None else float(value)
+
+    async def latest_schedule_key(self, prefix: str) -> str | None:
+        """The greatest stored ``schedule_key`` starting with ``prefix``."""
+        value = await self._link.run(lambda c: c.fetchval(sql.LATEST_SCHEDULE_KEY, prefix))
+        return None if value is None else str(value)
+
+    def __repr__(self) -> str:
+        state = "open" if self._link.is_open else "closed"
+        return f"<PostgresJobStore {self._where()} lease={self.lease:g} {state}>"

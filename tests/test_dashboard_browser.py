@@ -1,0 +1,279 @@
+"""The dashboard end to end: ``serve_dashboard`` on a loopback port, Debian's Chromium driven
+by Playwright.
+
+Marked ``external``: it needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt, and in
+CI a skip is a failure). Screenshots of both themes go to the test's tmp dir; with
+``TASKBUFFER_SCREENSHOTS=docs`` the example workload's screenshots are also written there (that
+is how ``docs/dashboard-light.png`` and ``docs/dashboard-dark.png`` are made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import random
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from taskbuffer import Task, TaskConstraintGroup, TaskManager, TaskStep
+from taskbuffer.dashboard import serve_dashboard
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT = 20.0  # seconds any await may take before it is a hang
+WAIT_MS = 10_000  # the same for the page's selectors, in Playwright's milliseconds
+TOKEN = "browser-token"
+
+pytestmark = [
+    pytest.mark.realtime,
+    pytest.mark.external,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
+]
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def served(manager: TaskManager, **options: Any) -> AsyncIterator[str]:
+    """``serve_dashboard`` on a free loopback port; yields its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/"
+    server = asyncio.create_task(serve_dashboard(manager, port=port, **options))
+    try:
+        async with httpx.AsyncClient() as c, asyncio.timeout(LIMIT):
+            while True:
+                try:
+                    await c.get(base + "static/style.css", params={"token": TOKEN})
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        yield base
+    finally:
+        server.cancel()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(server, return_exceptions=True)
+
+
+class Browser:
+    """A Chromium page that records console errors and uncaught page errors."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", self.on_console)
+        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+
+    def on_console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    async def open(self, url: str) -> None:
+        response = await self.page.goto(url)
+        assert response is not None and response.status == 200
+        await self.page.wait_for_selector('#connection[data-state="open"]', timeout=WAIT_MS)
+
+    async def shoot(self, path: Path, scheme: str) -> str:
+        """A full-page screenshot in ``scheme``; returns the page's background colour."""
+        await self.page.emulate_media(color_scheme=scheme)
+        await self.page.screenshot(path=str(path), full_page=True)
+        background: str = await self.page.evaluate(
+            "getComputedStyle(document.body).backgroundColor"
+        )
+        return background
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with playwright_api.async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await chromium.new_context(viewport={"width": 1280, "height": 900})
+            yield Browser(await context.new_page())
+        finally:
+            await chromium.close()
+
+
+CHECKOUT_STEPS = [
+    TaskStep(name="pay", description="charge the card", percentage=30),
+    TaskStep(name="ship", description="hand to the carrier", percentage=30),
+    TaskStep(name="notify", description="email the customer", percentage=40),
+]
+
+
+def checkout_task(gates: dict[str, asyncio.Event]) -> Task[str]:
+    """Moves to each step, then waits there until the test opens that step's gate."""
+    task: Task[str]
+
+    async def checkout(order: str) -> str:
+        for step in CHECKOUT_STEPS:
+            task.notify_step(step.name)
+            await gates[step.name].wait()
+        return f"{order} done"
+
+    task = Task(
+        task_function=checkout,
+        name="checkout",
+        labels={"tenant": "acme"},
+        steps=CHECKOUT_STEPS,
+    )
+    return task
+
+
+async def test_a_run_moves_through_its_steps_and_the_label_filter_hides_other_tenants(
+    browser: Browser, tmp_path: Path
+) -> None:
+    gates = {step.name: asyncio.Event() for step in CHECKOUT_STEPS}
+    manager = TaskManager()
+    manager.add_task(checkout_task(gates))
+    ledger = Task(task_function=lambda: "ok", name="ledger", labels={"tenant": "globex"})
+    manager.add_and_schedule_task(ledger, "0 3 * * *")
+    manager.add_constraint_group(
+        TaskConstraintGroup(
+            name="per-tenant",
+            constraint_key_for_execution=lambda task, _input: task.get_label("tenant"),
+            max_concurrent=2,
+        )
+    )
+    page = browser.page
+    async with served(manager) as base:
+        await browser.open(base)
+        assert await page.locator('article.task[data-task="ledger"]').count() == 1
+
+        run = manager.spawn("checkout", "order-1")
+        bar = 'article.task[data-task="checkout"] .run[data-progress="{}"]'
+        # pay active: half of its 30 %; then 30 + 15; then 60 + 20.
+        for step, progress in [("pay", 15), ("ship", 45), ("notify", 80)]:
+            await page.wait_for_selector(bar.format(progress), timeout=WAIT_MS)
+            markers = page.locator(bar.format(progress) + " .marker")
+            assert await markers.count() == 2  # between the three steps
+            gates[step].set()
+        async with asyncio.timeout(LIMIT):
+            assert await run == "order-1 done"
+        done = 'article.task[data-task="checkout"][data-status="completed"]'
+        await page.wait_for_selector(done, timeout=WAIT_MS)
+        assert await page.locator('article.task[data-task="checkout"] .run').count() == 0
+
+        await page.select_option("#label-filter", "tenant=acme")
+        await page.wait_for_selector('article.task[data-task="ledger"]', state="detached")
+        assert await page.locator('article.task[data-task="checkout"]').count() == 1
+        await page.select_option("#label-filter", "")
+        await page.wait_for_selector('article.task[data-task="ledger"]', timeout=WAIT_MS)
+
+        light = await browser.shoot(tmp_path / "dashboard-light.png", "light")
+        dark = await browser.shoot(tmp_path / "dashboard-dark.png", "dark")
+        assert light != dark
+        assert (tmp_path / "dashboard-light.png").stat().st_size > 0
+
+        await page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+    assert browser.errors == []
+
+
+async def test_with_a_token_the_page_without_it_gets_401(browser: Browser) -> None:
+    manager = TaskManager()
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    async with served(manager, token=TOKEN) as base:
+        # In a page of its own: Chromium reports the refused load as a console error.
+        stranger = await browser.page.context.new_page()
+        response = await stranger.goto(base)
+        assert response is not None and response.status == 401
+        assert "token" in await stranger.content()
+        await stranger.close()
+        await browser.open(base + f"?token={TOKEN}")
+        await browser.page.wait_for_selector('article.task[data-task="t"]', timeout=WAIT_MS)
+    assert browser.errors == []
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "dashboard_example", ROOT / "examples" / "dashboard.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_screenshots_of_the_example_workload_in_both_themes(
+    browser: Browser, tmp_path: Path
+) -> None:
+    example = load_example()
+    manager: TaskManager = example.build_manager()
+    services = example.build_services()
+    rng = random.Random(3)
+    async with services, manager:
+        traffic = [
+            asyncio.create_task(example.tenant_traffic(manager, tenant, rng))
+            for tenant in example.TENANTS
+        ]
+        try:
+            async with served(manager, services=services, title="acme ops") as base:
+                await browser.open(base)
+                await browser.page.wait_for_selector(".run[data-progress]", timeout=WAIT_MS)
+                await asyncio.sleep(2.5)  # let the workload fill the panels
+                for scheme in ("light", "dark"):
+                    await browser.shoot(tmp_path / f"dashboard-{scheme}.png", scheme)
+        finally:
+            for job in traffic:
+                job.cancel()
+            await asyncio.gather(*traffic, return_exceptions=True)
+    target = os.environ.get("TASKBUFFER_SCREENSHOTS")
+    if target:
+        for scheme in ("light", "dark"):
+            shutil.copy(
+                tmp_path / f"dashboard-{scheme}.png", Path(target) / f"dashboard-{scheme}.png"
+            )
+    assert browser.errors == []
+
+
+async def test_a_failed_job_s_traceback_opens(browser: Browser) -> None:
+    from taskbuffer.jobs import MemoryJobStore
+
+    def charge(amount: int) -> int:
+        raise ZeroDivisionError(f"cannot split {amount} by zero")
+
+    manager = TaskManager(job_store=MemoryJobStore())
+    manager.add_task(Task(task_function=charge, name="charge"))
+    async with manager:
+        job = await manager.enqueue("charge", 7)
+        assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
+        async with served(manager) as base:
+            page = browser.page
+            await browser.open(base)
+            await page.select_option("#job-status", "failed")
+            row = page.locator(f'#jobs tr[data-job-id="{job.id}"]')
+            await row.locator("button").click()
+            await page.locator("#job-traceback summary").click()
+            traceback = page.locator("#job-traceback pre")
+            await traceback.wait_for(state="visible", timeout=WAIT_MS)
+            assert "ZeroDivisionError: cannot split 7 by zero" in await traceback.inner_text()
+    assert browser.errors == []

@@ -1,0 +1,257 @@
+"""What only the PostgreSQL job store does: SKIP LOCKED claims across connections, LISTEN/NOTIFY
+wake-ups, surviving a server restart, its own pool or a given one.
+
+The semantics every store shares are in ``test_jobs_store.py`` (its ``postgres`` parameter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from _pg_server import PostgresServer
+from _pg_support import PostgresBackend
+
+from taskbuffer.jobs import JobOutcome, JobRequest, JobSchemaError, JobStore
+
+asyncpg = pytest.importorskip("asyncpg")
+
+from taskbuffer.jobs.postgres import PostgresJobStore  # noqa: E402
+
+# A real server over real sockets: real time, not the suite's virtual time.
+pytestmark = [pytest.mark.external, pytest.mark.realtime]
+
+T0 = 1_800_000_000.0
+
+
+@pytest_asyncio.fixture
+async def stores(
+    postgres_job_backend: PostgresBackend,
+) -> AsyncIterator[Callable[..., PostgresJobStore]]:
+    """Make opened-on-use stores on one fresh schema; all closed after the test."""
+    dsn = postgres_job_backend.new_dsn()
+    made: list[PostgresJobStore] = []
+
+    def make(**options: Any) -> PostgresJobStore:
+        store = PostgresJobStore(dsn, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+def woken(store: JobStore) -> asyncio.Event:
+    """An event set whenever ``store`` tells its subscribers that something changed."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    store.subscribe(lambda: loop.call_soon_threadsafe(event.set))
+    return event
+
+
+async def test_workers_on_many_connections_never_claim_the_same_job(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    first = stores()
+    await first.enqueue_many([JobRequest(task_name="work", input=i) for i in range(300)], now=T0)
+    workers = [first, *(stores() for _ in range(3))]
+
+    async def drain(store: PostgresJobStore, name: str) -> list[str]:
+        taken: list[str] = []
+        while claims := await store.claim(worker_id=name, task_names=["work"], limit=7, now=T0):
+            taken += [c.job.id for c in claims]
+            outcomes = [store.succeeded_outcome(c, None) for c in claims]
+            assert await store.finish(outcomes, now=T0) == [True] * len(claims)
+        return taken
+
+    async with asyncio.timeout(30):
+        taken = await asyncio.gather(*(drain(s, f"w{i}") for i, s in enumerate(workers)))
+    everything = [job_id for ids in taken for job_id in ids]
+    assert len(everything) == len(set(everything)) == 300
+    assert await first.list_jobs(status="queued") == []
+
+
+async def test_an_enqueue_through_another_store_wakes_a_subscriber_by_notify(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    worker, client = stores(), stores()
+    event = woken(worker)
+    async with asyncio.timeout(10):
+        await worker.open()
+        await event.wait()  # the store tells its subscribers once it LISTENs
+        assert worker.poll_interval == 5.0
+        event.clear()
+        started = time.perf_counter()
+        await client.enqueue(JobRequest(task_name="work"), now=T0)
+        await event.wait()
+    # a notification, not the poll: polling would take poll_interval (5 s)
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_a_store_is_not_woken_twice_by_its_own_commits(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    store, other = stores(), stores()
+    calls: list[float] = []
+    event = asyncio.Event()
+
+    def wake() -> None:
+        calls.append(time.perf_counter())
+        event.set()
+
+    store.subscribe(wake)
+    async with asyncio.timeout(10):
+        await store.open()
+        await event.wait()  # listening
+        calls.clear()
+        await store.enqueue(JobRequest(task_name="work"), now=T0)
+        assert len(calls) == 1
+        event.clear()
+        await other.enqueue(JobRequest(task_name="work"), now=T0)
+        await event.wait()
+    # Notifications arrive in commit order: had our own NOTIFY woken us, it would have
+    # come before the other store's.
+    assert len(calls) == 2
+
+
+async def test_a_store_keeps_working_across_a_server_restart_and_says_so(
+    stores: Callable[..., PostgresJobStore],
+    postgres_server: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, client = stores(), stores()
+    job = await store.enqueue(JobRequest(task_name="work", input=1), now=T0)
+    [claim] = await store.claim(worker_id="w", task_names=["work"], limit=1, now=T0)
+    event = woken(store)
+    caplog.set_level(logging.WARNING, logger="taskbuffer")
+
+    async def restart_soon() -> None:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(postgres_server.restart, "immediate")
+
+    async with asyncio.timeout(30):
+        await asyncio.to_thread(postgres_server.stop, "fast")
+        restarting = asyncio.create_task(restart_soon())
+        # issued while the server is down: retried until it is back
+        report = await store.renew([claim.token], now=T0 + 1)
+        await restarting
+        assert report.lost == frozenset()
+        assert await store.finish([store.succeeded_outcome(claim, 2)], now=T0 + 2) == [True]
+        done = await client.get(job.id)
+        assert done is not None and done.status == "succeeded" and done.result == 2
+        # and the listener is back: another process's enqueue wakes the store again (by
+        # NOTIFY, or by the wake-up the store gives when it listens again)
+        event.clear()
+        await client.enqueue(JobRequest(task_name="work"), now=T0)
+        await event.wait()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("connection lost" in m for m in messages), messages
+    assert any("reconnected after" in m for m in messages), messages
+
+
+async def test_an_operation_gives_up_after_reconnect_timeout(
+    stores: Callable[..., PostgresJobStore], postgres_server: PostgresServer
+) -> None:
+    store = stores(reconnect_timeout=0.5)
+    await store.open()
+    await asyncio.to_thread(postgres_server.stop)
+    try:
+        async with asyncio.timeout(10):
+            started = time.perf_counter()
+            with pytest.raises(OSError):
+                await store.get("x")
+            assert 0.5 <= time.perf_counter() - started < 5
+    finally:
+        await asyncio.to_thread(postgres_server.start)
+
+
+async def test_a_first_open_that_cannot_connect_fails_at_once(
+    postgres_server: PostgresServer,
+) -> None:
+    dead = f"postgresql://postgres@127.0.0.1:{postgres_server.port}/no_such_database"
+    store = PostgresJobStore(dead)
+    async with asyncio.timeout(10):
+        with pytest.raises(asyncpg.InvalidCatalogNameError):
+            await store.open()
+    assert "closed" in repr(store)
+
+
+async def test_a_finish_repeated_after_its_commit_reports_it_applied(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    # What a finish retried after a lost connection sees when its first try had committed.
+    store = stores()
+    await store.enqueue(JobRequest(task_name="work"), now=T0)
+    [claim] = await store.claim(worker_id="w", task_names=["work"], limit=1, now=T0)
+    outcome = store.succeeded_outcome(claim, "r")
+    assert await store.finish([outcome], now=T0 + 1) == [True]
+    assert await store.finish([outcome], now=T0 + 2) == [True]
+    failed = JobOutcome(job_id=claim.job.id, token=claim.token, outcome="failed")
+    assert await store.finish([failed], now=T0 + 3) == [False]
+    job = await store.get(claim.job.id)
+    assert job is not None and job.status == "succeeded" and job.finished_at is not None
+    assert job.finished_at.timestamp() == T0 + 1
+    [attempt] = await store.attempts(claim.job.id)
+    assert attempt.outcome == "succeeded"
+
+
+async def test_stores_opening_a_new_database_at_once_create_one_schema(
+    stores: Callable[..., PostgresJobStore],
+) -> None:
+    many = [stores() for _ in range(5)]
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(s.open() for s in many))
+        await many[0].enqueue(JobRequest(task_name="work"), now=T0)
+        assert len(await many[-1].list_jobs()) == 1
+
+
+async def test_a_newer_schema_is_refused_with_a_message_naming_both_versions(
+    postgres_job_backend: PostgresBackend,
+) -> None:
+    store = postgres_job_backend.make()
+    await store.open()
+    await store.close()
+    await postgres_job_backend.force_schema_version(store, 99)
+    again = postgres_job_backend.another(store)
+    with pytest.raises(JobSchemaError, match="schema version 99, newer than the version 1"):
+        await again.open()
+
+
+async def test_a_given_pool_is_used_and_left_open(postgres_job_backend: PostgresBackend) -> None:
+    dsn = postgres_job_backend.new_dsn()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
+    store, again = PostgresJobStore(pool), PostgresJobStore(pool)
+    try:
+        job = await store.enqueue(JobRequest(task_name="work", input=[1]), now=T0)
+        assert repr(store) == "<PostgresJobStore (a given asyncpg pool) lease=30 open>"
+        await store.close()
+        assert await pool.fetchval("SELECT count(*) FROM taskbuffer_jobs") == 1
+        assert (await again.get(job.id)) == job
+    finally:
+        await store.close()
+        await again.close()
+        async with asyncio.timeout(10):
+            await pool.close()
+
+
+def test_bad_arguments_raise_at_the_call() -> None:
+    with pytest.raises(TypeError, match="dsn_or_pool must be a postgresql:// URL or an asyncpg"):
+        PostgresJobStore(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reconnect_timeout must be"):
+        PostgresJobStore("postgresql://h/db", reconnect_timeout=-1)
+    with pytest.raises(ValueError, match="lease must be"):
+        PostgresJobStore("postgresql://h/db", lease=0)
+
+
+def test_the_url_in_messages_never_shows_a_password() -> None:
+    store = PostgresJobStore("postgresql+asyncpg://bob:secret@db.example:5433/jobs")
+    assert "secret" not in repr(store)
+    assert (
+        repr(store) == "<PostgresJobStore 'postgresql://bob@db.example:5433/jobs' lease=30 closed>"
+    )
