@@ -253,6 +253,18 @@ def _e1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     return [row]
 
 
+def _e2_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
+    row = _base_row(run, mode)
+    a, b = _median(run.taskbuffer, "us_per_op"), _median(run.baseline, "us_per_op")
+    added = _median(run.taskbuffer, "added_us")  # paired passes in one process, as E1
+    row.taskbuffer, row.baseline = _fmt(a, " µs/op"), _fmt(b, " µs/op")
+    row.ratio = _fmt(_paired(run, _ratio, "us_per_op"), "x")
+    row.verdict = _verdict(_at_most(added, run.spec.targets.get("added_us")))
+    row.notes = f"added {_fmt(added, ' µs/trigger')} in paired passes; " + row.notes
+    row.values = {"taskbuffer_us_per_op": a, "baseline_us_per_op": b, "added_us": added}
+    return [row]
+
+
 def _d1_rows(run: WorkloadRun, mode: Mode) -> list[Row]:
     """D1: W1 with a dashboard client against none, paired in one process; a stalled client."""
     row = _base_row(run, mode)
@@ -431,6 +443,7 @@ SUMMARIES: dict[str, Callable[[WorkloadRun, Mode], list[Row]]] = {
     "C5": _c5_rows,
     "C6": _c6_rows,
     "E1": _e1_rows,
+    "E2": _e2_rows,
     "D1": _d1_rows,
     "S1": _s1_rows,
     "S2": _s2_rows,

@@ -182,6 +182,15 @@ SPECS: tuple[Spec, ...] = (
         target_text="<= 1.5 µs added",
     ),
     Spec(
+        id="E2",
+        name="event_run",
+        what="E1 with a subscriber that reads event.run (progress, input) on every event",
+        baseline="E1's subscriber, which does not read it",
+        sizes=_n(50_000, 10_000, 300),
+        targets={"added_us": 3.0},
+        target_text="<= 3 µs added",
+    ),
+    Spec(
         id="S1",
         name="cron_jitter",
         what="6-field every-second schedule: lateness of each run's start",

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from taskbuffer import Task, TaskDebounced, TaskTimeoutError
+from taskbuffer import Task, TaskDebounced, TaskEvent, TaskTimeoutError
 
 
 @pytest.mark.looptime
@@ -41,3 +41,27 @@ async def test_timeout() -> None:
     slow = Task(task_function=lambda: asyncio.sleep(3600), name="slow", timeout=60.0)
     with pytest.raises(TaskTimeoutError, match="timed out after 60 s"):
         await slow.trigger()
+
+
+@pytest.mark.looptime
+async def test_each_run_reports_its_own_events() -> None:
+    async def download(url: str) -> int:
+        fetch.notify_step("connect")
+        await asyncio.sleep(len(url))  # virtual seconds: the longer URL finishes last
+        fetch.notify_step("read")
+        return len(url)
+
+    steps = [{"name": "connect", "percentage": 20}, {"name": "read", "percentage": 80}]
+    fetch = Task(task_function=download, name="fetch", steps=steps)
+    events: list[TaskEvent] = []
+    fetch.event_subject.subscribe(events.append)
+    assert list(await asyncio.gather(fetch.trigger("a.io"), fetch.trigger("bb.io"))) == [4, 5]
+
+    def history(url: str) -> list[tuple[str, int]]:
+        """The (type, progress) of one run's events, picked out by its input."""
+        return [(e.type, e.run.progress) for e in events if e.run and e.run.input == url]
+
+    assert history("bb.io") == [("started", 0), ("step", 10), ("step", 60), ("completed", 100)]
+    finished = [e.run for e in events if e.type == "completed" and e.run]
+    assert [run.input for run in finished] == ["a.io", "bb.io"]
+    assert finished[0].run_id != finished[1].run_id

@@ -14,6 +14,7 @@ from ._constraints import ConstraintGroupStatistics as ConstraintGroupStatistics
 from ._constraints import RateLimit as RateLimit
 from ._constraints import TaskConstraintGroup as TaskConstraintGroup
 from ._debounced import TaskDebounced as TaskDebounced
+from ._decorator import task as task
 from ._events import EventSubject as EventSubject
 from ._events import TaskEvent as TaskEvent
 from ._events import TaskEventType as TaskEventType
@@ -37,13 +38,15 @@ from ._metadata import TaskMetadata as TaskMetadata
 from ._metadata import TaskStatus as TaskStatus
 from ._once import TaskOnce as TaskOnce
 from ._parallel import Taskparallel as Taskparallel
+from ._run import RunInfo as RunInfo
+from ._run import RunState as RunState
+from ._run import current_run as current_run
 from ._steps import StepSpec as StepSpec
 from ._steps import StepStatus as StepStatus
 from ._steps import TaskStep as TaskStep
 from ._steps import TaskStepInfo as TaskStepInfo
 from ._task import Task as Task
 from ._task import TaskOptions as TaskOptions
-from ._task import task as task
 
 if _TYPE_CHECKING:
     from ._service import Service as Service
@@ -122,6 +125,8 @@ __all__ = [
     "JobStore",
     "MemoryJobStore",
     "RateLimit",
+    "RunInfo",
+    "RunState",
     "SQLiteJobStore",
     "ScheduledTaskInfo",
     "Service",
@@ -161,6 +166,7 @@ __all__ = [
     "TaskbufferError",
     "Taskchain",
     "Taskparallel",
+    "current_run",
     "service",
     "task",
 ]

@@ -72,6 +72,10 @@ class QueuedKey(KeyState):
         # share-latest runs of this key whose caller left, kept going for the sharers
         self.detached: list[SharingRun] | None = None
 
+    def names(self) -> tuple[str, str]:
+        """``(group name, key)``: what a run parked here waits for, as snapshots show it."""
+        return (self.table.name, self.key)
+
 
 class Shared:
     """A result handed to a waiter by ``share-latest`` instead of a run."""
@@ -124,21 +128,26 @@ class SharingRun:
 
 
 class Waiter:
-    """One trigger waiting for its keys."""
+    """One trigger's run waiting for its keys.
 
-    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "seq")
+    ``run`` is the run that waits (the manager's; here only its ``priority`` is read and its
+    ``blocked_by`` kept up to date: the :class:`QueuedKey` it is parked on).
+    """
+
+    __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "run", "seq")
 
     def __init__(
         self,
         claims: list[Claim],
         future: asyncio.Future[Any],
-        priority: int,
+        run: Any,
         seq: int,
         owner: object,
     ) -> None:
         self.claims = claims
         self.future = future
-        self.priority = priority
+        self.run = run
+        self.priority: int = run.priority
         self.seq = seq
         self.owner = owner  # its manager's token: the groups it claims apply while they match
         self.parked: QueuedKey | None = None
@@ -183,7 +192,7 @@ class Admission(ABC):
         claims: list[Claim],
         blocked: tuple[Claim, float],
         future: asyncio.Future[Any],
-        priority: int,
+        run: Any,
         seq: int,
         owner: object,
     ) -> Waiter:

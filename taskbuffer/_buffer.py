@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._shared import SharedRun, current_task_in
-
-if TYPE_CHECKING:
-    from ._task import Task
 
 __all__ = ("TaskBuffer",)
 
 R = TypeVar("R")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str | None: ...
 
 
 class _BufferedRun(SharedRun[R]):
@@ -33,7 +36,7 @@ class _BufferedRun(SharedRun[R]):
         input: Any,
         queue: deque[_BufferedRun[R]],
     ) -> None:
-        super().__init__(loop, buffer._abandon)
+        super().__init__(loop, buffer.abandon)
         self.input = input
         self.queue = queue  # the queue of its event loop (see ``TaskBuffer.submit``)
         # ``abandoned`` (given up by all its awaiters but still winding down): it keeps the
@@ -43,10 +46,16 @@ class _BufferedRun(SharedRun[R]):
 class TaskBuffer(Generic[R]):
     """The run queue of one buffered task."""
 
-    __slots__ = ("_max", "_runs", "_task")
+    __slots__ = ("_execute", "_max", "_owner", "_runs")
 
-    def __init__(self, task: Task[R, Any], buffer_max: int) -> None:
-        self._task = task
+    def __init__(
+        self,
+        run: Callable[[Any], Coroutine[Any, Any, R]],
+        owner: _Named,
+        buffer_max: int,
+    ) -> None:
+        self._execute = run  # the task's run coroutine: each buffered run is one run of it
+        self._owner = owner  # the task, for messages
         self._max = buffer_max
         self._runs: deque[_BufferedRun[R]] = deque()
 
@@ -63,7 +72,7 @@ class TaskBuffer(Generic[R]):
             # Joining the run in progress or queueing behind it: either waits for that run,
             # which is the caller.
             raise RuntimeError(
-                f"buffered task {self._task.name or 'unnamed'!r} was triggered from inside "
+                f"buffered task {self._owner.name or 'unnamed'!r} was triggered from inside "
                 "its own run: it would wait for itself forever. Call trigger_unbuffered() "
                 "from inside the run, or trigger it from outside"
             )
@@ -79,14 +88,15 @@ class TaskBuffer(Generic[R]):
         return await run.join()
 
     def _start(self, run: _BufferedRun[R]) -> None:
-        run.start(self._task._run_for_result(run.input), partial(self._on_done, run.queue))
+        run.start(self._execute(run.input), partial(self._on_done, run.queue))
 
     def _on_done(self, queue: deque[_BufferedRun[R]], _finished: asyncio.Task[R]) -> None:
         queue.popleft()
         if queue:
             self._start(queue[0])
 
-    def _abandon(self, shared: SharedRun[R]) -> None:
+    def abandon(self, shared: SharedRun[R]) -> None:
+        """All awaiters of ``shared`` left: cancel it, or drop it if it has not started."""
         run = shared
         assert isinstance(run, _BufferedRun)
         if run.task is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from typing_extensions import Unpack
 
+from ._emitter import forward_events, stop_forwarding
 from ._exceptions import TaskChainError
+from ._runner import entry_of
 from ._task import Task, TaskOptions
 from ._validation import safe_repr
 
@@ -21,12 +23,14 @@ class Taskchain(Task[Any]):
     :class:`TaskChainError` naming the chain, the failing task and its 0-based index.
     """
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("_entries", "_tasks")
 
     def __init__(
         self, *, task_array: Sequence[Task[Any, Any]] = (), **options: Unpack[TaskOptions]
     ) -> None:
         self._tasks: list[Task[Any, Any]] = []
+        # What runs each member (see entry_of), kept beside it.
+        self._entries: list[Callable[[Any], Coroutine[Any, Any, Any]]] = []
         super().__init__(task_function=self._run_chain, **options)
         for task in task_array:
             self.add_task(task)
@@ -41,15 +45,17 @@ class Taskchain(Task[Any]):
         if not isinstance(task, Task):
             raise TypeError(f"a Taskchain holds Task objects, not {safe_repr(task)}")
         self._tasks.append(task)
+        self._entries.append(entry_of(task))
         for subject in self._sinks:  # a registered chain's members' events go where its own go
-            task._add_sink(subject)
+            forward_events(task, subject)
 
     def remove_task(self, task: Task[Any, Any]) -> bool:
         """Remove the first occurrence of ``task``; returns whether it was there."""
         try:
-            self._tasks.remove(task)
+            index = self._tasks.index(task)
         except ValueError:
             return False
+        del self._tasks[index], self._entries[index]
         self._left(task)
         return True
 
@@ -58,12 +64,13 @@ class Taskchain(Task[Any]):
         if not self._tasks:
             return None
         task = self._tasks.pop(0)
+        del self._entries[0]
         self._left(task)
         return task
 
     def _left(self, task: Task[Any, Any]) -> None:
         for subject in self._sinks:
-            task._drop_sink(subject)
+            stop_forwarding(task, subject)
 
     def _members(self) -> tuple[Task[Any, Any], ...]:
         return tuple(self._tasks)
@@ -71,9 +78,11 @@ class Taskchain(Task[Any]):
     async def _run_chain(self, input: Any) -> Any:
         value = input
         # A snapshot: tasks added or removed while the chain runs apply to the next run.
-        for index, task in enumerate(tuple(self._tasks)):
+        for index, (task, entry) in enumerate(
+            zip(tuple(self._tasks), tuple(self._entries), strict=True)
+        ):
             try:
-                value = await (task._run(value) if task._direct else task._trigger_coro(value))
+                value = await entry(value)
             except Exception as exc:
                 raise TaskChainError(
                     self.name or "unnamed", task.name or "unnamed", index, exc

@@ -24,7 +24,7 @@ _anchors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.
 # over: a one-entry cache in front of the weak mapping. It holds (a weak reference to the loop,
 # the loop's class, its anchor, whether its clock is time.monotonic). The class is part of the
 # key because a virtual-time plugin (looptime) switches a live loop's class to change its clock.
-_last: tuple[weakref.ref[asyncio.AbstractEventLoop], type, float, bool] | None = None
+last: tuple[weakref.ref[asyncio.AbstractEventLoop], type, float, bool] | None = None
 _DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
@@ -37,16 +37,16 @@ def loop_facts(
     clock), so a caller on the hot path may call the latter directly: ``loop.time`` is a
     Python method, ``time.monotonic`` a C function.
     """
-    global _last
-    last = _last
+    global last
+    cached = last
     loop_class = type(loop)
-    if last is not None and last[0]() is loop and last[1] is loop_class:
-        return last
+    if cached is not None and cached[0]() is loop and cached[1] is loop_class:
+        return cached
     try:
         anchor = _anchors[loop]
     except KeyError:
         anchor = _anchors[loop] = time.time() - loop.time()
-    last = _last = (
+    cached = last = (
         weakref.ref(loop),
         loop_class,
         anchor,

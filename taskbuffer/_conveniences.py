@@ -10,13 +10,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._clock import now_wall
-from ._exceptions import TaskExecutionError, TaskManagerStoppedError
+from ._exceptions import TaskExecutionError, TaskManagerStoppedError, TaskNotFoundError
 from ._lifecycle import Life, RunState
-from ._metadata import ScheduledTaskInfo, TaskExecutionReport
-from ._task import Task
+from ._metadata import ScheduledTaskInfo, TaskExecutionReport, TaskMetadata
+from ._task import Task, completed_steps
 from ._validation import check_count, safe_repr
 
 if TYPE_CHECKING:
+    from ._inflight import InFlight
+    from ._run import RunInfo
     from ._scheduler import Scheduler
 
 __all__ = ("ConveniencesMixin",)
@@ -37,6 +39,7 @@ class ConveniencesMixin:
     _scheduler: Scheduler
     _spawns: dict[asyncio.Task[Any], bool]
     _tasks: dict[str, Task[Any, Any]]
+    _flights: InFlight
 
     if TYPE_CHECKING:
 
@@ -46,6 +49,34 @@ class ConveniencesMixin:
         def trigger_task_constrained(
             self, task: Task[Any, Any, Any], input: Any = None, *, priority: int = 0
         ) -> Coroutine[Any, Any, Any]: ...
+
+    def get_task_metadata(self, name: str) -> TaskMetadata | None:
+        """A snapshot of task ``name``, or ``None`` if there is none."""
+        task = self._tasks.get(name)
+        return None if task is None else task.get_metadata()
+
+    def get_all_tasks_metadata(self) -> list[TaskMetadata]:
+        """Snapshots of every registered task."""
+        return [task.get_metadata() for task in self._tasks.values()]
+
+    def get_tasks_by_label(self, key: str, value: str) -> list[Task[Any, Any]]:
+        """The registered tasks whose label ``key`` is ``value``."""
+        return [task for task in self._tasks.values() if task.labels.get(key) == value]
+
+    def get_tasks_metadata_by_label(self, key: str, value: str) -> list[TaskMetadata]:
+        """Snapshots of the registered tasks whose label ``key`` is ``value``."""
+        return [task.get_metadata() for task in self.get_tasks_by_label(key, value)]
+
+    def get_active_runs(self, *, task_name: str | None = None) -> list[RunInfo]:
+        """Snapshots of the runs started through this manager that wait or run: running ones
+        first, then waiting ones in the order they would start. Runs of direct
+        ``task.trigger()`` calls are not the manager's.
+
+        :raises TaskNotFoundError: ``task_name`` is given and no task is registered so.
+        """
+        if task_name is not None and task_name not in self._tasks:
+            raise TaskNotFoundError(task_name)
+        return self._flights.active_runs(task_name)
 
     async def add_execute_remove_task(
         self, task: Task[Any, Any], *, schedule: str | None = None
@@ -78,7 +109,7 @@ class ConveniencesMixin:
                 end_time=end,
                 duration=end - start,
                 steps=task.get_steps_metadata(),
-                steps_completed=task._steps.completed_names(),
+                steps_completed=completed_steps(task),
                 progress=task.get_progress(),
                 result=result,
                 error=error,

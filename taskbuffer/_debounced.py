@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, overload
 
 from reactivex.abc import DisposableBase
@@ -12,7 +12,7 @@ from reactivex.subject import Subject
 from typing_extensions import Unpack
 
 from ._shared import SharedRun
-from ._task import D, In, R, Task, TaskFunction, TaskOptions, _CoreOptions
+from ._task import CoreOptions, D, In, R, Task, TaskFunction, TaskOptions
 from ._validation import check_seconds
 
 __all__ = ("TaskDebounced",)
@@ -47,7 +47,7 @@ class TaskDebounced(Task[R, D, In]):
         task_function: Callable[[In], Awaitable[R]],
         debounce_time: float,
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -56,7 +56,7 @@ class TaskDebounced(Task[R, D, In]):
         task_function: Callable[[In], R],
         debounce_time: float,
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -65,7 +65,7 @@ class TaskDebounced(Task[R, D, In]):
         task_function: Callable[[], Awaitable[R]],
         debounce_time: float,
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -74,7 +74,7 @@ class TaskDebounced(Task[R, D, In]):
         task_function: Callable[[], R],
         debounce_time: float,
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -83,7 +83,7 @@ class TaskDebounced(Task[R, D, In]):
         task_function: Callable[[In, Any], Awaitable[R]],
         debounce_time: float,
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -92,7 +92,7 @@ class TaskDebounced(Task[R, D, In]):
         task_function: Callable[[In, Any], R],
         debounce_time: float,
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     def __init__(
         self,
@@ -122,9 +122,6 @@ class TaskDebounced(Task[R, D, In]):
         return result
 
     trigger_unbuffered = trigger
-
-    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
-        return self.trigger(input)
 
     def _pipeline_for(self, loop: asyncio.AbstractEventLoop) -> _Pipeline:
         import reactivex.operators as ops  # lazily: import taskbuffer stays fast

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
+from functools import partial
 from typing import Any, Generic, Literal, SupportsIndex, TypeAlias
 
 from reactivex import abc
@@ -14,9 +15,20 @@ from reactivex.subject.innersubscription import InnerSubscription
 from typing_extensions import TypeVar
 
 from ._metadata import TaskMetadata
+from ._run import RunInfo
+from ._snapshot import Capture, event_field, event_fields, metadata, run_info, task_name
 from ._validation import reraise_interrupt_later
 
-__all__ = ("EventSubject", "TaskEvent", "TaskEventType", "deliver", "deliver_all")
+__all__ = (
+    "EventSubject",
+    "PendingEvent",
+    "TaskEvent",
+    "TaskEventType",
+    "deliver",
+    "deliver_all",
+    "route_for",
+    "subscriber_raised",
+)
 
 logger = logging.getLogger("taskbuffer")
 
@@ -48,13 +60,15 @@ TaskEventType: TypeAlias = Literal[
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskEvent:
-    """One lifecycle event of a task, with a metadata snapshot taken when it was emitted."""
+    """One lifecycle event of a task, with snapshots of the task and of the run it belongs to
+    (``run`` is ``None`` only for an event not tied to one run, such as ``missed``)."""
 
     type: TaskEventType
     task: TaskMetadata
     timestamp: float
     step_name: str | None = None
     error: str | None = None
+    run: RunInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready values."""
@@ -64,44 +78,39 @@ class TaskEvent:
             "timestamp": self.timestamp,
             "step_name": self.step_name,
             "error": self.error,
+            "run": None if self.run is None else self.run.to_dict(),
         }
 
 
-# An event's fields and its task's state, copied at emission time, in this order:
-# (type, timestamp, step_name, error, task, <task state...>). ``task._metadata_from(capture)``
-# builds the TaskMetadata from the whole tuple (taskbuffer/_task.py owns the layout).
-StateCapture: TypeAlias = tuple[Any, ...]
-CAPTURE_TASK = 4
-
 _TASK_SLOT = TaskEvent.__dict__["task"]
+_RUN_SLOT = TaskEvent.__dict__["run"]
 _SETTERS = tuple(
     TaskEvent.__dict__[name].__set__ for name in ("type", "timestamp", "step_name", "error")
 )
 
 
-def _frozen(self: _PendingEvent, value: Any = None) -> None:
+def _frozen(self: PendingEvent, value: Any = None) -> None:
     raise FrozenInstanceError("cannot assign to or delete a field of a TaskEvent")
 
 
-def _captured(index: int) -> property:
-    def read(self: _PendingEvent) -> Any:
-        return self._capture[index]
-
-    return property(read, _frozen, _frozen)
+def _captured(name: str) -> property:
+    return property(event_field(name), _frozen, _frozen)
 
 
-class _PendingEvent(TaskEvent):
-    """A :class:`TaskEvent` that is one tuple until somebody reads its ``task``.
+class PendingEvent(TaskEvent):
+    """A :class:`TaskEvent` that is one :class:`~taskbuffer._snapshot.Capture` until somebody
+    reads its ``task`` or ``run``.
 
-    Emitting stores a single tuple (the event's fields and a copy of a dozen counters) instead
-    of writing five fields and building a metadata snapshot; the values are those of emission
-    time either way. ``type``, ``timestamp``, ``step_name`` and ``error`` read from the tuple;
-    the first read of ``task`` (or a comparison, copy or pickle) builds the snapshot, fills
-    the fields, and the instance becomes a plain ``TaskEvent``.
+    Emitting stores a single object (the event's fields and a copy of the task's and the run's
+    state) instead of writing six fields and building two snapshots; the values are those of
+    emission time either way. ``type``, ``timestamp``, ``step_name`` and ``error`` read from
+    the capture; the first read of ``run`` builds that snapshot alone; the first read of
+    ``task`` (or a comparison, copy or pickle) builds both, fills the fields, and the instance
+    becomes a plain ``TaskEvent``.
 
-    Emitting is ``event = _PendingEvent(); event._capture = capture``, both at C speed: no
-    dataclass ``__init__``, and a plain slot store. ``_capture`` is the ``task`` slot under a
-    private name; the frozen dataclass's ``__setattr__``/``__delattr__`` are replaced by
+    Emitting is ``event = PendingEvent(); event.capture = capture``, both at C speed: no
+    dataclass ``__init__``, and a plain slot store. ``capture`` is the ``task`` slot under
+    another name; the frozen dataclass's ``__setattr__``/``__delattr__`` are replaced by
     object's so that CPython can specialise that store. The public fields stay frozen: here
     they are properties whose setter and deleter raise ``FrozenInstanceError``.
     """
@@ -110,21 +119,32 @@ class _PendingEvent(TaskEvent):
     __init__ = object.__init__
     __setattr__ = object.__setattr__
     __delattr__ = object.__delattr__
-    _capture = _TASK_SLOT
+    capture: Capture = _TASK_SLOT
 
-    type = _captured(0)
-    timestamp = _captured(1)
-    step_name = _captured(2)
-    error = _captured(3)
+    type = _captured("type")
+    timestamp = _captured("timestamp")
+    step_name = _captured("step_name")
+    error = _captured("error")
+
+    def _read_run(self) -> RunInfo | None:
+        info = run_info(self.capture)
+        _RUN_SLOT.__set__(self, info)
+        # From now on ``run`` is the plain slot: a class with this one's layout that reads it.
+        object.__setattr__(self, "__class__", _RunReadEvent)
+        return info
+
+    run = property(_read_run, _frozen, _frozen)
 
     def _materialise(self) -> TaskMetadata:
-        capture = self._capture
-        metadata: TaskMetadata = capture[CAPTURE_TASK]._metadata_from(capture)
-        for setter, value in zip(_SETTERS, capture, strict=False):
+        capture = self.capture
+        task = metadata(capture)
+        if type(self) is PendingEvent:  # its run snapshot not read yet: built now
+            _RUN_SLOT.__set__(self, run_info(capture))
+        for setter, value in zip(_SETTERS, event_fields(capture), strict=True):
             setter(self, value)
-        self._capture = metadata
+        _TASK_SLOT.__set__(self, task)
         object.__setattr__(self, "__class__", TaskEvent)
-        return metadata
+        return task
 
     task = property(_materialise, _frozen, _frozen)
 
@@ -143,13 +163,21 @@ class _PendingEvent(TaskEvent):
         return self.__reduce_ex__(protocol)
 
 
+class _RunReadEvent(PendingEvent):
+    """A :class:`PendingEvent` whose ``run`` has been read (and so is set): only ``task`` is
+    still pending."""
+
+    __slots__ = ()
+    run = TaskEvent.__dict__["run"]
+
+
 # The event type an EventSubject carries: TaskEvent unless said otherwise (ServiceEvent).
 E = TypeVar("E", default=TaskEvent)
 
 
 def deliver(subject: Subject[E], event: E) -> None:
     """``subject.on_next(event)``, minus reactivex's per-call lock, and shielded (see
-    :func:`_subscriber_raised`). Events are emitted from the event loop's thread only."""
+    :func:`subscriber_raised`). Events are emitted from the event loop's thread only."""
     if subject.is_stopped or subject.is_disposed:
         return
     # A snapshot: an observer subscribed during this event gets the next one, not this one.
@@ -158,7 +186,7 @@ def deliver(subject: Subject[E], event: E) -> None:
         try:
             observer.on_next(event)
         except BaseException as exc:
-            _subscriber_raised(event, exc)
+            subscriber_raised(event, exc)
 
 
 def deliver_all(subjects: tuple[Subject[TaskEvent], ...], event: TaskEvent) -> None:
@@ -175,10 +203,21 @@ def deliver_all(subjects: tuple[Subject[TaskEvent], ...], event: TaskEvent) -> N
             try:
                 observer.on_next(event)
             except BaseException as exc:
-                _subscriber_raised(event, exc)
+                subscriber_raised(event, exc)
 
 
-def _subscriber_raised(event: Any, error: BaseException) -> None:
+def route_for(subjects: tuple[EventSubject, ...]) -> Callable[[TaskEvent], None] | None:
+    """Where events for ``subjects`` go now: ``None`` while nobody listens, a sole subscriber's
+    callback (called without reactivex's per-event frames), or :func:`deliver_all` to them."""
+    listening = [s for s in subjects if s.observers]
+    if not listening:
+        return None
+    if len(listening) == 1 and listening[0]._sole is not None:
+        return listening[0]._sole
+    return partial(deliver_all, subjects)
+
+
+def subscriber_raised(event: Any, error: BaseException) -> None:
     """What happens when a subscriber raises: it never reaches the emitter.
 
     Whatever a subscriber raises, ``BaseException`` subclasses included, is logged with its
@@ -204,9 +243,8 @@ def _subscriber_raised(event: Any, error: BaseException) -> None:
 def _source(event: Any) -> str:
     """What emitted ``event``, for the log; a task's name is read without building its
     metadata snapshot."""
-    if isinstance(event, _PendingEvent):
-        name: str | None = event._capture[CAPTURE_TASK]._name
-        return f"task {name or 'unnamed'!r}"
+    if isinstance(event, PendingEvent):
+        return f"task {task_name(event.capture)!r}"
     if isinstance(event, TaskEvent):
         return f"task {event.task.name!r}"
     return f"service {event.service.name!r}"  # a ServiceEvent
@@ -217,7 +255,7 @@ class EventSubject(Subject[E], Generic[E]):
 
     A subscriber that raises is logged on the ``taskbuffer`` logger and stays subscribed; the
     remaining subscribers still receive the event and the run goes on (``KeyboardInterrupt``
-    and ``SystemExit`` propagate afterwards, from the event loop: see ``_subscriber_raised``).
+    and ``SystemExit`` propagate afterwards, from the event loop: see ``subscriber_raised``).
     A subscription made while an event is being delivered receives the events after it; an
     unsubscription takes effect at once.
 

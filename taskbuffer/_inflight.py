@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 from functools import partial
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 from ._admission import GO, Admission, Claim, SharingRun, Waiter
+from ._clock import now_wall
+from ._emitter import emit, listened
 from ._exceptions import TaskManagerStoppedError
+from ._run import Run, RunInfo
+from ._runner import run_task
 
 __all__ = ("InFlight", "other_loop_error")
+
+Ended: TypeAlias = Literal["failed", "cancelled", "skipped"]  # how a run ends without running
 
 
 def other_loop_error() -> RuntimeError:
@@ -39,6 +45,7 @@ class InFlight:
         "idle",
         "owner",
         "running",
+        "runs",
         "seq",
         "stop_cancelled",
         "waiting",
@@ -64,6 +71,8 @@ class InFlight:
         # Triggers past the queue (holding their slots) and not yet finished: in
         # should_execute, or running. stop() waits for them too.
         self.admitted = 0
+        # The manager's runs that wait or run, in the order they were triggered.
+        self.runs: dict[Run, None] = {}
         self.idle: asyncio.Future[None] | None = None  # what stop() calls wait on
 
     def __repr__(self) -> str:
@@ -122,34 +131,49 @@ class InFlight:
                 f"task {task.name!r} was cancelled because the TaskManager stopped"
             ) from None
 
-    def claim_failed(self, task: Any, exc: BaseException) -> None:
+    def active_runs(self, task_name: str | None) -> list[RunInfo]:
+        """Snapshots of the runs in flight: running ones in the order they were triggered,
+        then waiting ones in the order they would start (priority, then arrival)."""
+        runs = [r for r in self.runs if task_name is None or r.task.name == task_name]
+        waiting = [r for r in runs if r.state == "waiting"]
+        waiting.sort(key=lambda r: -r.priority)  # stable: arrival order within a priority
+        return [r.info() for r in runs if r.state != "waiting"] + [r.info() for r in waiting]
+
+    @staticmethod
+    def end(run: Run, state: Ended, error: BaseException | str | None = None) -> None:
+        """``run`` ended before or instead of running; an event of its ``state`` says so."""
+        run.state = state
+        run.finished = now_wall()
+        emit(run.task, state, run, status="failed" if state == "failed" else None, error=error)
+
+    def claim_failed(self, run: Run, exc: BaseException) -> None:
         """A key function raised: the trigger fails (a cancellation is no failure)."""
         if not isinstance(exc, asyncio.CancelledError):
-            task._emit("failed", "failed", error=exc)
+            self.end(run, "failed", exc)
 
     def park(
         self,
-        task: Any,
+        run: Run,
         claims: list[Claim],
         blocked: tuple[Claim, float],
-        priority: int,
         loop: asyncio.AbstractEventLoop,
     ) -> Waiter:
-        """Queue a blocked trigger (after refusing one that would wait for itself)."""
+        """Queue a blocked trigger's run (after refusing one that would wait for itself)."""
         if self.held:
             # Without a current task (None) nothing is held.
-            self.check_self_deadlock(task, claims, asyncio.current_task(loop))
+            self.check_self_deadlock(run, claims, asyncio.current_task(loop))
+        run.queued = now_wall()
         waiter = self.admission.park(
-            claims, blocked, loop.create_future(), priority, next(self.seq), self.owner
+            claims, blocked, loop.create_future(), run, next(self.seq), self.owner
         )
         self.waiting += 1
-        if task._event_subject.observers or task._sinks:
-            task._emit("queued", None)
+        if listened(run.task):
+            emit(run.task, "queued", run)
         return waiter
 
     def waiting_failed(
         self,
-        task: Any,
+        run: Run,
         waiter: Waiter,
         exc: BaseException,
         loop: asyncio.AbstractEventLoop,
@@ -162,20 +186,27 @@ class InFlight:
             elif future.exception() is None and future.result() is GO:
                 # Woken, then cancelled before it could run: hand the slots on.
                 self.admission.release(waiter.claims, loop.time(), ran=False)
-            task._emit("cancelled", None, error="cancelled while waiting")
+            self.end(run, "cancelled", "cancelled while waiting")
         elif isinstance(exc, TaskManagerStoppedError):
-            task._emit("cancelled", None, error="the TaskManager stopped")
+            self.end(run, "cancelled", "the TaskManager stopped")
 
-    def refuse(self, task: Any) -> None:
+    def shared(self, run: Run) -> None:
+        """A waiting run received another run's result (``share-latest``): it completed
+        without having started."""
+        run.state = "completed"
+        run.finished = now_wall()
+        emit(run.task, "completed", run)
+
+    def refuse(self, run: Run) -> None:
         """An admitted trigger is refused: stop(timeout=...) ran out."""
-        task._emit("cancelled", None, error="the TaskManager stopped")
+        self.end(run, "cancelled", "the TaskManager stopped")
         raise TaskManagerStoppedError(
-            f"task {task.name!r} was not started because the TaskManager stopped"
+            f"task {run.task.name!r} was not started because the TaskManager stopped"
         )
 
     def run_failed(
         self,
-        task: Any,
+        run: Run,
         exc: BaseException,
         tracked: asyncio.Task[Any] | None,
         started: bool,
@@ -183,14 +214,14 @@ class InFlight:
         """An admitted trigger raised: ``started`` says whether it ran (or was refused)."""
         if isinstance(exc, asyncio.CancelledError):
             if not started:  # cancelled inside an async should_execute
-                task._emit("cancelled", None, error="cancelled before it started")
+                self.end(run, "cancelled", "cancelled before it started")
             if tracked is not None:  # a nested level lets the cancellation reach the runs
-                self.raise_if_stopping(tracked, task)
+                self.raise_if_stopping(tracked, run.task)
         elif not started:  # should_execute raised (or the loop check)
-            task._emit("failed", "failed", error=exc)
+            self.end(run, "failed", exc)
 
     def check_self_deadlock(
-        self, task: Any, claims: list[Claim], current: asyncio.Task[Any] | None
+        self, run: Run, claims: list[Claim], current: asyncio.Task[Any] | None
     ) -> None:
         """Refuse a blocked trigger that waits for a key only its own callers hold.
 
@@ -215,7 +246,7 @@ class InFlight:
             mine = sum(1 for outer in held for claim in outer if claim is st)
             if mine and mine >= table.max_concurrent:
                 error = RuntimeError(
-                    f"task {task.name!r} would wait forever for key {st.key!r} of constraint "
+                    f"task {run.task.name!r} would wait forever for key {st.key!r} of constraint "
                     f"group {table.name!r}: every slot of it (max_concurrent="
                     f"{table.max_concurrent}) is held by the run that triggers it or by that "
                     "run's callers, which wait for this trigger. Give the nested trigger "
@@ -223,10 +254,10 @@ class InFlight:
                     "directly (task.trigger()) instead of through the TaskManager"
                 )
                 self.admission.drop(claims, asyncio.get_running_loop().time())
-                task._emit("failed", "failed", error=error)
+                self.end(run, "failed", error)
                 raise error
 
-    async def run_shared(self, task: Any, input: Any, claims: list[Claim]) -> Any:
+    async def run_shared(self, run: Run, claims: list[Claim]) -> Any:
         """Run a trigger that holds a ``share-latest`` key, in a task of its own.
 
         The triggers waiting for that key await the run as much as its caller does: if the
@@ -234,63 +265,64 @@ class InFlight:
         is cancelled when the last of them leaves, see ``SharingRun``); else the run is
         cancelled and the caller waits for it to end, as for a run in its own task.
         """
-        run = SharingRun(claims)
+        sharing = SharingRun(claims)
         loop = asyncio.get_running_loop()
-        runner = run.task = loop.create_task(self._drive(task, input, run))
+        runner = sharing.task = loop.create_task(self._drive(run, sharing))
         self.active[runner] = None  # stop(timeout=...) reaches it even once its caller left
         # A trigger nested in the run that waits for a slot the run (or its callers) holds
         # would wait forever: check_self_deadlock follows the run to its callers.
         self.held[runner] = [claims]
         self.callers[runner] = asyncio.current_task()  # type: ignore[assignment]
-        runner.add_done_callback(partial(self._shared_done, task, run))
+        runner.add_done_callback(partial(self._shared_done, run, sharing))
         try:
             return await asyncio.shield(runner)
         except asyncio.CancelledError:
             if not runner.done():
-                if run.has_sharers():
+                if sharing.has_sharers():
                     del self.callers[runner]  # its callers go on without waiting for it
-                    run.detach()
+                    sharing.detach()
                 else:
-                    run.abandon()
+                    sharing.abandon()
                     await asyncio.wait((runner,))
             raise
 
-    async def _drive(self, task: Any, input: Any, run: SharingRun) -> Any:
-        run.began = True
+    async def _drive(self, run: Run, sharing: SharingRun) -> Any:
+        sharing.began = True
         # Rate windows count it from here.
-        self.admission.begin(run.claims, asyncio.get_running_loop().time())
+        self.admission.begin(sharing.claims, asyncio.get_running_loop().time())
         result = None
         succeeded = False
         try:
-            result = await (task._run(input) if task._direct else task._trigger_coro(input))
+            result = await run_task(run.task, run)
             succeeded = True
         finally:
             # In the run's last step, as for a run in its caller's task: a trigger woken
             # in between would start without the cooldown of this end.
-            self._end_shared(run, succeeded, result)
+            self._end_shared(run, sharing, succeeded, result)
         return result
 
-    def _end_shared(self, run: SharingRun, succeeded: bool, result: Any) -> None:
+    def _end_shared(self, run: Run, sharing: SharingRun, succeeded: bool, result: Any) -> None:
         """A shared run ended: share its result, give back its slots and counts, once."""
-        runner = run.task
+        runner = sharing.task
         assert runner is not None
         now = runner.get_loop().time()
-        run.end()
+        sharing.end()
+        self.runs.pop(run, None)
         self.running -= 1
         self.active.pop(runner, None)
         self.stop_cancelled.discard(runner)
         del self.held[runner]
         self.callers.pop(runner, None)
-        if succeeded and not run.abandoned:
-            self.admission.share(run.claims, result, now, owner=self.owner)
-        self.admission.release(run.claims, now, ran=run.began)
+        if succeeded and not sharing.abandoned:
+            self.admission.share(sharing.claims, result, now, owner=self.owner)
+        self.admission.release(sharing.claims, now, ran=sharing.began)
         if self.idle is not None:
             self.check_idle()
 
-    def _shared_done(self, task: Any, run: SharingRun, runner: asyncio.Task[Any]) -> None:
-        if not run.began:  # cancelled before its first step: it never ran
-            task._emit("cancelled", None, error="cancelled before it started")
-            self._end_shared(run, False, None)
+    def _shared_done(self, run: Run, sharing: SharingRun, runner: asyncio.Task[Any]) -> None:
+        if not sharing.began:  # cancelled before its first step: it never ran
+            self.end(run, "cancelled", "cancelled before it started")
+            self._end_shared(run, sharing, False, None)
         elif not runner.cancelled():
             # Retrieved: a failure whose caller left is not "never retrieved" (the run
             # reported it on the event stream and the logger).

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ._admission import Admission, Claimer
+from ._emitter import forward_events, stop_forwarding
 from ._events import EventSubject
 from ._exceptions import TaskManagerStoppedError
 from ._inflight import InFlight, other_loop_error
@@ -96,7 +97,7 @@ class LifecycleMixin:
             await self._jobs.open()  # a store that cannot open fails start() before anything
         if life.state < RunState.CREATED:  # stopped: forward the tasks' events again
             for task in self._tasks.values():
-                task._add_sink(self.task_subject)
+                forward_events(task, self.task_subject)
         life.state = RunState.STARTING
         if self.distributed_coordinator is not None:
             stop_calls = life.stop_calls
@@ -181,7 +182,7 @@ class LifecycleMixin:
             await self._jobs.stop_claiming()
         if forwarding:
             for task in self._tasks.values():
-                task._drop_sink(self.task_subject)
+                stop_forwarding(task, self.task_subject)
         if not drain:
             self._fail_waiters()
         flights = self._flights

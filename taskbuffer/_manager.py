@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from types import MappingProxyType
@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._admission import GO, Claim, Claimer, Shared
 from ._constraints import TaskConstraintGroup, key_table
 from ._conveniences import ConveniencesMixin
+from ._emitter import forward_events, stop_forwarding
 from ._events import EventSubject
 from ._exceptions import TaskManagerStoppedError, TaskNotFoundError
 from ._inflight import InFlight, other_loop_error
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._metadata import TaskMetadata
+from ._run import new_run
+from ._runner import run_task
 from ._scheduler import Scheduler
 from ._task import Task
 from ._validation import safe_repr
@@ -132,9 +134,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             worker_id=worker_id,
             timezone=self.timezone,
             lookup=self.get_task_by_name,
-            run=lambda task, job: self.trigger_task_constrained(
-                task, job.input, priority=job.priority
-            ),
+            run=lambda task, job: self._trigger(task, job.input, job.priority, job.id),
             task_names=lambda: list(self._tasks),
         )
         self._scheduler.ticks_as_jobs = self._jobs
@@ -179,7 +179,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             raise ValueError(f"a task named {name!r} is already registered")
         self._tasks[name] = task
         if self._life.state >= FORWARDING:
-            task._add_sink(self.task_subject)  # a chain's or parallel's members' events too
+            forward_events(task, self.task_subject)  # a chain's or parallel's members' events too
         if self._jobs is not None:
             self._jobs.task_added()
 
@@ -193,7 +193,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             raise TaskNotFoundError(str(name))
         del self._tasks[name]
         if self._life.state >= FORWARDING:
-            task._drop_sink(self.task_subject)
+            stop_forwarding(task, self.task_subject)
         self._scheduler.remove(task)
 
     def get_task_by_name(self, name: str) -> Task[Any, Any] | None:
@@ -205,23 +205,6 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             return self._tasks[name]
         except KeyError:
             raise TaskNotFoundError(name) from None
-
-    def get_task_metadata(self, name: str) -> TaskMetadata | None:
-        """A snapshot of task ``name``, or ``None`` if there is none."""
-        task = self._tasks.get(name)
-        return None if task is None else task.get_metadata()
-
-    def get_all_tasks_metadata(self) -> list[TaskMetadata]:
-        """Snapshots of every registered task."""
-        return [task.get_metadata() for task in self._tasks.values()]
-
-    def get_tasks_by_label(self, key: str, value: str) -> list[Task[Any, Any]]:
-        """The registered tasks whose label ``key`` is ``value``."""
-        return [task for task in self._tasks.values() if task.labels.get(key) == value]
-
-    def get_tasks_metadata_by_label(self, key: str, value: str) -> list[TaskMetadata]:
-        """Snapshots of the registered tasks whose label ``key`` is ``value``."""
-        return [task.get_metadata() for task in self.get_tasks_by_label(key, value)]
 
     # ------------------------------------------------------------------------ constraints
 
@@ -297,23 +280,27 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             active[current] = None
         flights.admitted += 1
         flights.running += 1
+        run = new_run(task, input)
+        runs = flights.runs
+        runs[run] = None
         try:
-            return await (task._run(input) if task._direct else task._trigger_coro(input))
+            return await run_task(task, run)
         except asyncio.CancelledError:
             if tracked:  # a nested level lets the cancellation reach the runs around it
                 flights.raise_if_stopping(current, task)
             raise
         finally:
+            del runs[run]
             flights.running -= 1
             flights.end_admitted(current, tracked)
 
-    async def trigger_task_constrained(
+    def trigger_task_constrained(
         self,
         task: Task[R, Any, In],
         input: In = None,  # type: ignore[assignment]
         *,
         priority: int = 0,
-    ) -> R | None:
+    ) -> Coroutine[Any, Any, R | None]:
         """Run ``task`` once every constraint group lets it.
 
         Returns the task's result, or ``None`` when a group's ``should_execute`` said no. A
@@ -324,6 +311,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
 
         :raises TaskManagerStoppedError: the manager is stopped or stopping.
         """
+        # A plain method returning the coroutine (as Task.trigger): no frame more.
+        return self._trigger(task, input, priority, None)
+
+    async def _trigger(self, task: Task[Any, Any], input: Any, priority: int, job_id: Any) -> Any:
+        """``trigger_task_constrained``, for a durable job too (``job_id``, see ``run_job``)."""
         # This one coroutine is every trigger's whole path (trigger_task is this method):
         # each frame more would cost time on the hot path and memory for every waiter.
         if type(priority) is not int:  # bool is not accepted either
@@ -333,18 +325,26 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         flights = self._flights
         claims: list[Claim] | None = None
         waited = False
+        run = new_run(task, input, priority, job_id)
+        runs = flights.runs
+        runs[run] = None
         if self._groups:
             admission = self._admission
             loop = asyncio.get_running_loop()
             try:
                 claims = admission.claim(self._claimers, task, input, loop)
             except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
-                flights.claim_failed(task, exc)
+                del runs[run]
+                flights.claim_failed(run, exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
             blocked = admission.acquire(claims, loop.time(), priority, owner=self._ref)
             if blocked is not None:
-                waiter = flights.park(task, claims, blocked, priority, loop)
+                try:
+                    waiter = flights.park(run, claims, blocked, loop)
+                except BaseException:
+                    del runs[run]
+                    raise
                 blocked = None  # not kept alive for as long as the trigger waits
                 waited = True
                 try:
@@ -353,14 +353,17 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                         # Counted before the idle check below: this trigger goes on to run.
                         flights.admitted += 1
                 except BaseException as exc:
-                    flights.waiting_failed(task, waiter, exc, loop)
+                    del runs[run]
+                    flights.waiting_failed(run, waiter, exc, loop)
                     raise
                 finally:
                     flights.waiting -= 1
                     if flights.idle is not None:
                         flights.check_idle()
                 if type(outcome) is Shared:
-                    return outcome.value  # type: ignore[no-any-return]
+                    del runs[run]
+                    flights.shared(run)
+                    return outcome.value
         # From here the trigger holds its slots; stop() waits for it and, past its timeout,
         # cancels it, whether it is in should_execute or running.
         if not waited:
@@ -383,31 +386,31 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                     raise other_loop_error()
             if self._life.hard_stop:
                 refused = True
-                flights.refuse(task)
+                flights.refuse(run)
             if claims is not None:
                 for group in self._groups:
                     if group.should_execute is not None and not (
                         await group.check_should_execute(task, input)
                     ):
-                        task._emit("skipped", None)
+                        flights.end(run, "skipped")
                         return None
             ran = True
             flights.running += 1
             if claims:
                 if admission.sharing(claims):
                     handed_off = True  # the run gives back its slots (and counts) when it ends
-                    return await flights.run_shared(task, input, claims)  # type: ignore[no-any-return]
+                    return await flights.run_shared(run, claims)
                 for st in claims:
                     if st.pending:  # a rate-limited key: its window counts the run from now
                         admission.begin(claims, loop.time())
                         break
             try:
-                result = await (task._run(input) if task._direct else task._trigger_coro(input))
+                result = await run_task(task, run)
             finally:
                 flights.running -= 1
             return result
         except BaseException as exc:
-            flights.run_failed(task, exc, current if tracked else None, ran or refused)
+            flights.run_failed(run, exc, current if tracked else None, ran or refused)
             raise
         finally:
             if claims is not None:
@@ -418,6 +421,8 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                     held.pop()
                     if not held:
                         del flights.held[current]
+            if not handed_off:
+                del runs[run]
             flights.end_admitted(current, tracked)
 
     # Same signature with an optional ``priority``; an alias so it costs no extra frame.

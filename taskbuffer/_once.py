@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar, overload
 
 from typing_extensions import Unpack
 
 from ._shared import SharedRun, current_task_in
-from ._task import D, In, R, Task, TaskFunction, TaskOptions, _CoreOptions
+from ._task import CoreOptions, D, In, R, Task, TaskFunction, TaskOptions
 
 __all__ = ("TaskOnce",)
 
@@ -42,7 +42,7 @@ class TaskOnce(Task[R, D, In]):
         *,
         task_function: Callable[[In], Awaitable[R]],
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -50,7 +50,7 @@ class TaskOnce(Task[R, D, In]):
         *,
         task_function: Callable[[In], R],
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -58,7 +58,7 @@ class TaskOnce(Task[R, D, In]):
         *,
         task_function: Callable[[], Awaitable[R]],
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -66,7 +66,7 @@ class TaskOnce(Task[R, D, In]):
         *,
         task_function: Callable[[], R],
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -74,7 +74,7 @@ class TaskOnce(Task[R, D, In]):
         *,
         task_function: Callable[[In, Any], Awaitable[R]],
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -82,7 +82,7 @@ class TaskOnce(Task[R, D, In]):
         *,
         task_function: Callable[[In, Any], R],
         data: D | None = None,
-        **options: Unpack[_CoreOptions],
+        **options: Unpack[CoreOptions],
     ) -> None: ...
     def __init__(self, *, task_function: TaskFunction[R], **options: Unpack[TaskOptions]) -> None:
         super().__init__(task_function=task_function, **options)
@@ -122,9 +122,6 @@ class TaskOnce(Task[R, D, In]):
         return await run.join()
 
     trigger_unbuffered = trigger
-
-    def _trigger_coro(self, input: Any) -> Coroutine[Any, Any, R]:
-        return self.trigger(input)
 
     async def _run_once(self, input: Any, previous: tuple[asyncio.Task[R], ...] = ()) -> R:
         if previous:

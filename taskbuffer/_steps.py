@@ -1,4 +1,4 @@
-"""Declared steps of a task and their progress within one run."""
+"""Declared steps of a task, and where each run is in them."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from ._validation import check_number, safe_repr
 __all__ = ("StepSpec", "StepStatus", "TaskStep", "TaskStepInfo")
 
 StepStatus: TypeAlias = Literal["pending", "active", "completed"]
-# Per-run step state: statuses, start times, end times, whether each counts toward progress.
-StepState: TypeAlias = tuple[list[StepStatus], list[float | None], list[float | None], list[bool]]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,96 +98,117 @@ def validate_steps(specs: object) -> tuple[TaskStep, ...]:
 
 
 class StepTracker:
-    """The mutable state of a task's steps during (and after) its latest run."""
+    """A task's declared steps; each run moves through them in a :class:`RunSteps` of its own."""
 
-    __slots__ = ("_counted", "_ends", "_index", "_starts", "_status", "steps")
+    __slots__ = ("index", "steps")
 
     def __init__(self, steps: tuple[TaskStep, ...]) -> None:
         self.steps = steps
-        self._index = {step.name: i for i, step in enumerate(steps)}
-        n = len(steps)
-        self._status: list[StepStatus] = ["pending"] * n
-        self._starts: list[float | None] = [None] * n
-        self._ends: list[float | None] = [None] * n
-        # A step completed by reaching it (counts toward progress) versus one marked
-        # completed only because the run ended before it (adds nothing).
-        self._counted = [False] * n
+        self.index = {step.name: i for i, step in enumerate(steps)}
 
-    def reset(self) -> None:
-        n = len(self.steps)
-        self._status = ["pending"] * n
-        self._starts = [None] * n
-        self._ends = [None] * n
-        self._counted = [False] * n
+    def check(self, name: str) -> int:
+        """The position of step ``name``.
 
-    def _active(self) -> int | None:
-        for i, status in enumerate(self._status):
-            if status == "active":
-                return i
-        return None
-
-    def notify(self, name: str) -> None:
+        :raises ValueError: ``name`` is not declared (the message lists the declared steps).
+        """
         try:
-            target = self._index[name]
+            return self.index[name]
         except KeyError:
             declared = ", ".join(repr(s.name) for s in self.steps) or "none"
             raise ValueError(f"unknown step {name!r}; declared steps: {declared}") from None
+
+    def start(self) -> RunSteps:
+        """The steps of a new run: every one pending."""
+        n = len(self.steps)
+        return RunSteps(self, ["pending"] * n, [None] * n, [None] * n, [False] * n)
+
+
+class RunSteps:
+    """Where one run is in its task's declared steps: statuses, start and end times, and
+    whether each completed step counts toward progress (a step marked completed only because
+    the run ended before reaching it adds nothing)."""
+
+    __slots__ = ("counted", "ends", "starts", "status", "tracker")
+
+    def __init__(
+        self,
+        tracker: StepTracker,
+        status: list[StepStatus],
+        starts: list[float | None],
+        ends: list[float | None],
+        counted: list[bool],
+    ) -> None:
+        self.tracker = tracker
+        self.status = status
+        self.starts = starts
+        self.ends = ends
+        self.counted = counted
+
+    def __repr__(self) -> str:
+        return f"<RunSteps current={self.current_step()!r} progress={self.progress()}>"
+
+    def copy(self) -> RunSteps:
+        """A snapshot of where the run is now, for a value object built later."""
+        return RunSteps(
+            self.tracker,
+            self.status.copy(),
+            self.starts.copy(),
+            self.ends.copy(),
+            self.counted.copy(),
+        )
+
+    def move_to(self, target: int) -> None:
+        """Finish the active step and start step number ``target``."""
         now = now_wall()
-        active = self._active()
-        if active is not None:
-            self._finish(active, now, counted=True)
-        self._status[target] = "active"
-        self._starts[target] = now
-        self._ends[target] = None
-        self._counted[target] = False
+        status = self.status
+        for i, current in enumerate(status):
+            if current == "active":
+                self._complete(i, now, counted=True)
+                break
+        status[target] = "active"
+        self.starts[target] = now
+        self.ends[target] = None
+        self.counted[target] = False
 
-    def _finish(self, i: int, now: float, *, counted: bool) -> None:
-        self._status[i] = "completed"
-        self._ends[i] = now
-        self._counted[i] = counted
+    def _complete(self, i: int, now: float, *, counted: bool) -> None:
+        self.status[i] = "completed"
+        self.ends[i] = now
+        self.counted[i] = counted
 
-    def finish_run(self) -> None:
+    def finish(self) -> None:
         """At a run's end the active step completes; pending ones complete without progress."""
-        if not self.steps:
-            return
         now = now_wall()
-        for i, status in enumerate(self._status):
+        for i, status in enumerate(self.status):
             if status == "active":
-                self._finish(i, now, counted=True)
+                self._complete(i, now, counted=True)
             elif status == "pending":
-                self._finish(i, now, counted=False)
+                self._complete(i, now, counted=False)
 
-    def capture(self) -> StepState:
-        """A copy of the per-run state, for a snapshot built later."""
-        return (self._status.copy(), self._starts.copy(), self._ends.copy(), self._counted.copy())
-
-    def state(self) -> StepState:
-        return (self._status, self._starts, self._ends, self._counted)
-
-    def current_step(self, state: StepState | None = None) -> str | None:
-        statuses = (state or self.state())[0]
-        for step, status in zip(self.steps, statuses, strict=True):
+    def current_step(self) -> str | None:
+        for step, status in zip(self.tracker.steps, self.status, strict=True):
             if status == "active":
                 return step.name
         return None
 
     def completed_names(self) -> list[str]:
-        return [s.name for s, counted in zip(self.steps, self._counted, strict=True) if counted]
+        steps = self.tracker.steps
+        return [s.name for s, counted in zip(steps, self.counted, strict=True) if counted]
 
-    def progress(self, state: StepState | None = None) -> int:
-        statuses, _, _, counted_flags = state or self.state()
+    def progress(self) -> int:
         total = 0.0
-        for step, status, counted in zip(self.steps, statuses, counted_flags, strict=True):
+        for step, status, counted in zip(
+            self.tracker.steps, self.status, self.counted, strict=True
+        ):
             if status == "active":
                 total += step.percentage / 2
             elif counted:
                 total += step.percentage
         return min(100, math.floor(total + 0.5))
 
-    def infos(self, state: StepState | None = None) -> list[TaskStepInfo]:
-        statuses, starts, ends, _ = state or self.state()
+    def infos(self) -> list[TaskStepInfo]:
+        statuses, starts, ends = self.status, self.starts, self.ends
         infos = []
-        for i, step in enumerate(self.steps):
+        for i, step in enumerate(self.tracker.steps):
             start, end = starts[i], ends[i]
             infos.append(
                 TaskStepInfo(

@@ -96,19 +96,20 @@ class LocalAdmission(Admission):
         claims: list[Claim],
         blocked: tuple[Claim, float],
         future: asyncio.Future[Any],
-        priority: int,
+        run: Any,
         seq: int,
         owner: object,
     ) -> Waiter:
-        waiter = Waiter(claims, future, priority, seq, owner)
+        waiter = Waiter(claims, future, run, seq, owner)
         for st in claims:
             st.waiting += 1
             st.table.waiting_total += 1
             if st.sharers is not None:
                 st.sharers[waiter] = None
         st, until = blocked  # (inlined _park: every waiter comes this way)
-        heapq.heappush(st.heap, (-priority, seq, waiter))
+        heapq.heappush(st.heap, (-waiter.priority, seq, waiter))
         waiter.parked = st
+        run.blocked_by = st  # named as (group, key) only when a snapshot needs it
         if until != math.inf:
             st.table.arm_timer(st, until)
         return waiter
@@ -116,6 +117,7 @@ class LocalAdmission(Admission):
     def _park(self, waiter: Waiter, st: Claim, until: float) -> None:
         heapq.heappush(st.heap, (-waiter.priority, waiter.seq, waiter))
         waiter.parked = st
+        waiter.run.blocked_by = st
         if until != math.inf:
             st.table.arm_timer(st, until)
 

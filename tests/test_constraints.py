@@ -1324,7 +1324,17 @@ async def test_share_latest_cancelling_the_running_caller_detaches_only_it(
     async with asyncio.timeout(60):
         assert await asyncio.gather(*waiters, late) == ["fresh"] * 3
     assert gates.started == ["a"]
-    assert event_types(events) == ["started", "queued", "queued", "queued", "completed"]
+    # Each waiter that shared the result completes with a run of its own that never started.
+    assert (
+        event_types(events)
+        == ["started", "queued", "queued", "queued", "completed"] + ["completed"] * 3
+    )
+    assert [e.run and e.run.started_at is None for e in events if e.type == "completed"] == [
+        False,
+        True,
+        True,
+        True,
+    ]
     assert (t.run_count, t.error_count) == (1, 0)
     assert group.statistics() == idle(group)
     assert manager.statistics().running == 0

@@ -1274,6 +1274,7 @@ async def test_missed_ticks_coalesce_into_one_run(
         "coalesced into this run"
     )
     assert [e.type for e in events].index("missed") == 4  # before the late run's "started"
+    assert missed[0].run is None  # no single run owns it
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == [f"task 'job': {missed[0].error}"]
 

@@ -201,5 +201,5 @@ def test_testing_snippet_passes_under_the_settings_shown(tmp_path: Path) -> None
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b3 passed\b", result.stdout), result.stdout
+    assert re.search(r"\b4 passed\b", result.stdout), result.stdout
     assert "warning" not in result.stdout.lower(), result.stdout

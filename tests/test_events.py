@@ -227,7 +227,7 @@ async def test_no_metadata_is_built_without_subscribers(monkeypatch: pytest.Monk
         built += 1
         return original(values)
 
-    monkeypatch.setattr(taskbuffer._task, "make_metadata", counting)
+    monkeypatch.setattr(taskbuffer._snapshot, "make_metadata", counting)
 
     def function(fail: bool) -> None:
         t.notify_step("s")
@@ -254,13 +254,13 @@ async def test_emitting_builds_no_event_without_subscribers(
     """Without subscribers, a run creates no event object at all (and so no snapshot)."""
     created: list[type] = []
 
-    class Counting(taskbuffer._events._PendingEvent):
+    class Counting(taskbuffer._events.PendingEvent):
         __slots__ = ()
 
         def __init__(self) -> None:
             created.append(type(self))
 
-    monkeypatch.setattr(taskbuffer._task, "_PendingEvent", Counting)
+    monkeypatch.setattr(taskbuffer._emitter, "PendingEvent", Counting)
 
     def function(fail: bool) -> None:
         t.notify_step("s")
@@ -383,7 +383,14 @@ async def test_deliveries_follow_every_change_of_the_subscribers(subject_of: str
 @pytest.mark.parametrize("end", ["on_completed", "on_error", "dispose"])
 @pytest.mark.parametrize("subject_of", ["task", "manager"])
 async def test_a_subject_that_ends_delivers_nothing_more(subject_of: str, end: str) -> None:
-    t = Task(name="ending", task_function=lambda: None, steps=[{"name": "while ending"}])
+    def function() -> None:
+        if t.run_count == 2:  # the second run ends the subject, midway
+            if end == "on_error":
+                subject.on_error(RuntimeError("closed"))
+            else:
+                getattr(subject, end)()
+
+    t = Task(name="ending", task_function=function, steps=[{"name": "while ending"}])
     manager = TaskManager()
     manager.add_task(t)
     subject = t.event_subject if subject_of == "task" else manager.task_subject
@@ -397,16 +404,13 @@ async def test_a_subject_that_ends_delivers_nothing_more(subject_of: str, end: s
 
     subject.subscribe(lambda event: seen.append(event.type), on_end, on_end)
     await t.trigger()
-    if end == "on_error":
-        subject.on_error(RuntimeError("closed"))
-    else:
-        getattr(subject, end)()
+    await t.trigger()  # ends the subject after its "started"
     await t.trigger()  # nobody listens now
     other.subscribe(lambda event: bystander.append(event.type))
     await t.trigger()
-    assert seen == ["started", "completed"]
+    assert seen == ["started", "completed", "started"]
     assert bystander == ["started", "completed"]
-    assert t.run_count == 3
+    assert t.run_count == 4
 
 
 async def test_a_subscriber_can_unsubscribe_itself_and_others_mid_event() -> None:

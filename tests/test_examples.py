@@ -39,6 +39,14 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "progress after the run: 100%",
         "ValueError: unknown step 'reboot'; declared steps: 'download', 'verify', 'install'",
     ],
+    "pipeline_runs.py": [
+        "webhook-4 queued, blocked by group 'cap' key 'all'",
+        "active: webhook-1 running 10%, webhook-2 running 10%, webhook-3 running 10%, "
+        "webhook-4 waiting 0%, webhook-5 waiting 0%",
+        "webhook-2 store   85%",
+        "webhook-5 completed 100%",
+        "stored: 5 webhooks by 5 distinct runs",
+    ],
     "chain_and_parallel.py": [
         "chain: stored 32 bytes",
         "TaskChainError: chain 'local-etl' failed at task 'parse' (index 1)",

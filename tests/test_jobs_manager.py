@@ -114,6 +114,23 @@ async def test_2_a_started_manager_runs_jobs_by_priority_with_their_input(
     assert attempt.outcome == "succeeded" and attempt.worker_id == done.worker_id
 
 
+async def test_9_a_jobs_runs_carry_its_id(stores: Callable[..., JobStore]) -> None:
+    runs: list[Any] = []
+    m = TaskManager(job_store=stores(), job_concurrency=1)
+    m.add_task(recording("t", runs))
+    events: list[TaskEvent] = []
+    m.task_subject.subscribe(events.append)
+    job = await m.enqueue("t", "in")
+    async with asyncio.timeout(10):
+        await m.start()
+        await m.job_result(job.id)
+        await m.stop()
+    assert [(e.type, e.run.job_id, e.run.input) for e in events if e.run] == [
+        ("started", job.id, "in"),
+        ("completed", job.id, "in"),
+    ]
+
+
 async def test_2_jobs_go_through_the_constraints(stores: Callable[..., JobStore]) -> None:
     running = 0
     peak = 0

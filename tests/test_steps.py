@@ -220,10 +220,16 @@ async def test_failed_run_completes_the_active_step() -> None:
     assert [i.status for i in t.get_steps_metadata()] == ["completed", "completed"]
 
 
-def test_step_info_is_frozen_and_json_ready() -> None:
-    t = stepped([{"name": "a", "description": "first", "percentage": 10}])
-    t.notify_step("a")
-    info = t.get_steps_metadata()[0]
+async def test_step_info_is_frozen_and_json_ready() -> None:
+    infos: list[TaskStepInfo] = []
+
+    def function() -> None:
+        t.notify_step("a")
+        infos.extend(t.get_steps_metadata())
+
+    t = stepped([{"name": "a", "description": "first", "percentage": 10}], function)
+    await t.trigger()
+    info = infos[0]
     assert isinstance(info, TaskStepInfo)
     as_dict = info.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict
@@ -262,16 +268,23 @@ def half_up(value: float) -> int:
 def test_progress_is_finished_steps_plus_half_the_active_one(
     percentages: list[float], reached: int
 ) -> None:
-    t = stepped([{"name": f"s{i}", "percentage": p} for i, p in enumerate(percentages)])
     reached = min(reached, len(percentages))
-    for i in range(reached):
-        t.notify_step(f"s{i}")
+    seen: list[int] = []
+
+    def function() -> None:
+        for i in range(reached):
+            t.notify_step(f"s{i}")
+            seen.append(t.get_progress())
+
+    t = stepped([{"name": f"s{i}", "percentage": p} for i, p in enumerate(percentages)], function)
+    asyncio.run(t.trigger())
+    for i, progress in enumerate(seen):
         finished = 0.0
         for p in percentages[:i]:
             finished += p
-        progress = t.get_progress()
         assert progress == half_up(finished + percentages[i] / 2)
         assert 0 <= progress <= 100
+    assert len(seen) == reached
 
 
 @given(percentages=percentage_lists, reached=st.integers(min_value=0, max_value=8))

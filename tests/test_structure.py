@@ -69,73 +69,14 @@ MAX_FUNCTION_LINES = 60
 #   "module-length <path>"
 #   "function-length <path> <qualname>"
 ALLOWLIST: list[str] = [
-    # --- manager side (_conveniences, _inflight, _lifecycle, _manager): removed by runs ---
-    "private-access _conveniences.py ConveniencesMixin.add_execute_remove_task: task._steps",
-    "private-access _inflight.py InFlight.claim_failed: task._emit",
-    "private-access _inflight.py InFlight.park: task._event_subject",
-    "private-access _inflight.py InFlight.park: task._sinks",
-    "private-access _inflight.py InFlight.park: task._emit",
-    "private-access _inflight.py InFlight.waiting_failed: task._emit",
-    "private-access _inflight.py InFlight.waiting_failed: task._emit",
-    "private-access _inflight.py InFlight.refuse: task._emit",
-    "private-access _inflight.py InFlight.run_failed: task._emit",
-    "private-access _inflight.py InFlight.run_failed: task._emit",
-    "private-access _inflight.py InFlight.check_self_deadlock: task._emit",
-    "private-access _inflight.py InFlight._drive: task._direct",
-    "private-access _inflight.py InFlight._drive: task._run",
-    "private-access _inflight.py InFlight._drive: task._trigger_coro",
-    "private-access _inflight.py InFlight._shared_done: task._emit",
-    "private-access _lifecycle.py LifecycleMixin.start: task._add_sink",
-    "private-access _lifecycle.py LifecycleMixin._wind_down: task._drop_sink",
-    "private-access _manager.py TaskManager.add_task: task._add_sink",
-    "private-access _manager.py TaskManager.remove_task: task._drop_sink",
-    "private-access _manager.py TaskManager.trigger_task_by_name: task._direct",
-    "private-access _manager.py TaskManager.trigger_task_by_name: task._run",
-    "private-access _manager.py TaskManager.trigger_task_by_name: task._trigger_coro",
-    "private-access _manager.py TaskManager.trigger_task_constrained: task._emit",
-    "private-access _manager.py TaskManager.trigger_task_constrained: task._direct",
-    "private-access _manager.py TaskManager.trigger_task_constrained: task._run",
-    "private-access _manager.py TaskManager.trigger_task_constrained: task._trigger_coro",
+    # --- _manager.py ---
     # Every trigger's one coroutine: splitting it adds an await per trigger and a frame per
     # waiting trigger (C5's bytes per waiter); its rare branches live in _inflight.py already.
-    "function-length _manager.py TaskManager.trigger_task_constrained",
-    # --- _buffer.py: removed by runs ---
-    # _shared.py defines _abandon too, so the name is not _buffer.py's alone:
-    "private-access _buffer.py _BufferedRun.__init__: buffer._abandon",
-    "private-access _buffer.py TaskBuffer._start: self._task._run_for_result",
-    "import-cycle _buffer.py -> _task.py",
-    # --- _chain.py: removed by runs ---
-    "private-access _chain.py Taskchain.add_task: task._add_sink",
-    "private-access _chain.py Taskchain._left: task._drop_sink",
-    "private-access _chain.py Taskchain._run_chain: task._direct",
-    "private-access _chain.py Taskchain._run_chain: task._run",
-    "private-access _chain.py Taskchain._run_chain: task._trigger_coro",
-    # --- _debounced.py: removed by runs ---
-    "private-access _debounced.py <module>: from taskbuffer._task import _CoreOptions",
-    # --- _events.py: removed by runs ---
-    "private-access _events.py _PendingEvent._materialise: capture[CAPTURE_TASK]._metadata_from",
-    "private-access _events.py _source: event._capture[CAPTURE_TASK]._name",
-    "private-access _events.py _source: event._capture",  # _task.py defines _capture too
+    "function-length _manager.py TaskManager._trigger",
+    # --- _events.py ---
+    # reactivex's AutoDetachObserver keeps the subscriber's callback as _on_next; calling it
+    # without the observer's own frame is E1's fast path for a sole subscriber.
     "private-access _events.py EventSubject._find_sole: observers[0]._on_next",
-    # --- _once.py: removed by runs ---
-    "private-access _once.py <module>: from taskbuffer._task import _CoreOptions",
-    # --- _parallel.py: removed by runs ---
-    "private-access _parallel.py Taskparallel._run_parallel: task._direct",
-    "private-access _parallel.py Taskparallel._run_parallel: task._run",
-    "private-access _parallel.py Taskparallel._run_parallel: task._trigger_coro",
-    # --- _task.py: removed by runs ---
-    "private-access _task.py <module>: from taskbuffer._events import _PendingEvent",
-    "private-access _task.py <module>: from taskbuffer._events import _subscriber_raised",
-    "private-access _task.py Task._reroute: listening[0]._sole",
-    "private-access _task.py Task._reroute: listening[0]._sole",
-    "private-access _task.py Task._publish: event._capture",
-    "private-access _task.py Task._run: _clock._last",
-    "private-access _task.py Task._run: event._capture",
-    "private-access _task.py Task._run: event._capture",
-    "import-cycle _task.py -> _buffer.py",
-    "module-length _task.py",
-    "function-length _task.py Task.__init__",
-    "function-length _task.py Task._run",
 ]
 
 

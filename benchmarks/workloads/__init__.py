@@ -45,6 +45,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "C5": Implementation(c.c5_taskbuffer, c.c5_baseline),
     "C6": Implementation(c.c6_taskbuffer),
     "E1": Implementation(e.e1_taskbuffer, e.e1_baseline),
+    "E2": Implementation(e.e2_taskbuffer, e.e2_baseline),
     "S1": Implementation(e.s1_taskbuffer),
     "S2": Implementation(e.s2_taskbuffer),
     "D1": Implementation(d.d1_taskbuffer),

@@ -16,7 +16,14 @@ from ..measure import Outcome, Stopwatch
 from ..specs import Params
 from .core import inc
 
-__all__ = ("e1_baseline", "e1_taskbuffer", "s1_taskbuffer", "s2_taskbuffer")
+__all__ = (
+    "e1_baseline",
+    "e1_taskbuffer",
+    "e2_baseline",
+    "e2_taskbuffer",
+    "s1_taskbuffer",
+    "s2_taskbuffer",
+)
 
 
 # ---------------------------------------------------------------------------------- E1 events
@@ -106,6 +113,71 @@ async def e1_baseline(p: Params) -> Outcome:
     out.metrics["us_per_op"] = watch.us_per(n)
     out.info["n"] = n
     out.check_equal("sum of results", total, n * (n - 1) // 2 + n)
+    return out
+
+
+# ------------------------------------------------------------------------------ E2 event_run
+
+
+async def e2_taskbuffer(p: Params) -> Outcome:
+    """E2: E1 with a subscriber that reads ``event.run`` (its progress and input).
+
+    ``added_us``, judged against the target, is the median over ``E1_ROUNDS`` rounds in this
+    process of (a pass whose subscriber reads ``event.run``) minus (a pass whose subscriber
+    only counts), the two back to back, as for E1.
+    """
+    n = p["n"]
+    out = Outcome()
+    expected = n * (n - 1) // 2 + n
+    seen = 0
+    inputs = 0
+
+    def count(_event: TaskEvent) -> None:
+        nonlocal seen
+        seen += 1
+
+    def read_run(event: TaskEvent) -> None:
+        nonlocal seen, inputs
+        seen += 1
+        run = event.run
+        assert run is not None
+        inputs += run.input + run.progress
+
+    reading: list[float] = []
+    differences: list[float] = []
+    for _ in range(E1_ROUNDS):
+        seen = 0
+        counting, counting_total = await _w1_in_manager(n, count)
+        out.check_equal("events seen (counting)", seen, 2 * n)
+        seen = inputs = 0
+        watch, total = await _w1_in_manager(n, read_run)
+        out.check_equal("events seen (reading event.run)", seen, 2 * n)
+        out.check_equal("inputs read from event.run", inputs, n * (n - 1))
+        out.check_equal("sum of results", (total, counting_total), (expected, expected))
+        reading.append(watch.us_per(n))
+        differences.append(watch.us_per(n) - counting.us_per(n))
+    out.metrics["us_per_op"] = statistics.median(reading)
+    out.metrics["added_us"] = statistics.median(differences)
+    out.info["n"] = n
+    out.info["rounds"] = E1_ROUNDS
+    return out
+
+
+async def e2_baseline(p: Params) -> Outcome:
+    """E2 baseline: E1's subscriber, which counts events without reading them."""
+    n = p["n"]
+    seen = 0
+
+    def count(_event: TaskEvent) -> None:
+        nonlocal seen
+        seen += 1
+
+    watch, total = await _w1_in_manager(n, count)
+    out = Outcome()
+    out.metrics["us_per_op"] = watch.us_per(n)
+    out.info["n"] = n
+    out.check_equal("sum of results", total, n * (n - 1) // 2 + n)
+    out.check_equal("events seen", seen, 2 * n)
     return out
 
 

@@ -1,0 +1,322 @@
+"""How a task executes one run: its identity, bookkeeping, events and outcome.
+
+``TaskRunner`` is the execution half of :class:`~taskbuffer.Task` (which adds the public
+surface): it owns the task's run bookkeeping (counts, last error, durations, the runs in
+flight) and ``_run``, the one coroutine through which every path executes a run (see
+``taskbuffer/_run.py``). Other modules start runs through :func:`run_task` and
+:func:`entry_of`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from . import _clock, _events
+from ._attempts import Attempts
+from ._clock import loop_facts
+from ._emitter import send
+from ._run import Run, enter, new_run
+from ._snapshot import Capture, capture, metadata
+from ._steps import RunSteps, StepTracker
+
+if TYPE_CHECKING:
+    from ._events import TaskEventType
+    from ._metadata import TaskMetadata, TaskStatus
+
+__all__ = (
+    "TaskRunner",
+    "completed_steps",
+    "entry_of",
+    "run_task",
+    "set_cron_schedule",
+    "set_next_run",
+)
+
+logger = logging.getLogger("taskbuffer")
+_monotonic = time.monotonic
+
+
+class TaskRunner(Attempts):
+    """The execution half of a task (see the module docstring)."""
+
+    __slots__ = (
+        "_cron_schedule",
+        "_direct",
+        "_entry",
+        "_finished_runs",
+        "_has_steps",
+        "_inflight",
+        "_last_error",
+        "_last_run",
+        "_last_steps",
+        "_next_run",
+        "_outcome",
+        "_running",
+        "_steps",
+        "_total_duration",
+        "error_count",
+        "labels",
+        "run_count",
+    )
+
+    _steps: StepTracker
+    labels: dict[str, str]
+
+    def _init_state(
+        self, *, direct: bool, trigger: Callable[[Any], Coroutine[Any, Any, Any]]
+    ) -> None:
+        """The bookkeeping of a task that has not run yet (after ``_init_attempts``).
+
+        ``direct``: a trigger is just a run (no buffer, and the class keeps Task's trigger);
+        ``trigger`` is the task's trigger, what executes a trigger of a task that is not.
+        """
+        self._direct = direct
+        self._entry = self._perform if direct else trigger
+        self._running = 0
+        self.run_count = 0
+        self.error_count = 0
+        self._last_error: BaseException | None = None
+        self._last_run: float | None = None
+        self._outcome: TaskStatus = "idle"
+        self._finished_runs = 0
+        self._total_duration = 0.0
+        self._cron_schedule: str | None = None
+        self._next_run: float | None = None
+        self._has_steps = bool(self._steps.steps)
+        # The runs in flight, in the order they started, and the steps of the last finished
+        # one: what get_progress() describes (kept only for a task with steps).
+        self._inflight: dict[Run, None] = {}
+        self._last_steps: RunSteps | None = self._steps.start() if self._has_steps else None
+
+    def _status(self) -> TaskStatus:
+        return "running" if self._running else self._outcome
+
+    def _shown_steps(self) -> RunSteps | None:
+        """The steps of the most recently started run in flight, else of the last finished."""
+        inflight = self._inflight
+        if inflight:
+            return next(reversed(inflight)).steps
+        return self._last_steps
+
+    def _capture(
+        self,
+        kind: TaskEventType,
+        timestamp: float,
+        step_name: str | None,
+        error: str | None,
+        status: TaskStatus,
+        run: Run | None,
+    ) -> Capture:
+        """Copy what can change of the task's and the run's state; the one place that does."""
+        shown = self._shown_steps() if self._has_steps else None
+        shown_copy = None if shown is None else shown.copy()
+        if run is None:
+            state, attempt, blocked_by, finished, steps = None, 1, None, None, None
+        else:
+            state, attempt, blocked_by, finished = (
+                run.state,
+                run.attempt,
+                run.blocked_by,
+                run.finished,
+            )
+            steps = run.steps
+            steps = shown_copy if steps is shown or steps is None else steps.copy()
+        return capture(
+            kind,
+            timestamp,
+            step_name,
+            error,
+            self,
+            status,
+            self.run_count,
+            self.error_count,
+            self._last_error,
+            self._last_run,
+            self.labels.copy() if self.labels else None,
+            self._finished_runs,
+            self._total_duration,
+            self._next_run,
+            self._cron_schedule,
+            shown_copy,
+            run,
+            state,
+            attempt,
+            blocked_by,
+            finished,
+            steps,
+        )
+
+    def _snapshot(self) -> TaskMetadata:
+        """The task's metadata snapshot now."""
+        return metadata(self._capture("started", 0.0, None, None, self._status(), None))
+
+    # --------------------------------------------------------------------------- runs
+
+    async def _perform(
+        self, input: Any, run: Run | None = None, visited: set[Any] | None = None
+    ) -> Any:
+        """One run: setup, pre-task, function, after-task; with retries, timeout and events.
+
+        Every trigger path executes the task through here, with the run it made (the
+        manager's, which may have waited) or none (one is made here). It returns the result,
+        or ``None`` when ``catch_errors`` swallowed a failure.
+        """
+        loop = asyncio.get_running_loop()
+        # The loop's wall-clock anchor and whether its clock is time.monotonic(), from
+        # _clock's one-entry cache, read in place (hot path; see _clock.loop_facts).
+        facts = _clock.last
+        if facts is None or facts[0]() is not loop or facts[1] is not type(loop):
+            facts = loop_facts(loop)
+        monotonic = facts[3]
+        start = _monotonic() if monotonic else loop.time()
+        anchor = facts[2]
+        if run is None:
+            run = new_run(self, input)
+        run.started = self._last_run = anchor + start
+        run.state = "running"
+        enter(run)
+        self.run_count += 1
+        self._running += 1
+        if self._has_steps:
+            run.steps = self._steps.start()
+            self._inflight[run] = None
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:
+            send(route, self._capture("started", run.started, None, None, "running", run))
+        try:
+            if self._plain:
+                # No setup, pre/after task, retries or timeout: call in place (hot path).
+                call = self._call  # an attribute load, then a call: both specialise
+                result = call(input)
+                if self._is_async or inspect.isawaitable(result):
+                    result = await result
+            elif self._retries or self._timeout is not None:
+                result = await self._attempts(input, visited, run)
+            else:
+                result = await self._attempt(input, visited)
+        except BaseException as exc:
+            return self._run_failed(loop, start, run, exc)
+        # _end_run inlined: this is the hot path.
+        end = _monotonic() if monotonic else loop.time()
+        run.finished = anchor + end
+        run.state = "completed"
+        self._running -= 1
+        self._finished_runs += 1
+        self._total_duration += end - start
+        if self._has_steps:
+            self._end_steps(run)
+        self._last_error = None
+        self._outcome = "completed"
+        route = self._route if self._routed == _events.generation else self._reroute()
+        if route is not None:
+            send(route, self._capture("completed", anchor + end, None, None, "completed", run))
+        return result
+
+    def _run_linked(self, input: Any, visited: set[Any]) -> Coroutine[Any, Any, Any]:
+        """Run as another task's pre- or after-task, inside that task's run.
+
+        A plain task runs directly, sharing the ``visited`` set so that a task reached again
+        within one run is not run twice; its run is marked ``linked``, so that
+        ``current_run()`` in it is its owner's. A buffered, run-once or debounced task keeps
+        its own semantics and goes through its trigger.
+        """
+        if self._direct:
+            run = new_run(self, input)
+            run.linked = True
+            return self._perform(input, run, visited)
+        return self._entry(input)
+
+    def _run_failed(
+        self, loop: asyncio.AbstractEventLoop, start: float, run: Run, exc: BaseException
+    ) -> Any:
+        """End a run that raised ``exc``: ``None`` under ``catch_errors``, else raise it."""
+        end = loop.time()
+        run.finished = _clock.wall_anchor(loop) + end
+        self._running -= 1
+        self._finished_runs += 1
+        self._total_duration += end - start
+        if self._has_steps:
+            self._end_steps(run)
+        if isinstance(exc, asyncio.CancelledError):
+            run.state = "cancelled"
+            self._emit("cancelled", None, run, error="cancelled")
+            raise exc
+        # An Exception, or a BaseException that is not a cancellation (KeyboardInterrupt,
+        # SystemExit, a custom one): a failed run either way, recorded before it goes on.
+        run.state = "failed"
+        self._last_error = exc
+        self.error_count += 1
+        self._outcome = "failed"
+        self._emit("failed", "failed", run, error=exc)
+        logger.debug("task %r failed", self._task_name(), exc_info=exc)
+        if self.catch_errors and isinstance(exc, Exception):
+            return None
+        raise exc
+
+    def _end_steps(self, run: Run) -> None:
+        steps = run.steps
+        assert steps is not None
+        steps.finish()
+        del self._inflight[run]
+        self._last_steps = steps
+
+    def _task_name(self) -> str:
+        name: str | None = getattr(self, "name", None)
+        return name or "unnamed"
+
+
+def entry_of(task: TaskRunner) -> Callable[[Any], Coroutine[Any, Any, Any]]:
+    """What executes a trigger of ``task`` with an input: its run coroutine for a plain task,
+    its trigger for a buffered, run-once or debounced one (chains and parallels keep one per
+    member, so that a member's trigger costs no call more than its run)."""
+    return task._entry
+
+
+def run_task(task: TaskRunner, run: Run) -> Coroutine[Any, Any, Any]:
+    """Execute ``run`` (made by the caller, maybe one that waited) of ``task``."""
+    if task._direct:
+        return task._perform(run.input, run)
+    return _run_through_trigger(task._entry, run)
+
+
+async def _run_through_trigger(trigger: Callable[[Any], Coroutine[Any, Any, Any]], run: Run) -> Any:
+    """A manager's run of a buffered, run-once or debounced task: the task's own semantics
+    decide how it executes (maybe joining a run in progress, whose events it then shares);
+    ``run`` follows the trigger from its start to its outcome."""
+    loop = asyncio.get_running_loop()
+    run.state = "running"
+    run.started = _clock.wall_anchor(loop) + loop.time()
+    try:
+        result = await trigger(run.input)
+    except asyncio.CancelledError:
+        run.state = "cancelled"
+        raise
+    except BaseException:
+        run.state = "failed"
+        raise
+    finally:
+        run.finished = _clock.wall_anchor(loop) + loop.time()
+    run.state = "completed"
+    return result
+
+
+def set_cron_schedule(task: TaskRunner, expression: str | None) -> None:
+    """Show ``task``'s cron expression in its metadata and events (the scheduler owns it)."""
+    task._cron_schedule = expression
+
+
+def set_next_run(task: TaskRunner, when: float | None) -> None:
+    """Show ``task``'s next scheduled run (epoch seconds) in its metadata and events (the
+    scheduler owns it)."""
+    task._next_run = when
+
+
+def completed_steps(task: TaskRunner) -> list[str]:
+    """The steps that ``task``'s shown run (see ``Task.get_progress``) reached."""
+    steps = task._shown_steps()
+    return [] if steps is None else steps.completed_names()

@@ -1,0 +1,166 @@
+"""What an event copies of its task and its run when emitted, and the snapshots built from it.
+
+Emitting must cost next to nothing while a subscriber only counts events, so an event holds a
+capture: the event's fields and a copy of what can change of the task's and the run's state,
+made by :func:`capture` (called by ``TaskRunner._capture``, the one place that reads the task's
+state). The ``TaskMetadata`` and the ``RunInfo`` are built from it only when a subscriber
+reads ``event.task`` or ``event.run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from ._clock import to_datetime
+from ._metadata import TaskMetadata, make_metadata
+from ._validation import error_message
+
+if TYPE_CHECKING:
+    from ._metadata import TaskStatus
+    from ._run import Blocker, Run, RunInfo, RunState
+    from ._steps import RunSteps
+
+__all__ = ("Capture", "capture", "event_field", "event_fields", "metadata", "run_info", "task_name")
+
+
+# The layout of a capture, known to this module alone: capture() writes it, the readers below
+# read it. (A tuple: an event is emitted on every run start and end while anybody listens,
+# and a tuple of these values costs a third of a slotted object's attribute stores.)
+(
+    _TYPE,
+    _TIMESTAMP,
+    _STEP_NAME,
+    _ERROR,
+    _TASK,
+    _STATUS,
+    _RUN_COUNT,
+    _ERROR_COUNT,
+    _LAST_ERROR,
+    _LAST_RUN,
+    _LABELS,
+    _FINISHED_RUNS,
+    _TOTAL_DURATION,
+    _NEXT_RUN,
+    _CRON_SCHEDULE,
+    _TASK_STEPS,
+    _RUN,
+    _RUN_STATE,
+    _ATTEMPT,
+    _BLOCKED_BY,
+    _FINISHED,
+    _RUN_STEPS,
+) = range(22)
+Capture: TypeAlias = tuple[Any, ...]
+_EVENT_FIELDS = {"type": _TYPE, "timestamp": _TIMESTAMP, "step_name": _STEP_NAME, "error": _ERROR}
+
+
+def capture(
+    type: str,
+    timestamp: float,
+    step_name: str | None,
+    error: str | None,
+    task: Any,
+    status: TaskStatus,
+    run_count: int,
+    error_count: int,
+    last_error: BaseException | None,
+    last_run: float | None,
+    labels: dict[str, str] | None,
+    finished_runs: int,
+    total_duration: float,
+    next_run: float | None,
+    cron_schedule: str | None,
+    task_steps: RunSteps | None,
+    run: Run | None,
+    run_state: RunState | None,
+    attempt: int,
+    blocked_by: Blocker | None,
+    finished: float | None,
+    run_steps: RunSteps | None,
+) -> Capture:
+    """An event's fields, then its task's state, then its run's (see the module docstring);
+    every value as it is at emission (``labels`` and the steps already copied)."""
+    return (
+        type,
+        timestamp,
+        step_name,
+        error,
+        task,
+        status,
+        run_count,
+        error_count,
+        last_error,
+        last_run,
+        labels,
+        finished_runs,
+        total_duration,
+        next_run,
+        cron_schedule,
+        task_steps,
+        run,
+        run_state,
+        attempt,
+        blocked_by,
+        finished,
+        run_steps,
+    )
+
+
+def event_field(name: str) -> Callable[[Any], Any]:
+    """A reader of the event field ``name`` from a pending event's ``capture``."""
+    index = _EVENT_FIELDS[name]
+
+    def read(event: Any) -> Any:
+        return event.capture[index]
+
+    return read
+
+
+def event_fields(c: Capture) -> tuple[Any, Any, Any, Any]:
+    """The event's own fields: type, timestamp, step name, error."""
+    return c[_TYPE], c[_TIMESTAMP], c[_STEP_NAME], c[_ERROR]
+
+
+def task_name(c: Capture) -> str:
+    """The task's name, without building its snapshot (for log messages)."""
+    name: str | None = c[_TASK].name
+    return name or "unnamed"
+
+
+def run_info(c: Capture) -> RunInfo | None:
+    """The run's snapshot as captured."""
+    run: Run | None = c[_RUN]
+    if run is None:
+        return None
+    return run.info_as(c[_RUN_STATE], c[_ATTEMPT], c[_BLOCKED_BY], c[_FINISHED], c[_RUN_STEPS])
+
+
+def metadata(c: Capture) -> TaskMetadata:
+    """The task's snapshot as captured."""
+    task = c[_TASK]
+    steps: RunSteps | None = c[_TASK_STEPS]
+    last_run, next_run, last_error = c[_LAST_RUN], c[_NEXT_RUN], c[_LAST_ERROR]
+    finished_runs = c[_FINISHED_RUNS]
+    # In TaskMetadata's field order (make_metadata skips the dataclass __init__).
+    return make_metadata(
+        (
+            task.name or "unnamed",
+            task.version,
+            c[_STATUS],
+            [] if steps is None else steps.infos(),
+            None if steps is None else steps.current_step(),
+            0 if steps is None else steps.progress(),
+            c[_RUN_COUNT],
+            c[_LABELS] or {},
+            None if last_error is None else error_message(last_error),
+            c[_ERROR_COUNT],
+            None if last_run is None else to_datetime(last_run),
+            None if next_run is None else to_datetime(next_run),
+            c[_CRON_SCHEDULE],
+            task.buffered,
+            task.buffer_max,
+            task.timeout,
+            c[_TOTAL_DURATION] / finished_runs if finished_runs else None,
+        )
+    )
