@@ -35,6 +35,7 @@ from taskbuffer import (
     TaskManager,
 )
 from taskbuffer.dashboard import dashboard_app, serve_dashboard
+from taskbuffer.dashboard._app import CONTENT_SECURITY_POLICY
 from taskbuffer.jobs import MemoryJobStore
 
 pytestmark = [pytest.mark.realtime]
@@ -514,10 +515,15 @@ async def test_every_response_carries_the_strict_content_security_policy() -> No
             await c.get("/api/snapshot"),  # 401
             await c.get("/nowhere", headers=header),  # 404
             await c.get("/api/tasks/t/trigger", headers=header),  # 405
+            await c.post(
+                "/api/tasks/t/trigger", headers={**header, "sec-fetch-site": "cross-site"}
+            ),
         ]
-    assert [r.status_code for r in responses] == [200, 200, 200, 401, 404, 405]
+    assert [r.status_code for r in responses] == [200, 200, 200, 401, 404, 405, 403]
     for response in responses:
         policy = response.headers["content-security-policy"]
+        assert policy == CONTENT_SECURITY_POLICY
+        assert "require-trusted-types-for 'script'" in policy  # no innerHTML, even by mistake
         directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
         assert directives["default-src"] == "'none'"
         assert directives["script-src"] == "'self'"
@@ -885,3 +891,100 @@ async def test_jobs_are_listed_filtered_paged_and_shown_with_their_traceback() -
             assert (await c.post(f"/api/jobs/{queued[1]}/retry", json={})).status_code == 409
     finally:
         await manager.stop()
+
+
+class BrokenStore(MemoryJobStore):
+    """A store whose reads fail, as a database does while it is down."""
+
+    async def list_jobs(self, **_filters: Any) -> list[Any]:
+        raise OSError("connection refused")
+
+    async def get(self, job_id: str) -> Any:
+        raise OSError("connection refused")
+
+    async def retry(self, job_id: str, *, now: float) -> Any:
+        raise OSError("connection refused")
+
+
+async def test_a_failing_job_store_leaves_the_snapshot_and_the_stream_alive() -> None:
+    manager = TaskManager(job_store=BrokenStore())
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    app = dashboard_app(manager, allow_actions=True)
+    async with client(app) as c:
+        snapshot = await c.get("/api/snapshot")
+        assert snapshot.status_code == 200
+        data = snapshot.json()
+        assert [t["name"] for t in data["tasks"]] == ["t"]
+        assert (data["features"]["jobs"], data["jobs"]) == (True, [])
+        assert data["jobs_error"] == "OSError: connection refused"
+        for path in ("/api/jobs", "/api/jobs/some-id"):
+            response = await c.get(path)
+            assert response.status_code == 503, path
+            assert "OSError: connection refused" in response.text
+    stream = StreamClient(app)
+    stream.open()
+    try:
+        kind, data = await stream.next_frame()
+        assert (kind, data["jobs_error"]) == ("snapshot", "OSError: connection refused")
+    finally:
+        await stream.disconnect()
+
+
+async def test_an_unexpected_error_is_a_500_with_the_security_headers() -> None:
+    app = dashboard_app(TaskManager(job_store=BrokenStore()), allow_actions=True)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as c:
+        response = await c.post("/api/jobs/some-id/retry", json={})
+    assert response.status_code == 500
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_jobs_page_beyond_what_a_store_can_count_is_a_400() -> None:
+    async with client(dashboard_app(TaskManager(job_store=MemoryJobStore()))) as c:
+        for offset in ("99999999999999999999999", "-1", "1e3", "0x10"):
+            response = await c.get("/api/jobs", params={"offset": offset})
+            assert response.status_code == 400, offset
+            assert "offset must be" in response.text
+        for limit in ("0", "201", "99999999999999999999999"):
+            response = await c.get("/api/jobs", params={"limit": limit})
+            assert response.status_code == 400, limit
+
+
+async def test_huge_errors_and_inputs_are_cut_so_the_snapshot_stays_bounded() -> None:
+    huge = "<script>" + "x" * 1_000_000
+
+    def fail(_input: Any) -> None:
+        raise ValueError(huge)
+
+    manager = TaskManager(job_store=MemoryJobStore())
+    for i in range(20):
+        manager.add_task(Task(task_function=fail, name=f"fail-{i}", labels={"k": "v" * 1000}))
+    app = dashboard_app(manager)
+    stream = StreamClient(app)
+    stream.open()
+    try:
+        await stream.next_frame()
+        for i in range(20):
+            for _ in range(10):
+                with pytest.raises(ValueError):
+                    await manager.trigger_task_by_name(f"fail-{i}", huge)
+        _, update = await stream.frame_where(lambda k, d: bool(d.get("events")))
+        assert len(json.dumps(update)) < 200_000
+    finally:
+        await stream.disconnect()
+    async with manager:
+        job = await manager.enqueue("fail-0", "x" * 1_000_000)
+        await manager.wait_for_job(job.id, timeout=LIMIT)
+        async with client(app) as c:
+            snapshot = (await c.get("/api/snapshot")).text
+            detail = (await c.get(f"/api/jobs/{job.id}")).json()
+    # 20 tasks, 100 recent events, 20 jobs: each text cut to a few kilobytes.
+    assert len(snapshot) < 600_000, len(snapshot)
+    [error] = [t["last_error"] for t in json.loads(snapshot)["tasks"] if t["name"] == "fail-0"]
+    assert error.startswith("<script>xxx") and error.endswith("…") and len(error) <= 2000
+    traceback = detail["error"]["traceback"]
+    assert len(traceback) <= 20_000
+    assert traceback.startswith("Traceback (most recent call last)") and "in fail" in traceback
+    assert traceback.endswith("x\n")
+    assert len(detail["error"]["message"]) <= 2000

@@ -30,7 +30,7 @@ from .._exceptions import TaskNotFoundError
 from .._manager import TaskManager
 from .._validation import safe_repr
 from ._feed import ClientFeed
-from ._state import DashboardState
+from ._state import DashboardState, JobStoreFailure
 from ._stream import EventStream, encode
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ __all__ = ("CONTENT_SECURITY_POLICY", "Dashboard", "build_dashboard", "check_tok
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+    # No HTML from strings at all: a browser that knows Trusted Types refuses innerHTML & co.
+    "require-trusted-types-for 'script'; trusted-types 'none'"
 )
 _SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
@@ -50,6 +52,7 @@ _SECURITY_HEADERS = {
 }
 STATIC = Path(str(files("taskbuffer.dashboard") / "static"))
 JOBS_PAGE_MAX = 200
+OFFSET_MAX = 2**63 - 1  # what every job store can hold
 Endpoint = Callable[[Request], Awaitable[Response]]
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 URL_TOKEN_PATHS = ("", "/", "/api/events")  # and the page's files, under /static/
@@ -237,16 +240,22 @@ class Dashboard:
         if status is not None and status not in JOB_STATUSES:
             raise HTTPException(400, f"status must be one of {', '.join(JOB_STATUSES)}")
         limit = _int_param(params.get("limit"), "limit", 20, 1, JOBS_PAGE_MAX)
-        offset = _int_param(params.get("offset"), "offset", 0, 0, None)
-        jobs = await self.state.jobs(
-            status=cast("JobStatus | None", status), limit=limit, offset=offset
-        )
+        offset = _int_param(params.get("offset"), "offset", 0, 0, OFFSET_MAX)
+        try:
+            jobs = await self.state.jobs(
+                status=cast("JobStatus | None", status), limit=limit, offset=offset
+            )
+        except JobStoreFailure as exc:
+            raise HTTPException(503, f"the job store failed: {exc}") from None
         if jobs is None:
             raise HTTPException(404, "this manager has no job store")
         return _json({"jobs": jobs, "limit": limit, "offset": offset})
 
     async def job(self, request: Request) -> Response:
-        detail = await self.state.job_detail(request.path_params["job_id"])
+        try:
+            detail = await self.state.job_detail(request.path_params["job_id"])
+        except JobStoreFailure as exc:
+            raise HTTPException(503, f"the job store failed: {exc}") from None
         if detail is None:
             raise HTTPException(404, "no such job")
         return _json(detail)
@@ -329,17 +338,14 @@ def _json(data: Any, *, status_code: int = 200) -> Response:
     return Response(encode(data), status_code=status_code, media_type="application/json")
 
 
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HTTPException(400, f"{name} must be an integer, not {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        accepted = f">= {low}" if high is None else f"{low}-{high}"
-        raise HTTPException(400, f"{name} must be {accepted}, not {value}")
-    return value
+    accepted = f"an integer from {low} to {high}"
+    # Digits only: int() would also take " 1", "1_0" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw[:20]) <= high:
+        raise HTTPException(400, f"{name} must be {accepted}, not {raw[:40]!r}")
+    return int(raw)
 
 
 def build_dashboard(
