@@ -608,6 +608,41 @@ async def test_a_disconnected_stream_leaves_no_subscription_and_no_task() -> Non
     assert stream.frames.empty()
 
 
+async def test_many_clients_coming_and_going_leave_nothing_behind() -> None:
+    manager = TaskManager()
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    app = dashboard_app(manager)
+    tasks_before, before = asyncio.all_tasks(), subscribers(manager)
+    for _ in range(3):
+        streams = [StreamClient(app) for _ in range(50)]
+        for stream in streams:
+            stream.open()
+        for stream in streams:
+            await stream.next_frame()
+        assert subscribers(manager) == before + 50
+        await manager.trigger_task_by_name("t")
+        for stream in streams:
+            await stream.disconnect()
+    assert subscribers(manager) == before
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_a_stream_open_across_a_manager_restart_keeps_showing_its_events() -> None:
+    manager = TaskManager()
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    stream = StreamClient(dashboard_app(manager))
+    stream.open()
+    try:
+        await stream.next_frame()
+        for runs in (1, 2):
+            async with manager:
+                await manager.trigger_task_by_name("t")
+            _, update = await stream.frame_where(lambda k, d: bool(d["tasks"]))
+            assert update["tasks"][0]["run_count"] == runs
+    finally:
+        await stream.disconnect()
+
+
 async def test_a_stalled_client_is_skipped_ahead_to_a_full_snapshot() -> None:
     manager = TaskManager()
     for i in range(300):

@@ -124,7 +124,10 @@ async def serve_dashboard(
         ws="none",  # the dashboard uses no websockets: do not import a websockets library
         timeout_graceful_shutdown=5,
     )
-    server = _Server(config, dashboard)
+    await _serve(_Server(config, dashboard), host, port)
+
+
+async def _serve(server: _Server, host: str, port: int) -> None:
     # Bound here, not by uvicorn: a failure is an OSError at this call (uvicorn would exit
     # the process), and port 0's real port is known.
     listener = _listen(host, port)
