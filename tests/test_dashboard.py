@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -34,6 +35,8 @@ from taskbuffer import (
     TaskManager,
 )
 from taskbuffer.dashboard import dashboard_app, serve_dashboard
+from taskbuffer.dashboard._app import CONTENT_SECURITY_POLICY
+from taskbuffer.jobs import MemoryJobStore
 
 pytestmark = [pytest.mark.realtime]
 
@@ -297,6 +300,166 @@ async def test_with_the_token_in_the_header_or_the_url_the_page_is_served() -> N
         assert (await c.get(f"/static/style.css?token={TOKEN}")).status_code == 200
 
 
+# ----------------------------------------------------------------------- hostile requests
+
+
+async def raw_get(
+    app: ASGIApp, path: str, query: str = "", *, root_path: str = "", host: bytes = b"dashboard"
+) -> tuple[int, dict[bytes, bytes]]:
+    """One GET with ``path`` exactly as given (no client normalises its dots)."""
+    starts: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            starts.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": root_path,
+        "query_string": query.encode(),
+        "headers": [(b"host", host)],
+        "client": ("127.0.0.1", 50000),
+        "server": ("dashboard", 80),
+    }
+    async with asyncio.timeout(LIMIT):
+        await app(scope, receive, send)
+    return starts[0]["status"], dict(starts[0]["headers"])
+
+
+async def test_a_url_token_opens_only_the_page_its_files_and_the_event_stream() -> None:
+    manager = TaskManager(job_store=MemoryJobStore())
+    app = dashboard_app(manager, token=TOKEN)
+    async with client(app) as c:
+        for path in ("/", "/static/app.js", "/static/style.css"):
+            assert (await c.get(path, params={"token": TOKEN})).status_code == 200, path
+            assert (await c.head(path, params={"token": TOKEN})).status_code == 200, path
+        # The JSON endpoints are for scripts, which can send a header: a token in their URL
+        # would only end up in logs and histories.
+        for path in ("/api/snapshot", "/api/jobs", "/api/jobs/x", "/api/snapshot/", "/nowhere"):
+            assert (await c.get(path, params={"token": TOKEN})).status_code == 401, path
+        assert (await c.options("/", params={"token": TOKEN})).status_code == 401
+    for path in ("/static/../api/snapshot", "/static/..%2Fapi/snapshot", "/./api/snapshot"):
+        status, _ = await raw_get(app, path, f"token={TOKEN}")
+        assert status in (401, 404), path
+    stream = StreamClient(app, query=f"token={TOKEN}")
+    stream.open()
+    try:
+        kind, _ = await stream.next_frame()
+        assert kind == "snapshot"
+    finally:
+        await stream.disconnect()
+
+
+async def test_the_token_never_reaches_the_access_log() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = asyncio.create_task(
+        serve_dashboard(TaskManager(), port=port, token=TOKEN, log_level="info")
+    )
+    records = Records()
+    access = logging.getLogger("uvicorn.access")
+    try:
+        await wait_until_serving(base, Authorization=f"Bearer {TOKEN}")
+        access.addHandler(records)  # after uvicorn configured its logging
+        async with httpx.AsyncClient() as c:
+            assert (await c.get(base + "/", params={"token": TOKEN})).status_code == 200
+            r = await c.get(base + "/static/app.js", params={"token": TOKEN, "v": "1"})
+            assert r.status_code == 200
+    finally:
+        access.removeHandler(records)
+        server.cancel()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(server, return_exceptions=True)
+    lines = records.lines()
+    assert any("/static/app.js?v=1" in line for line in lines), lines
+    assert not any(TOKEN in line for line in lines), lines
+
+
+async def test_a_title_cannot_pull_the_token_into_the_page_s_text() -> None:
+    app = dashboard_app(TaskManager(), token=TOKEN, title="{{asset_query}} & {{title}}")
+    async with client(app) as c:
+        page = (await c.get("/", params={"token": TOKEN})).text
+    assert "<title>{{asset_query}} &amp; {{title}}</title>" in page
+    assert page.count(TOKEN) == 2  # the stylesheet's and the script's URLs
+
+
+async def test_a_path_without_its_slash_redirects_relatively_whatever_the_host_header() -> None:
+    # As a server given a root path hands the app a request for the mount point itself.
+    app = dashboard_app(TaskManager(), token=TOKEN)
+    status, headers = await raw_get(
+        app, "/ops/dashboard", f"token={TOKEN}", root_path="/ops/dashboard", host=b"evil.example"
+    )
+    assert status in (301, 302, 307, 308)
+    location = headers[b"location"].decode()
+    assert "evil.example" not in location
+    target = httpx.URL("http://dashboard/ops/dashboard").join(location)
+    assert (target.path, target.params["token"]) == ("/ops/dashboard/", TOKEN)
+
+
+async def test_a_cross_site_form_post_cannot_act_even_without_a_token() -> None:
+    manager = TaskManager()
+    ran: list[Any] = []
+    manager.add_and_schedule_task(Task(task_function=ran.append, name="t"), "0 3 * * *")
+    app = dashboard_app(manager, allow_actions=True)
+    # What a page on another site can send without the browser asking first (CORS "simple"
+    # requests): a form (urlencoded, multipart, or text/plain posing as JSON) or a no-cors fetch.
+    simple = [
+        {"data": {"input": "1"}},
+        {"files": {"input": ("x", b"1")}},
+        {"content": b'{"input": 1, "x": "="}', "headers": {"content-type": "text/plain"}},
+        {"content": b""},
+    ]
+    async with client(app) as c:
+        for request in simple:
+            for path in ("/api/tasks/t/trigger", "/api/tasks/t/deschedule"):
+                response = await c.post(path, **request)  # type: ignore[arg-type]
+                assert response.status_code == 403, (path, request, response.text)
+        # A browser that says where a request comes from is believed even with JSON.
+        cross = {"sec-fetch-site": "cross-site"}
+        assert (await c.post("/api/tasks/t/trigger", json={}, headers=cross)).status_code == 403
+        same = {"sec-fetch-site": "same-site"}  # another port of localhost, say
+        assert (await c.post("/api/tasks/t/trigger", json={}, headers=same)).status_code == 403
+        assert manager.get_next_scheduled_runs() != []
+        await asyncio.sleep(0)
+        assert ran == []
+        # The page's own requests (JSON, same origin) and scripts' (JSON) do act.
+        own = {"sec-fetch-site": "same-origin"}
+        assert (await c.post("/api/tasks/t/trigger", json={}, headers=own)).status_code == 202
+        assert (await c.post("/api/tasks/t/deschedule", json={})).status_code == 200
+        assert manager.get_next_scheduled_runs() == []
+
+
+async def test_served_on_loopback_without_a_token_it_refuses_another_host_name() -> None:
+    # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 would be
+    # same-origin with what it reaches; its requests carry its own name as Host.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = asyncio.create_task(serve_dashboard(TaskManager(), port=port))
+    try:
+        await wait_until_serving(base)
+        async with httpx.AsyncClient() as c:
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+                response = await c.get(base + "/api/snapshot", headers={"host": host})
+                assert response.status_code == 200, host
+            for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+                response = await c.get(base + "/api/snapshot", headers={"host": host})
+                assert response.status_code == 403, host
+                assert "content-security-policy" in response.headers
+    finally:
+        server.cancel()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(server, return_exceptions=True)
+
+
 # -------------------------------------------------------------------------------- actions
 
 
@@ -352,10 +515,15 @@ async def test_every_response_carries_the_strict_content_security_policy() -> No
             await c.get("/api/snapshot"),  # 401
             await c.get("/nowhere", headers=header),  # 404
             await c.get("/api/tasks/t/trigger", headers=header),  # 405
+            await c.post(
+                "/api/tasks/t/trigger", headers={**header, "sec-fetch-site": "cross-site"}
+            ),
         ]
-    assert [r.status_code for r in responses] == [200, 200, 200, 401, 404, 405]
+    assert [r.status_code for r in responses] == [200, 200, 200, 401, 404, 405, 403]
     for response in responses:
         policy = response.headers["content-security-policy"]
+        assert policy == CONTENT_SECURITY_POLICY
+        assert "require-trusted-types-for 'script'" in policy  # no innerHTML, even by mistake
         directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
         assert directives["default-src"] == "'none'"
         assert directives["script-src"] == "'self'"
@@ -442,6 +610,41 @@ async def test_a_disconnected_stream_leaves_no_subscription_and_no_task() -> Non
     assert stream.frames.empty()
 
 
+async def test_many_clients_coming_and_going_leave_nothing_behind() -> None:
+    manager = TaskManager()
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    app = dashboard_app(manager)
+    tasks_before, before = asyncio.all_tasks(), subscribers(manager)
+    for _ in range(3):
+        streams = [StreamClient(app) for _ in range(50)]
+        for stream in streams:
+            stream.open()
+        for stream in streams:
+            await stream.next_frame()
+        assert subscribers(manager) == before + 50
+        await manager.trigger_task_by_name("t")
+        for stream in streams:
+            await stream.disconnect()
+    assert subscribers(manager) == before
+    assert asyncio.all_tasks() == tasks_before
+
+
+async def test_a_stream_open_across_a_manager_restart_keeps_showing_its_events() -> None:
+    manager = TaskManager()
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    stream = StreamClient(dashboard_app(manager))
+    stream.open()
+    try:
+        await stream.next_frame()
+        for runs in (1, 2):
+            async with manager:
+                await manager.trigger_task_by_name("t")
+            _, update = await stream.frame_where(lambda k, d: bool(d["tasks"]))
+            assert update["tasks"][0]["run_count"] == runs
+    finally:
+        await stream.disconnect()
+
+
 async def test_a_stalled_client_is_skipped_ahead_to_a_full_snapshot() -> None:
     manager = TaskManager()
     for i in range(300):
@@ -492,6 +695,15 @@ def test_bad_arguments_raise_at_the_call() -> None:
         dashboard_app(TaskManager(), services=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="allow_actions must be a bool"):
         dashboard_app(TaskManager(), allow_actions="yes")  # type: ignore[arg-type]
+    for token in (" padded", "two words", "pässwort", "line\nbreak"):
+        with pytest.raises(ValueError, match="token must be a non-empty string of visible ASCII"):
+            dashboard_app(TaskManager(), token=token)
+    with pytest.raises(TypeError, match="token must be a non-empty string"):
+        dashboard_app(TaskManager(), token=b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="title must be a string"):
+        dashboard_app(TaskManager(), title=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="title must be encodable as UTF-8"):
+        dashboard_app(TaskManager(), title="\ud800")
 
 
 async def test_serve_dashboard_rejects_a_bad_port() -> None:
@@ -499,6 +711,66 @@ async def test_serve_dashboard_rejects_a_bad_port() -> None:
         await serve_dashboard(TaskManager(), port=70000)
     with pytest.raises(TypeError, match="port must be an int"):
         await serve_dashboard(TaskManager(), port="80")  # type: ignore[arg-type]
+
+
+class Records(logging.Handler):
+    """The records of the logger it is added to; ``changed`` is set at each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.changed.set()
+
+    def lines(self) -> list[str]:
+        return [record.getMessage() for record in self.records]
+
+
+async def test_on_port_0_serve_dashboard_logs_the_address_it_really_listens_on() -> None:
+    records = Records()
+    log = logging.getLogger("taskbuffer")
+    level = log.level
+    log.addHandler(records)
+    log.setLevel(logging.INFO)
+    server = asyncio.create_task(serve_dashboard(TaskManager(), port=0))
+    try:
+        async with asyncio.timeout(LIMIT):
+            while not any("dashboard on" in line for line in records.lines()):
+                records.changed.clear()
+                await records.changed.wait()
+        [url] = [line.split()[-1] for line in records.lines() if "dashboard on" in line]
+        assert not url.endswith(":0/"), url
+        async with httpx.AsyncClient() as c:
+            assert (await c.get(url + "api/snapshot")).status_code == 200
+    finally:
+        log.removeHandler(records)
+        log.setLevel(level)
+        server.cancel()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(server, return_exceptions=True)
+
+
+async def test_a_port_in_use_raises_os_error_not_system_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as caught:
+            async with asyncio.timeout(LIMIT):
+                await serve_dashboard(TaskManager(), port=port)
+    assert str(port) in str(caught.value)
+
+
+async def test_serve_dashboard_names_a_bad_host_or_log_level() -> None:
+    with pytest.raises(ValueError, match="log_level must be one of critical, error, warning"):
+        await serve_dashboard(TaskManager(), port=0, log_level="verbose")
+    with pytest.raises(TypeError, match="host must be a string"):
+        await serve_dashboard(TaskManager(), host=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="host must be a non-empty string"):
+        await serve_dashboard(TaskManager(), host="")
 
 
 def free_port() -> int:
@@ -553,12 +825,12 @@ async def test_the_command_line_serves_a_module_s_manager(tmp_path: Path) -> Non
     )
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    # The token from the environment: an argument would show in every user's process list.
+    env["TASKBUFFER_DASHBOARD_TOKEN"] = TOKEN
     args = ["-m", "taskbuffer", "dashboard", "app_for_cli:build", "--port", str(port)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
-        "--token",
-        TOKEN,
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -569,7 +841,8 @@ async def test_the_command_line_serves_a_module_s_manager(tmp_path: Path) -> Non
         await wait_until_serving(base, Authorization=f"Bearer {TOKEN}")
         async with httpx.AsyncClient() as c:
             assert (await c.get(base + "/api/snapshot")).status_code == 401
-            data = (await c.get(base + f"/api/snapshot?token={TOKEN}")).json()
+            header = {"Authorization": f"Bearer {TOKEN}"}
+            data = (await c.get(base + "/api/snapshot", headers=header)).json()
         assert [t["name"] for t in data["tasks"]] == ["from-cli"]
     finally:
         process.send_signal(signal.SIGINT)
@@ -588,6 +861,24 @@ def test_the_command_line_names_a_bad_target() -> None:
     )
     assert result.returncode != 0
     assert "cannot import 'no_such_module_x'" in result.stderr
+
+
+def test_the_command_line_refuses_a_bad_port_or_token_before_starting() -> None:
+    for options, message in [
+        (["--port", "70000"], "the port must be within 0-65535, not 70000"),
+        (["--port", "http"], "not a port number: 'http'"),
+        (["--token", "two words"], "token must be a non-empty string of visible ASCII"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "taskbuffer", "dashboard", "json:loads", *options],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------------- jobs
@@ -629,11 +920,108 @@ async def test_jobs_are_listed_filtered_paged_and_shown_with_their_traceback() -
             assert "ZeroDivisionError: cannot split 7 by zero" in detail["error"]["traceback"]
             assert [a["outcome"] for a in detail["attempts_trail"]] == ["failed"]
             assert (await c.get("/api/jobs/no-such-job")).status_code == 404
-            retried = await c.post(f"/api/jobs/{job_id}/retry")
+            retried = await c.post(f"/api/jobs/{job_id}/retry", json={})
             assert retried.status_code == 200
-            cancelled = await c.post(f"/api/jobs/{queued[0]}/cancel")
+            cancelled = await c.post(f"/api/jobs/{queued[0]}/cancel", json={})
             assert cancelled.json() == {"job_id": queued[0], "cancelled": True}
-            assert (await c.post(f"/api/jobs/{queued[0]}/retry")).status_code == 200
-            assert (await c.post(f"/api/jobs/{queued[1]}/retry")).status_code == 409
+            assert (await c.post(f"/api/jobs/{queued[0]}/retry", json={})).status_code == 200
+            assert (await c.post(f"/api/jobs/{queued[1]}/retry", json={})).status_code == 409
     finally:
         await manager.stop()
+
+
+class BrokenStore(MemoryJobStore):
+    """A store whose reads fail, as a database does while it is down."""
+
+    async def list_jobs(self, **_filters: Any) -> list[Any]:
+        raise OSError("connection refused")
+
+    async def get(self, job_id: str) -> Any:
+        raise OSError("connection refused")
+
+    async def retry(self, job_id: str, *, now: float) -> Any:
+        raise OSError("connection refused")
+
+
+async def test_a_failing_job_store_leaves_the_snapshot_and_the_stream_alive() -> None:
+    manager = TaskManager(job_store=BrokenStore())
+    manager.add_task(Task(task_function=lambda: None, name="t"))
+    app = dashboard_app(manager, allow_actions=True)
+    async with client(app) as c:
+        snapshot = await c.get("/api/snapshot")
+        assert snapshot.status_code == 200
+        data = snapshot.json()
+        assert [t["name"] for t in data["tasks"]] == ["t"]
+        assert (data["features"]["jobs"], data["jobs"]) == (True, [])
+        assert data["jobs_error"] == "OSError: connection refused"
+        for path in ("/api/jobs", "/api/jobs/some-id"):
+            response = await c.get(path)
+            assert response.status_code == 503, path
+            assert "OSError: connection refused" in response.text
+    stream = StreamClient(app)
+    stream.open()
+    try:
+        kind, data = await stream.next_frame()
+        assert (kind, data["jobs_error"]) == ("snapshot", "OSError: connection refused")
+    finally:
+        await stream.disconnect()
+
+
+async def test_an_unexpected_error_is_a_500_with_the_security_headers() -> None:
+    app = dashboard_app(TaskManager(job_store=BrokenStore()), allow_actions=True)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as c:
+        response = await c.post("/api/jobs/some-id/retry", json={})
+    assert response.status_code == 500
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_jobs_page_beyond_what_a_store_can_count_is_a_400() -> None:
+    async with client(dashboard_app(TaskManager(job_store=MemoryJobStore()))) as c:
+        for offset in ("99999999999999999999999", "-1", "1e3", "0x10"):
+            response = await c.get("/api/jobs", params={"offset": offset})
+            assert response.status_code == 400, offset
+            assert "offset must be" in response.text
+        for limit in ("0", "201", "99999999999999999999999"):
+            response = await c.get("/api/jobs", params={"limit": limit})
+            assert response.status_code == 400, limit
+
+
+async def test_huge_errors_and_inputs_are_cut_so_the_snapshot_stays_bounded() -> None:
+    huge = "<script>" + "x" * 1_000_000
+
+    def fail(_input: Any) -> None:
+        raise ValueError(huge)
+
+    manager = TaskManager(job_store=MemoryJobStore())
+    for i in range(20):
+        manager.add_task(Task(task_function=fail, name=f"fail-{i}", labels={"k": "v" * 1000}))
+    app = dashboard_app(manager)
+    stream = StreamClient(app)
+    stream.open()
+    try:
+        await stream.next_frame()
+        for i in range(20):
+            for _ in range(10):
+                with pytest.raises(ValueError):
+                    await manager.trigger_task_by_name(f"fail-{i}", huge)
+        _, update = await stream.frame_where(lambda k, d: bool(d.get("events")))
+        assert len(json.dumps(update)) < 200_000
+    finally:
+        await stream.disconnect()
+    async with manager:
+        job = await manager.enqueue("fail-0", "x" * 1_000_000)
+        await manager.wait_for_job(job.id, timeout=LIMIT)
+        async with client(app) as c:
+            snapshot = (await c.get("/api/snapshot")).text
+            detail = (await c.get(f"/api/jobs/{job.id}")).json()
+    # 20 tasks, 100 recent events, 20 jobs: each text cut to a few kilobytes.
+    assert len(snapshot) < 600_000, len(snapshot)
+    [error] = [t["last_error"] for t in json.loads(snapshot)["tasks"] if t["name"] == "fail-0"]
+    assert error.startswith("<script>xxx") and error.endswith("…") and len(error) <= 2000
+    traceback = detail["error"]["traceback"]
+    assert len(traceback) <= 20_000
+    assert traceback.startswith("Traceback (most recent call last)") and "in fail" in traceback
+    assert traceback.endswith("x\n")
+    assert len(detail["error"]["message"]) <= 2000

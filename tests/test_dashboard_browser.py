@@ -277,3 +277,94 @@ async def test_a_failed_job_s_traceback_opens(browser: Browser) -> None:
             await traceback.wait_for(state="visible", timeout=WAIT_MS)
             assert "ZeroDivisionError: cannot split 7 by zero" in await traceback.inner_text()
     assert browser.errors == []
+
+
+HOSTILE = (
+    '<img src=x onerror="window.__xss=1">"\'</textarea><script>window.__xss=2</script>'
+    "\u202eünï\u0000code\U0001f600"
+)
+
+
+async def no_overflow_at(page: Any, width: int) -> int | str:
+    """How far the page is wider than a ``width``-pixel screen (0 or less: it fits)."""
+    await page.set_viewport_size({"width": width, "height": 800})
+    overflow: int = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    if overflow > 0:  # name the culprits in the failure
+        wide = await page.evaluate(
+            "[...document.querySelectorAll('body *')].filter((e) =>"
+            " e.getBoundingClientRect().right > innerWidth + 1).slice(-5).map((e) =>"
+            " e.tagName + '.' + e.className + '#' + e.id)"
+        )
+        return f"{overflow} px too wide: {wide}"
+    return overflow
+
+
+async def test_hostile_names_labels_errors_and_inputs_render_as_text(
+    browser: Browser, tmp_path: Path
+) -> None:
+    from taskbuffer.jobs import MemoryJobStore
+
+    def fail(_input: Any) -> None:
+        raise ValueError(HOSTILE + "x" * 5000)
+
+    manager = TaskManager(job_store=MemoryJobStore())
+    manager.add_task(Task(task_function=fail, name=HOSTILE, labels={HOSTILE: HOSTILE}))
+    # Label keys and values holding "=": the label filter must not split them wrongly.
+    manager.add_task(Task(task_function=lambda: None, name="left", labels={"a=b": "c"}))
+    manager.add_task(Task(task_function=lambda: None, name="right", labels={"a": "b=c"}))
+    async with manager:
+        with pytest.raises(ValueError):
+            await manager.trigger_task_by_name(HOSTILE, HOSTILE)
+        job = await manager.enqueue(HOSTILE, {"note": HOSTILE})
+        assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
+        async with served(manager) as base:
+            page = browser.page
+            await browser.open(base)
+            await page.wait_for_selector("#tasks article.task .error", timeout=WAIT_MS)
+            names = await page.locator("#tasks article.task .name").all_inner_texts()
+            assert HOSTILE.replace("\u0000", "") in [n.replace("\u0000", "") for n in names]
+            error = await page.locator("#tasks article.task .error").first.inner_text()
+            assert error.startswith("ValueError: <img src=x") or "<img src=x" in error
+            assert await page.locator("#tasks img, #events img, #jobs img").count() == 0
+            assert await page.locator("main script, main textarea").count() == 0
+
+            for label, task in [("a=b=c", "right"), ('"a=b"=c', "left")]:
+                await page.select_option("#label-filter", label=label, timeout=WAIT_MS)
+                await page.wait_for_selector(f'#tasks article[data-task="{task}"]')
+                await page.wait_for_function(
+                    "document.querySelectorAll('#tasks article.task').length === 1"
+                )
+                names = page.locator("#tasks article.task .name")
+                assert await names.all_inner_texts() == [task], label
+
+            await page.select_option("#label-filter", "")
+            row = page.locator(f'#jobs tr[data-job-id="{job.id}"]')
+            await row.locator("button").click()
+            await page.locator("#job-traceback summary").click()
+            traceback = page.locator("#job-traceback pre")
+            await traceback.wait_for(state="visible", timeout=WAIT_MS)
+            assert "</textarea><script>" in await traceback.inner_text()
+            assert "<script>" in await page.locator("#job-detail .muted").first.inner_text()
+
+            assert await no_overflow_at(page, 360) == 0
+            await page.screenshot(path=str(tmp_path / "hostile-360.png"), full_page=True)
+            assert await page.evaluate("window.__xss === undefined")
+    assert browser.errors == []
+
+
+async def test_an_empty_manager_without_services_or_store_paints_with_no_error(
+    browser: Browser,
+) -> None:
+    async with served(TaskManager()) as base:
+        page = browser.page
+        await browser.open(base)
+        await page.wait_for_selector("#tasks-empty:not([hidden])", timeout=WAIT_MS)
+        assert await page.locator("#jobs-panel").is_hidden()
+        assert await page.locator("#services-panel").is_hidden()
+        assert await no_overflow_at(page, 360) == 0
+        # Nothing the page loads comes from anywhere but the dashboard.
+        urls = await page.evaluate("performance.getEntries().map((e) => e.name)")
+        assert all(url.startswith(base) for url in urls if "://" in url), urls
+    assert browser.errors == []

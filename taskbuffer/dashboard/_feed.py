@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._state import event_entry, run_entry
+from ._state import event_entry, run_entry, task_entry
 
 if TYPE_CHECKING:
     from reactivex.abc import DisposableBase
@@ -114,7 +114,7 @@ class ClientFeed:
         """The changes since the last frame, as JSON-ready values; empties the feed."""
         update: dict[str, Any] = {
             "statistics": state.statistics(),
-            "tasks": [metadata.to_dict() for metadata in self.tasks.values()],
+            "tasks": [task_entry(metadata) for metadata in self.tasks.values()],
             "runs": [run_entry(run) for run in self.runs.values()],
             "groups": state.groups(),
             "schedules": state.schedules(),

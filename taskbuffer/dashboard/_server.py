@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.config import LOG_LEVELS
 
 from .._validation import safe_repr
 from ._app import Dashboard, build_dashboard
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ("dashboard_app", "serve_dashboard")
 
 logger = logging.getLogger("taskbuffer")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 def dashboard_app(
@@ -92,18 +94,23 @@ async def serve_dashboard(
     The other options are :func:`dashboard_app`'s; ``log_level`` is uvicorn's.
 
     :raises TypeError: ``host`` is not a string or ``port`` not an int.
-    :raises ValueError: ``port`` is outside 0-65535.
+    :raises ValueError: an empty ``host``, ``port`` outside 0-65535, an unknown ``log_level``.
+    :raises OSError: it cannot listen on ``host``:``port`` (in use, say).
     """
-    if not isinstance(host, str) or not host:
-        raise TypeError(f"host must be a non-empty string, not {safe_repr(host)}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {safe_repr(port)}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be within 0-65535, not {port}")
+    _check_server_options(host, port, log_level)
+    loopback = _is_loopback(host)
     dashboard = build_dashboard(
-        manager, services=services, token=token, allow_actions=allow_actions, title=title
+        manager,
+        services=services,
+        token=token,
+        allow_actions=allow_actions,
+        title=title,
+        # Without a token, a loopback dashboard answers only to loopback names: a page of
+        # another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) is
+        # refused, since its requests name its own host.
+        hosts=LOOPBACK_NAMES | {host.lower()} if token is None and loopback else None,
     )
-    if token is None and not _is_loopback(host):
+    if token is None and not loopback:
         logger.warning(
             "the dashboard listens on %s without a token: anyone who reaches it sees the tasks",
             host,
@@ -117,12 +124,53 @@ async def serve_dashboard(
         ws="none",  # the dashboard uses no websockets: do not import a websockets library
         timeout_graceful_shutdown=5,
     )
-    server = _Server(config, dashboard)
-    logger.info("dashboard on http://%s:%d/", host, port)
-    serving = asyncio.ensure_future(server.serve())
+    await _serve(_Server(config, dashboard), host, port)
+
+
+async def _serve(server: _Server, host: str, port: int) -> None:
+    # Bound here, not by uvicorn: a failure is an OSError at this call (uvicorn would exit
+    # the process), and port 0's real port is known.
+    listener = _listen(host, port)
+    with listener:
+        address = host if ":" not in host else f"[{host}]"
+        logger.info("dashboard on http://%s:%d/", address, listener.getsockname()[1])
+        serving = asyncio.ensure_future(server.serve(sockets=[listener]))
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            server.should_exit = True
+            await serving
+            raise
+
+
+def _check_server_options(host: object, port: object, log_level: object) -> None:
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a string, not {safe_repr(host)}")
+    if not host:
+        raise ValueError("host must be a non-empty string (an interface's name or address)")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {safe_repr(port)}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be within 0-65535, not {port}")
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, as uvicorn would make it."""
     try:
-        await asyncio.shield(serving)
-    except asyncio.CancelledError:
-        server.should_exit = True
-        await serving
-        raise
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+        listener.setblocking(False)
+    except OSError as exc:
+        listener.close()
+        raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{port}: {exc}") from exc
+    return listener

@@ -8,6 +8,7 @@ otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -20,15 +21,58 @@ from .._validation import safe_repr
 if TYPE_CHECKING:
     from .._events import TaskEvent
     from .._manager import TaskManager
+    from .._metadata import TaskMetadata
     from .._service_manager import ServiceManager
     from ..jobs import Job, JobAttempt, JobStatus
 
-__all__ = ("KEYS_PER_GROUP", "DashboardState", "event_entry", "short_repr")
+__all__ = (
+    "KEYS_PER_GROUP",
+    "DashboardState",
+    "JobStoreFailure",
+    "event_entry",
+    "short_repr",
+    "task_entry",
+)
 
+logger = logging.getLogger("taskbuffer")
+
+# What keeps a snapshot and a frame bounded whatever the traffic: lists are cut to these
+# lengths (the tasks are all listed: there are as many as the code registers), and every
+# text that comes from a run (errors, inputs, results) to these sizes.
 KEYS_PER_GROUP = 20  # keys listed per constraint group, the busiest first
 SCHEDULES_LISTED = 50
 RECENT_EVENTS = 100  # events the snapshot carries, newest last
 REPR_LIMIT = 200  # characters of an input or result shown
+TEXT_LIMIT = 2000  # characters of an error message shown
+TRACEBACK_LIMIT = 20_000  # characters of a traceback shown: its start and its end
+
+
+class JobStoreFailure(Exception):
+    """The manager's job store failed to answer (the message says how)."""
+
+
+def cut(text: str | None, limit: int = TEXT_LIMIT) -> str | None:
+    """``text`` cut to ``limit`` characters (its start, then "…")."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def cut_traceback(text: str | None) -> str | None:
+    """A traceback cut to :data:`TRACEBACK_LIMIT` characters: its frames (the start) and
+    its end (the error's line, which a huge message would push out of the start)."""
+    if text is None or len(text) <= TRACEBACK_LIMIT:
+        return text
+    head = TRACEBACK_LIMIT * 3 // 4
+    tail = TRACEBACK_LIMIT - head - 3
+    return text[:head] + "\n…\n" + text[-tail:]
+
+
+def task_entry(metadata: TaskMetadata) -> dict[str, Any]:
+    """A task's metadata as JSON-ready values, its last error cut."""
+    entry = metadata.to_dict()
+    entry["last_error"] = cut(entry["last_error"])
+    return entry
 
 
 def short_repr(value: Any) -> str | None:
@@ -71,7 +115,7 @@ def event_entry(event: TaskEvent) -> dict[str, Any]:
         "labels": dict(event.task.labels),
         "timestamp": event.timestamp,
         "step_name": event.step_name,
-        "error": event.error,
+        "error": cut(event.error),
         "run_id": None if run is None else run.run_id,
         "job_id": None if run is None else run.job_id,
     }
@@ -93,7 +137,7 @@ def job_entry(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "worker_id": job.worker_id,
         "dedupe_key": job.dedupe_key,
-        "error": None if error is None else {"type": error.type, "message": error.message},
+        "error": None if error is None else {"type": error.type, "message": cut(error.message)},
     }
     if detail:
         entry["input"] = short_repr(job.input)
@@ -101,8 +145,8 @@ def job_entry(job: Job, *, detail: bool = False) -> dict[str, Any]:
         if error is not None:
             entry["error"] = {
                 "type": error.type,
-                "message": error.message,
-                "traceback": error.traceback,
+                "message": cut(error.message),
+                "traceback": cut_traceback(error.traceback),
             }
     return entry
 
@@ -116,8 +160,13 @@ def attempt_entry(attempt: JobAttempt) -> dict[str, Any]:
         "started_at": iso(attempt.started_at),
         "finished_at": iso(attempt.finished_at),
         "outcome": attempt.outcome,
-        "error": None if error is None else f"{error.type}: {error.message}",
+        "error": None if error is None else cut(f"{error.type}: {error.message}"),
     }
+
+
+def _store_failure(exc: Exception) -> JobStoreFailure:
+    logger.warning("the dashboard could not read the job store", exc_info=exc)
+    return JobStoreFailure(cut(f"{type(exc).__name__}: {exc}"))
 
 
 def _limit(value: float) -> float | None:
@@ -144,7 +193,7 @@ class DashboardState:
         return callable(getattr(self.manager, "get_active_runs", None))
 
     def tasks(self) -> list[dict[str, Any]]:
-        return [metadata.to_dict() for metadata in self.manager.get_all_tasks_metadata()]
+        return [task_entry(metadata) for metadata in self.manager.get_all_tasks_metadata()]
 
     def runs(self) -> list[dict[str, Any]]:
         if not self.has_runs:
@@ -193,7 +242,10 @@ class DashboardState:
     def service_list(self) -> list[dict[str, Any]]:
         if self.services is None:
             return []
-        return [s.get_metadata().to_dict() for s in self.services.service_map.values()]
+        entries = [s.get_metadata().to_dict() for s in self.services.service_map.values()]
+        for entry in entries:
+            entry["last_error"] = cut(entry["last_error"])
+        return entries
 
     def statistics(self) -> dict[str, int]:
         stats = self.manager.statistics()
@@ -215,16 +267,24 @@ class DashboardState:
     async def jobs(
         self, *, status: JobStatus | None = None, limit: int = 20, offset: int = 0
     ) -> list[dict[str, Any]] | None:
-        """A page of jobs, newest first; ``None`` when the manager has no job store."""
+        """A page of jobs, newest first; ``None`` when the manager has no job store.
+
+        :raises JobStoreFailure: the store failed (a database down, say).
+        """
         try:
             jobs = await self.manager.list_jobs(status=status, limit=limit, offset=offset)
         except RuntimeError:  # the manager was built without a job store
             return None
+        except Exception as exc:
+            raise _store_failure(exc) from exc
         return [job_entry(job) for job in jobs]
 
     async def job_detail(self, job_id: str) -> dict[str, Any] | None:
         """One job with its audit trail, error and traceback; ``None`` if unknown (or the
-        manager has no job store)."""
+        manager has no job store).
+
+        :raises JobStoreFailure: the store failed.
+        """
         try:
             job = await self.manager.get_job(job_id)
             if job is None:
@@ -232,16 +292,24 @@ class DashboardState:
             attempts = await self.manager.get_job_attempts(job_id)
         except RuntimeError:  # no job store
             return None
+        except Exception as exc:
+            raise _store_failure(exc) from exc
         entry = job_entry(job, detail=True)
         entry["attempts_trail"] = [attempt_entry(attempt) for attempt in attempts]
         return entry
 
     async def snapshot(self, *, actions: bool, title: str) -> dict[str, Any]:
-        """Everything the page shows, as one JSON-ready dict."""
-        jobs = await self.jobs()
+        """Everything the page shows, as one JSON-ready dict (``jobs_error`` says why the
+        jobs are missing when the store failed: the rest is shown all the same)."""
+        jobs_error = None
+        try:
+            jobs = await self.jobs()
+        except JobStoreFailure as exc:
+            jobs, jobs_error = [], str(exc)
         return {
             "title": title,
             "features": self.features(actions=actions, jobs=jobs is not None),
+            "jobs_error": jobs_error,
             "statistics": self.statistics(),
             "tasks": self.tasks(),
             "runs": self.runs(),

@@ -57,7 +57,7 @@
 
   async function getJSON(path, params) {
     const response = await fetch(url(path, params), { headers: authHeaders(), cache: "no-store" });
-    if (!response.ok) throw new Error(path + ": HTTP " + response.status);
+    if (!response.ok) throw new Error(path + ": HTTP " + response.status + " " + (await response.text()).slice(0, 500));
     return response.json();
   }
 
@@ -110,11 +110,14 @@
 
   // ----------------------------------------------------------------------------- filters
 
+  // An option's value is the JSON of [key, value]: a key or a value may hold "=".
   function labelFilter() {
     const value = $("label-filter").value;
-    if (!value) return null;
-    const at = value.indexOf("=");
-    return [value.slice(0, at), value.slice(at + 1)];
+    return value ? JSON.parse(value) : null;
+  }
+
+  function labelText(key, value) {
+    return (key.includes("=") ? JSON.stringify(key) : key) + "=" + value;
   }
 
   function labelsMatch(labels) {
@@ -131,13 +134,15 @@
     const select = $("label-filter");
     const pairs = new Set();
     for (const task of state.tasks.values()) {
-      for (const [key, value] of Object.entries(task.labels || {})) pairs.add(key + "=" + value);
+      for (const pair of Object.entries(task.labels || {})) pairs.add(JSON.stringify(pair));
     }
     const current = select.value;
     const wanted = ["", ...[...pairs].sort()];
     const have = [...select.options].map((option) => option.value);
-    if (wanted.join("\n") === have.join("\n")) return;
-    select.replaceChildren(...wanted.map((value) => el("option", { value, text: value || "all" })));
+    if (JSON.stringify(wanted) === JSON.stringify(have)) return;
+    select.replaceChildren(...wanted.map((value) => el("option", {
+      value, text: value ? labelText(...JSON.parse(value)) : "all",
+    })));
     select.value = wanted.includes(current) ? current : "";
   }
 
@@ -362,9 +367,10 @@
     try {
       const page = await getJSON("api/jobs", { status: state.jobs.status, offset: state.jobs.offset, limit: JOBS_PAGE });
       state.jobs.items = page.jobs;
+      $("jobs-error").textContent = "";
       renderJobs();
     } catch (error) {
-      console.warn("jobs:", error.message);
+      $("jobs-error").textContent = error.message;
     } finally {
       state.jobs.loading = false;
     }
@@ -443,6 +449,7 @@
     state.events = [];
     state.skipped = 0;
     addEvents(data.events);
+    $("jobs-error").textContent = data.jobs_error || "";
     if (state.features.jobs && !jobsWereOn) {
       state.jobs.items = data.jobs.slice(0, JOBS_PAGE);
       renderJobs();
