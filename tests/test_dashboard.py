@@ -1114,10 +1114,10 @@ async def test_the_snapshot_shows_each_of_three_concurrent_runs_with_its_own_pro
             await asyncio.gather(*runs)
 
 
-async def test_a_queued_run_shows_the_group_and_key_that_block_it() -> None:
+async def test_a_queued_run_shows_the_group_and_key_that_block_it_until_it_starts() -> None:
     manager = TaskManager()
-    sync, release = gated("sync", labels={"tenant": "acme"})
-    manager.add_task(sync)
+    checkout, gates = stepped("checkout", labels={"tenant": "acme"})
+    manager.add_task(checkout)
     manager.add_constraint_group(
         TaskConstraintGroup(
             name="per-tenant",
@@ -1125,20 +1125,28 @@ async def test_a_queued_run_shows_the_group_and_key_that_block_it() -> None:
             max_concurrent=1,
         )
     )
-    runs = [manager.spawn("sync", batch) for batch in ("first", "second")]
+    runs = [manager.spawn("checkout", order) for order in ("order-1", "order-2")]
     try:
         await until(manager, lambda: manager.statistics().waiting == 1)
         async with client(dashboard_app(manager)) as c:
             data = (await c.get("/api/snapshot")).json()
-        states = [(r["input"], r["state"], r["blocked_by"]) for r in data["runs"]]
-        assert states == [
-            ("'first'", "running", None),
-            ("'second'", "waiting", ["per-tenant", "acme"]),
-        ]
-        assert data["runs"][1]["queued_at"] is not None
-        assert data["runs"][1]["started_at"] is None
+            states = [(r["input"], r["state"], r["blocked_by"]) for r in data["runs"]]
+            assert states == [
+                ("'order-1'", "running", None),
+                ("'order-2'", "waiting", ["per-tenant", "acme"]),
+            ]
+            assert data["runs"][1]["queued_at"] is not None
+            assert data["runs"][1]["started_at"] is None
+
+            open_gates(gates, "order-1", "pay", "ship", "notify")
+            await until(manager, steps_reached(manager, {"order-2": 15}))
+            data = (await c.get("/api/snapshot")).json()
+        # Started, it is blocked by nothing any more.
+        [run] = data["runs"]
+        assert (run["input"], run["state"], run["blocked_by"]) == ("'order-2'", "running", None)
     finally:
-        release.set()
+        for gate in gates.values():
+            gate.set()
         async with asyncio.timeout(LIMIT):
             await asyncio.gather(*runs)
 

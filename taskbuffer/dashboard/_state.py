@@ -99,7 +99,10 @@ def run_entry(run: RunInfo) -> dict[str, Any]:
         "attempt": run.attempt,
         "priority": run.priority,
         "job_id": run.job_id,
-        "blocked_by": None if run.blocked_by is None else list(run.blocked_by),
+        # Only a waiting run is blocked: a started one keeps the (group, key) it waited for.
+        "blocked_by": list(run.blocked_by)
+        if run.blocked_by is not None and run.state == "waiting"
+        else None,
         "queued_at": iso(run.queued_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
