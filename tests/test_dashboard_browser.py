@@ -291,21 +291,28 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
     assert browser.errors == []
 
 
-async def test_a_failed_job_s_traceback_opens(browser: Browser) -> None:
-    from taskbuffer.jobs import MemoryJobStore
+async def test_a_failed_job_s_traceback_opens(browser: Browser, tmp_path: Path) -> None:
+    from taskbuffer.jobs import SQLiteJobStore
 
     def charge(amount: int) -> int:
+        if amount == 0:
+            return 0
         raise ZeroDivisionError(f"cannot split {amount} by zero")
 
-    manager = TaskManager(job_store=MemoryJobStore())
+    # A real store on disk: what the page shows went through its serializer and its SQL.
+    manager = TaskManager(job_store=SQLiteJobStore(tmp_path / "jobs.db"))
     manager.add_task(Task(task_function=charge, name="charge"))
     async with manager:
+        fine = await manager.enqueue("charge", 0)
         job = await manager.enqueue("charge", 7)
         assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
+        assert (await manager.wait_for_job(fine.id, timeout=LIMIT)).status == "succeeded"
         async with served(manager) as base:
             page = browser.page
             await browser.open(base)
+            await page.wait_for_selector(f'#jobs tr[data-job-id="{fine.id}"]', timeout=WAIT_MS)
             await page.select_option("#job-status", "failed")
+            await page.wait_for_selector(f'#jobs tr[data-job-id="{fine.id}"]', state="detached")
             row = page.locator(f'#jobs tr[data-job-id="{job.id}"]')
             await row.locator("button").click()
             await page.locator("#job-traceback summary").click()
