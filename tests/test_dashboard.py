@@ -1151,6 +1151,39 @@ async def test_a_queued_run_shows_the_group_and_key_that_block_it_until_it_start
             await asyncio.gather(*runs)
 
 
+async def test_the_stream_shows_a_queued_run_without_the_progress_of_the_run_ahead() -> None:
+    manager = TaskManager()
+    checkout, gates = stepped("checkout", labels={"tenant": "acme"})
+    manager.add_task(checkout)
+    manager.add_constraint_group(
+        TaskConstraintGroup(
+            name="per-tenant",
+            constraint_key_for_execution=lambda task, _input: task.get_label("tenant"),
+            max_concurrent=1,
+        )
+    )
+    stream = StreamClient(dashboard_app(manager))
+    stream.open()
+    runs: list[asyncio.Task[Any]] = []
+    try:
+        await stream.next_frame()
+        runs.append(manager.spawn("checkout", "order-1"))
+        await until(manager, steps_reached(manager, {"order-1": 15}))
+        runs.append(manager.spawn("checkout", "order-2"))
+        _, update = await stream.frame_where(
+            lambda k, d: any(r["input"] == "'order-2'" for r in d["runs"])
+        )
+        [queued] = [r for r in update["runs"] if r["input"] == "'order-2'"]
+        assert (queued["state"], queued["blocked_by"]) == ("waiting", ["per-tenant", "acme"])
+        assert (queued["progress"], queued["steps"]) == (0, [])  # it has not started
+    finally:
+        for gate in gates.values():
+            gate.set()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(*runs)
+        await stream.disconnect()
+
+
 async def test_a_snapshot_lists_at_most_its_limit_of_runs_and_counts_the_rest() -> None:
     manager = TaskManager()
     hold, release = gated("hold")

@@ -101,6 +101,8 @@ class Browser:
     async def shoot(self, path: Path, scheme: str) -> str:
         """A full-page screenshot in ``scheme``; returns the page's background colour."""
         await self.page.emulate_media(color_scheme=scheme)
+        # From the top: a full-page shot draws the sticky header where the page is scrolled.
+        await self.page.evaluate("window.scrollTo(0, 0)")
         await self.page.screenshot(path=str(path), full_page=True)
         background: str = await self.page.evaluate(
             "getComputedStyle(document.body).backgroundColor"
@@ -262,8 +264,10 @@ def load_example() -> ModuleType:
 async def test_screenshots_of_the_example_workload_in_both_themes(
     browser: Browser, tmp_path: Path
 ) -> None:
+    from taskbuffer.jobs import SQLiteJobStore
+
     example = load_example()
-    manager: TaskManager = example.build_manager()
+    manager: TaskManager = example.build_manager(job_store=SQLiteJobStore(tmp_path / "jobs.db"))
     services = example.build_services()
     rng = random.Random(3)
     async with services, manager:
@@ -271,13 +275,25 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
             asyncio.create_task(example.tenant_traffic(manager, tenant, rng))
             for tenant in example.TENANTS
         ]
+        traffic.append(asyncio.create_task(example.invoice_traffic(manager, rng)))
         try:
             async with served(manager, services=services, title="acme ops") as base:
+                page = browser.page
                 await browser.open(base)
-                await browser.page.wait_for_selector(".run[data-progress]", timeout=WAIT_MS)
-                await asyncio.sleep(2.5)  # let the workload fill the panels
+                # Runs on the task cards and in the runs panel, a trigger waiting for its
+                # key, jobs that succeeded and failed.
+                await page.wait_for_selector("article.task .run[data-progress]", timeout=WAIT_MS)
+                await page.wait_for_selector('#runs tr [data-state="waiting"]', timeout=WAIT_MS)
+                for status in ("succeeded", "failed"):
+                    selector = f'#jobs tr[data-status="{status}"]'
+                    await page.wait_for_selector(selector, timeout=WAIT_MS)
+                await asyncio.sleep(1.0)  # let the workload fill the panels
+                await page.locator('#jobs tr[data-status="failed"] button').first.click()
+                await page.wait_for_selector("#job-traceback", timeout=WAIT_MS)
                 for scheme in ("light", "dark"):
                     await browser.shoot(tmp_path / f"dashboard-{scheme}.png", scheme)
+                assert await no_overflow_at(page, 390) == 0  # a phone
+                await browser.shoot(tmp_path / "dashboard-phone.png", "dark")
         finally:
             for job in traffic:
                 job.cancel()

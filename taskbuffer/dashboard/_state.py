@@ -90,7 +90,12 @@ def iso(value: datetime | None) -> str | None:
 
 
 def run_entry(run: RunInfo) -> dict[str, Any]:
-    """A ``RunInfo`` as JSON-ready values; its input as a bounded repr."""
+    """A ``RunInfo`` as JSON-ready values; its input as a bounded repr.
+
+    A run that has not started has no steps yet: the snapshot a ``queued`` event carries
+    may hold the steps of the task's run ahead of it, which are not this run's.
+    """
+    started = run.state != "waiting" or run.started_at is not None
     return {
         "run_id": run.run_id,
         "task_name": run.task_name,
@@ -106,8 +111,8 @@ def run_entry(run: RunInfo) -> dict[str, Any]:
         "queued_at": iso(run.queued_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
-        "steps": [step.to_dict() for step in run.steps],
-        "progress": run.progress,
+        "steps": [step.to_dict() for step in run.steps] if started else [],
+        "progress": run.progress if started else 0,
     }
 
 

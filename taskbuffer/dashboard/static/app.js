@@ -170,11 +170,13 @@
     return step ? step.name : null;
   }
 
-  function runBar(run) {
+  // A run that has not started has no steps yet: its bar shows the task's step markers.
+  function runBar(run, taskSteps) {
     const parts = [run.state, activeStep(run.steps), run.progress + "%"];
     if (run.attempt > 1) parts.push("attempt " + run.attempt);
     if (run.blocked_by) parts.push("waits for " + run.blocked_by.join(" / "));
-    const node = progressBar(run.steps, run.progress, { "data-run-id": run.run_id, "data-state": run.state });
+    const steps = run.steps.length ? run.steps : taskSteps;
+    const node = progressBar(steps, run.progress, { "data-run-id": run.run_id, "data-state": run.state });
     node.append(el("span", { className: "run-label", text: parts.filter(Boolean).join(" · ") }));
     return node;
   }
@@ -189,7 +191,7 @@
 
   function taskRuns(task) {
     const runs = [...state.runs.values()].filter((run) => run.task_name === task.name).sort(runOrder);
-    const bars = runs.slice(0, BARS_PER_TASK).map(runBar);
+    const bars = runs.slice(0, BARS_PER_TASK).map((run) => runBar(run, task.steps));
     if (runs.length > BARS_PER_TASK) {
       bars.push(el("div", { className: "muted more-runs", text: "+ " + (runs.length - BARS_PER_TASK) + " more runs" }));
     }
