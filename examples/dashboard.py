@@ -2,8 +2,9 @@
 
 Three tenants sync their data through a three-step task (fetch, transform, store), at most two
 runs per tenant at once and five API calls a second overall; a cron job builds a report every
-five seconds; one tenant's upstream fails now and then; a database service is watched by a
-health check. Open the printed address in a browser while it runs.
+five seconds; one tenant's upstream fails now and then; invoices are durable jobs in a SQLite
+file (a temporary one), a few enqueued each second, some declined; a database service is
+watched by a health check. Open the printed address in a browser while it runs.
 
 Run it with ``python examples/dashboard.py`` (Ctrl-C stops it) or
 ``python examples/dashboard.py --seconds 30``; ``--port 0`` picks a free port.
@@ -15,8 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
+import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from taskbuffer import (
@@ -29,6 +34,7 @@ from taskbuffer import (
     TaskStep,
 )
 from taskbuffer.dashboard import serve_dashboard
+from taskbuffer.jobs import JobStore, SQLiteJobStore
 
 TENANTS = ("acme", "globex", "initech")
 SYNC_STEPS = [
@@ -41,6 +47,10 @@ outcomes: Counter[str] = Counter()
 
 class UpstreamError(RuntimeError):
     """The tenant's upstream API refused the request."""
+
+
+class PaymentDeclined(RuntimeError):
+    """The card of an invoice was declined."""
 
 
 def build_sync(tenant: str, rng: random.Random) -> Task[str]:
@@ -72,12 +82,24 @@ def build_report() -> Task[str]:
     return Task(task_function=report, name="nightly-report", labels={"kind": "report"})
 
 
-def build_manager(seed: int = 7) -> TaskManager:
-    """The manager with its tasks, constraint groups and the report's schedule."""
+def build_invoice(rng: random.Random) -> Task[str]:
+    async def invoice(order: dict[str, Any]) -> str:
+        await asyncio.sleep(rng.uniform(0.05, 0.3))
+        if rng.random() < 0.25:
+            raise PaymentDeclined(f"{order['tenant']}: card declined for invoice {order['n']}")
+        return f"invoice {order['n']} paid"
+
+    return Task(task_function=invoice, name="charge-invoice", labels={"kind": "billing"})
+
+
+def build_manager(seed: int = 7, *, job_store: JobStore | None = None) -> TaskManager:
+    """The manager with its tasks, constraint groups and the report's schedule; with a job
+    store, the invoices are durable jobs (and so are the report's cron ticks)."""
     rng = random.Random(seed)
-    manager = TaskManager()
+    manager = TaskManager(job_store=job_store, job_concurrency=4)
     for tenant in TENANTS:
         manager.add_task(build_sync(tenant, rng))
+    manager.add_task(build_invoice(rng))
     manager.add_and_schedule_task(build_report(), "*/5 * * * * *")
 
     def tenant_of(task: Task[Any, Any], _input: Any) -> str | None:
@@ -140,25 +162,77 @@ async def tenant_traffic(manager: TaskManager, tenant: str, rng: random.Random) 
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+async def invoice_traffic(manager: TaskManager, rng: random.Random) -> None:
+    """A few invoices a second, enqueued as durable jobs."""
+    n = 0
+    while True:
+        n += 1
+        tenant = rng.choice(TENANTS)
+        await manager.enqueue("charge-invoice", {"tenant": tenant, "n": n})
+        await asyncio.sleep(rng.uniform(0.2, 0.5))
+
+
+class AddressLog(logging.Handler):
+    """Catches the address ``serve_dashboard`` logs (with ``--port 0``, the port it got)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.address = asyncio.get_running_loop().create_future()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("dashboard on ") and not self.address.done():
+            self.address.set_result(message.removeprefix("dashboard on "))
+
+
+async def serve(manager: TaskManager, services: ServiceManager, host: str, port: int) -> None:
+    """Serve the dashboard until cancelled; print its address once it listens."""
+    logger = logging.getLogger("taskbuffer")
+    address = AddressLog()
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setLevel(logging.WARNING)
+    logger.addHandler(address)
+    logger.addHandler(warnings)
+    logger.setLevel(logging.INFO)
+    server = asyncio.create_task(
+        serve_dashboard(manager, host=host, port=port, services=services, title="acme ops")
+    )
+    try:
+        await asyncio.wait([server, address.address], return_when=asyncio.FIRST_COMPLETED)
+        if address.address.done():
+            print(f"dashboard on {address.address.result()} (Ctrl-C to stop)", flush=True)
+        await server
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        for handler in (address, warnings):
+            logger.removeHandler(handler)
+
+
 async def main(seconds: float | None, host: str, port: int) -> None:
-    manager = build_manager()
-    services = build_services()
-    rng = random.Random(11)
-    async with services, manager:
-        traffic = [asyncio.create_task(tenant_traffic(manager, t, rng)) for t in TENANTS]
-        server = asyncio.create_task(
-            serve_dashboard(manager, host=host, port=port, services=services, title="acme ops")
-        )
-        print(f"dashboard on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-        try:
-            # Until the time is up, or the server stops (uvicorn handles SIGINT/SIGTERM).
-            await asyncio.wait([server], timeout=seconds)
-        finally:
-            for job in (*traffic, server):
-                job.cancel()
-            await asyncio.gather(*traffic, server, return_exceptions=True)
+    with tempfile.TemporaryDirectory() as directory:
+        store = SQLiteJobStore(Path(directory) / "jobs.db")
+        manager = build_manager(job_store=store)
+        services = build_services()
+        rng = random.Random(11)
+        async with services, manager:
+            traffic = [asyncio.create_task(tenant_traffic(manager, t, rng)) for t in TENANTS]
+            traffic.append(asyncio.create_task(invoice_traffic(manager, rng)))
+            server = asyncio.create_task(serve(manager, services, host, port))
+            try:
+                # Until the time is up, or the server stops (uvicorn handles SIGINT/SIGTERM).
+                await asyncio.wait([server], timeout=seconds)
+            finally:
+                for job in (*traffic, server):
+                    job.cancel()
+                await asyncio.gather(*traffic, server, return_exceptions=True)
+            jobs = Counter(job.status for job in await manager.list_jobs(limit=10_000))
     total = outcomes["completed"] + outcomes["failed"]
     print(f"{total} syncs finished: {outcomes['completed']} stored, {outcomes['failed']} failed")
+    print(
+        f"{jobs.total()} jobs stored: {jobs['succeeded']} succeeded, {jobs['failed']} failed, "
+        f"{jobs['queued'] + jobs['running']} still to run"
+    )
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -33,9 +33,11 @@ from taskbuffer import (
     Task,
     TaskConstraintGroup,
     TaskManager,
+    TaskStep,
 )
 from taskbuffer.dashboard import dashboard_app, serve_dashboard
 from taskbuffer.dashboard._app import CONTENT_SECURITY_POLICY
+from taskbuffer.dashboard._state import RUNS_LISTED
 from taskbuffer.jobs import MemoryJobStore
 
 pytestmark = [pytest.mark.realtime]
@@ -83,6 +85,7 @@ class StreamClient:
         self.body = b""
         self.reading = asyncio.Event()
         self.reading.set()
+        self.stalled = asyncio.Event()  # the server is blocked sending to the stalled client
         self.gone = asyncio.Event()
         self.requested = False
         self.task: asyncio.Task[None] | None = None
@@ -95,6 +98,8 @@ class StreamClient:
         return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
+        if not self.reading.is_set():
+            self.stalled.set()
         await self.reading.wait()  # a stalled client: the server's send blocks
         if message["type"] == "http.response.start":
             self.start = message
@@ -1027,3 +1032,225 @@ async def test_huge_errors_and_inputs_are_cut_so_the_snapshot_stays_bounded() ->
     assert traceback.startswith("Traceback (most recent call last)") and "in fail" in traceback
     assert traceback.endswith("x\n")
     assert len(detail["error"]["message"]) <= 2000
+
+
+# ----------------------------------------------------------------------------------- runs
+
+STEPS = [
+    TaskStep(name="pay", description="charge the card", percentage=30),
+    TaskStep(name="ship", description="hand to the carrier", percentage=30),
+    TaskStep(name="notify", description="email the customer", percentage=40),
+]
+# A run's progress with each step active: the steps before it, and half of its own.
+PROGRESS = {"pay": 15, "ship": 45, "notify": 80}
+
+
+def stepped(
+    name: str, **options: Any
+) -> tuple[Task[Any, Any], dict[tuple[str, str], asyncio.Event]]:
+    """A task whose run of input ``order`` moves to each step, then waits there until the gate
+    ``(order, step)`` is set."""
+    gates: dict[tuple[str, str], asyncio.Event] = {
+        (f"order-{i}", step.name): asyncio.Event() for i in range(1, 4) for step in STEPS
+    }
+    task: Task[Any, Any]
+
+    async def checkout(order: str) -> str:
+        for step in STEPS:
+            task.notify_step(step.name)
+            await gates[order, step.name].wait()
+        return f"{order} done"
+
+    task = Task(task_function=checkout, name=name, steps=STEPS, **options)
+    return task, gates
+
+
+def open_gates(gates: dict[tuple[str, str], asyncio.Event], order: str, *steps: str) -> None:
+    for step in steps:
+        gates[order, step].set()
+
+
+def steps_reached(manager: TaskManager, wanted: dict[str, int]) -> Callable[[], bool]:
+    """Whether each run (by input) has reached the progress wanted of it."""
+
+    def check() -> bool:
+        progress = {run.input: run.progress for run in manager.get_active_runs()}
+        return progress == wanted
+
+    return check
+
+
+async def test_the_snapshot_shows_each_of_three_concurrent_runs_with_its_own_progress() -> None:
+    manager = TaskManager()
+    checkout, gates = stepped("checkout")
+    manager.add_task(checkout)
+    runs = [manager.spawn("checkout", f"order-{i}") for i in range(1, 4)]
+    try:
+        open_gates(gates, "order-1", "pay")
+        open_gates(gates, "order-2", "pay", "ship")
+        wanted = {"order-1": 45, "order-2": 80, "order-3": 15}
+        await until(manager, steps_reached(manager, wanted))
+        async with client(dashboard_app(manager)) as c:
+            data = (await c.get("/api/snapshot")).json()
+        by_input = {run["input"]: run for run in data["runs"]}
+        assert {order: run["progress"] for order, run in by_input.items()} == {
+            repr(order): progress for order, progress in wanted.items()
+        }
+        for order, active in [("order-1", "ship"), ("order-2", "notify"), ("order-3", "pay")]:
+            run = by_input[repr(order)]
+            assert (run["task_name"], run["state"], run["blocked_by"]) == (
+                "checkout",
+                "running",
+                None,
+            )
+            assert [s["name"] for s in run["steps"] if s["status"] == "active"] == [active]
+            assert [s["percentage"] for s in run["steps"]] == [30, 30, 40]
+        assert len({run["run_id"] for run in data["runs"]}) == 3
+        assert data["more_runs"] == 0
+    finally:
+        for gate in gates.values():
+            gate.set()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(*runs)
+
+
+async def test_a_queued_run_shows_the_group_and_key_that_block_it_until_it_starts() -> None:
+    manager = TaskManager()
+    checkout, gates = stepped("checkout", labels={"tenant": "acme"})
+    manager.add_task(checkout)
+    manager.add_constraint_group(
+        TaskConstraintGroup(
+            name="per-tenant",
+            constraint_key_for_execution=lambda task, _input: task.get_label("tenant"),
+            max_concurrent=1,
+        )
+    )
+    runs = [manager.spawn("checkout", order) for order in ("order-1", "order-2")]
+    try:
+        await until(manager, lambda: manager.statistics().waiting == 1)
+        async with client(dashboard_app(manager)) as c:
+            data = (await c.get("/api/snapshot")).json()
+            states = [(r["input"], r["state"], r["blocked_by"]) for r in data["runs"]]
+            assert states == [
+                ("'order-1'", "running", None),
+                ("'order-2'", "waiting", ["per-tenant", "acme"]),
+            ]
+            assert data["runs"][1]["queued_at"] is not None
+            assert data["runs"][1]["started_at"] is None
+
+            open_gates(gates, "order-1", "pay", "ship", "notify")
+            await until(manager, steps_reached(manager, {"order-2": 15}))
+            data = (await c.get("/api/snapshot")).json()
+        # Started, it is blocked by nothing any more.
+        [run] = data["runs"]
+        assert (run["input"], run["state"], run["blocked_by"]) == ("'order-2'", "running", None)
+    finally:
+        for gate in gates.values():
+            gate.set()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(*runs)
+
+
+async def test_the_stream_shows_a_queued_run_without_the_progress_of_the_run_ahead() -> None:
+    manager = TaskManager()
+    checkout, gates = stepped("checkout", labels={"tenant": "acme"})
+    manager.add_task(checkout)
+    manager.add_constraint_group(
+        TaskConstraintGroup(
+            name="per-tenant",
+            constraint_key_for_execution=lambda task, _input: task.get_label("tenant"),
+            max_concurrent=1,
+        )
+    )
+    stream = StreamClient(dashboard_app(manager))
+    stream.open()
+    runs: list[asyncio.Task[Any]] = []
+    try:
+        await stream.next_frame()
+        runs.append(manager.spawn("checkout", "order-1"))
+        await until(manager, steps_reached(manager, {"order-1": 15}))
+        runs.append(manager.spawn("checkout", "order-2"))
+        _, update = await stream.frame_where(
+            lambda k, d: any(r["input"] == "'order-2'" for r in d["runs"])
+        )
+        [queued] = [r for r in update["runs"] if r["input"] == "'order-2'"]
+        assert (queued["state"], queued["blocked_by"]) == ("waiting", ["per-tenant", "acme"])
+        assert (queued["progress"], queued["steps"]) == (0, [])  # it has not started
+    finally:
+        for gate in gates.values():
+            gate.set()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(*runs)
+        await stream.disconnect()
+
+
+async def test_a_snapshot_lists_at_most_its_limit_of_runs_and_counts_the_rest() -> None:
+    manager = TaskManager()
+    hold, release = gated("hold")
+    manager.add_task(hold)
+    runs = [manager.spawn("hold", i) for i in range(RUNS_LISTED + 50)]
+    try:
+        await until(manager, lambda: manager.statistics().running == len(runs))
+        async with client(dashboard_app(manager)) as c:
+            data = (await c.get("/api/snapshot")).json()
+        assert len(data["runs"]) == RUNS_LISTED
+        assert data["more_runs"] == 50
+    finally:
+        release.set()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(*runs)
+
+
+async def test_the_stream_coalesces_each_run_between_frames_and_a_finished_run_leaves() -> None:
+    manager = TaskManager()
+    checkout, gates = stepped("checkout")
+    manager.add_task(checkout)
+    manager.add_task(Task(task_function=lambda: None, name="primer"))
+    app = dashboard_app(manager)
+    stream = StreamClient(app)
+    stream.open()
+    runs: list[asyncio.Task[Any]] = []
+    try:
+        await stream.next_frame()
+        # The client stalls while the server sends it a frame: whatever happens meanwhile
+        # waits for the next frame.
+        stream.reading.clear()
+        await manager.trigger_task_by_name("primer")
+        async with asyncio.timeout(LIMIT):
+            await stream.stalled.wait()
+        runs = [manager.spawn("checkout", f"order-{i}") for i in range(1, 4)]
+        for order in ("order-1", "order-2", "order-3"):
+            open_gates(gates, order, "pay", "ship")
+        await until(
+            manager, steps_reached(manager, dict.fromkeys(("order-1", "order-2", "order-3"), 80))
+        )
+        stream.reading.set()
+
+        _, update = await stream.frame_where(
+            lambda k, d: any(r["task_name"] == "checkout" for r in d["runs"])
+        )
+        # 3 runs queued, started and moved through 3 steps: one entry per run, as it is now.
+        steps = [e for e in update["events"] if e["type"] == "step"]
+        assert len(steps) == 9
+        assert len({e["run_id"] for e in steps}) == 3
+        assert sorted((r["input"], r["state"], r["progress"]) for r in update["runs"]) == [
+            ("'order-1'", "running", 80),
+            ("'order-2'", "running", 80),
+            ("'order-3'", "running", 80),
+        ]
+
+        open_gates(gates, "order-2", "notify")
+        async with asyncio.timeout(LIMIT):
+            assert await runs[1] == "order-2 done"
+        _, update = await stream.frame_where(lambda k, d: bool(d["runs"]))
+        [finished] = update["runs"]
+        assert (finished["input"], finished["state"]) == ("'order-2'", "completed")
+        async with client(app) as c:
+            data = (await c.get("/api/snapshot")).json()
+        assert sorted(r["input"] for r in data["runs"]) == ["'order-1'", "'order-3'"]
+    finally:
+        for gate in gates.values():
+            gate.set()
+        async with asyncio.timeout(LIMIT):
+            await asyncio.gather(*runs)
+        await stream.disconnect()

@@ -101,6 +101,8 @@ class Browser:
     async def shoot(self, path: Path, scheme: str) -> str:
         """A full-page screenshot in ``scheme``; returns the page's background colour."""
         await self.page.emulate_media(color_scheme=scheme)
+        # From the top: a full-page shot draws the sticky header where the page is scrolled.
+        await self.page.evaluate("window.scrollTo(0, 0)")
         await self.page.screenshot(path=str(path), full_page=True)
         background: str = await self.page.evaluate(
             "getComputedStyle(document.body).backgroundColor"
@@ -126,14 +128,14 @@ CHECKOUT_STEPS = [
 ]
 
 
-def checkout_task(gates: dict[str, asyncio.Event]) -> Task[str]:
-    """Moves to each step, then waits there until the test opens that step's gate."""
+def checkout_task(gates: dict[tuple[str, str], asyncio.Event]) -> Task[str]:
+    """Moves to each step, then waits there until the test opens the gate ``(order, step)``."""
     task: Task[str]
 
     async def checkout(order: str) -> str:
         for step in CHECKOUT_STEPS:
             task.notify_step(step.name)
-            await gates[step.name].wait()
+            await gates[order, step.name].wait()
         return f"{order} done"
 
     task = Task(
@@ -145,10 +147,24 @@ def checkout_task(gates: dict[str, asyncio.Event]) -> Task[str]:
     return task
 
 
+async def until(manager: TaskManager, condition: Any) -> None:
+    """Wait until ``condition()`` holds, checking it after each event of ``manager``."""
+    changed = asyncio.Event()
+    subscription = manager.task_subject.subscribe(lambda _event: changed.set())
+    try:
+        async with asyncio.timeout(LIMIT):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    finally:
+        subscription.dispose()
+
+
 async def test_a_run_moves_through_its_steps_and_the_label_filter_hides_other_tenants(
     browser: Browser, tmp_path: Path
 ) -> None:
-    gates = {step.name: asyncio.Event() for step in CHECKOUT_STEPS}
+    orders = ("order-1", "order-2", "order-3")
+    gates = {(order, step.name): asyncio.Event() for order in orders for step in CHECKOUT_STEPS}
     manager = TaskManager()
     manager.add_task(checkout_task(gates))
     ledger = Task(task_function=lambda: "ok", name="ledger", labels={"tenant": "globex"})
@@ -165,19 +181,41 @@ async def test_a_run_moves_through_its_steps_and_the_label_filter_hides_other_te
         await browser.open(base)
         assert await page.locator('article.task[data-task="ledger"]').count() == 1
 
-        run = manager.spawn("checkout", "order-1")
-        bar = 'article.task[data-task="checkout"] .run[data-progress="{}"]'
-        # pay active: half of its 30 %; then 30 + 15; then 60 + 20.
+        runs = [manager.spawn("checkout", order) for order in orders]
+        await until(manager, lambda: manager.statistics().waiting == 1)
+        ids = {run.input: run.run_id for run in manager.get_active_runs(task_name="checkout")}
+        card = 'article.task[data-task="checkout"]'
+        bar = card + ' .run[data-run-id="{}"][data-progress="{}"]'
+        # The third trigger waits for the tenant's key: the page names the group and the key.
+        waiting = page.locator(f'#runs tr[data-run-id="{ids["order-3"]}"]')
+        await waiting.wait_for(timeout=WAIT_MS)
+        assert "per-tenant / acme" in await waiting.inner_text()
+        label = page.locator(f'{card} .run[data-run-id="{ids["order-3"]}"] .run-label')
+        assert "waits for per-tenant / acme" in await label.inner_text()
+
+        # order-1 moves through its steps (pay active: half of its 30 %; then 30 + 15; then
+        # 60 + 20) while order-2, on its own bar, stays at its first step.
         for step, progress in [("pay", 15), ("ship", 45), ("notify", 80)]:
-            await page.wait_for_selector(bar.format(progress), timeout=WAIT_MS)
-            markers = page.locator(bar.format(progress) + " .marker")
+            await page.wait_for_selector(bar.format(ids["order-1"], progress), timeout=WAIT_MS)
+            markers = page.locator(bar.format(ids["order-1"], progress) + " .marker")
             assert await markers.count() == 2  # between the three steps
-            gates[step].set()
+            assert await page.locator(bar.format(ids["order-2"], 15)).count() == 1
+            gates["order-1", step].set()
         async with asyncio.timeout(LIMIT):
-            assert await run == "order-1 done"
+            assert await runs[0] == "order-1 done"
+        # order-1 leaves the page; order-3 gets the tenant's slot and starts.
+        await page.wait_for_selector(f'.run[data-run-id="{ids["order-1"]}"]', state="detached")
+        await page.wait_for_selector(bar.format(ids["order-3"], 15), timeout=WAIT_MS)
+        assert "waits for" not in await label.inner_text()
+
+        for gate in gates.values():
+            gate.set()
+        async with asyncio.timeout(LIMIT):
+            assert await asyncio.gather(*runs[1:]) == ["order-2 done", "order-3 done"]
         done = 'article.task[data-task="checkout"][data-status="completed"]'
         await page.wait_for_selector(done, timeout=WAIT_MS)
-        assert await page.locator('article.task[data-task="checkout"] .run').count() == 0
+        await page.wait_for_selector(f"{card} .run", state="detached", timeout=WAIT_MS)
+        await page.wait_for_selector("#runs-empty:not([hidden])", timeout=WAIT_MS)
 
         await page.select_option("#label-filter", "tenant=acme")
         await page.wait_for_selector('article.task[data-task="ledger"]', state="detached")
@@ -226,8 +264,10 @@ def load_example() -> ModuleType:
 async def test_screenshots_of_the_example_workload_in_both_themes(
     browser: Browser, tmp_path: Path
 ) -> None:
+    from taskbuffer.jobs import SQLiteJobStore
+
     example = load_example()
-    manager: TaskManager = example.build_manager()
+    manager: TaskManager = example.build_manager(job_store=SQLiteJobStore(tmp_path / "jobs.db"))
     services = example.build_services()
     rng = random.Random(3)
     async with services, manager:
@@ -235,13 +275,25 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
             asyncio.create_task(example.tenant_traffic(manager, tenant, rng))
             for tenant in example.TENANTS
         ]
+        traffic.append(asyncio.create_task(example.invoice_traffic(manager, rng)))
         try:
             async with served(manager, services=services, title="acme ops") as base:
+                page = browser.page
                 await browser.open(base)
-                await browser.page.wait_for_selector(".run[data-progress]", timeout=WAIT_MS)
-                await asyncio.sleep(2.5)  # let the workload fill the panels
+                # Runs on the task cards and in the runs panel, a trigger waiting for its
+                # key, jobs that succeeded and failed.
+                await page.wait_for_selector("article.task .run[data-progress]", timeout=WAIT_MS)
+                await page.wait_for_selector('#runs tr [data-state="waiting"]', timeout=WAIT_MS)
+                for status in ("succeeded", "failed"):
+                    selector = f'#jobs tr[data-status="{status}"]'
+                    await page.wait_for_selector(selector, timeout=WAIT_MS)
+                await asyncio.sleep(1.0)  # let the workload fill the panels
+                await page.locator('#jobs tr[data-status="failed"] button').first.click()
+                await page.wait_for_selector("#job-traceback", timeout=WAIT_MS)
                 for scheme in ("light", "dark"):
                     await browser.shoot(tmp_path / f"dashboard-{scheme}.png", scheme)
+                assert await no_overflow_at(page, 390) == 0  # a phone
+                await browser.shoot(tmp_path / "dashboard-phone.png", "dark")
         finally:
             for job in traffic:
                 job.cancel()
@@ -255,21 +307,28 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
     assert browser.errors == []
 
 
-async def test_a_failed_job_s_traceback_opens(browser: Browser) -> None:
-    from taskbuffer.jobs import MemoryJobStore
+async def test_a_failed_job_s_traceback_opens(browser: Browser, tmp_path: Path) -> None:
+    from taskbuffer.jobs import SQLiteJobStore
 
     def charge(amount: int) -> int:
+        if amount == 0:
+            return 0
         raise ZeroDivisionError(f"cannot split {amount} by zero")
 
-    manager = TaskManager(job_store=MemoryJobStore())
+    # A real store on disk: what the page shows went through its serializer and its SQL.
+    manager = TaskManager(job_store=SQLiteJobStore(tmp_path / "jobs.db"))
     manager.add_task(Task(task_function=charge, name="charge"))
     async with manager:
+        fine = await manager.enqueue("charge", 0)
         job = await manager.enqueue("charge", 7)
         assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
+        assert (await manager.wait_for_job(fine.id, timeout=LIMIT)).status == "succeeded"
         async with served(manager) as base:
             page = browser.page
             await browser.open(base)
+            await page.wait_for_selector(f'#jobs tr[data-job-id="{fine.id}"]', timeout=WAIT_MS)
             await page.select_option("#job-status", "failed")
+            await page.wait_for_selector(f'#jobs tr[data-job-id="{fine.id}"]', state="detached")
             row = page.locator(f'#jobs tr[data-job-id="{job.id}"]')
             await row.locator("button").click()
             await page.locator("#job-traceback summary").click()

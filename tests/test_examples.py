@@ -110,8 +110,10 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "after stop: service 'consumer' is not available: the ServiceManager is stopped",
     ],
     "dashboard.py": [
-        "dashboard on http://127.0.0.1:0/ (Ctrl-C to stop)",
+        "dashboard on http://127.0.0.1:",
+        "/ (Ctrl-C to stop)",
         " syncs finished: ",
+        " jobs stored: ",
     ],
     "durable.py": [
         "worked 3 jobs: ['report-0.pdf', 'report-1.pdf', 'report-2.pdf']",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .._events import TaskEvent
     from .._metadata import TaskMetadata
+    from .._run import RunInfo
     from .._service import ServiceEvent
     from ._state import DashboardState
 
@@ -49,7 +50,7 @@ class ClientFeed:
 
     def __init__(self) -> None:
         self.tasks: dict[str, TaskMetadata] = {}
-        self.runs: dict[str, Any] = {}
+        self.runs: dict[str, RunInfo] = {}
         self.events: deque[TaskEvent] = deque(maxlen=EVENTS_PER_FRAME)
         self.skipped = 0  # events not shown in the feed since the last frame
         self.resync = True  # the first frame is a full snapshot
@@ -83,7 +84,7 @@ class ClientFeed:
         if not self.resync:
             metadata = event.task
             self.tasks[metadata.name] = metadata
-            run = getattr(event, "run", None)
+            run = event.run
             if run is not None:
                 self.runs[run.run_id] = run
             if len(self.tasks) + len(self.runs) > MAX_PENDING:

@@ -1,9 +1,9 @@
 """What the dashboard shows, as JSON-ready values read from a manager (and services).
 
 Everything here reads the manager through its public API, plus ``key_table`` of the
-constraints module for the per-key table. Runs (``get_active_runs``, ``event.run``) are
-shown when the manager has them, jobs when it has a job store: the page hides those panels
-otherwise.
+constraints module for the per-key table. Runs come from ``get_active_runs`` (the snapshot)
+and ``event.run`` (the live feed); jobs are shown when the manager has a job store: the page
+hides that panel otherwise.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +21,13 @@ if TYPE_CHECKING:
     from .._events import TaskEvent
     from .._manager import TaskManager
     from .._metadata import TaskMetadata
+    from .._run import RunInfo
     from .._service_manager import ServiceManager
     from ..jobs import Job, JobAttempt, JobStatus
 
 __all__ = (
     "KEYS_PER_GROUP",
+    "RUNS_LISTED",
     "DashboardState",
     "JobStoreFailure",
     "event_entry",
@@ -40,6 +41,7 @@ logger = logging.getLogger("taskbuffer")
 # lengths (the tasks are all listed: there are as many as the code registers), and every
 # text that comes from a run (errors, inputs, results) to these sizes.
 KEYS_PER_GROUP = 20  # keys listed per constraint group, the busiest first
+RUNS_LISTED = 200  # active runs a snapshot lists: running first, then the next to start
 SCHEDULES_LISTED = 50
 RECENT_EVENTS = 100  # events the snapshot carries, newest last
 REPR_LIMIT = 200  # characters of an input or result shown
@@ -87,8 +89,13 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def run_entry(run: Any) -> dict[str, Any]:
-    """A ``RunInfo`` as JSON-ready values; its input as a bounded repr."""
+def run_entry(run: RunInfo) -> dict[str, Any]:
+    """A ``RunInfo`` as JSON-ready values; its input as a bounded repr.
+
+    A run that has not started has no steps yet: the snapshot a ``queued`` event carries
+    may hold the steps of the task's run ahead of it, which are not this run's.
+    """
+    started = run.state != "waiting" or run.started_at is not None
     return {
         "run_id": run.run_id,
         "task_name": run.task_name,
@@ -97,18 +104,21 @@ def run_entry(run: Any) -> dict[str, Any]:
         "attempt": run.attempt,
         "priority": run.priority,
         "job_id": run.job_id,
-        "blocked_by": None if run.blocked_by is None else list(run.blocked_by),
+        # Only a waiting run is blocked: a started one keeps the (group, key) it waited for.
+        "blocked_by": list(run.blocked_by)
+        if run.blocked_by is not None and run.state == "waiting"
+        else None,
         "queued_at": iso(run.queued_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
-        "steps": [step.to_dict() for step in run.steps],
-        "progress": run.progress,
+        "steps": [step.to_dict() for step in run.steps] if started else [],
+        "progress": run.progress if started else 0,
     }
 
 
 def event_entry(event: TaskEvent) -> dict[str, Any]:
     """A task event for the live feed: what happened to which task (and run)."""
-    run = getattr(event, "run", None)
+    run = event.run
     return {
         "type": event.type,
         "task": event.task.name,
@@ -188,18 +198,14 @@ class DashboardState:
         """Keep the latest events of the manager for :meth:`snapshot`."""
         self.manager.task_subject.subscribe(self.recent.append)
 
-    @property
-    def has_runs(self) -> bool:
-        return callable(getattr(self.manager, "get_active_runs", None))
-
     def tasks(self) -> list[dict[str, Any]]:
         return [task_entry(metadata) for metadata in self.manager.get_all_tasks_metadata()]
 
-    def runs(self) -> list[dict[str, Any]]:
-        if not self.has_runs:
-            return []
-        get_active_runs: Callable[[], list[Any]] = self.manager.get_active_runs  # type: ignore[attr-defined,unused-ignore]
-        return [run_entry(run) for run in get_active_runs()]
+    def runs(self) -> tuple[list[dict[str, Any]], int]:
+        """The first :data:`RUNS_LISTED` active runs, and how many more there are."""
+        runs = self.manager.get_active_runs()
+        listed = [run_entry(run) for run in runs[:RUNS_LISTED]]
+        return listed, len(runs) - len(listed)
 
     def groups(self) -> list[dict[str, Any]]:
         entries = []
@@ -258,7 +264,7 @@ class DashboardState:
 
     def features(self, *, actions: bool, jobs: bool) -> dict[str, bool]:
         return {
-            "runs": self.has_runs,
+            "runs": True,
             "jobs": jobs,
             "services": self.services is not None,
             "actions": actions,
@@ -306,13 +312,15 @@ class DashboardState:
             jobs = await self.jobs()
         except JobStoreFailure as exc:
             jobs, jobs_error = [], str(exc)
+        runs, more_runs = self.runs()
         return {
             "title": title,
             "features": self.features(actions=actions, jobs=jobs is not None),
             "jobs_error": jobs_error,
             "statistics": self.statistics(),
             "tasks": self.tasks(),
-            "runs": self.runs(),
+            "runs": runs,
+            "more_runs": more_runs,
             "groups": self.groups(),
             "schedules": self.schedules(),
             "jobs": jobs or [],

@@ -7,6 +7,9 @@
   const MAX_EVENTS = 200;
   const EVENT_STATES = { started: "running", step: "running", retrying: "waiting", missed: "waiting" };
   const JOBS_PAGE = 20;
+  const RUNS_SHOWN = 200; // rows of the runs panel (the snapshot lists as many)
+  const RUNS_KEPT = 1000; // active runs the page holds from the live updates
+  const BARS_PER_TASK = 5; // progress bars on a task's card
   const token = new URLSearchParams(location.search).get("token");
 
   const state = {
@@ -167,24 +170,32 @@
     return step ? step.name : null;
   }
 
-  function runBar(run) {
+  // A run that has not started has no steps yet: its bar shows the task's step markers.
+  function runBar(run, taskSteps) {
     const parts = [run.state, activeStep(run.steps), run.progress + "%"];
     if (run.attempt > 1) parts.push("attempt " + run.attempt);
     if (run.blocked_by) parts.push("waits for " + run.blocked_by.join(" / "));
-    const node = progressBar(run.steps, run.progress, { "data-run-id": run.run_id, "data-state": run.state });
+    const steps = run.steps.length ? run.steps : taskSteps;
+    const node = progressBar(steps, run.progress, { "data-run-id": run.run_id, "data-state": run.state });
     node.append(el("span", { className: "run-label", text: parts.filter(Boolean).join(" · ") }));
     return node;
   }
 
+  // Running runs first, then waiting ones in the order they would start (priority, then arrival).
+  function runOrder(a, b) {
+    if ((a.state === "running") !== (b.state === "running")) return a.state === "running" ? -1 : 1;
+    if (a.state !== "running" && a.priority !== b.priority) return b.priority - a.priority;
+    const at = (run) => run.started_at || run.queued_at || "";
+    return at(a) < at(b) ? -1 : at(a) > at(b) ? 1 : 0;
+  }
+
   function taskRuns(task) {
-    if (state.features.runs) {
-      return [...state.runs.values()].filter((run) => run.task_name === task.name).map(runBar);
+    const runs = [...state.runs.values()].filter((run) => run.task_name === task.name).sort(runOrder);
+    const bars = runs.slice(0, BARS_PER_TASK).map((run) => runBar(run, task.steps));
+    if (runs.length > BARS_PER_TASK) {
+      bars.push(el("div", { className: "muted more-runs", text: "+ " + (runs.length - BARS_PER_TASK) + " more runs" }));
     }
-    if (task.status !== "running") return [];
-    const node = progressBar(task.steps, task.current_progress, { "data-state": "running" });
-    const label = [task.current_step, task.current_progress + "%"].filter(Boolean).join(" · ");
-    node.append(el("span", { className: "run-label", text: label }));
-    return [node];
+    return bars;
   }
 
   function taskCard(task) {
@@ -222,18 +233,11 @@
     $("tasks-empty").hidden = tasks.length > 0;
   }
 
-  function runOrder(a, b) {
-    if ((a.state === "running") !== (b.state === "running")) return a.state === "running" ? -1 : 1;
-    if (a.state !== "running" && a.priority !== b.priority) return b.priority - a.priority;
-    const at = (run) => run.started_at || run.queued_at || "";
-    return at(a) < at(b) ? -1 : at(a) > at(b) ? 1 : 0;
-  }
-
   function renderRuns() {
     $("runs-panel").hidden = !state.features.runs;
     if (!state.features.runs) return;
     const runs = [...state.runs.values()].filter((run) => taskVisible(run.task_name)).sort(runOrder);
-    $("runs").replaceChildren(...runs.map((run) => el("tr", { "data-run-id": run.run_id },
+    $("runs").replaceChildren(...runs.slice(0, RUNS_SHOWN).map((run) => el("tr", { "data-run-id": run.run_id },
       el("td", { text: run.task_name }),
       el("td", null, badge(run.state)),
       el("td", { text: run.blocked_by ? run.blocked_by.join(" / ") : "" }),
@@ -243,7 +247,11 @@
       el("td", null, timeEl(run.started_at || run.queued_at)),
       el("td", { text: run.input === null ? "" : run.input }),
     )));
-    $("runs-count").textContent = String(runs.length);
+    // The statistics count every active run; the page holds at most RUNS_KEPT of them.
+    const active = (state.statistics.running || 0) + (state.statistics.waiting || 0);
+    const shown = Math.min(runs.length, RUNS_SHOWN);
+    $("runs-count").textContent = shown === active ? String(shown) : shown + " of " + active;
+    $("runs-empty").hidden = runs.length > 0;
   }
 
   function renderGroups() {
@@ -421,9 +429,11 @@
 
   // ----------------------------------------------------------------------------- live data
 
+  // A finished run leaves; a new one is kept while the page holds fewer than RUNS_KEPT (the
+  // others show up with the next full snapshot).
   function applyRun(run) {
     if (TERMINAL.has(run.state)) state.runs.delete(run.run_id);
-    else state.runs.set(run.run_id, run);
+    else if (state.runs.has(run.run_id) || state.runs.size < RUNS_KEPT) state.runs.set(run.run_id, run);
   }
 
   function addEvents(events) {
