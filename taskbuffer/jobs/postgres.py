@@ -279,41 +279,71 @@ class PostgresJobStore(JobStore):
     ) -> list[Claim]:
         """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
-        rows = await self._link.run(
-            lambda c: c.fetch(
-                sql.CLAIM,
-                now,
-                list(task_names),
-                max(limit, 0),
-                worker_id,
-                self.lease,
-                *_LOST_TEMPLATES,
-            )
-        )
+        args = self._claim_args(worker_id, task_names, limit, now)
+        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args))
         return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
-    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
-        """End claims in one statement (see :meth:`JobStore.finish`)."""
-        if not outcomes:
-            return []
-        columns = (
+    def _claim_args(
+        self, worker_id: str, task_names: Sequence[str], limit: int, now: float
+    ) -> tuple[Any, ...]:
+        names, lease = list(task_names), self.lease
+        return (now, names, max(limit, 0), worker_id, lease, *_LOST_TEMPLATES)
+
+    def _finish_args(self, outcomes: Sequence[JobOutcome], now: float) -> tuple[Any, ...]:
+        return (
             [o.job_id for o in outcomes],
             [o.token for o in outcomes],
             [o.outcome for o in outcomes],
             [o.result for o in outcomes],
             [error_json(o.error) for o in outcomes],
+            now,
+            sql.CHANNEL,
+            self._id,
         )
+
+    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
+        """End claims in one statement (see :meth:`JobStore.finish`)."""
+        if not outcomes:
+            return []
+        applied, _ = await self._finish_and_claim(outcomes, None, now)
+        return applied
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[JobOutcome],
+        *,
+        worker_id: str,
+        task_names: Sequence[str],
+        limit: int,
+        now: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """End claims and claim replacements in ONE transaction (one commit): see
+        :meth:`JobStore.finish_and_claim`."""
+        claim = self._claim_args(worker_id, task_names, limit, now)
+        return await self._finish_and_claim(outcomes, claim, now)
+
+    async def _finish_and_claim(
+        self, outcomes: Sequence[JobOutcome], claim: tuple[Any, ...] | None, now: float
+    ) -> tuple[list[bool], list[Claim]]:
+        finish = self._finish_args(outcomes, now)
         tries = 0
 
-        async def finish(connection: Connection) -> list[asyncpg.Record]:
+        async def both(connection: Connection) -> tuple[list[Any], list[Any]]:
             nonlocal tries
             tries += 1  # a second try may find its first one committed
             statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
-            return await connection.fetch(statement, *columns, now, sql.CHANNEL, self._id)
+            if claim is None:
+                return await connection.fetch(statement, *finish), []
+            async with connection.transaction():
+                done = await connection.fetch(statement, *finish) if outcomes else []
+                return done, await connection.fetch(sql.CLAIM, *claim)
 
-        applied = {(row["id"], row["token"]) for row in await self._link.run(finish)}
-        self.notify()
-        return [(outcome.job_id, outcome.token) in applied for outcome in outcomes]
+        done, rows = await self._link.run(both)
+        if outcomes:
+            self.notify()
+        applied = {(row["id"], row["token"]) for row in done}
+        claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
+        return [(o.job_id, o.token) in applied for o in outcomes], claims
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one statement (see :meth:`JobStore.renew`)."""
