@@ -8,8 +8,9 @@ runs and claim their replacements in ONE transaction (:func:`apply_outcomes` the
 
 from __future__ import annotations
 
+import os
 import sqlite3
-import uuid
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -36,9 +37,17 @@ __all__ = (
     "existing_job",
     "insert_jobs",
     "new_job_columns",
+    "ordered_id",
     "reap",
     "take_due",
 )
+
+
+def ordered_id() -> str:
+    """A fresh job id or lease token: 32 hex digits, the wall clock in nanoseconds then 64
+    random bits. Ids made later sort after earlier ones, so the indexes they key (job ids,
+    tokens, the audit trail) grow at one end: a commit writes a few pages, not one per row."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 def existing_job(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:
@@ -79,7 +88,7 @@ def insert_jobs(
         if row is not None:
             found.append(row)
             continue
-        job_id = uuid.uuid4().hex
+        job_id = ordered_id()
         run_at = now if request.run_at is None else request.run_at
         values = (job_id, request.task_name, data, request.priority, run_at,
                   request.max_attempts, now, request.dedupe_key, request.schedule_key)  # fmt: skip
@@ -148,7 +157,7 @@ def take_due(
         return []
     query = CLAIM.format(names=", ".join("?" * len(task_names)))
     rows = c.execute(query, (now, *task_names, limit)).fetchall()
-    taken = [(row, uuid.uuid4().hex) for row in rows]
+    taken = [(row, ordered_id()) for row in rows]
     c.executemany(TAKE, [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken])
     c.executemany(OPEN_ATTEMPT, [(row["id"], row["id"], worker_id, now) for row, _ in taken])
     return taken

@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS taskbuffer_job_attempts (
     outcome TEXT,
     error TEXT,
     PRIMARY KEY (job_id, attempt)
-);
+) WITHOUT ROWID;
 """
 
 COLUMNS = (
