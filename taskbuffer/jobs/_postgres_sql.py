@@ -180,7 +180,8 @@ WITH expired AS (
     UPDATE taskbuffer_jobs j
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $4, started_at = $1, lease_expires = $1 + $5,
-        token = replace(gen_random_uuid()::text, '-', '')
+        token = lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1e6)::bigint), 16, '0')
+                || left(replace(gen_random_uuid()::text, '-', ''), 16)  -- ordered: see ordered_id
     WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 ), opened AS (

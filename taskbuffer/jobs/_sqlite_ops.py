@@ -8,9 +8,7 @@ runs and claim their replacements in ONE transaction (:func:`apply_outcomes` the
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -30,24 +28,16 @@ from ._sqlite_sql import (
     TAKE,
 )
 from ._store import attempts_lost_error
-from ._values import JobOutcome, JobRequest, error_json
+from ._values import JobOutcome, JobRequest, error_json, ordered_id
 
 __all__ = (
     "apply_outcomes",
     "existing_job",
     "insert_jobs",
     "new_job_columns",
-    "ordered_id",
     "reap",
     "take_due",
 )
-
-
-def ordered_id() -> str:
-    """A fresh job id or lease token: 32 hex digits, the wall clock in nanoseconds then 64
-    random bits. Ids made later sort after earlier ones, so the indexes they key (job ids,
-    tokens, the audit trail) grow at one end: a commit writes a few pages, not one per row."""
-    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 def existing_job(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:

@@ -49,6 +49,7 @@ from ._values import (
     attempt_from_row,
     error_json,
     job_from_row,
+    ordered_id,
 )
 
 __all__ = ("PostgresJobStore",)
@@ -172,7 +173,7 @@ class PostgresJobStore(JobStore):
         # Encoded (so a bad input raises) and named before anything is written: a try
         # repeated after a lost connection finds the rows of a first try that committed.
         encoded = [self.encode(request.input) for request in requests]
-        ids = [uuid.uuid4().hex for _ in requests]
+        ids = [ordered_id() for _ in requests]
         if not requests:
             return []
 
