@@ -9,7 +9,9 @@ audit trail together; ``pg_notify`` inside a statement is delivered when it comm
 Instants are epoch seconds (``float8``) passed in by the caller, never the server's clock
 (see :class:`~taskbuffer.jobs.JobStore`). The columns are those of the SQLite store, with
 ``claims`` added: the number of the job's attempts so far, released ones included, which
-names the open attempt in ``taskbuffer_job_attempts``.
+numbers the attempt under way. An attempt's row in ``taskbuffer_job_attempts`` is written
+once, when it ends (finish, release, or reaped ``lost``); the attempt under way is read from
+the job's row (its ``worker_id`` and ``started_at``): one write per attempt instead of two.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
 # templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
 CLAIM = f"""
 WITH expired AS (
-    SELECT id, priority, run_at, seq, task_name, attempts, claims,
+    SELECT id, priority, run_at, seq, task_name, attempts, claims, worker_id, started_at,
            CASE WHEN cancel_requested THEN 'cancelled'
                 WHEN attempts >= max_attempts THEN 'failed'
                 ELSE 'queued' END AS fate
@@ -161,10 +163,10 @@ WITH expired AS (
     ORDER BY priority DESC, run_at, seq
     LIMIT $3
 ), lost AS (
-    UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
-    FROM expired e
-    WHERE a.job_id = ANY (ARRAY (SELECT id FROM expired))
-      AND a.job_id = e.id AND a.attempt = e.claims
+    INSERT INTO taskbuffer_job_attempts AS a
+        (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, claims, worker_id, started_at, $1, 'lost' FROM expired
+    ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = 'lost', finished_at = $1
 ), reaped AS (
     UPDATE taskbuffer_jobs j
     SET status = e.fate, token = NULL, lease_expires = NULL, cancel_requested = false,
@@ -184,9 +186,6 @@ WITH expired AS (
                 || left(replace(gen_random_uuid()::text, '-', ''), 16)  -- ordered: see ordered_id
     WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
-), opened AS (
-    INSERT INTO taskbuffer_job_attempts (job_id, attempt, worker_id, started_at)
-    SELECT id, claims, worker_id, started_at FROM claimed
 )
 SELECT * FROM claimed ORDER BY priority DESC, run_at, seq
 """
@@ -207,12 +206,13 @@ WITH o AS (
     FROM o
     WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
       AND j.status = 'running'
-    RETURNING j.id, j.claims, o.token, o.outcome, o.error
+    RETURNING j.id, j.claims, j.worker_id, j.started_at, o.token, o.outcome, o.error
 ), ended AS (
-    UPDATE taskbuffer_job_attempts a
-    SET outcome = upd.outcome, finished_at = $6, error = upd.error
-    FROM upd
-    WHERE a.job_id = ANY ($1::text[]) AND a.job_id = upd.id AND a.attempt = upd.claims
+    INSERT INTO taskbuffer_job_attempts AS a
+        (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, claims, worker_id, started_at, $6, outcome, error FROM upd
+    ON CONFLICT (job_id, attempt)
+        DO UPDATE SET outcome = EXCLUDED.outcome, finished_at = $6, error = EXCLUDED.error
 )
 """
 
@@ -271,7 +271,11 @@ LIMIT $3 OFFSET $4
 
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
-FROM taskbuffer_job_attempts WHERE job_id = $1 ORDER BY attempt
+FROM taskbuffer_job_attempts WHERE job_id = $1
+UNION ALL
+SELECT id, claims, worker_id, started_at, NULL, NULL, NULL
+FROM taskbuffer_jobs WHERE id = $1 AND status = 'running'
+ORDER BY attempt
 """
 
 # Two scans of partial indexes (queued jobs, running jobs), never of the finished ones.

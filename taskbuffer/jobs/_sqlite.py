@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, new_job_columns, take_due
 from ._sqlite_sql import (
+    ATTEMPTS,
     CANCEL_QUEUED,
     CANCEL_RUNNING,
     COLUMNS,
@@ -210,10 +211,7 @@ class SQLiteJobStore(JobStore):
     async def attempts(self, job_id: str) -> list[JobAttempt]:
         """The audit trail of a job, oldest first."""
         rows = await self._run(
-            lambda c: c.execute(
-                "SELECT * FROM taskbuffer_job_attempts WHERE job_id = ? ORDER BY attempt",
-                (job_id,),
-            ).fetchall(),
+            lambda c: c.execute(ATTEMPTS, {"id": job_id}).fetchall(),
             write=False,
         )
         return [attempt_from_row(row) for row in rows]

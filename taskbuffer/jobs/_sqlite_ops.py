@@ -19,7 +19,6 @@ from ._sqlite_sql import (
     FAIL_EXHAUSTED,
     FINISH,
     INSERT,
-    OPEN_ATTEMPT,
     REAP_ATTEMPTS,
     REAP_CANCELLED,
     REAP_EXHAUSTED,
@@ -149,7 +148,6 @@ def take_due(
     rows = c.execute(query, (now, *task_names, limit)).fetchall()
     taken = [(row, ordered_id()) for row in rows]
     c.executemany(TAKE, [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken])
-    c.executemany(OPEN_ATTEMPT, [(row["id"], row["id"], worker_id, now) for row, _ in taken])
     return taken
 
 
@@ -166,6 +164,8 @@ def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: f
                 == 1
             )
         if done:
-            c.execute(END_ATTEMPT, (o.outcome, now, error, o.job_id))
+            c.execute(
+                END_ATTEMPT, {"now": now, "outcome": o.outcome, "error": error, "id": o.job_id}
+            )
         applied.append(done)
     return applied
