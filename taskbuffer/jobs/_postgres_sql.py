@@ -16,6 +16,8 @@ the job's row (its ``worker_id`` and ``started_at``): one write per attempt inst
 
 from __future__ import annotations
 
+import re
+
 __all__ = (
     "ATTEMPTS",
     "CANCEL",
@@ -25,6 +27,7 @@ __all__ = (
     "EXISTING",
     "FINISH",
     "FINISH_AGAIN",
+    "FINISH_AND_CLAIM",
     "GET",
     "LATEST_SCHEDULE_KEY",
     "LIST",
@@ -138,14 +141,14 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
 # ``claimed`` takes over; the other expired jobs meet their fate in ``reaped``. No row is
 # updated twice. The error of a job whose attempts were all lost comes from the store's
 # templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
-CLAIM = f"""
-WITH expired AS (
+_CLAIM_CTES = f"""
+expired AS (
     SELECT id, priority, run_at, seq, task_name, attempts, claims, worker_id, started_at,
            CASE WHEN cancel_requested THEN 'cancelled'
                 WHEN attempts >= max_attempts THEN 'failed'
                 ELSE 'queued' END AS fate
     FROM taskbuffer_jobs
-    WHERE status = 'running' AND lease_expires <= $1
+    WHERE status = 'running' AND lease_expires <= $1 {{not_finished}}
     FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT id, priority, run_at, seq FROM taskbuffer_jobs
@@ -187,8 +190,13 @@ WITH expired AS (
     WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 )
-SELECT * FROM claimed ORDER BY priority DESC, run_at, seq
 """
+
+CLAIM = (
+    "WITH "
+    + _CLAIM_CTES.format(not_finished="")
+    + "SELECT * FROM claimed ORDER BY priority DESC, run_at, seq"
+)
 
 _FINISH = """
 WITH o AS (
@@ -218,6 +226,29 @@ WITH o AS (
 
 # The (id, token) of the outcomes applied (the token stays on a finished job, for FINISH_AGAIN).
 FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
+
+# FINISH then CLAIM in ONE statement (one round trip, one commit; a worker's busy cycle): the
+# claim's parameters follow the finish's ($9 on). A job that this statement finishes is not
+# reaped by it even if its lease ran out (as when FINISH runs first); a released one is
+# claimable from the next claim on. One row per claimed job (or one with a NULL id when none
+# was), each with ``done_ids`` and ``done_tokens``: the outcomes applied.
+FINISH_AND_CLAIM = (
+    _FINISH
+    + ", "
+    + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + 8}", _CLAIM_CTES).format(
+        not_finished="AND NOT EXISTS (SELECT FROM o WHERE o.id = taskbuffer_jobs.id "
+        "AND o.token = taskbuffer_jobs.token)"
+    )
+    + """, done AS (
+    SELECT array_agg(id) AS ids, array_agg(token) AS tokens FROM upd
+), noted AS (
+    SELECT pg_notify($7, $8) FROM upd LIMIT 1
+)
+SELECT done.ids AS done_ids, done.tokens AS done_tokens, (SELECT count(*) FROM noted) AS noted, c.*
+FROM done LEFT JOIN claimed c ON true
+ORDER BY c.priority DESC, c.run_at, c.seq
+"""
+)
 
 # The same, run again after a lost connection: an outcome counts as applied also when an
 # earlier try of it had committed (the job has its status and still its token).

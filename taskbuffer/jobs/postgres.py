@@ -68,6 +68,10 @@ _LOST_TEMPLATES = (
 )  # a request whose conflicting job finishes meanwhile is inserted again
 
 
+def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
+    return {(row["id"], row["token"]) for row in rows}
+
+
 def _asyncpg_dsn(dsn: str) -> str:
     """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
     if dsn.startswith("postgresql+"):
@@ -329,20 +333,24 @@ class PostgresJobStore(JobStore):
         finish = self._finish_args(outcomes, now)
         tries = 0
 
-        async def both(connection: Connection) -> tuple[list[Any], list[Any]]:
+        async def both(connection: Connection) -> tuple[set[tuple[str, str]], list[Any]]:
             nonlocal tries
             tries += 1  # a second try may find its first one committed
             statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
             if claim is None:
-                return await connection.fetch(statement, *finish), []
+                return _applied(await connection.fetch(statement, *finish)), []
+            if tries == 1 and outcomes:  # the busy cycle: one statement
+                rows = await connection.fetch(sql.FINISH_AND_CLAIM, *finish, *claim)
+                ids, tokens = rows[0]["done_ids"] or (), rows[0]["done_tokens"] or ()
+                applied = set(zip(ids, tokens, strict=True))
+                return applied, [row for row in rows if row["id"] is not None]
             async with connection.transaction():
                 done = await connection.fetch(statement, *finish) if outcomes else []
-                return done, await connection.fetch(sql.CLAIM, *claim)
+                return _applied(done), await connection.fetch(sql.CLAIM, *claim)
 
-        done, rows = await self._link.run(both)
+        applied, rows = await self._link.run(both)
         if outcomes:
             self.notify()
-        applied = {(row["id"], row["token"]) for row in done}
         claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
         return [(o.job_id, o.token) in applied for o in outcomes], claims
 
