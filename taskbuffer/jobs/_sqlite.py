@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, new_job_columns, take_due
+from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, queued_job, take_due
 from ._sqlite_sql import (
     ATTEMPTS,
     CANCEL_QUEUED,
@@ -243,14 +244,13 @@ class SQLiteJobStore(JobStore):
         encoded = [self.encode(request.input) for request in requests]
         found = await self._run(lambda c: insert_jobs(c, requests, encoded, now), write=True)
         self.notify()
-        jobs = []
-        for request, data, row in zip(requests, encoded, found, strict=True):
-            if isinstance(row, str):  # a new job: its columns are the request's
-                columns = new_job_columns(request, row, now)
-                jobs.append(job_from_row(columns, input=self.decode(data), result=None))
-            else:
-                jobs.append(self._job(row))
-        return jobs
+        created = datetime.fromtimestamp(now, UTC)
+        return [
+            queued_job(request, row, self.decode(data), created)
+            if isinstance(row, str)  # a new job: its columns are the request's
+            else self._job(row)
+            for request, data, row in zip(requests, encoded, found, strict=True)
+        ]
 
     async def claim(
         self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float

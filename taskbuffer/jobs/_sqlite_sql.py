@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS taskbuffer_meta (
     value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     task_name TEXT NOT NULL,
     input BLOB,
@@ -54,11 +54,13 @@ CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
     result BLOB,
     error TEXT,
     dedupe_key TEXT,
-    schedule_key TEXT UNIQUE,
+    schedule_key TEXT,
     token TEXT,
     lease_expires REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
+CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
+    ON taskbuffer_jobs (schedule_key) WHERE schedule_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_due
     ON taskbuffer_jobs (priority DESC, run_at, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
