@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 
 __all__ = (
+    "ANALYZE",
+    "ANALYZED_ROWS",
     "ATTEMPTS",
     "CANCEL",
     "CHANNEL",
@@ -290,6 +292,9 @@ SET status = 'queued', run_at = $2, attempts = 0, result = NULL, error = NULL,
 WHERE id = $1 AND status IN ('failed', 'cancelled')
 RETURNING {COLUMNS}, (SELECT pg_notify($3, $4))
 """
+
+ANALYZED_ROWS = "SELECT reltuples FROM pg_class WHERE oid = 'taskbuffer_jobs'::regclass"
+ANALYZE = "ANALYZE taskbuffer_jobs"
 
 GET = f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = $1"
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, queued_job, take_due
+from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due
 from ._sqlite_sql import (
     ATTEMPTS,
     CANCEL_QUEUED,
@@ -48,6 +48,7 @@ from ._values import (
     RenewReport,
     attempt_from_row,
     job_from_row,
+    queued_job,
 )
 
 __all__ = ("SQLiteJobStore",)

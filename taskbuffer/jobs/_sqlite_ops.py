@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from ._sqlite_sql import (
     CLAIM,
@@ -28,13 +27,12 @@ from ._sqlite_sql import (
     TAKE,
 )
 from ._store import attempts_lost_error
-from ._values import Job, JobOutcome, JobRequest, error_json, ordered_id
+from ._values import JobOutcome, JobRequest, error_json, ordered_id
 
 __all__ = (
     "apply_outcomes",
     "existing_job",
     "insert_jobs",
-    "queued_job",
     "reap",
     "take_due",
 )
@@ -91,31 +89,6 @@ def insert_jobs(
         found.append(job_id)
     c.executemany(INSERT, fresh)
     return found
-
-
-def queued_job(request: JobRequest, job_id: str, input: Any, created: datetime) -> Job:
-    """The job that :func:`insert_jobs` stored for ``request`` at ``created`` (not read back:
-    its columns are the request's; ``created`` is shared by the batch, and so is ``run_at``
-    when it is the enqueue instant)."""
-    run_at = request.run_at
-    return Job(
-        id=job_id,
-        task_name=request.task_name,
-        input=input,
-        status="queued",
-        priority=request.priority,
-        run_at=created if run_at is None else datetime.fromtimestamp(run_at, UTC),
-        attempts=0,
-        max_attempts=request.max_attempts,
-        created_at=created,
-        started_at=None,
-        finished_at=None,
-        worker_id=None,
-        result=None,
-        error=None,
-        dedupe_key=request.dedupe_key,
-        schedule_key=request.schedule_key,
-    )
 
 
 def reap(c: sqlite3.Connection, now: float) -> None:

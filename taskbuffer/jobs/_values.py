@@ -34,6 +34,7 @@ __all__ = (
     "RenewReport",
     "Row",
     "ordered_id",
+    "queued_job",
 )
 
 JobStatus: TypeAlias = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -295,3 +296,28 @@ def ordered_id() -> str:
     random bits. Ids made later sort after earlier ones, so the indexes they key (job ids,
     tokens, the audit trail) grow at one end: a commit writes a few pages, not one per row."""
     return f"{time.time_ns():016x}{os.urandom(8).hex()}"
+
+
+def queued_job(request: JobRequest, job_id: str, input: Any, created: datetime) -> Job:
+    """The job that a store has just stored for ``request`` at ``created`` (not read back:
+    its columns are the request's; ``created`` is shared by the batch, and so is ``run_at``
+    when it is the enqueue instant)."""
+    run_at = request.run_at
+    return Job(
+        id=job_id,
+        task_name=request.task_name,
+        input=input,
+        status="queued",
+        priority=request.priority,
+        run_at=created if run_at is None else datetime.fromtimestamp(run_at, UTC),
+        attempts=0,
+        max_attempts=request.max_attempts,
+        created_at=created,
+        started_at=None,
+        finished_at=None,
+        worker_id=None,
+        result=None,
+        error=None,
+        dedupe_key=request.dedupe_key,
+        schedule_key=request.schedule_key,
+    )

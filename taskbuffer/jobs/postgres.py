@@ -23,7 +23,8 @@ reports them when it is back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 try:
@@ -50,6 +51,7 @@ from ._values import (
     error_json,
     job_from_row,
     ordered_id,
+    queued_job,
 )
 
 __all__ = ("PostgresJobStore",)
@@ -57,6 +59,7 @@ __all__ = ("PostgresJobStore",)
 POLL_LISTENING = 5.0
 POLL_NOT_LISTENING = 0.5
 ENQUEUE_ROUNDS = 3
+ANALYZE_BATCH = 500  # an enqueue_many this large may refresh the table's statistics
 _ID, _COUNT = "@@job-id@@", 97531
 # The error of a job whose every attempt was lost, as JSON with a stand-in for its id and
 # attempt count; the claim statement puts the real ones in.
@@ -192,7 +195,23 @@ class PostgresJobStore(JobStore):
                 raise RuntimeError("enqueue kept meeting jobs that finished meanwhile")
             return [job for job in jobs if job is not None]
 
-        return await self._link.run(insert)
+        jobs = await self._link.run(insert)
+        if len(requests) >= ANALYZE_BATCH:
+            await self._link.run(self._refresh_statistics(len(requests)))
+        return jobs
+
+    @staticmethod
+    def _refresh_statistics(added: int) -> Callable[[Connection], Awaitable[None]]:
+        """ANALYZE the jobs table when a batch of ``added`` jobs at least doubled it since its
+        statistics were taken (none yet: -1): else, until autovacuum's next pass (up to a
+        minute), the planner takes the queue for tiny and each claim sorts every queued job."""
+
+        async def refresh(connection: Connection) -> None:
+            analyzed = await connection.fetchval(sql.ANALYZED_ROWS)
+            if analyzed is None or analyzed <= added:
+                await connection.execute(sql.ANALYZE)
+
+        return refresh
 
     async def _insert(
         self,
@@ -222,33 +241,15 @@ class PostgresJobStore(JobStore):
         if rows:
             self.notify()
         inserted = {row["id"] for row in rows}
+        created = datetime.fromtimestamp(now, UTC)
         skipped = []
         for i in indices:
             if ids[i] in inserted:
-                jobs[i] = self._new_job(requests[i], ids[i], encoded[i], now)
+                jobs[i] = queued_job(requests[i], ids[i], self.decode(encoded[i]), created)
             else:
                 skipped.append((requests[i], ids[i], i))
         if skipped:
             await self._fill_existing(connection, skipped, jobs)
-
-    def _new_job(self, request: JobRequest, job_id: str, data: bytes, now: float) -> Job:
-        row = {
-            "id": job_id,
-            "task_name": request.task_name,
-            "status": "queued",
-            "priority": request.priority,
-            "run_at": now if request.run_at is None else request.run_at,
-            "attempts": 0,
-            "max_attempts": request.max_attempts,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "worker_id": None,
-            "error": None,
-            "dedupe_key": request.dedupe_key,
-            "schedule_key": request.schedule_key,
-        }
-        return job_from_row(row, input=self.decode(data), result=None)
 
     async def _fill_existing(
         self,
