@@ -259,23 +259,106 @@ async def test_postgres_stopped_for_five_seconds_loses_nothing(
 def _runs_per_tick(
     lines: list[str], jobs: list[Job], trails: dict[str, list[JobAttempt]]
 ) -> dict[float, int]:
-    """How many times the function of each tick (by scheduled instant) started: each
-    recorded start belongs to the attempt of its worker that was open at that moment."""
+    """How many times the function of each tick (by scheduled instant) started.
+
+    A recorded start names its worker and instant, not its tick: it belongs to one attempt
+    of that worker that was open at that moment. Attempts of one worker may be open at the
+    same instant (two ticks claimed together, or one claimed in the commit that finished the
+    previous one), so the starts are matched to attempts one to one: every start to its own
+    attempt, every ``succeeded`` attempt to exactly one start (its function ran), any other
+    attempt to at most one. Such a matching must exist (else some attempt ran its function
+    twice, or a start belongs to no attempt); each tick's count is the starts matched to its
+    attempts.
+    """
     counts = {job.run_at.timestamp(): 0 for job in jobs}
-    for line in lines:
-        worker, stamp = line.split()
-        at = float(stamp)
-        owners = [
-            job.run_at.timestamp()
-            for job in jobs
-            for attempt in trails[job.id]
-            if attempt.worker_id == worker
-            and attempt.started_at.timestamp() - 0.001 <= at
-            and (attempt.finished_at is None or at <= attempt.finished_at.timestamp() + 0.001)
-        ]
-        assert len(owners) == 1, (line, owners)
-        counts[owners[0]] += 1
+    attempts = [(job.run_at.timestamp(), a) for job in jobs for a in trails[job.id]]
+    for worker in sorted({line.split()[0] for line in lines} | {a.worker_id for _, a in attempts}):
+        starts = [float(line.split()[1]) for line in lines if line.split()[0] == worker]
+        mine = [(tick, a) for tick, a in attempts if a.worker_id == worker]
+        # Succeeded attempts first, so they are matched before the others take their starts.
+        mine.sort(key=lambda entry: entry[1].outcome != "succeeded")
+        owner = _match(starts, [a for _, a in mine])
+        for attempt_index, (_, attempt) in enumerate(mine):
+            if attempt.outcome == "succeeded":
+                assert attempt_index in owner.values(), (worker, attempt, starts)
+        assert len(owner) == len(starts), (worker, starts, [a for _, a in mine])
+        for attempt_index in owner.values():
+            counts[mine[attempt_index][0]] += 1
     return counts
+
+
+def _tick(instant: float, *attempts: tuple[str, float, float | None, str | None]) -> Job:
+    from datetime import UTC, datetime
+
+    def at(epoch: float | None) -> datetime | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+    job = Job(
+        id=f"tick-{instant:g}", task_name="tick", input=None, status="succeeded", priority=0,
+        run_at=datetime.fromtimestamp(instant, UTC), attempts=len(attempts), max_attempts=3,
+        created_at=datetime.fromtimestamp(instant, UTC), started_at=None, finished_at=None,
+        worker_id=None, result=None, error=None, dedupe_key=None,
+    )  # fmt: skip
+    _TRAILS[job.id] = [
+        JobAttempt(job_id=job.id, attempt=n, worker_id=worker, started_at=at(start) or at(0),
+                   finished_at=at(end), outcome=outcome, error=None)  # type: ignore[arg-type]
+        for n, (worker, start, end, outcome) in enumerate(attempts, 1)
+    ]  # fmt: skip
+    return job
+
+
+_TRAILS: dict[str, list[JobAttempt]] = {}
+
+
+def test_run_matching_counts_ticks_whose_attempts_overlap_on_one_worker() -> None:
+    # Tick 10 finished in the very commit that claimed tick 11 (one instant for both), and
+    # ticks 12 and 13 were claimed together: each start lies in two attempts' windows.
+    jobs = [
+        _tick(10, ("c", 10.000, 10.020, "succeeded")),
+        _tick(11, ("c", 10.020, 10.040, "succeeded")),
+        _tick(12, ("c", 12.000, 12.015, "succeeded")),
+        _tick(13, ("c", 12.000, 12.016, "succeeded")),
+    ]
+    lines = ["c 10.0005", "c 10.0204", "c 12.0010", "c 12.0011"]
+    assert _runs_per_tick(lines, jobs, _TRAILS) == {10.0: 1, 11.0: 1, 12.0: 1, 13.0: 1}
+
+
+def test_run_matching_still_catches_a_tick_run_twice_or_not_at_all() -> None:
+    twice = [_tick(20, ("c", 20.0, 20.1, "succeeded"))]
+    with pytest.raises(AssertionError):  # two starts, one attempt
+        _runs_per_tick(["c 20.01", "c 20.05"], twice, _TRAILS)
+    lost_then_run = [_tick(21, ("a", 21.0, 23.0, "lost"), ("b", 23.0, 23.1, "succeeded"))]
+    assert _runs_per_tick(["a 21.01", "b 23.01"], lost_then_run, _TRAILS) == {21.0: 2}
+    with pytest.raises(AssertionError):  # a succeeded attempt whose function never started
+        _runs_per_tick(["a 21.01"], lost_then_run, _TRAILS)
+
+
+def _match(starts: list[float], attempts: list[JobAttempt]) -> dict[int, int]:
+    """A matching of starts to attempts open at their instant (start index -> attempt index)
+    that covers as many attempts as it can, earlier ones in ``attempts`` first (augmenting
+    paths: small sizes, one worker's ticks)."""
+
+    def opened(at: float, attempt: JobAttempt) -> bool:
+        return attempt.started_at.timestamp() - 0.001 <= at and (
+            attempt.finished_at is None or at <= attempt.finished_at.timestamp() + 0.001
+        )
+
+    owner: dict[int, int] = {}  # start -> attempt
+
+    def place(attempt_index: int, seen: set[int]) -> bool:
+        for start_index, at in enumerate(starts):
+            if start_index in seen or not opened(at, attempts[attempt_index]):
+                continue
+            seen.add(start_index)
+            held = owner.get(start_index)
+            if held is None or place(held, seen):
+                owner[start_index] = attempt_index
+                return True
+        return False
+
+    for attempt_index in range(len(attempts)):
+        place(attempt_index, set())
+    return owner  # a start that no attempt could take stays out
 
 
 @pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.external)])

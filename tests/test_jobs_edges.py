@@ -326,6 +326,19 @@ async def test_nothing_is_left_behind_after_a_manager_with_a_store_stops(
     gc.collect()  # an unclosed sqlite3 connection would warn (an error here) when collected
 
 
+async def test_concurrent_opens_of_one_store_leave_nothing_behind_once_closed(
+    stores: Callable[..., JobStore],
+) -> None:
+    # A manager's start() and its background writer of one-off runs both open the store.
+    store_ = stores()
+    async with asyncio.timeout(10):
+        await asyncio.gather(store_.open(), store_.open(), store_.open())
+        assert await store_.list_jobs() == []
+        await store_.close()
+    assert store_threads() == []
+    gc.collect()  # an unclosed sqlite3 connection would warn (an error here) when collected
+
+
 @pytest.mark.realtime
 async def test_closing_a_sqlite_store_ends_its_thread_before_close_returns(
     tmp_path: Path,

@@ -174,6 +174,32 @@ async def test_3_a_job_is_held_by_one_claim_until_its_lease_runs_out(backend: Ba
         await second.close()
 
 
+async def test_3_finish_and_claim_is_finish_then_claim_in_one_call(store: JobStore) -> None:
+    # A worker's busy cycle: its outcomes end its claims (fenced by their tokens), then it
+    # claims replacements; reaping comes after the finish, so a claim whose lease ran out but
+    # that nobody reaped yet still finishes, and a stale one is reaped and claimable again.
+    x, y, z = [await store.enqueue(request(), now=T0) for _ in range(3)]
+    [a, b] = await claim(store, limit=2)
+    assert (a.job.id, b.job.id) == (x.id, y.id)
+    stale = JobOutcome(job_id=b.job.id, token="not-the-token", outcome="succeeded")
+    applied, claims = await store.finish_and_claim(
+        [done(a), stale], worker_id="w2", task_names=["work"], limit=2, now=T0 + 40
+    )
+    assert applied == [True, False]
+    assert [(c.job.id, c.job.worker_id, c.job.attempts) for c in claims] == [
+        (y.id, "w2", 2),
+        (z.id, "w2", 1),
+    ]
+    finished = await store.get(x.id)
+    assert finished is not None and finished.status == "succeeded"
+    assert [(t.worker_id, t.outcome) for t in await store.attempts(x.id)] == [("w1", "succeeded")]
+    trail = await store.attempts(y.id)
+    assert [(t.worker_id, t.outcome) for t in trail] == [("w1", "lost"), ("w2", None)]
+    assert await store.finish_and_claim(
+        [done(c) for c in claims], worker_id="w2", task_names=["work"], limit=2, now=T0 + 41
+    ) == ([True, True], [])
+
+
 async def test_3_renewing_a_lease_keeps_the_job(store: JobStore) -> None:
     await store.enqueue(request(), now=T0)
     [a] = await claim(store)

@@ -45,6 +45,13 @@ _TRANSIENT = (
 )
 
 
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+"""Settings of the connections of a pool the store makes. The store's statements are
+prepared once per connection and run many times with new parameters: planned once (the
+claim's many CTEs took as long to plan as to run), re-planned when the table's statistics
+change (ANALYZE invalidates cached plans)."""
+
+
 def lost_connection(error: BaseException) -> bool:
     """Whether ``error`` says the server or the connection went away (worth retrying)."""
     if isinstance(error, _TRANSIENT):
@@ -115,7 +122,11 @@ class PostgresLink:
             if self._pool is not None:
                 return
             pool = self._given_pool or await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=POOL_SIZE, reset=_keep_session
+                self._dsn,
+                min_size=1,
+                max_size=POOL_SIZE,
+                reset=_keep_session,
+                server_settings=SERVER_SETTINGS,
             )
             try:
                 async with pool.acquire() as connection, connection.transaction():

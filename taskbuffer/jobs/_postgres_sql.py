@@ -9,12 +9,18 @@ audit trail together; ``pg_notify`` inside a statement is delivered when it comm
 Instants are epoch seconds (``float8``) passed in by the caller, never the server's clock
 (see :class:`~taskbuffer.jobs.JobStore`). The columns are those of the SQLite store, with
 ``claims`` added: the number of the job's attempts so far, released ones included, which
-names the open attempt in ``taskbuffer_job_attempts``.
+numbers the attempt under way. An attempt's row in ``taskbuffer_job_attempts`` is written
+once, when it ends (finish, release, or reaped ``lost``); the attempt under way is read from
+the job's row (its ``worker_id`` and ``started_at``): one write per attempt instead of two.
 """
 
 from __future__ import annotations
 
+import re
+
 __all__ = (
+    "ANALYZE",
+    "ANALYZED_ROWS",
     "ATTEMPTS",
     "CANCEL",
     "CHANNEL",
@@ -23,6 +29,7 @@ __all__ = (
     "EXISTING",
     "FINISH",
     "FINISH_AGAIN",
+    "FINISH_AND_CLAIM",
     "GET",
     "LATEST_SCHEDULE_KEY",
     "LIST",
@@ -136,14 +143,14 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
 # ``claimed`` takes over; the other expired jobs meet their fate in ``reaped``. No row is
 # updated twice. The error of a job whose attempts were all lost comes from the store's
 # templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
-CLAIM = f"""
-WITH expired AS (
-    SELECT id, priority, run_at, seq, task_name, attempts, claims,
+_CLAIM_CTES = f"""
+expired AS (
+    SELECT id, priority, run_at, seq, task_name, attempts, claims, worker_id, started_at,
            CASE WHEN cancel_requested THEN 'cancelled'
                 WHEN attempts >= max_attempts THEN 'failed'
                 ELSE 'queued' END AS fate
     FROM taskbuffer_jobs
-    WHERE status = 'running' AND lease_expires <= $1
+    WHERE status = 'running' AND lease_expires <= $1 {{not_finished}}
     FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT id, priority, run_at, seq FROM taskbuffer_jobs
@@ -161,10 +168,10 @@ WITH expired AS (
     ORDER BY priority DESC, run_at, seq
     LIMIT $3
 ), lost AS (
-    UPDATE taskbuffer_job_attempts a SET outcome = 'lost', finished_at = $1
-    FROM expired e
-    WHERE a.job_id = ANY (ARRAY (SELECT id FROM expired))
-      AND a.job_id = e.id AND a.attempt = e.claims
+    INSERT INTO taskbuffer_job_attempts AS a
+        (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, claims, worker_id, started_at, $1, 'lost' FROM expired
+    ON CONFLICT (job_id, attempt) DO UPDATE SET outcome = 'lost', finished_at = $1
 ), reaped AS (
     UPDATE taskbuffer_jobs j
     SET status = e.fate, token = NULL, lease_expires = NULL, cancel_requested = false,
@@ -180,15 +187,18 @@ WITH expired AS (
     UPDATE taskbuffer_jobs j
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $4, started_at = $1, lease_expires = $1 + $5,
-        token = replace(gen_random_uuid()::text, '-', '')
+        token = lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1e6)::bigint), 16, '0')
+                || left(replace(gen_random_uuid()::text, '-', ''), 16)  -- ordered: see ordered_id
     WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
-), opened AS (
-    INSERT INTO taskbuffer_job_attempts (job_id, attempt, worker_id, started_at)
-    SELECT id, claims, worker_id, started_at FROM claimed
 )
-SELECT * FROM claimed ORDER BY priority DESC, run_at, seq
 """
+
+CLAIM = (
+    "WITH "
+    + _CLAIM_CTES.format(not_finished="")
+    + "SELECT * FROM claimed ORDER BY priority DESC, run_at, seq"
+)
 
 _FINISH = """
 WITH o AS (
@@ -206,17 +216,41 @@ WITH o AS (
     FROM o
     WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
       AND j.status = 'running'
-    RETURNING j.id, j.claims, o.token, o.outcome, o.error
+    RETURNING j.id, j.claims, j.worker_id, j.started_at, o.token, o.outcome, o.error
 ), ended AS (
-    UPDATE taskbuffer_job_attempts a
-    SET outcome = upd.outcome, finished_at = $6, error = upd.error
-    FROM upd
-    WHERE a.job_id = ANY ($1::text[]) AND a.job_id = upd.id AND a.attempt = upd.claims
+    INSERT INTO taskbuffer_job_attempts AS a
+        (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, claims, worker_id, started_at, $6, outcome, error FROM upd
+    ON CONFLICT (job_id, attempt)
+        DO UPDATE SET outcome = EXCLUDED.outcome, finished_at = $6, error = EXCLUDED.error
 )
 """
 
 # The (id, token) of the outcomes applied (the token stays on a finished job, for FINISH_AGAIN).
 FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
+
+# FINISH then CLAIM in ONE statement (one round trip, one commit; a worker's busy cycle): the
+# claim's parameters follow the finish's ($9 on). A job that this statement finishes is not
+# reaped by it even if its lease ran out (as when FINISH runs first); a released one is
+# claimable from the next claim on. One row per claimed job (or one with a NULL id when none
+# was), each with ``done_ids`` and ``done_tokens``: the outcomes applied.
+FINISH_AND_CLAIM = (
+    _FINISH
+    + ", "
+    + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + 8}", _CLAIM_CTES).format(
+        not_finished="AND NOT EXISTS (SELECT FROM o WHERE o.id = taskbuffer_jobs.id "
+        "AND o.token = taskbuffer_jobs.token)"
+    )
+    + """, done AS (
+    SELECT array_agg(id) AS ids, array_agg(token) AS tokens FROM upd
+), noted AS (
+    SELECT pg_notify($7, $8) FROM upd LIMIT 1
+)
+SELECT done.ids AS done_ids, done.tokens AS done_tokens, (SELECT count(*) FROM noted) AS noted, c.*
+FROM done LEFT JOIN claimed c ON true
+ORDER BY c.priority DESC, c.run_at, c.seq
+"""
+)
 
 # The same, run again after a lost connection: an outcome counts as applied also when an
 # earlier try of it had committed (the job has its status and still its token).
@@ -259,6 +293,9 @@ WHERE id = $1 AND status IN ('failed', 'cancelled')
 RETURNING {COLUMNS}, (SELECT pg_notify($3, $4))
 """
 
+ANALYZED_ROWS = "SELECT reltuples FROM pg_class WHERE oid = 'taskbuffer_jobs'::regclass"
+ANALYZE = "ANALYZE taskbuffer_jobs"
+
 GET = f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = $1"
 
 LIST = f"""
@@ -270,7 +307,11 @@ LIMIT $3 OFFSET $4
 
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
-FROM taskbuffer_job_attempts WHERE job_id = $1 ORDER BY attempt
+FROM taskbuffer_job_attempts WHERE job_id = $1
+UNION ALL
+SELECT id, claims, worker_id, started_at, NULL, NULL, NULL
+FROM taskbuffer_jobs WHERE id = $1 AND status = 'running'
+ORDER BY attempt
 """
 
 # Two scans of partial indexes (queued jobs, running jobs), never of the finished ones.

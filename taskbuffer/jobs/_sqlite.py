@@ -14,37 +14,26 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
+from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due
 from ._sqlite_sql import (
+    ATTEMPTS,
     CANCEL_QUEUED,
     CANCEL_RUNNING,
-    CLAIM,
     COLUMNS,
-    END_ATTEMPT,
-    FAIL_EXHAUSTED,
-    FINISH,
-    INSERT,
     NEXT_DUE,
-    OPEN_ATTEMPT,
     PURGE_ATTEMPTS,
     PURGE_JOBS,
-    REAP_ATTEMPTS,
-    REAP_CANCELLED,
-    REAP_EXHAUSTED,
-    REAP_REQUEUE,
-    RELEASE,
     RENEW,
     REQUEUE,
     SCHEMA,
-    TAKE,
 )
 from ._store import (
     SCHEMA_VERSION,
     JobStore,
-    attempts_lost_error,
     check_schema_version,
     dedupe_conflict,
 )
@@ -58,8 +47,8 @@ from ._values import (
     JobStatus,
     RenewReport,
     attempt_from_row,
-    error_json,
     job_from_row,
+    queued_job,
 )
 
 __all__ = ("SQLiteJobStore",)
@@ -176,6 +165,9 @@ class SQLiteJobStore(JobStore):
         except BaseException:
             await thread.stop()
             raise
+        if self._thread is not None and self._thread.alive:  # a concurrent open() won
+            await thread.stop()
+            return
         self._thread = thread
 
     async def close(self) -> None:
@@ -221,10 +213,7 @@ class SQLiteJobStore(JobStore):
     async def attempts(self, job_id: str) -> list[JobAttempt]:
         """The audit trail of a job, oldest first."""
         rows = await self._run(
-            lambda c: c.execute(
-                "SELECT * FROM taskbuffer_job_attempts WHERE job_id = ? ORDER BY attempt",
-                (job_id,),
-            ).fetchall(),
+            lambda c: c.execute(ATTEMPTS, {"id": job_id}).fetchall(),
             write=False,
         )
         return [attempt_from_row(row) for row in rows]
@@ -254,89 +243,67 @@ class SQLiteJobStore(JobStore):
     async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> list[Job]:
         """Store jobs in one transaction (see :meth:`JobStore.enqueue_many`)."""
         encoded = [self.encode(request.input) for request in requests]
-
-        def insert(c: sqlite3.Connection) -> list[sqlite3.Row]:
-            rows = []
-            for request, data in zip(requests, encoded, strict=True):
-                row = self._existing(c, request)
-                if row is None:
-                    job_id = uuid.uuid4().hex
-                    run_at = now if request.run_at is None else request.run_at
-                    c.execute(
-                        INSERT,
-                        (job_id, request.task_name, data, request.priority, run_at,
-                         request.max_attempts, now, request.dedupe_key, request.schedule_key),
-                    )  # fmt: skip
-                    row = c.execute(
-                        f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = ?", (job_id,)
-                    ).fetchone()
-                rows.append(row)
-            return rows
-
-        rows = await self._run(insert, write=True)
+        found = await self._run(lambda c: insert_jobs(c, requests, encoded, now), write=True)
         self.notify()
-        return [self._job(row) for row in rows]
-
-    @staticmethod
-    def _existing(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:
-        if request.schedule_key is not None:
-            row = c.execute(
-                f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE schedule_key = ?",
-                (request.schedule_key,),
-            ).fetchone()
-            if row is not None:
-                return cast("sqlite3.Row", row)
-        if request.dedupe_key is not None:
-            return cast(
-                "sqlite3.Row | None",
-                c.execute(
-                    f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE dedupe_key = ? "
-                    "AND status IN ('queued', 'running')",
-                    (request.dedupe_key,),
-                ).fetchone(),
-            )
-        return None
-
-    def _reap(self, c: sqlite3.Connection, now: float) -> None:
-        expired = c.execute(
-            "SELECT 1 FROM taskbuffer_jobs WHERE status = 'running' AND lease_expires <= ? LIMIT 1",
-            (now,),
-        ).fetchone()
-        if expired is None:
-            return
-        params = {"now": now}
-        c.execute(REAP_ATTEMPTS, params)
-        c.execute(REAP_CANCELLED, params)
-        exhausted = c.execute(REAP_EXHAUSTED, params).fetchall()
-        c.executemany(
-            FAIL_EXHAUSTED,
-            [(now, error_json(attempts_lost_error(job_id, n)), job_id) for job_id, n in exhausted],
-        )
-        c.execute(REAP_REQUEUE, params)
+        created = datetime.fromtimestamp(now, UTC)
+        return [
+            queued_job(request, row, self.decode(data), created)
+            if isinstance(row, str)  # a new job: its columns are the request's
+            else self._job(row)
+            for request, data, row in zip(requests, encoded, found, strict=True)
+        ]
 
     async def claim(
         self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
     ) -> list[Claim]:
         """Claim due jobs in one transaction (see :meth:`JobStore.claim`)."""
-        query = CLAIM.format(names=", ".join("?" * len(task_names)))
+        _, claims = await self._finish_and_claim((), worker_id, task_names, limit, now)
+        return claims
+
+    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
+        """End claims in one transaction (see :meth:`JobStore.finish`)."""
+        applied = await self._run(lambda c: apply_outcomes(c, outcomes, now), write=True)
+        self.notify()
+        return applied
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[JobOutcome],
+        *,
+        worker_id: str,
+        task_names: Sequence[str],
+        limit: int,
+        now: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """End claims and claim replacements in ONE transaction (one commit): see
+        :meth:`JobStore.finish_and_claim`."""
+        return await self._finish_and_claim(outcomes, worker_id, task_names, limit, now)
+
+    async def _finish_and_claim(
+        self,
+        outcomes: Sequence[JobOutcome],
+        worker_id: str,
+        task_names: Sequence[str],
+        limit: int,
+        now: float,
+    ) -> tuple[list[bool], list[Claim]]:
         lease_expires = now + self.lease
 
-        def take(c: sqlite3.Connection) -> list[tuple[sqlite3.Row, str]]:
-            self._reap(c, now)
-            if limit <= 0 or not task_names:
-                return []
-            rows = c.execute(query, (now, *task_names, limit)).fetchall()
-            taken = [(row, uuid.uuid4().hex) for row in rows]
-            c.executemany(
-                TAKE,
-                [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken],
+        def both(c: sqlite3.Connection) -> tuple[list[bool], list[tuple[sqlite3.Row, str]]]:
+            applied = apply_outcomes(c, outcomes, now)
+            taken = take_due(
+                c,
+                worker_id=worker_id,
+                task_names=task_names,
+                limit=limit,
+                now=now,
+                lease_expires=lease_expires,
             )
-            c.executemany(
-                OPEN_ATTEMPT, [(row["id"], row["id"], worker_id, now) for row, _ in taken]
-            )
-            return taken
+            return applied, taken
 
-        taken = await self._run(take, write=True)
+        applied, taken = await self._run(both, write=True)
+        if outcomes:
+            self.notify()
         claims = []
         for row, token in taken:
             columns = dict(row)
@@ -344,34 +311,12 @@ class SQLiteJobStore(JobStore):
                 status="running", attempts=row["attempts"] + 1, worker_id=worker_id, started_at=now
             )
             claims.append(Claim(job=self._job_from(columns), token=token))
-        return claims
+        return applied, claims
 
     def _job_from(self, columns: dict[str, Any]) -> Job:
         return job_from_row(
             columns, input=self.decode(columns["input"]), result=self.decode(columns["result"])
         )
-
-    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
-        """End claims in one transaction (see :meth:`JobStore.finish`)."""
-
-        def apply(c: sqlite3.Connection) -> list[bool]:
-            applied = []
-            for o in outcomes:
-                error = error_json(o.error)
-                if o.outcome == "released":
-                    done = c.execute(RELEASE, (o.job_id, o.token)).rowcount == 1
-                else:
-                    done = c.execute(
-                        FINISH, (o.outcome, now, o.result, error, o.job_id, o.token)
-                    ).rowcount == 1  # fmt: skip
-                if done:
-                    c.execute(END_ATTEMPT, (o.outcome, now, error, o.job_id))
-                applied.append(done)
-            return applied
-
-        applied = await self._run(apply, write=True)
-        self.notify()
-        return applied
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one transaction (see :meth:`JobStore.renew`)."""
@@ -415,7 +360,7 @@ class SQLiteJobStore(JobStore):
                 raise ValueError(
                     f"only a failed or cancelled job can be retried; job {job_id!r} is {row[0]}"
                 )
-            live = self._existing(c, JobRequest(task_name="", dedupe_key=row[1]))
+            live = existing_job(c, JobRequest(task_name="", dedupe_key=row[1]))
             if live is not None:
                 raise ValueError(dedupe_conflict(job_id, live["id"], live["status"], row[1]))
             c.execute(REQUEUE, (now, job_id))

@@ -8,6 +8,7 @@ lock up front (``busy_timeout``) instead of failing half-way on a lock upgrade.
 from __future__ import annotations
 
 __all__ = (
+    "ATTEMPTS",
     "CANCEL_QUEUED",
     "CANCEL_RUNNING",
     "CLAIM",
@@ -17,7 +18,6 @@ __all__ = (
     "FINISH",
     "INSERT",
     "NEXT_DUE",
-    "OPEN_ATTEMPT",
     "PURGE_ATTEMPTS",
     "PURGE_JOBS",
     "REAP_ATTEMPTS",
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS taskbuffer_meta (
     value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     task_name TEXT NOT NULL,
     input BLOB,
@@ -54,11 +54,13 @@ CREATE TABLE IF NOT EXISTS taskbuffer_jobs (
     result BLOB,
     error TEXT,
     dedupe_key TEXT,
-    schedule_key TEXT UNIQUE,
+    schedule_key TEXT,
     token TEXT,
     lease_expires REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
+CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
+    ON taskbuffer_jobs (schedule_key) WHERE schedule_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_due
     ON taskbuffer_jobs (priority DESC, run_at, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
@@ -80,7 +82,7 @@ CREATE TABLE IF NOT EXISTS taskbuffer_job_attempts (
     outcome TEXT,
     error TEXT,
     PRIMARY KEY (job_id, attempt)
-);
+) WITHOUT ROWID;
 """
 
 COLUMNS = (
@@ -95,11 +97,14 @@ ORDER BY priority DESC, run_at, seq
 LIMIT ?
 """
 
+# An attempt's row is written once, when it ends (its number: the job's rows so far + 1);
+# the attempt under way is read from the job's row (ATTEMPTS).
 REAP_ATTEMPTS = """
-UPDATE taskbuffer_job_attempts SET outcome = 'lost', finished_at = :now
-WHERE outcome IS NULL AND job_id IN (
-    SELECT id FROM taskbuffer_jobs WHERE status = 'running' AND lease_expires <= :now
-)
+INSERT INTO taskbuffer_job_attempts
+    (job_id, attempt, worker_id, started_at, finished_at, outcome)
+SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = taskbuffer_jobs.id),
+       worker_id, started_at, :now, 'lost'
+FROM taskbuffer_jobs WHERE status = 'running' AND lease_expires <= :now
 """
 
 REAP_CANCELLED = """
@@ -126,14 +131,22 @@ SET status = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?, 
 WHERE id = ?
 """
 
-OPEN_ATTEMPT = """
-INSERT INTO taskbuffer_job_attempts (job_id, attempt, worker_id, started_at)
-VALUES (?, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = ?), ?, ?)
+END_ATTEMPT = """
+INSERT INTO taskbuffer_job_attempts
+    (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = taskbuffer_jobs.id),
+       worker_id, started_at, :now, :outcome, :error
+FROM taskbuffer_jobs WHERE id = :id
 """
 
-END_ATTEMPT = """
-UPDATE taskbuffer_job_attempts SET outcome = ?, finished_at = ?, error = ?
-WHERE job_id = ? AND outcome IS NULL
+ATTEMPTS = """
+SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
+FROM taskbuffer_job_attempts WHERE job_id = :id
+UNION ALL
+SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = :id),
+       worker_id, started_at, NULL, NULL, NULL
+FROM taskbuffer_jobs WHERE id = :id AND status = 'running'
+ORDER BY attempt
 """
 
 FINISH = """

@@ -313,6 +313,22 @@ class JobStore(abc.ABC):
         (``attempts - 1``; semantic 8). Subscribers are notified.
         """
 
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[JobOutcome],
+        *,
+        worker_id: str,
+        task_names: Sequence[str],
+        limit: int,
+        now: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """:meth:`finish` the ``outcomes``, then :meth:`claim` up to ``limit`` jobs: the applied
+        flags and the claims. How a busy worker ends runs and replaces them; engines do both in
+        one transaction (one commit instead of two), this default in two."""
+        applied = await self.finish(outcomes, now=now)
+        claims = await self.claim(worker_id=worker_id, task_names=task_names, limit=limit, now=now)
+        return applied, claims
+
     @abc.abstractmethod
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend the leases of ``tokens`` to ``now + lease`` in one transaction.

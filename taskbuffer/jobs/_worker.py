@@ -5,12 +5,15 @@ constraints with its input, priority and id, returning the result or raising) an
 ``task_names()`` (the tasks registered now). One asyncio task claims, one renews leases:
 
 - Claiming takes up to the free capacity in one store call and never holds more than
-  ``concurrency`` jobs (a job counts as held until its outcome is committed). It then sleeps
-  until the store signals work (an enqueue in this process, another process's commit), a job
-  ends here, the next delayed job falls due, or ``store.poll_interval`` passes.
+  ``concurrency`` jobs (a job counts as held until its outcome is committed, or while a claim
+  for its slot is under way). It then sleeps until the store signals work (an enqueue in this
+  process, another process's commit), a job ends here, the next delayed job falls due, or
+  ``store.poll_interval`` passes.
 - Outcomes are committed in batches: when a run ends while others still run, its outcome
   waits up to :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its
-  commit; when no run is left, the batch is committed at once.
+  commit; as soon as no run is left (or the window has passed) the batch is committed. The
+  same store call claims replacements for the slots the batch frees
+  (``store.finish_and_claim``: one transaction), so a busy worker commits once per batch.
 - Leases are renewed every ``lease / 3`` in one call for all held jobs. A renewal that reports
   a lost lease cancels the local run and its outcome is dropped (and logged); one that reports
   a cancel request cancels the run and finishes the job ``cancelled``.
@@ -94,6 +97,9 @@ class JobWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._claiming = False
+        self._running = 0  # runners not yet ended
+        self._reserved = 0  # slots a claim under way may fill
+        self._quiet: asyncio.Event | None = None  # set while no runner runs
 
     def __repr__(self) -> str:
         return (
@@ -112,6 +118,7 @@ class JobWorker:
         """Start claiming and renewing on the running loop (the store is open)."""
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
         self._claiming = True
         self._unsubscribe = self.store.subscribe(self._signal)
         self._claimer = loop.create_task(self._claim_loop(), name="taskbuffer-job-claimer")
@@ -144,11 +151,14 @@ class JobWorker:
 
     async def drain(self) -> None:
         """After the manager's runs ended: commit every outcome, stop renewing, unsubscribe."""
-        runners = [h.runner for h in self._held.values() if h.runner is not None]
-        if runners:
-            await asyncio.wait(runners)
-        if self._flush_task is not None:
-            await self._flush_task
+        while True:  # a flush under way may have claimed jobs: they run (and are released)
+            runners = [h.runner for h in self._held.values() if h.runner is not None]
+            if runners:
+                await asyncio.wait(runners)
+            elif self._flush_task is not None:
+                await self._flush_task
+            else:
+                break
         # One last try: a store that is down now leaves these jobs to their lease's end.
         await self._flush_now(retry=False)
         renewer, self._renewer = self._renewer, None
@@ -168,10 +178,11 @@ class JobWorker:
         assert wake is not None
         while self._claiming:
             wake.clear()
-            free = self.concurrency - len(self._held)
+            free = self.concurrency - len(self._held) - self._reserved
             names = list(self._task_names())
             sleep = self.store.poll_interval
             if free > 0 and names:
+                self._reserved += free
                 try:
                     claims = await self.store.claim(
                         worker_id=self.worker_id, task_names=names, limit=free, now=now_wall()
@@ -179,6 +190,8 @@ class JobWorker:
                 except Exception:
                     logger.exception("job worker %r: claiming failed; retrying", self.worker_id)
                     claims = None
+                finally:
+                    self._reserved -= free
                 # Begun at once, before anything else can fail: a claim committed is a
                 # job that this worker holds and must run (or give back).
                 for claim in claims or ():
@@ -205,8 +218,10 @@ class JobWorker:
     def _begin(self, claim: Claim) -> None:
         held = _Held(claim)
         self._held[claim.token] = held
-        loop = self._loop
-        assert loop is not None
+        loop, quiet = self._loop, self._quiet
+        assert loop is not None and quiet is not None
+        self._running += 1
+        quiet.clear()
         held.runner = loop.create_task(self._execute(held), name=f"taskbuffer-job-{claim.job.id}")
 
     async def _execute(self, held: _Held) -> None:
@@ -214,12 +229,12 @@ class JobWorker:
         try:
             outcome = await self._outcome(held)
         except BaseException:  # an interrupt, raised out of the loop: give the job back
-            held.runner = None
+            self._ended_run(held)
             if not held.lost:
                 self._pending.append(self._released(held))
                 self._flush_later()
             raise
-        held.runner = None
+        self._ended_run(held)
         if outcome is not None and outcome.outcome == "released" and self._cancelled_here():
             await self._release_now(outcome)
             return
@@ -234,6 +249,12 @@ class JobWorker:
             return
         self._pending.append(outcome)
         self._flush_later()
+
+    def _ended_run(self, held: _Held) -> None:
+        held.runner = None
+        self._running -= 1
+        if self._running == 0 and self._quiet is not None:
+            self._quiet.set()
 
     async def _outcome(self, held: _Held) -> JobOutcome | None:
         """Run the job and say how its claim ends (``None``: the lease was lost).
@@ -318,8 +339,11 @@ class JobWorker:
     async def _flush_soon(self) -> None:
         try:
             await asyncio.sleep(0)  # the runs that end in this loop iteration join the batch
-            if any(held.runner is not None for held in self._held.values()):
-                await asyncio.sleep(FLUSH_WINDOW)  # others still run: give them a moment
+            quiet = self._quiet
+            if self._running and quiet is not None:  # others still run: give them a moment
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_WINDOW):
+                        await quiet.wait()
             await self._flush_now()
         finally:
             self._flush_task = None
@@ -328,7 +352,7 @@ class JobWorker:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                applied = await self.store.finish(batch, now=now_wall())
+                applied = await self._finish(batch)
             except Exception:
                 logger.exception(
                     "job worker %r: committing %d outcome(s) failed%s",
@@ -350,6 +374,26 @@ class JobWorker:
                         outcome.outcome,
                     )
             self._signal()
+
+    async def _finish(self, batch: list[JobOutcome]) -> list[bool]:
+        """Commit ``batch`` and, while claiming, claim jobs for the slots it frees in the same
+        store call (begun at once)."""
+        names = list(self._task_names()) if self._claiming else []
+        limit = self.concurrency - (len(self._held) - len(batch)) - self._reserved
+        if limit <= 0 or not names:
+            return await self.store.finish(batch, now=now_wall())
+        self._reserved += limit
+        try:
+            applied, claims = await self.store.finish_and_claim(
+                batch, worker_id=self.worker_id, task_names=names, limit=limit, now=now_wall()
+            )
+        finally:
+            self._reserved -= limit
+        for outcome in batch:  # their slots are free: the claims take them
+            self._held.pop(outcome.token, None)
+        for claim in claims:
+            self._begin(claim)
+        return applied
 
     # -- leases ---------------------------------------------------------------------------
 

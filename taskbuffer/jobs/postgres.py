@@ -23,7 +23,8 @@ reports them when it is back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 try:
@@ -49,6 +50,8 @@ from ._values import (
     attempt_from_row,
     error_json,
     job_from_row,
+    ordered_id,
+    queued_job,
 )
 
 __all__ = ("PostgresJobStore",)
@@ -56,6 +59,7 @@ __all__ = ("PostgresJobStore",)
 POLL_LISTENING = 5.0
 POLL_NOT_LISTENING = 0.5
 ENQUEUE_ROUNDS = 3
+ANALYZE_BATCH = 500  # an enqueue_many this large may refresh the table's statistics
 _ID, _COUNT = "@@job-id@@", 97531
 # The error of a job whose every attempt was lost, as JSON with a stand-in for its id and
 # attempt count; the claim statement puts the real ones in.
@@ -65,6 +69,10 @@ _LOST_TEMPLATES = (
     _ID,
     str(_COUNT),
 )  # a request whose conflicting job finishes meanwhile is inserted again
+
+
+def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
+    return {(row["id"], row["token"]) for row in rows}
 
 
 def _asyncpg_dsn(dsn: str) -> str:
@@ -172,7 +180,7 @@ class PostgresJobStore(JobStore):
         # Encoded (so a bad input raises) and named before anything is written: a try
         # repeated after a lost connection finds the rows of a first try that committed.
         encoded = [self.encode(request.input) for request in requests]
-        ids = [uuid.uuid4().hex for _ in requests]
+        ids = [ordered_id() for _ in requests]
         if not requests:
             return []
 
@@ -187,7 +195,23 @@ class PostgresJobStore(JobStore):
                 raise RuntimeError("enqueue kept meeting jobs that finished meanwhile")
             return [job for job in jobs if job is not None]
 
-        return await self._link.run(insert)
+        jobs = await self._link.run(insert)
+        if len(requests) >= ANALYZE_BATCH:
+            await self._link.run(self._refresh_statistics(len(requests)))
+        return jobs
+
+    @staticmethod
+    def _refresh_statistics(added: int) -> Callable[[Connection], Awaitable[None]]:
+        """ANALYZE the jobs table when a batch of ``added`` jobs at least doubled it since its
+        statistics were taken (none yet: -1): else, until autovacuum's next pass (up to a
+        minute), the planner takes the queue for tiny and each claim sorts every queued job."""
+
+        async def refresh(connection: Connection) -> None:
+            analyzed = await connection.fetchval(sql.ANALYZED_ROWS)
+            if analyzed is None or analyzed <= added:
+                await connection.execute(sql.ANALYZE)
+
+        return refresh
 
     async def _insert(
         self,
@@ -217,33 +241,15 @@ class PostgresJobStore(JobStore):
         if rows:
             self.notify()
         inserted = {row["id"] for row in rows}
+        created = datetime.fromtimestamp(now, UTC)
         skipped = []
         for i in indices:
             if ids[i] in inserted:
-                jobs[i] = self._new_job(requests[i], ids[i], encoded[i], now)
+                jobs[i] = queued_job(requests[i], ids[i], self.decode(encoded[i]), created)
             else:
                 skipped.append((requests[i], ids[i], i))
         if skipped:
             await self._fill_existing(connection, skipped, jobs)
-
-    def _new_job(self, request: JobRequest, job_id: str, data: bytes, now: float) -> Job:
-        row = {
-            "id": job_id,
-            "task_name": request.task_name,
-            "status": "queued",
-            "priority": request.priority,
-            "run_at": now if request.run_at is None else request.run_at,
-            "attempts": 0,
-            "max_attempts": request.max_attempts,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "worker_id": None,
-            "error": None,
-            "dedupe_key": request.dedupe_key,
-            "schedule_key": request.schedule_key,
-        }
-        return job_from_row(row, input=self.decode(data), result=None)
 
     async def _fill_existing(
         self,
@@ -279,41 +285,75 @@ class PostgresJobStore(JobStore):
     ) -> list[Claim]:
         """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
-        rows = await self._link.run(
-            lambda c: c.fetch(
-                sql.CLAIM,
-                now,
-                list(task_names),
-                max(limit, 0),
-                worker_id,
-                self.lease,
-                *_LOST_TEMPLATES,
-            )
-        )
+        args = self._claim_args(worker_id, task_names, limit, now)
+        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args))
         return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
-    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
-        """End claims in one statement (see :meth:`JobStore.finish`)."""
-        if not outcomes:
-            return []
-        columns = (
+    def _claim_args(
+        self, worker_id: str, task_names: Sequence[str], limit: int, now: float
+    ) -> tuple[Any, ...]:
+        names, lease = list(task_names), self.lease
+        return (now, names, max(limit, 0), worker_id, lease, *_LOST_TEMPLATES)
+
+    def _finish_args(self, outcomes: Sequence[JobOutcome], now: float) -> tuple[Any, ...]:
+        return (
             [o.job_id for o in outcomes],
             [o.token for o in outcomes],
             [o.outcome for o in outcomes],
             [o.result for o in outcomes],
             [error_json(o.error) for o in outcomes],
+            now,
+            sql.CHANNEL,
+            self._id,
         )
+
+    async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
+        """End claims in one statement (see :meth:`JobStore.finish`)."""
+        if not outcomes:
+            return []
+        applied, _ = await self._finish_and_claim(outcomes, None, now)
+        return applied
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[JobOutcome],
+        *,
+        worker_id: str,
+        task_names: Sequence[str],
+        limit: int,
+        now: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """End claims and claim replacements in ONE transaction (one commit): see
+        :meth:`JobStore.finish_and_claim`."""
+        claim = self._claim_args(worker_id, task_names, limit, now)
+        return await self._finish_and_claim(outcomes, claim, now)
+
+    async def _finish_and_claim(
+        self, outcomes: Sequence[JobOutcome], claim: tuple[Any, ...] | None, now: float
+    ) -> tuple[list[bool], list[Claim]]:
+        finish = self._finish_args(outcomes, now)
         tries = 0
 
-        async def finish(connection: Connection) -> list[asyncpg.Record]:
+        async def both(connection: Connection) -> tuple[set[tuple[str, str]], list[Any]]:
             nonlocal tries
             tries += 1  # a second try may find its first one committed
             statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
-            return await connection.fetch(statement, *columns, now, sql.CHANNEL, self._id)
+            if claim is None:
+                return _applied(await connection.fetch(statement, *finish)), []
+            if tries == 1 and outcomes:  # the busy cycle: one statement
+                rows = await connection.fetch(sql.FINISH_AND_CLAIM, *finish, *claim)
+                ids, tokens = rows[0]["done_ids"] or (), rows[0]["done_tokens"] or ()
+                applied = set(zip(ids, tokens, strict=True))
+                return applied, [row for row in rows if row["id"] is not None]
+            async with connection.transaction():
+                done = await connection.fetch(statement, *finish) if outcomes else []
+                return _applied(done), await connection.fetch(sql.CLAIM, *claim)
 
-        applied = {(row["id"], row["token"]) for row in await self._link.run(finish)}
-        self.notify()
-        return [(outcome.job_id, outcome.token) in applied for outcome in outcomes]
+        applied, rows = await self._link.run(both)
+        if outcomes:
+            self.notify()
+        claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
+        return [(o.job_id, o.token) in applied for o in outcomes], claims
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one statement (see :meth:`JobStore.renew`)."""

@@ -1,0 +1,150 @@
+"""The write transactions' bodies of the SQLite job store, on a connection inside one
+``BEGIN IMMEDIATE`` (taken by the store): reaping, claiming, ending claims, enqueueing.
+
+Kept apart from :mod:`taskbuffer.jobs._sqlite` so that a worker's busy cycle can end its
+runs and claim their replacements in ONE transaction (:func:`apply_outcomes` then
+:func:`take_due`): one commit, one fsync, per batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import cast
+
+from ._sqlite_sql import (
+    CLAIM,
+    COLUMNS,
+    END_ATTEMPT,
+    FAIL_EXHAUSTED,
+    FINISH,
+    INSERT,
+    REAP_ATTEMPTS,
+    REAP_CANCELLED,
+    REAP_EXHAUSTED,
+    REAP_REQUEUE,
+    RELEASE,
+    TAKE,
+)
+from ._store import attempts_lost_error
+from ._values import JobOutcome, JobRequest, error_json, ordered_id
+
+__all__ = (
+    "apply_outcomes",
+    "existing_job",
+    "insert_jobs",
+    "reap",
+    "take_due",
+)
+
+
+def existing_job(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:
+    """The stored job that ``request`` meets: by ``schedule_key`` (any status), else by
+    ``dedupe_key`` (queued or running only); ``None`` when there is none."""
+    if request.schedule_key is not None:
+        row = c.execute(
+            f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE schedule_key = ?",
+            (request.schedule_key,),
+        ).fetchone()
+        if row is not None:
+            return cast("sqlite3.Row", row)
+    if request.dedupe_key is not None:
+        return cast(
+            "sqlite3.Row | None",
+            c.execute(
+                f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE dedupe_key = ? "
+                "AND status IN ('queued', 'running')",
+                (request.dedupe_key,),
+            ).fetchone(),
+        )
+    return None
+
+
+def insert_jobs(
+    c: sqlite3.Connection, requests: Sequence[JobRequest], encoded: Sequence[bytes], now: float
+) -> list[sqlite3.Row | str]:
+    """Insert the requests; per request the stored job it met (a row) or the new job's id.
+
+    Requests without keys (nothing to meet) go in one ``executemany``; the new jobs are not
+    read back: the store builds them from the request (their columns are known)."""
+    found: list[sqlite3.Row | str] = []
+    fresh = []
+    for request, data in zip(requests, encoded, strict=True):
+        row = None
+        if request.schedule_key is not None or request.dedupe_key is not None:
+            row = existing_job(c, request)
+        if row is not None:
+            found.append(row)
+            continue
+        job_id = ordered_id()
+        run_at = now if request.run_at is None else request.run_at
+        values = (job_id, request.task_name, data, request.priority, run_at,
+                  request.max_attempts, now, request.dedupe_key, request.schedule_key)  # fmt: skip
+        if request.schedule_key is None and request.dedupe_key is None:
+            fresh.append(values)
+        else:  # inserted at once, in order: a later request of this batch may meet it
+            c.executemany(INSERT, fresh)
+            fresh.clear()
+            c.execute(INSERT, values)
+        found.append(job_id)
+    c.executemany(INSERT, fresh)
+    return found
+
+
+def reap(c: sqlite3.Connection, now: float) -> None:
+    """End every expired lease (any task) as :meth:`JobStore.claim` says."""
+    expired = c.execute(
+        "SELECT 1 FROM taskbuffer_jobs WHERE status = 'running' AND lease_expires <= ? LIMIT 1",
+        (now,),
+    ).fetchone()
+    if expired is None:
+        return
+    params = {"now": now}
+    c.execute(REAP_ATTEMPTS, params)
+    c.execute(REAP_CANCELLED, params)
+    exhausted = c.execute(REAP_EXHAUSTED, params).fetchall()
+    c.executemany(
+        FAIL_EXHAUSTED,
+        [(now, error_json(attempts_lost_error(job_id, n)), job_id) for job_id, n in exhausted],
+    )
+    c.execute(REAP_REQUEUE, params)
+
+
+def take_due(
+    c: sqlite3.Connection,
+    *,
+    worker_id: str,
+    task_names: Sequence[str],
+    limit: int,
+    now: float,
+    lease_expires: float,
+) -> list[tuple[sqlite3.Row, str]]:
+    """Reap, then take up to ``limit`` due jobs: each row (as it was) with its new token."""
+    reap(c, now)
+    if limit <= 0 or not task_names:
+        return []
+    query = CLAIM.format(names=", ".join("?" * len(task_names)))
+    rows = c.execute(query, (now, *task_names, limit)).fetchall()
+    taken = [(row, ordered_id()) for row in rows]
+    c.executemany(TAKE, [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken])
+    return taken
+
+
+def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: float) -> list[bool]:
+    """End claims (fenced by their tokens); one bool per outcome, True when applied."""
+    applied = []
+    for o in outcomes:
+        error = error_json(o.error)
+        if o.outcome == "released":
+            done = c.execute(RELEASE, (o.job_id, o.token)).rowcount == 1
+        else:
+            done = (
+                c.execute(FINISH, (o.outcome, now, o.result, error, o.job_id, o.token)).rowcount
+                == 1
+            )
+        if done:
+            c.execute(
+                END_ATTEMPT, {"now": now, "outcome": o.outcome, "error": error, "id": o.job_id}
+            )
+        applied.append(done)
+    return applied
