@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any, Literal, TypeAlias
 
 from ._admission import GO, Admission, Claim, SharingRun, Waiter
-from ._clock import now_wall
+from ._clock import loop_to_wall, now_wall
 from ._emitter import emit, listened
 from ._exceptions import TaskManagerStoppedError
 from ._run import Run, RunInfo
@@ -157,12 +157,14 @@ class InFlight:
         claims: list[Claim],
         blocked: tuple[Claim, float],
         loop: asyncio.AbstractEventLoop,
+        now: float,
+        current: asyncio.Task[Any] | None,
     ) -> Waiter:
-        """Queue a blocked trigger's run (after refusing one that would wait for itself)."""
-        if self.held:
-            # Without a current task (None) nothing is held.
-            self.check_self_deadlock(run, claims, asyncio.current_task(loop))
-        run.queued = now_wall()
+        """Queue a blocked trigger's run (after refusing one that would wait for itself):
+        ``now`` is the loop's time, ``current`` the trigger's asyncio task."""
+        if current in self.held:  # (without a current task, None, nothing is held)
+            self.check_self_deadlock(run, claims, current)
+        run.queued = loop_to_wall(loop, now)
         waiter = self.admission.park(
             claims, blocked, loop.create_future(), run, next(self.seq), self.owner
         )

@@ -328,9 +328,10 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         run = new_run(task, input, priority, job_id)
         runs = flights.runs
         runs[run] = None
+        loop = asyncio.get_running_loop()
+        current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]
         if self._groups:
             admission = self._admission
-            loop = asyncio.get_running_loop()
             try:
                 claims = admission.claim(self._claimers, task, input, loop)
             except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
@@ -338,10 +339,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 flights.claim_failed(run, exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
-            blocked = admission.acquire(claims, loop.time(), priority, owner=self._ref)
+            now = loop.time()
+            blocked = admission.acquire(claims, now, priority, owner=self._ref)
             if blocked is not None:
                 try:
-                    waiter = flights.park(run, claims, blocked, loop)
+                    waiter = flights.park(run, claims, blocked, loop, now, current)
                 except BaseException:
                     del runs[run]
                     raise
@@ -368,7 +370,6 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         # cancels it, whether it is in should_execute or running.
         if not waited:
             flights.admitted += 1
-        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             flights.active[current] = None
@@ -382,7 +383,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         try:
             # Another asyncio task's run in flight (the oldest; current came last): this loop's?
             if tracked and len(flights.active) > 1:
-                if next(iter(flights.active)).get_loop() is not current.get_loop():
+                if next(iter(flights.active)).get_loop() is not loop:
                     raise other_loop_error()
             if self._life.hard_stop:
                 refused = True

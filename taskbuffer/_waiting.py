@@ -16,6 +16,8 @@ from ._keystate import KeyTable
 
 __all__ = ("LOCAL_ADMISSION", "LocalAdmission", "new_queued_key", "new_sharing_key")
 
+_INF = math.inf
+
 
 def new_queued_key(table: KeyTable, key: str) -> QueuedKey:
     """A key state for a group that shares nothing."""
@@ -77,11 +79,15 @@ class LocalAdmission(Admission):
             table = st.table
             if table.owner is not owner:
                 continue
-            until = table.blocked_until(st, now)
+            if st.running >= table.max_concurrent:  # (blocked_until's first test, inlined)
+                return st, _INF
+            until = table.blocked_until(st, now) if table.timed else None
             if until is None and priority is not None and st.heap:
                 head = _live_head(st)
-                if head is not None and (head[0], head[1]) < (-priority, seq):
-                    until = now
+                if head is not None:
+                    rank = head[0]
+                    if rank < -priority or (rank == -priority and head[1] < seq):
+                        until = now
             if until is not None:
                 return st, until
         # A removed group no longer blocks, but its slot is still taken: release() gives
@@ -144,7 +150,8 @@ class LocalAdmission(Admission):
                     for run in list(claimed.detached):
                         if not run.abandoned and not run.has_sharers():
                             run.abandon()
-            claimed.table.maybe_drop(claimed, now)
+            if not (claimed.running or claimed.waiting):
+                claimed.table.maybe_drop(claimed, now)
 
     def drop(self, claims: list[Claim], now: float) -> None:
         for st in claims:
@@ -187,6 +194,26 @@ class LocalAdmission(Admission):
                         waiter.future.set_result(Shared(value))
 
     def dispatch(self, freed: list[Claim], now: float) -> None:
+        if len(freed) == 1:
+            # One key (most releases): start its best waiters while it has room.
+            st = freed[0]
+            table = st.table
+            while st.heap:
+                head = _live_head(st)
+                if head is None:
+                    break
+                until = table.blocked_until(st, now)
+                if until is not None:
+                    if until != _INF:
+                        table.arm_timer(st, until)
+                    break
+                heapq.heappop(st.heap)
+                waiter = head[2]
+                waiter.parked = None
+                self._offer(waiter, now)
+            if not (st.running or st.waiting):  # (maybe_drop's first test, inlined)
+                table.maybe_drop(st, now)
+            return
         while True:
             best: Entry | None = None
             best_claim: Claim | None = None
