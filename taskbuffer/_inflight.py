@@ -43,6 +43,7 @@ class InFlight:
         "callers",
         "held",
         "idle",
+        "loop",
         "owner",
         "running",
         "runs",
@@ -58,6 +59,8 @@ class InFlight:
         # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
         # cancel exactly those; in the order their runs began (see cancel_runs).
         self.active: dict[asyncio.Task[Any], None] = {}
+        # The loop of every asyncio task in ``active`` (see check_loop), or a stale one.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_cancelled: set[asyncio.Task[Any]] = set()
         # Per caller asyncio task, the claims of its constrained runs in flight, outermost
         # first: a nested trigger that needs a slot only its own callers hold would wait
@@ -93,6 +96,15 @@ class InFlight:
             and not self.admitted
         ):
             idle.set_result(None)
+
+    def check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A trigger in ``loop`` whose asyncio task is not in ``active`` (``loop`` is not
+        ``self.loop``): refuse it while runs of another loop are in flight."""
+        active = self.active
+        # The oldest run in flight; every one is in the same loop (checked as it came).
+        if active and next(iter(active)).get_loop() is not loop:
+            raise other_loop_error()
+        self.loop = loop
 
     def end_admitted(self, current: asyncio.Task[Any], tracked: bool) -> None:
         """An admitted trigger of ``current`` ended."""

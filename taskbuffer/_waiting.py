@@ -55,7 +55,9 @@ class LocalAdmission(Admission):
             for group, table in claimers:
                 key = group.get_constraint_key(task, input)
                 if key is not None:
-                    claims.append(table.ensure(key, loop))
+                    # A key with state in the table's loop: ensure()'s work, without the call.
+                    st = table.states.get(key) if table.loop is loop else None
+                    claims.append(table.ensure(key, loop) if st is None else st)
         except BaseException:  # a KeyboardInterrupt or one of the user's own too
             self.drop(claims, loop.time())
             raise
@@ -210,7 +212,14 @@ class LocalAdmission(Admission):
                 heapq.heappop(st.heap)
                 waiter = head[2]
                 waiter.parked = None
-                self._offer(waiter, now)
+                if len(waiter.claims) == 1 and not waiter.future.done():
+                    # Its one key (this one) has room, and it came first in the key's line:
+                    # what _offer's acquire would find. It takes the slot and starts.
+                    table.take(st)
+                    self.leave(waiter, now)
+                    waiter.future.set_result(GO)
+                else:
+                    self._offer(waiter, now)
             if not (st.running or st.waiting):  # (maybe_drop's first test, inlined)
                 table.maybe_drop(st, now)
             return
