@@ -372,8 +372,8 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             flights.active[current] = None
-        if claims:
-            held = flights.held.get(current)
+        if claims:  # (an outermost trigger, tracked, finds no entry: it makes it)
+            held = None if tracked else flights.held.get(current)
             if held is None:
                 flights.held[current] = [claims]
             else:

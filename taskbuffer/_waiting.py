@@ -201,14 +201,19 @@ class LocalAdmission(Admission):
             st = freed[0]
             table = st.table
             while st.heap:
-                head = _live_head(st)
-                if head is None:
+                head = st.heap[0]
+                if head[2].parked is not st:
+                    head = _live_head(st)
+                    if head is None:
+                        break
+                if st.running >= table.max_concurrent:  # (blocked_until's first test)
                     break
-                until = table.blocked_until(st, now)
-                if until is not None:
-                    if until != _INF:
-                        table.arm_timer(st, until)
-                    break
+                if table.timed:
+                    until = table.blocked_until(st, now)
+                    if until is not None:
+                        if until != _INF:
+                            table.arm_timer(st, until)
+                        break
                 heapq.heappop(st.heap)
                 waiter = head[2]
                 waiter.parked = None
