@@ -201,11 +201,12 @@ class LocalAdmission(Admission):
             st = freed[0]
             table = st.table
             while st.heap:
-                head = st.heap[0]
-                if head[2].parked is not st:
-                    head = _live_head(st)
-                    if head is None:
+                first = st.heap[0]
+                if first[2].parked is not st:
+                    live = _live_head(st)
+                    if live is None:
                         break
+                    first = live
                 if st.running >= table.max_concurrent:  # (blocked_until's first test)
                     break
                 if table.timed:
@@ -215,7 +216,7 @@ class LocalAdmission(Admission):
                             table.arm_timer(st, until)
                         break
                 heapq.heappop(st.heap)
-                waiter = head[2]
+                waiter = first[2]
                 waiter.parked = None
                 if len(waiter.claims) == 1 and not waiter.future.done():
                     # Its one key (this one) has room, and it came first in the key's line:
