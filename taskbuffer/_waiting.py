@@ -57,7 +57,12 @@ class LocalAdmission(Admission):
                 if key is not None:
                     # A key with state in the table's loop: ensure()'s work, without the call.
                     st = table.states.get(key) if table.loop is loop else None
-                    claims.append(table.ensure(key, loop) if st is None else st)
+                    if st is None:
+                        st = table.ensure(key, loop)
+                    if claims:
+                        claims.append(st)
+                    else:  # a list of one, not of four (append's room): kept while it waits
+                        claims = [st]
         except BaseException:  # a KeyboardInterrupt or one of the user's own too
             self.drop(claims, loop.time())
             raise
