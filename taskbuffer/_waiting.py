@@ -238,9 +238,12 @@ class LocalAdmission(Admission):
             best: Entry | None = None
             best_claim: Claim | None = None
             for st in freed:
-                head = _live_head(st)
+                head = _live_head(st) if st.heap else None
                 if head is not None and (best is None or head < best):
-                    if st.table.blocked_until(st, now) is None:
+                    table = st.table  # blocked_until's tests, the first one inlined:
+                    if st.running < table.max_concurrent and (
+                        not table.timed or table.blocked_until(st, now) is None
+                    ):
                         best, best_claim = head, st
             if best is None or best_claim is None:
                 break
@@ -250,11 +253,13 @@ class LocalAdmission(Admission):
             self._offer(waiter, now)
         for st in freed:
             table = st.table
-            if _live_head(st) is not None:
+            # Only a cooldown or a rate window (a key under its cap) blocks until a time.
+            if table.timed and st.running < table.max_concurrent and _live_head(st) is not None:
                 until = table.blocked_until(st, now)
-                if until is not None and until != math.inf:
+                if until is not None and until != _INF:
                     table.arm_timer(st, until)
-            table.maybe_drop(st, now)
+            if not (st.running or st.waiting):  # (maybe_drop's first test, inlined)
+                table.maybe_drop(st, now)
 
     def reoffer(self, table: KeyTable, now: float) -> None:
         moved: list[Waiter] = []
