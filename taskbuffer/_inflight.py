@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any, Literal, TypeAlias
 
 from ._admission import GO, Admission, Claim, SharingRun, Waiter
-from ._clock import now_wall
+from ._clock import loop_facts, now_wall
 from ._emitter import emit, listened
 from ._exceptions import TaskManagerStoppedError
 from ._run import Run, RunInfo
@@ -43,6 +43,7 @@ class InFlight:
         "callers",
         "held",
         "idle",
+        "loop",
         "owner",
         "running",
         "runs",
@@ -58,6 +59,8 @@ class InFlight:
         # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
         # cancel exactly those; in the order their runs began (see cancel_runs).
         self.active: dict[asyncio.Task[Any], None] = {}
+        # The loop of every asyncio task in ``active`` (see check_loop), or a stale one.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_cancelled: set[asyncio.Task[Any]] = set()
         # Per caller asyncio task, the claims of its constrained runs in flight, outermost
         # first: a nested trigger that needs a slot only its own callers hold would wait
@@ -93,6 +96,15 @@ class InFlight:
             and not self.admitted
         ):
             idle.set_result(None)
+
+    def check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A trigger in ``loop`` whose asyncio task is not in ``active`` (``loop`` is not
+        ``self.loop``): refuse it while runs of another loop are in flight."""
+        active = self.active
+        # The oldest run in flight; every one is in the same loop (checked as it came).
+        if active and next(iter(active)).get_loop() is not loop:
+            raise other_loop_error()
+        self.loop = loop
 
     def end_admitted(self, current: asyncio.Task[Any], tracked: bool) -> None:
         """An admitted trigger of ``current`` ended."""
@@ -157,12 +169,14 @@ class InFlight:
         claims: list[Claim],
         blocked: tuple[Claim, float],
         loop: asyncio.AbstractEventLoop,
+        now: float,
+        current: asyncio.Task[Any] | None,
     ) -> Waiter:
-        """Queue a blocked trigger's run (after refusing one that would wait for itself)."""
-        if self.held:
-            # Without a current task (None) nothing is held.
-            self.check_self_deadlock(run, claims, asyncio.current_task(loop))
-        run.queued = now_wall()
+        """Queue a blocked trigger's run (after refusing one that would wait for itself):
+        ``now`` is the loop's time, ``current`` the trigger's asyncio task."""
+        if current in self.held:  # (without a current task, None, nothing is held)
+            self.check_self_deadlock(run, claims, current)
+        run.queued = loop_facts(loop)[2] + now  # (loop_to_wall, two calls less)
         waiter = self.admission.park(
             claims, blocked, loop.create_future(), run, next(self.seq), self.owner
         )

@@ -92,6 +92,7 @@ class KeyTable:
         "rate_limit",
         "running_total",
         "states",
+        "timed",
         "waiting_total",
     )
 
@@ -109,6 +110,8 @@ class KeyTable:
         self.max_concurrent = max_concurrent
         self.cooldown = cooldown
         self.rate_limit = rate_limit
+        # Whether a key can be blocked by something else than its running count.
+        self.timed = bool(cooldown) or rate_limit is not None
         self.new_key = new_key
         self.on_due = on_due  # told a key may have room: a cooldown or window ended
         self.states: dict[str, Any] = {}

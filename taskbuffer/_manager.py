@@ -17,7 +17,7 @@ from ._conveniences import ConveniencesMixin
 from ._emitter import forward_events, stop_forwarding
 from ._events import EventSubject
 from ._exceptions import TaskManagerStoppedError, TaskNotFoundError
-from ._inflight import InFlight, other_loop_error
+from ._inflight import InFlight
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
@@ -270,14 +270,13 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         # No constraint group: the bookkeeping of trigger_task_constrained's run phase, here,
         # so that the hot by-name path pays for one coroutine frame and not two.
         flights = self._flights
-        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
-            # Another asyncio task's run in flight (the oldest): it must be in this loop.
-            active = flights.active
-            if active and next(iter(active)).get_loop() is not current.get_loop():
-                raise other_loop_error()
-            active[current] = None
+            if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
+                flights.check_loop(loop)
+            flights.active[current] = None
         flights.admitted += 1
         flights.running += 1
         run = new_run(task, input)
@@ -328,9 +327,10 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         run = new_run(task, input, priority, job_id)
         runs = flights.runs
         runs[run] = None
+        loop = asyncio.get_running_loop()
+        current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]
         if self._groups:
             admission = self._admission
-            loop = asyncio.get_running_loop()
             try:
                 claims = admission.claim(self._claimers, task, input, loop)
             except BaseException as exc:  # a KeyboardInterrupt or one of the user's own too
@@ -338,10 +338,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 flights.claim_failed(run, exc)
                 raise
             # A newcomer ranks after every waiter of its priority or higher (seq = inf).
-            blocked = admission.acquire(claims, loop.time(), priority, owner=self._ref)
+            now = loop.time()
+            blocked = admission.acquire(claims, now, priority, owner=self._ref)
             if blocked is not None:
                 try:
-                    waiter = flights.park(run, claims, blocked, loop)
+                    waiter = flights.park(run, claims, blocked, loop, now, current)
                 except BaseException:
                     del runs[run]
                     raise
@@ -368,22 +369,20 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         # cancels it, whether it is in should_execute or running.
         if not waited:
             flights.admitted += 1
-        current: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
             flights.active[current] = None
-        if claims:
-            held = flights.held.get(current)
+        if claims:  # (an outermost trigger, tracked, finds no entry: it makes it)
+            held = None if tracked else flights.held.get(current)
             if held is None:
                 flights.held[current] = [claims]
             else:
                 held.append(claims)
         ran = refused = handed_off = False
         try:
-            # Another asyncio task's run in flight (the oldest; current came last): this loop's?
-            if tracked and len(flights.active) > 1:
-                if next(iter(flights.active)).get_loop() is not current.get_loop():
-                    raise other_loop_error()
+            # Other asyncio tasks' runs in flight (current came last): this loop's?
+            if tracked and flights.loop is not loop:
+                flights.check_loop(loop)
             if self._life.hard_stop:
                 refused = True
                 flights.refuse(run)

@@ -16,6 +16,8 @@ from ._keystate import KeyTable
 
 __all__ = ("LOCAL_ADMISSION", "LocalAdmission", "new_queued_key", "new_sharing_key")
 
+_INF = math.inf
+
 
 def new_queued_key(table: KeyTable, key: str) -> QueuedKey:
     """A key state for a group that shares nothing."""
@@ -53,7 +55,14 @@ class LocalAdmission(Admission):
             for group, table in claimers:
                 key = group.get_constraint_key(task, input)
                 if key is not None:
-                    claims.append(table.ensure(key, loop))
+                    # A key with state in the table's loop: ensure()'s work, without the call.
+                    st = table.states.get(key) if table.loop is loop else None
+                    if st is None:
+                        st = table.ensure(key, loop)
+                    if claims:
+                        claims.append(st)
+                    else:  # a list of one, not of four (append's room): kept while it waits
+                        claims = [st]
         except BaseException:  # a KeyboardInterrupt or one of the user's own too
             self.drop(claims, loop.time())
             raise
@@ -77,11 +86,15 @@ class LocalAdmission(Admission):
             table = st.table
             if table.owner is not owner:
                 continue
-            until = table.blocked_until(st, now)
+            if st.running >= table.max_concurrent:  # (blocked_until's first test, inlined)
+                return st, _INF
+            until = table.blocked_until(st, now) if table.timed else None
             if until is None and priority is not None and st.heap:
                 head = _live_head(st)
-                if head is not None and (head[0], head[1]) < (-priority, seq):
-                    until = now
+                if head is not None:
+                    rank = head[0]
+                    if rank < -priority or (rank == -priority and head[1] < seq):
+                        until = now
             if until is not None:
                 return st, until
         # A removed group no longer blocks, but its slot is still taken: release() gives
@@ -144,7 +157,8 @@ class LocalAdmission(Admission):
                     for run in list(claimed.detached):
                         if not run.abandoned and not run.has_sharers():
                             run.abandon()
-            claimed.table.maybe_drop(claimed, now)
+            if not (claimed.running or claimed.waiting):
+                claimed.table.maybe_drop(claimed, now)
 
     def drop(self, claims: list[Claim], now: float) -> None:
         for st in claims:
@@ -187,13 +201,49 @@ class LocalAdmission(Admission):
                         waiter.future.set_result(Shared(value))
 
     def dispatch(self, freed: list[Claim], now: float) -> None:
+        if len(freed) == 1:
+            # One key (most releases): start its best waiters while it has room.
+            st = freed[0]
+            table = st.table
+            while st.heap:
+                first = st.heap[0]
+                if first[2].parked is not st:
+                    live = _live_head(st)
+                    if live is None:
+                        break
+                    first = live
+                if st.running >= table.max_concurrent:  # (blocked_until's first test)
+                    break
+                if table.timed:
+                    until = table.blocked_until(st, now)
+                    if until is not None:
+                        if until != _INF:
+                            table.arm_timer(st, until)
+                        break
+                heapq.heappop(st.heap)
+                waiter = first[2]
+                waiter.parked = None
+                if len(waiter.claims) == 1 and not waiter.future.done():
+                    # Its one key (this one) has room, and it came first in the key's line:
+                    # what _offer's acquire would find. It takes the slot and starts.
+                    table.take(st)
+                    self.leave(waiter, now)
+                    waiter.future.set_result(GO)
+                else:
+                    self._offer(waiter, now)
+            if not (st.running or st.waiting):  # (maybe_drop's first test, inlined)
+                table.maybe_drop(st, now)
+            return
         while True:
             best: Entry | None = None
             best_claim: Claim | None = None
             for st in freed:
-                head = _live_head(st)
+                head = _live_head(st) if st.heap else None
                 if head is not None and (best is None or head < best):
-                    if st.table.blocked_until(st, now) is None:
+                    table = st.table  # blocked_until's tests, the first one inlined:
+                    if st.running < table.max_concurrent and (
+                        not table.timed or table.blocked_until(st, now) is None
+                    ):
                         best, best_claim = head, st
             if best is None or best_claim is None:
                 break
@@ -203,11 +253,13 @@ class LocalAdmission(Admission):
             self._offer(waiter, now)
         for st in freed:
             table = st.table
-            if _live_head(st) is not None:
+            # Only a cooldown or a rate window (a key under its cap) blocks until a time.
+            if table.timed and st.running < table.max_concurrent and _live_head(st) is not None:
                 until = table.blocked_until(st, now)
-                if until is not None and until != math.inf:
+                if until is not None and until != _INF:
                     table.arm_timer(st, until)
-            table.maybe_drop(st, now)
+            if not (st.running or st.waiting):  # (maybe_drop's first test, inlined)
+                table.maybe_drop(st, now)
 
     def reoffer(self, table: KeyTable, now: float) -> None:
         moved: list[Waiter] = []
