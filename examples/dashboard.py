@@ -211,22 +211,23 @@ async def serve(manager: TaskManager, services: ServiceManager, host: str, port:
 
 async def main(seconds: float | None, host: str, port: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        store = SQLiteJobStore(Path(directory) / "jobs.db")
-        manager = build_manager(job_store=store)
-        services = build_services()
-        rng = random.Random(11)
-        async with services, manager:
-            traffic = [asyncio.create_task(tenant_traffic(manager, t, rng)) for t in TENANTS]
-            traffic.append(asyncio.create_task(invoice_traffic(manager, rng)))
-            server = asyncio.create_task(serve(manager, services, host, port))
-            try:
-                # Until the time is up, or the server stops (uvicorn handles SIGINT/SIGTERM).
-                await asyncio.wait([server], timeout=seconds)
-            finally:
-                for job in (*traffic, server):
-                    job.cancel()
-                await asyncio.gather(*traffic, server, return_exceptions=True)
-            jobs = Counter(job.status for job in await manager.list_jobs(limit=10_000))
+        # A store you pass to a manager is yours to close: async with opens and closes it.
+        async with SQLiteJobStore(Path(directory) / "jobs.db") as store:
+            manager = build_manager(job_store=store)
+            services = build_services()
+            rng = random.Random(11)
+            async with services, manager:
+                traffic = [asyncio.create_task(tenant_traffic(manager, t, rng)) for t in TENANTS]
+                traffic.append(asyncio.create_task(invoice_traffic(manager, rng)))
+                server = asyncio.create_task(serve(manager, services, host, port))
+                try:
+                    # Until the time is up, or the server stops (uvicorn handles SIGINT/SIGTERM).
+                    await asyncio.wait([server], timeout=seconds)
+                finally:
+                    for job in (*traffic, server):
+                        job.cancel()
+                    await asyncio.gather(*traffic, server, return_exceptions=True)
+                jobs = Counter(job.status for job in await manager.list_jobs(limit=10_000))
     total = outcomes["completed"] + outcomes["failed"]
     print(f"{total} syncs finished: {outcomes['completed']} stored, {outcomes['failed']} failed")
     print(

@@ -267,10 +267,11 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
     from taskbuffer.jobs import SQLiteJobStore
 
     example = load_example()
-    manager: TaskManager = example.build_manager(job_store=SQLiteJobStore(tmp_path / "jobs.db"))
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    manager: TaskManager = example.build_manager(job_store=store)
     services = example.build_services()
     rng = random.Random(3)
-    async with services, manager:
+    async with store, services, manager:
         traffic = [
             asyncio.create_task(example.tenant_traffic(manager, tenant, rng))
             for tenant in example.TENANTS
@@ -316,9 +317,10 @@ async def test_a_failed_job_s_traceback_opens(browser: Browser, tmp_path: Path) 
         raise ZeroDivisionError(f"cannot split {amount} by zero")
 
     # A real store on disk: what the page shows went through its serializer and its SQL.
-    manager = TaskManager(job_store=SQLiteJobStore(tmp_path / "jobs.db"))
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    manager = TaskManager(job_store=store)
     manager.add_task(Task(task_function=charge, name="charge"))
-    async with manager:
+    async with store, manager:
         fine = await manager.enqueue("charge", 0)
         job = await manager.enqueue("charge", 7)
         assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"

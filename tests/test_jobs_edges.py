@@ -358,6 +358,20 @@ async def test_closing_a_sqlite_store_ends_its_thread_before_close_returns(
 
 
 @pytest.mark.realtime
+async def test_async_with_a_store_opens_it_and_closes_it_at_the_end(tmp_path: Path) -> None:
+    # A store given to a manager is the caller's to close; async with is how an example does.
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    m = TaskManager(job_store=store)
+    m.add_task(Task(task_function=lambda: 1, name="t"))
+    async with asyncio.timeout(10):
+        async with store as opened, m:
+            assert opened is store
+            assert store_threads() != []
+            assert await m.job_result((await m.enqueue("t")).id) == 1
+    assert store_threads() == []
+
+
+@pytest.mark.realtime
 async def test_a_sqlite_write_waiting_for_the_file_lock_leaves_the_loop_responsive(
     tmp_path: Path,
 ) -> None:

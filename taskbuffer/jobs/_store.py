@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 from .._validation import check_seconds, safe_repr
 from ._errors import JobSchemaError
@@ -267,6 +267,15 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections and threads. Idempotent; the store may be opened again."""
+
+    async def __aenter__(self) -> Self:
+        """``async with store:`` opens it and closes it at the end (a store you pass to a
+        manager is yours to close; the manager closes only stores it built from a URL)."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @abc.abstractmethod
     async def enqueue_many(self, requests: Sequence[JobRequest], *, now: float) -> list[Job]:
