@@ -119,29 +119,21 @@ class TaskRunner(Attempts):
         third of what an event costs).
         """
         labels = self.labels
-        if run is None:
-            shown = self._shown_steps() if self._has_steps else None
-            shown = None if shown is None else shown.copy()
-            state, attempt, blocked_by, finished, steps = None, 1, None, None, None
-        elif self._has_steps:
+        live = shown = None
+        if self._has_steps:
             live = self._shown_steps()
             shown = None if live is None else live.copy()
+        if run is None:
+            state, attempt, blocked_by, finished, steps = None, 1, None, None, None
+        else:
+            state, attempt, blocked_by, finished = (
+                run.state,
+                run.attempt,
+                run.blocked_by,
+                run.finished,
+            )
             steps = run.steps
             steps = shown if steps is None or steps is live else steps.copy()
-            state, attempt, blocked_by, finished = (
-                run.state,
-                run.attempt,
-                run.blocked_by,
-                run.finished,
-            )
-        else:
-            shown = steps = None
-            state, attempt, blocked_by, finished = (
-                run.state,
-                run.attempt,
-                run.blocked_by,
-                run.finished,
-            )
         return (
             kind,
             timestamp,
