@@ -122,8 +122,13 @@ def _frozen(self: RunInfo, value: Any = None) -> None:
     raise FrozenInstanceError("cannot assign to or delete a field of a RunInfo")
 
 
+_RUN_ID_SLOT = RunInfo.__dict__["run_id"]
+
+
 def _materialise(info: PendingRunInfo) -> None:
-    """Convert the instants to datetimes; ``info`` becomes a plain :class:`RunInfo`."""
+    """Convert the instants to datetimes and draw the identity; ``info`` becomes a plain
+    :class:`RunInfo`."""
+    _read_run_id(info)
     for slot in _DATETIME_SLOTS:
         wall = slot.__get__(info)
         slot.__set__(info, None if wall is None else to_datetime(wall))
@@ -141,6 +146,14 @@ def _datetime_field(index: int) -> property:
     return property(read, _frozen, _frozen)
 
 
+def _read_run_id(info: PendingRunInfo) -> str:
+    run_id = _RUN_ID_SLOT.__get__(info)
+    if type(run_id) is not str:  # the Run, until read (see PendingRunInfo)
+        run_id = run_id.run_id
+        _RUN_ID_SLOT.__set__(info, run_id)
+    return cast(str, run_id)
+
+
 class PendingRunInfo(RunInfo):
     """A :class:`RunInfo` whose ``queued_at``, ``started_at`` and ``finished_at`` slots still
     hold epoch seconds, made by :meth:`Run.info_as` (as ``PendingEvent`` for events).
@@ -148,10 +161,13 @@ class PendingRunInfo(RunInfo):
     A datetime costs as much as the rest of a snapshot, and a subscriber that reads a run's
     progress or input never needs one: the first read of any of the three (or a comparison,
     ``repr``, copy or pickle) converts all three, and the instance becomes a plain
-    ``RunInfo``. It is filled in as a ``_FillingRunInfo``.
+    ``RunInfo``. Likewise its ``run_id`` slot holds the run until read, as the run draws its
+    identity on first read. It is filled in as a ``_FillingRunInfo``.
     """
 
     __slots__ = ()
+
+    run_id = property(_read_run_id, _frozen, _frozen)
 
     queued_at = _datetime_field(0)
     started_at = _datetime_field(1)
@@ -268,7 +284,7 @@ class Run:
     ) -> RunInfo:
         """A snapshot of the run with the fields that change taken as captured earlier."""
         info = _FillingRunInfo()
-        info.run_id = self._run_id or self.run_id
+        info.run_id = self._run_id or self  # the Run itself until read (see PendingRunInfo)
         info.task_name = self.task.name or "unnamed"
         info.input = self.input
         info.state = state
