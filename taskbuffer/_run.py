@@ -20,11 +20,13 @@ are made only in :class:`RunInfo`.
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, SupportsIndex, TypeAlias, cast
 
 from ._clock import to_datetime
 from ._steps import RunSteps, TaskStepInfo
@@ -34,9 +36,34 @@ if TYPE_CHECKING:
 
 __all__ = ("Run", "RunInfo", "RunState", "current_run", "enter", "find_run", "new_run")
 
-_getrandbits = random.getrandbits
-_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))  # the version nibble and the variant's two bits
-_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+def _id_suffix() -> str:
+    """20 hex digits: ``4`` (a version 4 UUID's version nibble, at position 12 of the id),
+    then 74 random bits with the variant ``8``-``b`` at position 16."""
+    bits = random.getrandbits(74)
+    mid, variant, tail = bits >> 62, (bits >> 60) & 0x3, bits & (2**60 - 1)
+    return f"4{mid:03x}{8 + variant:x}{tail:015x}"
+
+
+# A run's identity (see Run.run_id): 12 hex digits that scramble a counter, so that ids look
+# random from their first digit (people shorten them), then this process's random suffix.
+# Unique within a process for 2**48 runs (multiplying by an odd number is a permutation modulo
+# 2**48), across processes as random UUIDs are (74 random bits, drawn again in a forked
+# child); a fifth of the cost of formatting 128 random bits.
+_suffix = _id_suffix()
+_counter = itertools.count(random.getrandbits(48))
+_SCRAMBLE = 0x9E3779B97F4B  # odd: 2**48 divided by the golden ratio, rounded to odd
+_MASK = 2**48 - 1
+_HEAD = 16**12  # hex() of _HEAD + x is "0x1" and x's 12 digits
+
+
+def _new_suffix() -> None:
+    global _suffix
+    _suffix = _id_suffix()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_suffix)
 
 RunState: TypeAlias = Literal["waiting", "running", "completed", "failed", "cancelled", "skipped"]
 
@@ -87,9 +114,87 @@ class RunInfo:
         }
 
 
+_DATETIMES = ("queued_at", "started_at", "finished_at")
+_DATETIME_SLOTS = tuple(RunInfo.__dict__[name] for name in _DATETIMES)
+
+
+def _frozen(self: RunInfo, value: Any = None) -> None:
+    raise FrozenInstanceError("cannot assign to or delete a field of a RunInfo")
+
+
+_RUN_ID_SLOT = RunInfo.__dict__["run_id"]
+
+
+def _materialise(info: PendingRunInfo) -> None:
+    """Convert the instants to datetimes and draw the identity; ``info`` becomes a plain
+    :class:`RunInfo`."""
+    _read_run_id(info)
+    for slot in _DATETIME_SLOTS:
+        wall = slot.__get__(info)
+        slot.__set__(info, None if wall is None else to_datetime(wall))
+    object.__setattr__(info, "__class__", RunInfo)
+
+
+def _datetime_field(index: int) -> property:
+    slot = _DATETIME_SLOTS[index]
+
+    def read(self: PendingRunInfo) -> datetime | None:
+        _materialise(self)
+        value: datetime | None = slot.__get__(self)
+        return value
+
+    return property(read, _frozen, _frozen)
+
+
+def _read_run_id(info: PendingRunInfo) -> str:
+    run_id = _RUN_ID_SLOT.__get__(info)
+    if type(run_id) is not str:  # the Run, until read (see PendingRunInfo)
+        run_id = run_id.run_id
+        _RUN_ID_SLOT.__set__(info, run_id)
+    return cast(str, run_id)
+
+
+class PendingRunInfo(RunInfo):
+    """A :class:`RunInfo` whose ``queued_at``, ``started_at`` and ``finished_at`` slots still
+    hold epoch seconds, made by :meth:`Run.info_as` (as ``PendingEvent`` for events).
+
+    A datetime costs as much as the rest of a snapshot, and a subscriber that reads a run's
+    progress or input never needs one: the first read of any of the three (or a comparison,
+    ``repr``, copy or pickle) converts all three, and the instance becomes a plain
+    ``RunInfo``. Likewise its ``run_id`` slot holds the run until read, as the run draws its
+    identity on first read. It is filled in as a ``_FillingRunInfo``.
+    """
+
+    __slots__ = ()
+
+    run_id = property(_read_run_id, _frozen, _frozen)
+
+    queued_at = _datetime_field(0)
+    started_at = _datetime_field(1)
+    finished_at = _datetime_field(2)
+
+    def __eq__(self, other: object) -> bool:
+        _materialise(self)
+        if isinstance(other, PendingRunInfo):
+            _materialise(other)
+        return RunInfo.__eq__(self, other)
+
+    __hash__ = RunInfo.__hash__
+
+    def __repr__(self) -> str:
+        _materialise(self)
+        return RunInfo.__repr__(self)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        _materialise(self)
+        return self.__reduce_ex__(protocol)
+
+
 class _FillingRunInfo(RunInfo):
-    """A ``RunInfo`` being filled in by :meth:`Run.info`; it never escapes (as ``_Filling``
-    in ``_metadata``: plain slot stores instead of the frozen dataclass's ``__init__``)."""
+    """A ``PendingRunInfo`` being filled in by :meth:`Run.info_as`; it never escapes (as
+    ``_Filling`` in ``_metadata``: plain slot stores instead of the frozen dataclass's
+    ``__init__``, the instants included; the layouts are the same, so it then becomes a
+    ``PendingRunInfo``)."""
 
     __slots__ = ()
     __init__ = object.__init__
@@ -124,7 +229,6 @@ class Run:
         "priority",
         "queued",
         "started",
-        "started_at",
         "state",
         "steps",
         "task",
@@ -140,7 +244,6 @@ class Run:
     blocked_by: Blocker | None  # the key a waiting run is parked on
     queued: float | None
     started: float | None
-    started_at: datetime | None  # started as a datetime, once a snapshot needed it
     finished: float | None
     steps: RunSteps | None
     parent: Run | None
@@ -149,13 +252,11 @@ class Run:
 
     @property
     def run_id(self) -> str:
-        """The run's identity: 32 hex digits of a random (version 4) UUID, drawn on first read."""
+        """The run's identity: 32 hex digits laid out as a version 4 UUID's (see
+        ``_suffix``), made on first read, then stable."""
         run_id = self._run_id
         if run_id is None:
-            # The layout of uuid.uuid4().hex (version 4, variant 10xx) without the UUID object
-            # and the system call: an identifier, not a secret (random reseeds after a fork).
-            bits = _getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
-            run_id = self._run_id = f"{bits:032x}"
+            run_id = self._run_id = hex(_HEAD + (next(_counter) * _SCRAMBLE & _MASK))[3:] + _suffix
         return run_id
 
     def __repr__(self) -> str:
@@ -183,7 +284,7 @@ class Run:
     ) -> RunInfo:
         """A snapshot of the run with the fields that change taken as captured earlier."""
         info = _FillingRunInfo()
-        info.run_id = self._run_id or self.run_id
+        info.run_id = self._run_id or self  # the Run itself until read (see PendingRunInfo)
         info.task_name = self.task.name or "unnamed"
         info.input = self.input
         info.state = state
@@ -191,21 +292,17 @@ class Run:
         info.priority = self.priority
         info.job_id = self.job_id
         info.blocked_by = None if blocked_by is None else blocked_by.names()
-        queued = self.queued
-        info.queued_at = None if queued is None else to_datetime(queued)
-        started_at = self.started_at
-        if started_at is None and self.started is not None:
-            # Every snapshot of the run shows the same start: converted once.
-            started_at = self.started_at = to_datetime(self.started)
-        info.started_at = started_at
-        info.finished_at = None if finished is None else to_datetime(finished)
+        # Epoch seconds in the datetime slots, until read (see PendingRunInfo).
+        info.queued_at = self.queued
+        info.started_at = self.started
+        info.finished_at = finished
         if steps is None:
             info.steps = []
             info.progress = 0
         else:
             info.steps = steps.infos()
             info.progress = steps.progress()
-        info.__class__ = RunInfo
+        info.__class__ = PendingRunInfo
         return cast(RunInfo, info)
 
 
@@ -222,7 +319,6 @@ def new_run(task: Any, input: Any, priority: int = 0, job_id: str | None = None)
     run.blocked_by = None
     run.queued = None
     run.started = None
-    run.started_at = None
     run.finished = None
     run.steps = None
     run.parent = None

@@ -2,8 +2,8 @@
 
 Emitting must cost next to nothing while a subscriber only counts events, so an event holds a
 capture: the event's fields and a copy of what can change of the task's and the run's state,
-made by :func:`capture` (called by ``TaskRunner._capture``, the one place that reads the task's
-state). The ``TaskMetadata`` and the ``RunInfo`` are built from it only when a subscriber
+made by ``TaskRunner._capture`` (the one place that reads the task's state and writes a
+capture). The ``TaskMetadata`` and the ``RunInfo`` are built from it only when a subscriber
 reads ``event.task`` or ``event.run``.
 """
 
@@ -17,16 +17,15 @@ from ._metadata import TaskMetadata, make_metadata
 from ._validation import error_message
 
 if TYPE_CHECKING:
-    from ._metadata import TaskStatus
-    from ._run import Blocker, Run, RunInfo, RunState
+    from ._run import Run, RunInfo
     from ._steps import RunSteps
 
-__all__ = ("Capture", "capture", "event_field", "event_fields", "metadata", "run_info", "task_name")
+__all__ = ("Capture", "event_field", "event_fields", "metadata", "run_info", "task_name")
 
 
-# The layout of a capture, known to this module alone: capture() writes it, the readers below
-# read it. (A tuple: an event is emitted on every run start and end while anybody listens,
-# and a tuple of these values costs a third of a slotted object's attribute stores.)
+# The layout of a capture: TaskRunner._capture writes it (in this order, its one writer), the
+# readers below read it. (A tuple: an event is emitted on every run start and end while anybody
+# listens, and a tuple of these values costs a third of a slotted object's attribute stores.)
 (
     _TYPE,
     _TIMESTAMP,
@@ -53,58 +52,6 @@ __all__ = ("Capture", "capture", "event_field", "event_fields", "metadata", "run
 ) = range(22)
 Capture: TypeAlias = tuple[Any, ...]
 _EVENT_FIELDS = {"type": _TYPE, "timestamp": _TIMESTAMP, "step_name": _STEP_NAME, "error": _ERROR}
-
-
-def capture(
-    type: str,
-    timestamp: float,
-    step_name: str | None,
-    error: str | None,
-    task: Any,
-    status: TaskStatus,
-    run_count: int,
-    error_count: int,
-    last_error: BaseException | None,
-    last_run: float | None,
-    labels: dict[str, str] | None,
-    finished_runs: int,
-    total_duration: float,
-    next_run: float | None,
-    cron_schedule: str | None,
-    task_steps: RunSteps | None,
-    run: Run | None,
-    run_state: RunState | None,
-    attempt: int,
-    blocked_by: Blocker | None,
-    finished: float | None,
-    run_steps: RunSteps | None,
-) -> Capture:
-    """An event's fields, then its task's state, then its run's (see the module docstring);
-    every value as it is at emission (``labels`` and the steps already copied)."""
-    return (
-        type,
-        timestamp,
-        step_name,
-        error,
-        task,
-        status,
-        run_count,
-        error_count,
-        last_error,
-        last_run,
-        labels,
-        finished_runs,
-        total_duration,
-        next_run,
-        cron_schedule,
-        task_steps,
-        run,
-        run_state,
-        attempt,
-        blocked_by,
-        finished,
-        run_steps,
-    )
 
 
 def event_field(name: str) -> Callable[[Any], Any]:

@@ -4,10 +4,13 @@ manager's active runs (the contract's "Runs" section)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
+import pickle
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -57,6 +60,51 @@ async def test_each_run_has_its_own_identity_and_input(record: Record) -> None:
     assert completed.finished_at is not None and completed.started_at == started.started_at
     assert (started.attempt, started.priority, started.job_id) == (1, 0, None)
     assert started.queued_at is None and started.blocked_by is None
+
+
+async def test_a_run_snapshot_is_a_plain_frozen_run_info_however_it_is_read(
+    record: Record,
+) -> None:
+    """Snapshots convert their instants to datetimes only when read (E2): whichever is read
+    first, a snapshot compares, copies, pickles, prints and freezes as a plain RunInfo."""
+    t = Task(name="lazy", task_function=lambda value: value)
+    events = record(t)
+    for value in range(3):
+        await t.trigger(value)
+    runs = [event.run for event in events]
+    assert all(run is not None for run in runs)
+    a, b, c, d, e, f = (run for run in runs if run is not None)
+    assert a.started_at == datetime.fromtimestamp(events[0].timestamp, UTC)  # a datetime first
+    assert a == copy.copy(a) and type(copy.copy(a)) is RunInfo
+    assert b.input == 0 and b == pickle.loads(pickle.dumps(b))  # pickled before any datetime
+    assert type(b) is RunInfo and b.finished_at is not None and b.finished_at.tzinfo is UTC
+    assert "RunInfo(run_id=" in repr(c) and type(c) is RunInfo
+    assert dataclasses.replace(d, state="failed").started_at == d.started_at
+    assert dataclasses.asdict(e)["started_at"] == e.started_at
+    for field in ("state", "started_at", "finished_at", "queued_at"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(f, field, None)
+    assert f.queued_at is None and f.progress == 0
+    assert len({a.run_id, c.run_id, e.run_id}) == 3
+
+
+async def test_run_ids_are_unique_version_4_uuid_hex() -> None:
+    seen: set[str] = set()
+
+    def work(_value: int) -> None:
+        info = current_run()
+        assert info is not None
+        seen.add(info.run_id)
+
+    t = Task(name="ids", task_function=work)
+    for value in range(1000):
+        await t.trigger(value)
+    assert len(seen) == 1000
+    assert len({run_id[:8] for run_id in seen}) == 1000  # shortened ids still tell runs apart
+    for run_id in seen:
+        parsed = uuid.UUID(hex=run_id)
+        assert parsed.hex == run_id and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
 
 
 async def test_run_info_is_frozen_and_json_ready(record: Record) -> None:
