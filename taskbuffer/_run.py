@@ -291,7 +291,8 @@ class Run:
         info.attempt = attempt
         info.priority = self.priority
         info.job_id = self.job_id
-        info.blocked_by = None if blocked_by is None else blocked_by.names()
+        # Only a waiting run is blocked; a started one keeps no trace of the key it waited for.
+        info.blocked_by = None if blocked_by is None or state != "waiting" else blocked_by.names()
         # Epoch seconds in the datetime slots, until read (see PendingRunInfo).
         info.queued_at = self.queued
         info.started_at = self.started

@@ -133,7 +133,8 @@ class TaskRunner(Attempts):
                 run.finished,
             )
             steps = run.steps
-            steps = shown if steps is None or steps is live else steps.copy()
+            # A run that has not started has no steps of its own (not the running one's).
+            steps = None if steps is None else shown if steps is live else steps.copy()
         return (
             kind,
             timestamp,

@@ -355,6 +355,39 @@ async def test_a_queued_event_names_the_group_and_key_that_block_it() -> None:
     assert started[0] is not None and started[0].run_id == queued.run.run_id
 
 
+async def test_a_waiting_run_has_no_steps_of_the_run_ahead_and_no_blocker_once_started() -> None:
+    # A queued event's run once showed the steps and progress of the task's running run, and
+    # a run kept naming the key it had waited for after it started.
+    proceed = {"u1": asyncio.Event(), "u2": asyncio.Event()}
+
+    async def work(user: str) -> None:
+        t.notify_step("parse")
+        await proceed[user].wait()
+
+    t = Task(name="t", task_function=work, steps=STEPS)
+    manager = TaskManager()
+    manager.add_task(t)
+    manager.add_constraint_group(key_group(max_concurrent=1))
+    events: list[TaskEvent] = []
+    manager.task_subject.subscribe(events.append)
+    first = manager.spawn(t, "u1")
+    await settle()
+    second = manager.spawn(t, "u2")
+    await settle()
+    [queued] = [e.run for e in events if e.type == "queued"]
+    assert queued is not None and queued.blocked_by == ("per-user", "u")
+    assert (queued.steps, queued.progress) == ([], 0)
+    proceed["u1"].set()
+    await first
+    await settle()
+    [waiting] = [r for r in manager.get_active_runs() if r.input == "u2"]
+    assert (waiting.state, waiting.blocked_by) == ("running", None)
+    proceed["u2"].set()
+    await second
+    later = [e.run for e in events if e.run and e.run.input == "u2" and e.type != "queued"]
+    assert later and all(run.blocked_by is None for run in later)
+
+
 async def test_active_runs_list_waiting_ones_in_the_order_they_would_start() -> None:
     gates = Gates()
     t = Task(name="t", task_function=gates.function)
