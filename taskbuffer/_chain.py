@@ -15,6 +15,8 @@ from ._validation import safe_repr
 
 __all__ = ("Taskchain",)
 
+Entry = Callable[[Any], Coroutine[Any, Any, Any]]
+
 
 class Taskchain(Task[Any]):
     """Runs ``task_array`` in order, passing each result on as the next input.
@@ -23,14 +25,17 @@ class Taskchain(Task[Any]):
     :class:`TaskChainError` naming the chain, the failing task and its 0-based index.
     """
 
-    __slots__ = ("_entries", "_tasks")
+    __slots__ = ("_entries", "_plan", "_tasks")
 
     def __init__(
         self, *, task_array: Sequence[Task[Any, Any]] = (), **options: Unpack[TaskOptions]
     ) -> None:
         self._tasks: list[Task[Any, Any]] = []
         # What runs each member (see entry_of), kept beside it.
-        self._entries: list[Callable[[Any], Coroutine[Any, Any, Any]]] = []
+        self._entries: list[Entry] = []
+        # Both as tuples, made again on every change: what a run goes through (a snapshot:
+        # tasks added or removed while the chain runs apply to the next run).
+        self._plan: tuple[tuple[Task[Any, Any], ...], tuple[Entry, ...]] = ((), ())
         super().__init__(task_function=self._run_chain, **options)
         for task in task_array:
             self.add_task(task)
@@ -46,6 +51,7 @@ class Taskchain(Task[Any]):
             raise TypeError(f"a Taskchain holds Task objects, not {safe_repr(task)}")
         self._tasks.append(task)
         self._entries.append(entry_of(task))
+        self._replan()
         for subject in self._sinks:  # a registered chain's members' events go where its own go
             forward_events(task, subject)
 
@@ -56,6 +62,7 @@ class Taskchain(Task[Any]):
         except ValueError:
             return False
         del self._tasks[index], self._entries[index]
+        self._replan()
         self._left(task)
         return True
 
@@ -65,8 +72,12 @@ class Taskchain(Task[Any]):
             return None
         task = self._tasks.pop(0)
         del self._entries[0]
+        self._replan()
         self._left(task)
         return task
+
+    def _replan(self) -> None:
+        self._plan = (tuple(self._tasks), tuple(self._entries))
 
     def _left(self, task: Task[Any, Any]) -> None:
         for subject in self._sinks:
@@ -77,14 +88,12 @@ class Taskchain(Task[Any]):
 
     async def _run_chain(self, input: Any) -> Any:
         value = input
-        # A snapshot: tasks added or removed while the chain runs apply to the next run.
-        for index, (task, entry) in enumerate(
-            zip(tuple(self._tasks), tuple(self._entries), strict=True)
-        ):
+        tasks, entries = self._plan
+        for index, entry in enumerate(entries):
             try:
                 value = await entry(value)
             except Exception as exc:
                 raise TaskChainError(
-                    self.name or "unnamed", task.name or "unnamed", index, exc
+                    self.name or "unnamed", tasks[index].name or "unnamed", index, exc
                 ) from exc
         return value

@@ -16,7 +16,7 @@ from ._admission import GO, Admission, Claim, SharingRun, Waiter
 from ._clock import loop_facts, now_wall
 from ._emitter import emit, listened
 from ._exceptions import TaskManagerStoppedError
-from ._run import Run, RunInfo
+from ._run import QueuedRun, Run, RunInfo
 from ._runner import run_task
 
 __all__ = ("InFlight", "other_loop_error")
@@ -165,7 +165,7 @@ class InFlight:
 
     def park(
         self,
-        run: Run,
+        run: QueuedRun,
         claims: list[Claim],
         blocked: tuple[Claim, float],
         loop: asyncio.AbstractEventLoop,

@@ -34,7 +34,18 @@ from ._steps import RunSteps, TaskStepInfo
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
-__all__ = ("Run", "RunInfo", "RunState", "current_run", "enter", "find_run", "new_run")
+__all__ = (
+    "CURRENT",
+    "LinkedRun",
+    "QueuedRun",
+    "Run",
+    "RunInfo",
+    "RunState",
+    "current_run",
+    "find_run",
+    "new_linked_run",
+    "new_run",
+)
 
 
 def _id_suffix() -> str:
@@ -211,52 +222,67 @@ class Blocker(Protocol):
 class Run:
     """One execution of a task (internal; :class:`RunInfo` is its public snapshot).
 
-    ``queued``, ``started`` and ``finished`` are epoch seconds on the loop's clock (``None``
-    until they happen); ``steps`` is where the run is in its task's declared steps (``None``
-    for a task without steps, or before the run starts); ``parent`` is the run it was
-    entered in (see :func:`enter`); ``linked`` marks the run of a pre- or after-task.
+    ``started`` and ``finished`` are epoch seconds on the loop's clock (``None`` until they
+    happen); ``steps`` is where the run is in its task's declared steps (``None`` for a task
+    without steps, or before the run starts); ``parent`` is the run it was entered in (see
+    :data:`CURRENT`); ``drawn_id`` is the identity once drawn (see :attr:`run_id`).
+
+    A run that starts at once (a direct trigger's, a chain or parallel member's) is this class,
+    made by ``TaskRunner._perform``, the one coroutine every run executes through; it is
+    every direct trigger's hot path, so it sets only the fields below. What only some runs
+    have is a class attribute here, and a slot of the subclass whose runs have it:
+    :class:`QueuedRun` (a manager's run, which may wait, and a job's) and :class:`LinkedRun`
+    (a pre- or after-task's run), made by :func:`new_run` and :func:`new_linked_run`.
     """
 
     __slots__ = (
-        "_run_id",
         "attempt",
-        "blocked_by",
+        "drawn_id",
         "finished",
         "input",
-        "job_id",
-        "linked",
         "parent",
-        "priority",
-        "queued",
         "started",
         "state",
         "steps",
         "task",
     )
 
-    # Made by new_run() only: a Python __init__ would cost a third of a run's bookkeeping.
     task: Any
     input: Any
     state: RunState
     attempt: int
-    priority: int
-    job_id: str | None
-    blocked_by: Blocker | None  # the key a waiting run is parked on
-    queued: float | None
     started: float | None
     finished: float | None
     steps: RunSteps | None
     parent: Run | None
-    linked: bool
-    _run_id: str | None
+    drawn_id: str | None
+
+    # What a run that never waits in a manager's queue has (QueuedRun makes them slots).
+    priority: int = 0
+    job_id: str | None = None
+    blocked_by: Blocker | None = None  # the key a waiting run is parked on
+    queued: float | None = None  # epoch seconds, when it began to wait
+    linked = False  # the run of a pre- or after-task (LinkedRun)
+
+    def __init__(self, task: Any, input: Any) -> None:
+        """A run of ``task`` with ``input``, not started yet (state ``waiting``)."""
+        self.task = task
+        self.input = input
+        self.state = "waiting"
+        self.attempt = 1
+        self.started = None
+        self.finished = None
+        self.steps = None
+        self.parent = None
+        self.drawn_id = None
 
     @property
     def run_id(self) -> str:
         """The run's identity: 32 hex digits laid out as a version 4 UUID's (see
         ``_suffix``), made on first read, then stable."""
-        run_id = self._run_id
+        run_id = self.drawn_id
         if run_id is None:
-            run_id = self._run_id = hex(_HEAD + (next(_counter) * _SCRAMBLE & _MASK))[3:] + _suffix
+            run_id = self.drawn_id = hex(_HEAD + (next(_counter) * _SCRAMBLE & _MASK))[3:] + _suffix
         return run_id
 
     def __repr__(self) -> str:
@@ -284,7 +310,7 @@ class Run:
     ) -> RunInfo:
         """A snapshot of the run with the fields that change taken as captured earlier."""
         info = _FillingRunInfo()
-        info.run_id = self._run_id or self  # the Run itself until read (see PendingRunInfo)
+        info.run_id = self.drawn_id or self  # the Run itself until read (see PendingRunInfo)
         info.task_name = self.task.name or "unnamed"
         info.input = self.input
         info.state = state
@@ -307,40 +333,46 @@ class Run:
         return cast(RunInfo, info)
 
 
-def new_run(task: Any, input: Any, priority: int = 0, job_id: str | None = None) -> Run:
-    """A run of ``task`` with ``input``, not started yet (state ``waiting``): the one place
-    runs are made."""
-    run = Run()
-    run.task = task
-    run.input = input
-    run.state = "waiting"
-    run.attempt = 1
+class QueuedRun(Run):
+    """A manager's run (it may wait in the manager's queue) or a durable job's."""
+
+    __slots__ = ("blocked_by", "job_id", "priority", "queued")
+
+    priority: int
+    job_id: str | None
+    blocked_by: Blocker | None
+    queued: float | None
+
+
+class LinkedRun(Run):
+    """The run of a pre- or after-task: ``current_run()`` in it is its owner's run."""
+
+    __slots__ = ()
+    linked = True
+
+
+def new_run(task: Any, input: Any, priority: int = 0, job_id: str | None = None) -> QueuedRun:
+    """A manager's run of ``task`` with ``input``, not started yet (state ``waiting``)."""
+    run = QueuedRun(task, input)
     run.priority = priority
     run.job_id = job_id
     run.blocked_by = None
     run.queued = None
-    run.started = None
-    run.finished = None
-    run.steps = None
-    run.parent = None
-    run.linked = False
-    run._run_id = None
     return run
 
 
-# The run whose code executes now, set by enter(). It is not reset when the run ends (a set
-# and a reset cost twice one set, on every run): a finished run left in a context counts as
-# absent, and readers walk past it to the run it was entered in.
+def new_linked_run(task: Any, input: Any) -> LinkedRun:
+    """A pre- or after-task's run of ``task`` with ``input``, not started yet."""
+    return LinkedRun(task, input)
+
+
+# The run whose code executes now: TaskRunner._perform sets it as a run starts (its parent
+# is the value it replaces, walking past ended runs). An outermost run (no running parent)
+# resets it as it ends, so that an asyncio task whose context outlives its run (gathered
+# triggers, held until the gather ends) does not keep the run and the context's copy alive.
+# A nested run does not (a set and a reset cost twice one set, on every run): a finished run
+# left in a context counts as absent, and readers walk past it to the run it was entered in.
 CURRENT: ContextVar[Run | None] = ContextVar("taskbuffer_current_run", default=None)
-
-
-def enter(run: Run) -> None:
-    """Make ``run`` the current run of this asyncio context (it starts executing)."""
-    parent = CURRENT.get()
-    while parent is not None and parent.state != "running":
-        parent = parent.parent  # ended: it only lingers in the context
-    run.parent = parent
-    CURRENT.set(run)
 
 
 def _innermost() -> Run | None:

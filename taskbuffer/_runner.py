@@ -14,13 +14,14 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _events
 from ._attempts import Attempts
 from ._clock import loop_facts
 from ._emitter import send
-from ._run import Run, enter, new_run
+from ._run import CURRENT, Run, new_linked_run
 from ._snapshot import Capture, metadata
 from ._steps import RunSteps, StepTracker
 
@@ -39,6 +40,10 @@ __all__ = (
 
 logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
+_current_get = CURRENT.get
+_new_run = object.__new__
+_current_set = CURRENT.set
+_current_reset = CURRENT.reset
 
 
 class TaskRunner(Attempts):
@@ -56,7 +61,6 @@ class TaskRunner(Attempts):
         "_last_steps",
         "_next_run",
         "_outcome",
-        "_running",
         "_steps",
         "_total_duration",
         "error_count",
@@ -77,7 +81,6 @@ class TaskRunner(Attempts):
         """
         self._direct = direct
         self._entry = self._perform if direct else trigger
-        self._running = 0
         self.run_count = 0
         self.error_count = 0
         self._last_error: BaseException | None = None
@@ -94,7 +97,7 @@ class TaskRunner(Attempts):
         self._last_steps: RunSteps | None = self._steps.start() if self._has_steps else None
 
     def _status(self) -> TaskStatus:
-        return "running" if self._running else self._outcome
+        return "running" if self.run_count != self._finished_runs else self._outcome
 
     def _shown_steps(self) -> RunSteps | None:
         """The steps of the most recently started run in flight, else of the last finished."""
@@ -169,14 +172,8 @@ class TaskRunner(Attempts):
     async def _perform(
         self, input: Any, run: Run | None = None, visited: set[Any] | None = None
     ) -> Any:
-        """One run: setup, pre-task, function, after-task; with retries, timeout and events.
-
-        Every trigger path executes the task through here, with the run it made (the
-        manager's, which may have waited) or none (one is made here). It returns the result,
-        or ``None`` when ``catch_errors`` swallowed a failure.
-        """
+        """One run (the caller's, maybe one that waited, or a new one): see _execute."""
         loop = asyncio.get_running_loop()
-        # The loop's wall-clock anchor and whether its clock is time.monotonic(), from
         # _clock's one-entry cache, read in place (hot path; see _clock.loop_facts).
         facts = _clock.last
         if facts is None or facts[0]() is not loop or facts[1] is not type(loop):
@@ -184,37 +181,44 @@ class TaskRunner(Attempts):
         monotonic = facts[3]
         start = _monotonic() if monotonic else loop.time()
         anchor = facts[2]
-        if run is None:
-            run = new_run(self, input)
+        if run is None:  # Run.__init__ inlined (hot path), less what starting sets
+            run = _new_run(Run)
+            run.task = self
+            run.input = input
+            run.attempt = 1
+            run.finished = run.steps = run.drawn_id = None
         run.started = self._last_run = anchor + start
         run.state = "running"
-        enter(run)
+        # Enter the run (see _run.CURRENT): its parent is the innermost running run here.
+        parent = _current_get()
+        while parent is not None and parent.state != "running":
+            parent = parent.parent  # ended: it only lingers in the context
+        run.parent = parent
+        token: Token[Run | None] | None = _current_set(run)
+        if parent is not None:  # only an outermost run resets it as it ends
+            token = None
         self.run_count += 1
-        self._running += 1
         if self._has_steps:
-            run.steps = self._steps.start()
-            self._inflight[run] = None
+            self._start_steps(run)
         route = self._route if self._routed == _events.generation else self._reroute()
         if route is not None:
             send(route, self._capture("started", run.started, None, None, "running", run))
         try:
-            if self._plain:
-                # No setup, pre/after task, retries or timeout: call in place (hot path).
+            if self._plain:  # no setup, pre/after task, retries or timeout: call in place
                 call = self._call  # an attribute load, then a call: both specialise
                 result = call(input)
                 if self._is_async or inspect.isawaitable(result):
                     result = await result
-            elif self._retries or self._timeout is not None:
-                result = await self._attempts(input, visited, run)
             else:
-                result = await self._attempt(input, visited)
+                result = await self._execute(input, visited, run)
         except BaseException as exc:
             return self._run_failed(loop, start, run, exc)
-        # _end_run inlined: this is the hot path.
+        finally:
+            if token is not None:
+                _current_reset(token)
         end = _monotonic() if monotonic else loop.time()
         run.finished = anchor + end
         run.state = "completed"
-        self._running -= 1
         self._finished_runs += 1
         self._total_duration += end - start
         if self._has_steps:
@@ -226,6 +230,14 @@ class TaskRunner(Attempts):
             send(route, self._capture("completed", anchor + end, None, None, "completed", run))
         return result
 
+    def _execute(self, input: Any, visited: set[Any] | None, run: Run) -> Coroutine[Any, Any, Any]:
+        """A run's setup, pre-task, function and after-task, with retries and timeout (of a
+        task that is not plain). Returns the result, or ``None`` when ``catch_errors``
+        swallowed a failure."""
+        if self._retries or self._timeout is not None:
+            return self._attempts(input, visited, run)
+        return self._attempt(input, visited)
+
     def _run_linked(self, input: Any, visited: set[Any]) -> Coroutine[Any, Any, Any]:
         """Run as another task's pre- or after-task, inside that task's run.
 
@@ -235,9 +247,7 @@ class TaskRunner(Attempts):
         its own semantics and goes through its trigger.
         """
         if self._direct:
-            run = new_run(self, input)
-            run.linked = True
-            return self._perform(input, run, visited)
+            return self._perform(input, new_linked_run(self, input), visited)
         return self._entry(input)
 
     def _run_failed(
@@ -246,7 +256,6 @@ class TaskRunner(Attempts):
         """End a run that raised ``exc``: ``None`` under ``catch_errors``, else raise it."""
         end = loop.time()
         run.finished = _clock.wall_anchor(loop) + end
-        self._running -= 1
         self._finished_runs += 1
         self._total_duration += end - start
         if self._has_steps:
@@ -266,6 +275,10 @@ class TaskRunner(Attempts):
         if self.catch_errors and isinstance(exc, Exception):
             return None
         raise exc
+
+    def _start_steps(self, run: Run) -> None:
+        run.steps = self._steps.start()
+        self._inflight[run] = None
 
     def _end_steps(self, run: Run) -> None:
         steps = run.steps
