@@ -21,7 +21,7 @@ from ._inflight import InFlight
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._run import new_run
+from ._run import Run, new_run
 from ._runner import run_task
 from ._scheduler import Scheduler
 from ._task import Task
@@ -268,18 +268,19 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if self._groups or life.state < ACCEPTING or life.hard_stop:
             return await self.trigger_task_constrained(task, input)
         # No constraint group: the bookkeeping of trigger_task_constrained's run phase, here,
-        # so that the hot by-name path pays for one coroutine frame and not two.
+        # so that the hot by-name path pays for one coroutine frame and not two. Nothing
+        # waits or holds a slot, so the run is a plain one and only ``running`` counts it.
         flights = self._flights
         loop = asyncio.get_running_loop()
         current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]
-        tracked = current not in flights.active  # a nested run is tracked by the outer one
+        active = flights.active
+        tracked = current not in active  # a nested run is tracked by the outer one
         if tracked:
             if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
                 flights.check_loop(loop)
-            flights.active[current] = None
-        flights.admitted += 1
+            active[current] = None
         flights.running += 1
-        run = new_run(task, input)
+        run = Run(task, input)
         runs = flights.runs
         runs[run] = None
         try:
@@ -290,8 +291,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             raise
         finally:
             del runs[run]
+            if tracked:
+                del active[current]
             flights.running -= 1
-            flights.end_admitted(current, tracked)
+            if flights.idle is not None:
+                flights.check_idle()
 
     def trigger_task_constrained(
         self,
