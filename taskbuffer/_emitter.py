@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from . import _events
 from ._clock import now_wall
-from ._events import EventSubject, PendingEvent, TaskEvent, route_for, subscriber_raised
+from ._events import (
+    EventSubject,
+    PendingEvent,
+    TaskEvent,
+    on_subscribers_changed,
+    route_for,
+    subscriber_raised,
+)
 from ._validation import error_message
 
 if TYPE_CHECKING:
@@ -16,7 +23,15 @@ if TYPE_CHECKING:
     from ._run import Run
     from ._snapshot import Capture
 
-__all__ = ("EventSource", "emit", "forward_events", "listened", "send", "stop_forwarding")
+__all__ = (
+    "STALE",
+    "EventSource",
+    "emit",
+    "forward_events",
+    "listened",
+    "send",
+    "stop_forwarding",
+)
 
 
 def send(route: Callable[[TaskEvent], None], capture: Capture) -> None:
@@ -33,7 +48,7 @@ class EventSource:
     """The event-routing half of a task: its subject, the subjects it forwards to, and the
     cached route an emission takes (``None`` while nobody listens)."""
 
-    __slots__ = ("_event_subject", "_route", "_routed", "_sink_counts", "_sinks")
+    __slots__ = ("__weakref__", "_event_subject", "_route", "_sink_counts", "_sinks")
 
     def __init__(self) -> None:
         self._event_subject = EventSubject()
@@ -44,10 +59,10 @@ class EventSource:
         # to each (None while there is none).
         self._sinks: tuple[EventSubject, ...] = ()
         self._sink_counts: dict[EventSubject, int] | None = None
-        # Where events go: None (nobody listens), a sole subscriber's callback, or a delivery
-        # to every subject; worked out again when _events.generation moves on (_reroute).
-        self._route: Callable[[TaskEvent], None] | None = None
-        self._routed = -1
+        # Where events go: None (nobody listens), a sole subscriber's callback, a delivery
+        # to every subject, or STALE (subscribers changed: the next emission works it out).
+        self._route: Callable[[TaskEvent], None] | None = STALE
+        _sources.add(self)
 
     @property
     def event_subject(self) -> EventSubject:
@@ -78,7 +93,9 @@ class EventSource:
         error: BaseException | str | None = None,
         timestamp: float | None = None,
     ) -> None:
-        route = self._route if self._routed == _events.generation else self._reroute()
+        route = self._route
+        if route is STALE:
+            route = self._reroute()
         if route is not None:  # nothing is built unless somebody listens
             send(
                 route,
@@ -94,7 +111,9 @@ class EventSource:
 
     def _listened(self) -> bool:
         """Whether anybody would receive an event now."""
-        route = self._route if self._routed == _events.generation else self._reroute()
+        route = self._route
+        if route is STALE:
+            route = self._reroute()
         return route is not None
 
     def _add_sink(self, subject: EventSubject) -> None:
@@ -112,7 +131,7 @@ class EventSource:
         counts[subject] = held + 1
         if not held:
             self._sinks = (*self._sinks, subject)
-            self._routed = -1
+            self._route = STALE
             for member in self._members():
                 member._add_sink(subject)
 
@@ -130,7 +149,7 @@ class EventSource:
         if not counts:
             self._sink_counts = None
         self._sinks = tuple(s for s in self._sinks if s is not subject)
-        self._routed = -1
+        self._route = STALE
         for member in self._members():
             member._drop_sink(subject)
 
@@ -141,9 +160,27 @@ class EventSource:
 
     def _reroute(self) -> Callable[[TaskEvent], None] | None:
         """Work out where events go now, and remember it until subscribers change."""
-        self._routed = _events.generation  # read first: a change from now on is seen later
         route = self._route = route_for((self._event_subject, *self._sinks))
         return route
+
+
+# Every task, so that a change of any subject's subscribers makes their routes stale (a task
+# that emits then reads the route it cached without asking whether it is still right).
+_sources: weakref.WeakSet[EventSource] = weakref.WeakSet()
+
+
+def _routes_changed() -> None:
+    for source in list(_sources):
+        source._route = STALE
+
+
+on_subscribers_changed(_routes_changed)
+
+
+def STALE(event: TaskEvent) -> None:
+    """The route of a task whose route is not known: a marker, compared by identity (an
+    emission works the route out first: nothing is built for an event nobody receives)."""
+    raise AssertionError("STALE is a marker, never a route to deliver along")
 
 
 def forward_events(source: EventSource, subject: EventSubject) -> None:

@@ -26,21 +26,26 @@ __all__ = (
     "TaskEventType",
     "deliver",
     "deliver_all",
+    "on_subscribers_changed",
     "route_for",
     "subscriber_raised",
 )
 
 logger = logging.getLogger("taskbuffer")
 
-# Bumped whenever the subscribers of any EventSubject change. A task caches where its events
-# go (``Task._route``) together with the generation it was worked out in, so an emission
-# asks "has anything changed?" with one comparison instead of walking its subjects.
-generation = 0
+# Called whenever the subscribers of any EventSubject change: each task caches where its
+# events go (see _emitter.EventSource), and this tells them that the cache may be wrong.
+_on_change: list[Callable[[], None]] = []
+
+
+def on_subscribers_changed(callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever the subscribers of any :class:`EventSubject` change."""
+    _on_change.append(callback)
 
 
 def _bump() -> None:
-    global generation
-    generation += 1
+    for callback in _on_change:
+        callback()
 
 
 # "missed": cron ticks were missed while the event loop was blocked and are coalesced into the

@@ -267,9 +267,8 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         life = self._life
         if self._groups or life.state < ACCEPTING or life.hard_stop:
             return await self.trigger_task_constrained(task, input)
-        # No constraint group: the bookkeeping of trigger_task_constrained's run phase, here,
-        # so that the hot by-name path pays for one coroutine frame and not two. Nothing
-        # waits or holds a slot, so the run is a plain one and only ``running`` counts it.
+        # No constraint group: trigger_task_constrained's run phase, here (one coroutine frame
+        # and not two); nothing waits nor holds a slot: a plain run, counted as running only.
         flights = self._flights
         loop = asyncio.get_running_loop()
         current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]

@@ -15,12 +15,12 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from contextvars import Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from . import _clock, _events
+from . import _clock
 from ._attempts import Attempts
 from ._clock import loop_facts
-from ._emitter import send
+from ._emitter import STALE, send
 from ._run import CURRENT, Run, new_linked_run
 from ._snapshot import Capture, metadata
 from ._steps import RunSteps, StepTracker
@@ -40,6 +40,7 @@ __all__ = (
 
 logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
+Seen: TypeAlias = "set[Any] | None"  # pre- and after-tasks one run already ran
 _current_get = CURRENT.get
 _new_run = object.__new__
 _current_set = CURRENT.set
@@ -169,18 +170,14 @@ class TaskRunner(Attempts):
 
     # --------------------------------------------------------------------------- runs
 
-    async def _perform(
-        self, input: Any, run: Run | None = None, visited: set[Any] | None = None
-    ) -> Any:
+    async def _perform(self, input: Any, run: Run | None = None, visited: Seen = None) -> Any:
         """One run (the caller's, maybe one that waited, or a new one): see _execute."""
         loop = asyncio.get_running_loop()
-        # _clock's one-entry cache, read in place (hot path; see _clock.loop_facts).
-        facts = _clock.last
+        facts = _clock.last  # its one-entry cache, read in place (see _clock.loop_facts)
         if facts is None or facts[0]() is not loop or facts[1] is not type(loop):
             facts = loop_facts(loop)
-        monotonic = facts[3]
+        _, _, anchor, monotonic = facts
         start = _monotonic() if monotonic else loop.time()
-        anchor = facts[2]
         if run is None:  # Run.__init__ inlined (hot path), less what starting sets
             run = _new_run(Run)
             run.task = self
@@ -200,7 +197,9 @@ class TaskRunner(Attempts):
         self.run_count += 1
         if self._has_steps:
             self._start_steps(run)
-        route = self._route if self._routed == _events.generation else self._reroute()
+        route = self._route
+        if route is STALE:
+            route = self._reroute()
         if route is not None:
             send(route, self._capture("started", run.started, None, None, "running", run))
         try:
@@ -225,7 +224,9 @@ class TaskRunner(Attempts):
             self._end_steps(run)
         self._last_error = None
         self._outcome = "completed"
-        route = self._route if self._routed == _events.generation else self._reroute()
+        route = self._route
+        if route is STALE:
+            route = self._reroute()
         if route is not None:
             send(route, self._capture("completed", anchor + end, None, None, "completed", run))
         return result

@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from ._run import Run, RunInfo
     from ._steps import RunSteps
 
-__all__ = ("Capture", "event_field", "event_fields", "metadata", "run_info", "task_name")
+__all__ = (
+    "Capture",
+    "event_field",
+    "event_fields",
+    "metadata",
+    "run_info",
+    "source_of",
+    "task_name",
+)
 
 
 # The layout of a capture: TaskRunner._capture writes it (in this order, its one writer), the
@@ -67,6 +75,11 @@ def event_field(name: str) -> Callable[[Any], Any]:
 def event_fields(c: Capture) -> tuple[Any, Any, Any, Any]:
     """The event's own fields: type, timestamp, step name, error."""
     return c[_TYPE], c[_TIMESTAMP], c[_STEP_NAME], c[_ERROR]
+
+
+def source_of(c: Capture) -> Any:
+    """The task that emitted the event."""
+    return c[_TASK]
 
 
 def task_name(c: Capture) -> str:

@@ -105,7 +105,7 @@ class Task(TaskRunner, Generic[R, D, In]):
         ``math.inf`` for no cap.
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_buffer_max", "_function", "_name", "data", "version")
+    __slots__ = ("_buffer", "_buffer_max", "_function", "_name", "data", "version")
 
     # One overload per shape of task function, so that the input type is read from its
     # parameter: one input, none (the input is None), or (input, setup value). Each comes as
