@@ -79,6 +79,7 @@ class Attempts(EventSource):
         "_call",
         "_is_async",
         "_linked",
+        "_bare",
         "_plain",
         "_pre_task",
         "_retries",
@@ -152,6 +153,7 @@ class Attempts(EventSource):
         # Nothing around the call: _perform calls it in place.
         self._plain = not (setup or pre_task or after_task or retries or timeout is not None)
         self._is_async = inspect.iscoroutinefunction(function)
+        self._bare = self._plain and self._is_async  # awaited in place: the hot path
 
     def _task_name(self) -> str:
         name: str | None = getattr(self, "name", None)

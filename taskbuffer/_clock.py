@@ -12,6 +12,7 @@ import asyncio
 import time
 import weakref
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 __all__ = ("loop_facts", "loop_to_wall", "now_wall", "to_datetime", "wall_anchor", "wall_to_loop")
 
@@ -24,13 +25,20 @@ _anchors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, float] = weakref.
 # over: a one-entry cache in front of the weak mapping. It holds (a weak reference to the loop,
 # the loop's class, its anchor, whether its clock is time.monotonic). The class is part of the
 # key because a virtual-time plugin (looptime) switches a live loop's class to change its clock.
-last: tuple[weakref.ref[asyncio.AbstractEventLoop], type, float, bool] | None = None
 _DEFAULT_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
-def loop_facts(
-    loop: asyncio.AbstractEventLoop,
-) -> tuple[weakref.ref[asyncio.AbstractEventLoop], type, float, bool]:
+class _NoLoop:
+    """What the cache holds before any loop: a weak reference to one that is gone."""
+
+    __slots__ = ("__weakref__",)
+
+
+LoopFacts: TypeAlias = tuple["weakref.ref[asyncio.AbstractEventLoop]", type, float, bool]
+last: LoopFacts = (weakref.ref(_NoLoop()), type, 0.0, False)  # type: ignore[arg-type]
+
+
+def loop_facts(loop: asyncio.AbstractEventLoop) -> LoopFacts:
     """The one-entry cache's entry for ``loop``, which becomes the cached one.
 
     Its last item says that ``loop.time()`` is ``time.monotonic()`` (the class keeps asyncio's
@@ -40,7 +48,7 @@ def loop_facts(
     global last
     cached = last
     loop_class = type(loop)
-    if cached is not None and cached[0]() is loop and cached[1] is loop_class:
+    if cached[0]() is loop and cached[1] is loop_class:
         return cached
     try:
         anchor = _anchors[loop]

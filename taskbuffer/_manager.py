@@ -21,7 +21,7 @@ from ._inflight import InFlight
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._run import Run, new_run
+from ._run import new_run, plain_run
 from ._runner import run_task
 from ._scheduler import Scheduler
 from ._task import Task
@@ -279,7 +279,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 flights.check_loop(loop)
             active[current] = None
         flights.running += 1
-        run = Run(task, input)
+        run = plain_run(task, input)
         runs = flights.runs
         runs[run] = None
         try:

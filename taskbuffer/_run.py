@@ -26,7 +26,7 @@ import random
 from contextvars import ContextVar
 from dataclasses import FrozenInstanceError, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, SupportsIndex, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, SupportsIndex, TypeAlias, TypeVar, cast
 
 from ._clock import to_datetime
 from ._steps import RunSteps, TaskStepInfo
@@ -42,9 +42,11 @@ __all__ = (
     "RunInfo",
     "RunState",
     "current_run",
+    "fill",
     "find_run",
     "new_linked_run",
     "new_run",
+    "plain_run",
 )
 
 
@@ -228,11 +230,12 @@ class Run:
     :data:`CURRENT`); ``drawn_id`` is the identity once drawn (see :attr:`run_id`).
 
     A run that starts at once (a direct trigger's, a chain or parallel member's) is this class,
-    made by ``TaskRunner._perform``, the one coroutine every run executes through; it is
-    every direct trigger's hot path, so it sets only the fields below. What only some runs
-    have is a class attribute here, and a slot of the subclass whose runs have it:
-    :class:`QueuedRun` (a manager's run, which may wait, and a job's) and :class:`LinkedRun`
-    (a pre- or after-task's run), made by :func:`new_run` and :func:`new_linked_run`.
+    made in place by ``TaskRunner._perform``, the one coroutine every run executes through
+    (every direct trigger's hot path: :func:`fill`'s stores less those that starting makes).
+    What only some runs have is a class attribute here, and a slot of the subclass whose
+    runs have it: :class:`QueuedRun` (a manager's run, which may wait, and a job's) and
+    :class:`LinkedRun` (a pre- or after-task's run), made by :func:`new_run` and
+    :func:`new_linked_run`.
     """
 
     __slots__ = (
@@ -263,18 +266,6 @@ class Run:
     blocked_by: Blocker | None = None  # the key a waiting run is parked on
     queued: float | None = None  # epoch seconds, when it began to wait
     linked = False  # the run of a pre- or after-task (LinkedRun)
-
-    def __init__(self, task: Any, input: Any) -> None:
-        """A run of ``task`` with ``input``, not started yet (state ``waiting``)."""
-        self.task = task
-        self.input = input
-        self.state = "waiting"
-        self.attempt = 1
-        self.started = None
-        self.finished = None
-        self.steps = None
-        self.parent = None
-        self.drawn_id = None
 
     @property
     def run_id(self) -> str:
@@ -351,19 +342,43 @@ class LinkedRun(Run):
     linked = True
 
 
+RunT = TypeVar("RunT", bound=Run)
+
+
+def fill(run: RunT, task: Any, input: Any) -> RunT:
+    """Make ``run`` (a new one) a run of ``task`` with ``input``, not started yet."""
+    run.task = task
+    run.input = input
+    run.state = "waiting"
+    run.attempt = 1
+    run.started = run.finished = run.steps = run.parent = run.drawn_id = None
+    return run
+
+
+def plain_run(task: Any, input: Any) -> Run:
+    """A run of ``task`` with ``input`` that will not wait (see :class:`Run`): :func:`fill`'s
+    stores in place (a manager's by-name trigger without constraint groups makes one)."""
+    run = Run()
+    run.task = task
+    run.input = input
+    run.state = "waiting"
+    run.attempt = 1
+    run.started = run.finished = run.steps = run.parent = run.drawn_id = None
+    return run
+
+
 def new_run(task: Any, input: Any, priority: int = 0, job_id: str | None = None) -> QueuedRun:
     """A manager's run of ``task`` with ``input``, not started yet (state ``waiting``)."""
-    run = QueuedRun(task, input)
+    run = fill(QueuedRun(), task, input)
     run.priority = priority
     run.job_id = job_id
-    run.blocked_by = None
-    run.queued = None
+    run.blocked_by = run.queued = None
     return run
 
 
 def new_linked_run(task: Any, input: Any) -> LinkedRun:
     """A pre- or after-task's run of ``task`` with ``input``, not started yet."""
-    return LinkedRun(task, input)
+    return fill(LinkedRun(), task, input)
 
 
 # The run whose code executes now: TaskRunner._perform sets it as a run starts (its parent

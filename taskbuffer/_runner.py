@@ -42,7 +42,6 @@ logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
 Seen: TypeAlias = "set[Any] | None"  # pre- and after-tasks one run already ran
 _current_get = CURRENT.get
-_new_run = object.__new__
 _current_set = CURRENT.set
 _current_reset = CURRENT.reset
 
@@ -173,13 +172,13 @@ class TaskRunner(Attempts):
     async def _perform(self, input: Any, run: Run | None = None, visited: Seen = None) -> Any:
         """One run (the caller's, maybe one that waited, or a new one): see _execute."""
         loop = asyncio.get_running_loop()
-        facts = _clock.last  # its one-entry cache, read in place (see _clock.loop_facts)
-        if facts is None or facts[0]() is not loop or facts[1] is not type(loop):
-            facts = loop_facts(loop)
-        _, _, anchor, monotonic = facts
+        # _clock's one-entry cache, read in place (see _clock.loop_facts).
+        loop_ref, loop_class, anchor, monotonic = _clock.last
+        if loop_ref() is not loop or loop_class is not type(loop):
+            _, _, anchor, monotonic = loop_facts(loop)
         start = _monotonic() if monotonic else loop.time()
-        if run is None:  # Run.__init__ inlined (hot path), less what starting sets
-            run = _new_run(Run)
+        if run is None:  # Run's fields, less those that starting sets (see _run.fill)
+            run = Run()
             run.task = self
             run.input = input
             run.attempt = 1
@@ -203,11 +202,8 @@ class TaskRunner(Attempts):
         if route is not None:
             send(route, self._capture("started", run.started, None, None, "running", run))
         try:
-            if self._plain:  # no setup, pre/after task, retries or timeout: call in place
-                call = self._call  # an attribute load, then a call: both specialise
-                result = call(input)
-                if self._is_async or inspect.isawaitable(result):
-                    result = await result
+            if self._bare:  # an async function with nothing around it: called in place
+                result = await self._call(input)
             else:
                 result = await self._execute(input, visited, run)
         except BaseException as exc:
@@ -231,13 +227,16 @@ class TaskRunner(Attempts):
             send(route, self._capture("completed", anchor + end, None, None, "completed", run))
         return result
 
-    def _execute(self, input: Any, visited: set[Any] | None, run: Run) -> Coroutine[Any, Any, Any]:
+    async def _execute(self, input: Any, visited: set[Any] | None, run: Run) -> Any:
         """A run's setup, pre-task, function and after-task, with retries and timeout (of a
-        task that is not plain). Returns the result, or ``None`` when ``catch_errors``
+        task that is not bare). Returns the result, or ``None`` when ``catch_errors``
         swallowed a failure."""
+        if self._plain:  # a plain function, or one that returns an awaitable
+            result = self._call(input)
+            return (await result) if inspect.isawaitable(result) else result
         if self._retries or self._timeout is not None:
-            return self._attempts(input, visited, run)
-        return self._attempt(input, visited)
+            return await self._attempts(input, visited, run)
+        return await self._attempt(input, visited)
 
     def _run_linked(self, input: Any, visited: set[Any]) -> Coroutine[Any, Any, Any]:
         """Run as another task's pre- or after-task, inside that task's run.
