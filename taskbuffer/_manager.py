@@ -21,8 +21,8 @@ from ._inflight import InFlight
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._run import new_run, plain_run
-from ._runner import run_task
+from ._run import new_run
+from ._runner import run_task, start_run
 from ._scheduler import Scheduler
 from ._task import Task
 from ._validation import safe_repr
@@ -279,11 +279,11 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 flights.check_loop(loop)
             active[current] = None
         flights.running += 1
-        run = plain_run(task, input)
+        run, running = start_run(task, input)
         runs = flights.runs
         runs[run] = None
         try:
-            return await run_task(task, run)
+            return await running
         except asyncio.CancelledError:
             if tracked:  # a nested level lets the cancellation reach the runs around it
                 flights.raise_if_stopping(current, task)

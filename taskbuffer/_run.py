@@ -46,7 +46,6 @@ __all__ = (
     "find_run",
     "new_linked_run",
     "new_run",
-    "plain_run",
 )
 
 
@@ -231,7 +230,8 @@ class Run:
 
     A run that starts at once (a direct trigger's, a chain or parallel member's) is this class,
     made in place by ``TaskRunner._perform``, the one coroutine every run executes through
-    (every direct trigger's hot path: :func:`fill`'s stores less those that starting makes).
+    (every direct trigger's hot path: :func:`fill`'s stores less those that starting makes),
+    or by ``_runner.start_run`` for a manager's run that cannot wait.
     What only some runs have is a class attribute here, and a slot of the subclass whose
     runs have it: :class:`QueuedRun` (a manager's run, which may wait, and a job's) and
     :class:`LinkedRun` (a pre- or after-task's run), made by :func:`new_run` and
@@ -347,18 +347,6 @@ RunT = TypeVar("RunT", bound=Run)
 
 def fill(run: RunT, task: Any, input: Any) -> RunT:
     """Make ``run`` (a new one) a run of ``task`` with ``input``, not started yet."""
-    run.task = task
-    run.input = input
-    run.state = "waiting"
-    run.attempt = 1
-    run.started = run.finished = run.steps = run.parent = run.drawn_id = None
-    return run
-
-
-def plain_run(task: Any, input: Any) -> Run:
-    """A run of ``task`` with ``input`` that will not wait (see :class:`Run`): :func:`fill`'s
-    stores in place (a manager's by-name trigger without constraint groups makes one)."""
-    run = Run()
     run.task = task
     run.input = input
     run.state = "waiting"

@@ -2,9 +2,9 @@
 
 ``TaskRunner`` is the execution half of :class:`~taskbuffer.Task` (which adds the public
 surface): it owns the task's run bookkeeping (counts, last error, durations, the runs in
-flight) and ``_run``, the one coroutine through which every path executes a run (see
-``taskbuffer/_run.py``). Other modules start runs through :func:`run_task` and
-:func:`entry_of`.
+flight) and ``_perform``, the one coroutine through which every path executes a run (see
+``taskbuffer/_run.py``). Other modules start runs through :func:`run_task`,
+:func:`start_run` and :func:`entry_of`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = (
     "run_task",
     "set_cron_schedule",
     "set_next_run",
+    "start_run",
 )
 
 logger = logging.getLogger("taskbuffer")
@@ -297,6 +298,20 @@ def entry_of(task: TaskRunner) -> Callable[[Any], Coroutine[Any, Any, Any]]:
     its trigger for a buffered, run-once or debounced one (chains and parallels keep one per
     member, so that a member's trigger costs no call more than its run)."""
     return task._entry
+
+
+def start_run(task: TaskRunner, input: Any) -> tuple[Run, Coroutine[Any, Any, Any]]:
+    """A run of ``task`` with ``input`` that cannot wait (a manager's by-name trigger without
+    constraint groups), and the coroutine that executes it: _run.fill's stores, in place."""
+    run = Run()
+    run.task = task
+    run.input = input
+    run.state = "waiting"
+    run.attempt = 1
+    run.started = run.finished = run.steps = run.parent = run.drawn_id = None
+    if task._direct:
+        return run, task._perform(input, run)
+    return run, _run_through_trigger(task._entry, run)
 
 
 def run_task(task: TaskRunner, run: Run) -> Coroutine[Any, Any, Any]:
