@@ -54,8 +54,8 @@ __all__ = (
 
 # What a trigger claims: one key state per applicable group (each knows its table).
 Claim: TypeAlias = "QueuedKey"
-# What claims a key for a trigger: a group's key function (``(task, input) -> key``, an
-# object with ``get_constraint_key``) and the group's key table.
+# What claims a key for a trigger: a group (an object whose ``constraint_key_for_execution``
+# is ``(task, input) -> key``) and the group's key table.
 Claimer: TypeAlias = "tuple[Any, KeyTable]"
 # A place out of line: (-priority, seq, waiter), the order of a key's heap.
 Entry: TypeAlias = "tuple[int, int, Waiter]"
