@@ -166,7 +166,15 @@ class LocalAdmission(Admission):
             if st.sharers is not None:
                 st.sharers[waiter] = None
         st, until = blocked  # (inlined _park: every waiter comes this way)
-        _enqueue(st, waiter)
+        # (_enqueue for a newcomer, inlined: it comes after every waiter of its priority)
+        line = st.line
+        if line is None:
+            line = st.line = deque()
+        if line and line[-1].priority < waiter.priority:
+            heapq.heappush(st.heap, (-waiter.priority, seq, waiter))
+        else:
+            line.append(waiter)
+        waiter.parked = st
         run.blocked_by = st  # named as (group, key) only when a snapshot needs it
         if until != math.inf:
             st.table.arm_timer(st, until)
@@ -257,18 +265,12 @@ class LocalAdmission(Admission):
             table = st.table
             line = st.line
             while True:
-                if st.heap:
+                # The live first waiter: the line's first, unless it left or the heap has any.
+                waiter = line[0] if line and not st.heap else None
+                if waiter is None or waiter.parked is not st:
                     waiter = _head(st)
                     if waiter is None:
                         break
-                elif line:
-                    waiter = line[0]
-                    if waiter.parked is not st:
-                        waiter = _head(st)
-                        if waiter is None:
-                            break
-                else:
-                    break
                 if st.running >= table.max_concurrent:  # (blocked_until's first test)
                     break
                 if table.timed:
@@ -277,12 +279,21 @@ class LocalAdmission(Admission):
                         if until != _INF:
                             table.arm_timer(st, until)
                         break
-                _unpark_head(st, waiter)
+                if line and line[0] is waiter:  # (_unpark_head, inlined)
+                    line.popleft()
+                else:
+                    heapq.heappop(st.heap)
+                waiter.parked = None
                 if len(waiter.claims) == 1 and not waiter.future.done():
                     # Its one key (this one) has room, and it came first in the key's line:
                     # what _offer's acquire would find. It takes the slot and starts.
                     table.take(st)
-                    self.leave(waiter, now)
+                    if st.sharers is None:  # leave()'s work here (it is unparked already)
+                        waiter.left = True
+                        st.waiting -= 1
+                        table.waiting_total -= 1
+                    else:
+                        self.leave(waiter, now)
                     waiter.future.set_result(GO)
                 else:
                     self._offer(waiter, now)
