@@ -140,26 +140,21 @@ class Waiter:
 
     ``run`` is the run that waits (the manager's; here only its ``priority`` is read and its
     ``blocked_by`` kept up to date: the :class:`QueuedKey` it is parked on).
+
+    An admission's ``park`` makes it and sets every field: it has no ``__init__`` (calling a
+    class with a Python ``__init__`` costs a frame, about a thousand instructions per waiter).
     """
 
     __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "run", "seq")
 
-    def __init__(
-        self,
-        claims: list[Claim],
-        future: asyncio.Future[Any],
-        run: Any,
-        seq: int,
-        owner: object,
-    ) -> None:
-        self.claims = claims
-        self.future = future
-        self.run = run
-        self.priority: int = run.priority
-        self.seq = seq
-        self.owner = owner  # its manager's token: the groups it claims apply while they match
-        self.parked: QueuedKey | None = None
-        self.left = False  # has stopped waiting (leave() ran)
+    claims: list[Claim]
+    future: asyncio.Future[Any]
+    run: Any
+    priority: int
+    seq: int
+    owner: object  # its manager's token: the groups it claims apply while they match
+    parked: QueuedKey | None
+    left: bool  # has stopped waiting (leave() ran)
 
     def __repr__(self) -> str:
         where = None if self.parked is None else self.parked.key

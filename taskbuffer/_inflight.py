@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any, Literal, TypeAlias
 
 from ._admission import GO, Admission, Claim, SharingRun, Waiter
-from ._clock import loop_facts, now_wall
+from ._clock import now_wall, wall_anchor
 from ._emitter import emit, listened
 from ._exceptions import TaskManagerStoppedError
 from ._run import Run, RunInfo
@@ -40,6 +40,8 @@ class InFlight:
         "active",
         "admission",
         "admitted",
+        "anchor",
+        "anchored",
         "callers",
         "held",
         "idle",
@@ -79,6 +81,9 @@ class InFlight:
         # The manager's runs that wait or run, in the order they were triggered.
         self.runs: dict[Run, None] = {}
         self.idle: asyncio.Future[None] | None = None  # what stop() calls wait on
+        # The wall-clock anchor of the loop ``anchored`` (see _clock), for queued instants.
+        self.anchored: asyncio.AbstractEventLoop | None = None
+        self.anchor = 0.0
 
     def __repr__(self) -> str:
         return f"<InFlight running={self.running} waiting={self.waiting}>"
@@ -178,7 +183,10 @@ class InFlight:
         ``now`` is the loop's time, ``current`` the trigger's asyncio task."""
         if current in self.active:  # a nested trigger (the outermost one is not in yet)
             self.check_self_deadlock(run, claims, current)
-        run.queued = loop_facts(loop)[2] + now  # (loop_to_wall, two calls less)
+        if loop is not self.anchored:  # (loop_to_wall, without its calls per waiter)
+            self.anchor = wall_anchor(loop)
+            self.anchored = loop
+        run.queued = self.anchor + now
         waiter = self.admission.park(
             claims, blocked, loop.create_future(), run, next(self.seq), self.owner
         )

@@ -18,6 +18,7 @@ from ._keystate import KeyTable, key_type_error
 __all__ = ("LOCAL_ADMISSION", "LocalAdmission", "new_queued_key", "new_sharing_key")
 
 _INF = math.inf
+_new = object.__new__
 
 
 def new_queued_key(table: KeyTable, key: str) -> QueuedKey:
@@ -159,7 +160,14 @@ class LocalAdmission(Admission):
         seq: int,
         owner: object,
     ) -> Waiter:
-        waiter = Waiter(claims, future, run, seq, owner)
+        waiter = _new(Waiter)  # (see Waiter: no __init__)
+        waiter.claims = claims
+        waiter.future = future
+        waiter.run = run
+        waiter.priority = run.priority
+        waiter.seq = seq
+        waiter.owner = owner
+        waiter.left = False
         for st in claims:
             st.waiting += 1
             st.table.waiting_total += 1
