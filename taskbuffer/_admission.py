@@ -6,12 +6,17 @@ the in-memory implementation, over the per-key state of :mod:`._keystate`. A bac
 shares slots between processes (Redis) implements the same interface.
 
 A waiting trigger (a :class:`Waiter`) claims one key in each group that applies to it. It is
-*parked* in exactly one place: the heap of the first claimed key that blocks it, ordered by
+*parked* in exactly one place: the queue of the first claimed key that blocks it, ordered by
 priority (higher first), then arrival. When a key frees up (a run ends, a cooldown or rate
-window passes), only that key's heap is looked at: its best waiter either takes slots in all
-its groups at once and starts, or moves to the heap of the key that still blocks it. So a
+window passes), only that key's queue is looked at: its best waiter either takes slots in all
+its groups at once and starts, or moves to the queue of the key that still blocks it. So a
 waiter blocked on one key never holds up waiters of another, and starting or releasing costs
-O(log n) in the waiters of the keys involved, however many wait elsewhere.
+O(log n) at most in the waiters of the keys involved, however many wait elsewhere.
+
+A key's queue is a FIFO *line* (a deque, in order) and a heap beside it: a waiter that ranks
+after the line's last one (every newcomer of one priority, the common case) joins the line in
+O(1); one that would rank before it (a higher priority, or a waiter moved from another key with
+its old place) goes to the heap. The first waiter is the better of the two heads.
 
 Slots are handed over at release time, before the woken trigger resumes, so a newcomer
 arriving in between cannot take them (no queue jumping); a woken trigger cancelled before it
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import math
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -48,10 +54,10 @@ __all__ = (
 
 # What a trigger claims: one key state per applicable group (each knows its table).
 Claim: TypeAlias = "QueuedKey"
-# What claims a key for a trigger: a group's key function (``(task, input) -> key``, an
-# object with ``get_constraint_key``) and the group's key table.
+# What claims a key for a trigger: a group (an object whose ``constraint_key_for_execution``
+# is ``(task, input) -> key``) and the group's key table.
 Claimer: TypeAlias = "tuple[Any, KeyTable]"
-# A place in line: (-priority, seq, waiter), the order of a key's heap.
+# A place out of line: (-priority, seq, waiter), the order of a key's heap.
 Entry: TypeAlias = "tuple[int, int, Waiter]"
 
 # The waiter's future resolves to GO when its slots were taken for it, or to a Shared result.
@@ -61,13 +67,15 @@ GO: Any = object()
 class QueuedKey(KeyState):
     """A key's state with its waiting queue (and, for ``share-latest``, its sharers)."""
 
-    __slots__ = ("dead", "detached", "heap", "sharers")
+    __slots__ = ("dead", "detached", "heap", "line", "sharers")
 
     def __init__(self, table: KeyTable, key: str) -> None:
         super().__init__(table, key)
-        # Waiters parked here because this key blocks them: (-priority, seq, waiter), a heap.
+        # Waiters parked here because this key blocks them: those that came in order in
+        # ``line`` (made at the first), the others in ``heap`` as (-priority, seq, waiter).
+        self.line: deque[Waiter] | None = None
         self.heap: list[Entry] = []
-        self.dead = 0  # heap entries whose waiter has already left
+        self.dead = 0  # entries (in line or heap) whose waiter has already left
         self.sharers: dict[Waiter, None] | None = None  # claimants, for share-latest
         # share-latest runs of this key whose caller left, kept going for the sharers
         self.detached: list[SharingRun] | None = None
@@ -132,26 +140,21 @@ class Waiter:
 
     ``run`` is the run that waits (the manager's; here only its ``priority`` is read and its
     ``blocked_by`` kept up to date: the :class:`QueuedKey` it is parked on).
+
+    An admission's ``park`` makes it and sets every field: it has no ``__init__`` (calling a
+    class with a Python ``__init__`` costs a frame, about a thousand instructions per waiter).
     """
 
     __slots__ = ("claims", "future", "left", "owner", "parked", "priority", "run", "seq")
 
-    def __init__(
-        self,
-        claims: list[Claim],
-        future: asyncio.Future[Any],
-        run: Any,
-        seq: int,
-        owner: object,
-    ) -> None:
-        self.claims = claims
-        self.future = future
-        self.run = run
-        self.priority: int = run.priority
-        self.seq = seq
-        self.owner = owner  # its manager's token: the groups it claims apply while they match
-        self.parked: QueuedKey | None = None
-        self.left = False  # has stopped waiting (leave() ran)
+    claims: list[Claim]
+    future: asyncio.Future[Any]
+    run: Any
+    priority: int
+    seq: int
+    owner: object  # its manager's token: the groups it claims apply while they match
+    parked: QueuedKey | None
+    left: bool  # has stopped waiting (leave() ran)
 
     def __repr__(self) -> str:
         where = None if self.parked is None else self.parked.key

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from ._keystate import KeyTable, loop_time
+from ._keystate import KeyTable, key_type_error, loop_time
 from ._validation import check_count, check_seconds, safe_repr
 from ._waiting import LOCAL_ADMISSION, new_queued_key, new_sharing_key
 
@@ -146,10 +146,7 @@ class TaskConstraintGroup:
         """
         key = self.constraint_key_for_execution(task, input)
         if key is not None and not isinstance(key, str):
-            raise TypeError(
-                f"constraint group {self.name!r}: constraint_key_for_execution must return a "
-                f"str or None, not {key!r}"
-            )
+            raise key_type_error(self.name, key)
         return key
 
     async def check_should_execute(self, task: Task[Any, Any], input: Any = None) -> bool:

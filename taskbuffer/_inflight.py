@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any, Literal, TypeAlias
 
 from ._admission import GO, Admission, Claim, SharingRun, Waiter
-from ._clock import loop_facts, now_wall
+from ._clock import now_wall, wall_anchor
 from ._emitter import emit, listened
 from ._exceptions import TaskManagerStoppedError
 from ._run import QueuedRun, Run, RunInfo
@@ -40,6 +40,8 @@ class InFlight:
         "active",
         "admission",
         "admitted",
+        "anchor",
+        "anchored",
         "callers",
         "held",
         "idle",
@@ -57,14 +59,16 @@ class InFlight:
         self.owner = owner  # the manager's token as the owner of its triggers
         self.seq = itertools.count()  # waiters' arrival order
         # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
-        # cancel exactly those; in the order their runs began (see cancel_runs).
-        self.active: dict[asyncio.Task[Any], None] = {}
+        # cancel exactly those; in the order their runs began (see cancel_runs). The value:
+        # the claims of the task's outermost run (None or empty if it claimed no key).
+        self.active: dict[asyncio.Task[Any], list[Claim] | None] = {}
         # The loop of every asyncio task in ``active`` (see check_loop), or a stale one.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_cancelled: set[asyncio.Task[Any]] = set()
-        # Per caller asyncio task, the claims of its constrained runs in flight, outermost
-        # first: a nested trigger that needs a slot only its own callers hold would wait
-        # forever (see check_self_deadlock).
+        # Per caller asyncio task, the claims of its constrained runs in flight nested in
+        # its outermost one (whose claims ``active`` keeps), outermost first: a nested trigger
+        # that needs a slot only its own callers hold would wait forever (see
+        # check_self_deadlock).
         self.held: dict[asyncio.Task[Any], list[list[Claim]]] = {}
         # A share-latest run's own asyncio task -> the asyncio task of the caller that awaits
         # it (until the caller leaves): its callers' slots are held for it too.
@@ -77,6 +81,9 @@ class InFlight:
         # The manager's runs that wait or run, in the order they were triggered.
         self.runs: dict[Run, None] = {}
         self.idle: asyncio.Future[None] | None = None  # what stop() calls wait on
+        # The wall-clock anchor of the loop ``anchored`` (see _clock), for queued instants.
+        self.anchored: asyncio.AbstractEventLoop | None = None
+        self.anchor = 0.0
 
     def __repr__(self) -> str:
         return f"<InFlight running={self.running} waiting={self.waiting}>"
@@ -174,9 +181,12 @@ class InFlight:
     ) -> Waiter:
         """Queue a blocked trigger's run (after refusing one that would wait for itself):
         ``now`` is the loop's time, ``current`` the trigger's asyncio task."""
-        if current in self.held:  # (without a current task, None, nothing is held)
+        if current in self.active:  # a nested trigger (the outermost one is not in yet)
             self.check_self_deadlock(run, claims, current)
-        run.queued = loop_facts(loop)[2] + now  # (loop_to_wall, two calls less)
+        if loop is not self.anchored:  # (loop_to_wall, without its calls per waiter)
+            self.anchor = wall_anchor(loop)
+            self.anchored = loop
+        run.queued = self.anchor + now
         waiter = self.admission.park(
             claims, blocked, loop.create_future(), run, next(self.seq), self.owner
         )
@@ -243,15 +253,14 @@ class InFlight:
         that triggered it) wait for this trigger, so slots they hold are never given back
         while it waits.
         """
-        mine_held = self.held.get(current)  # type: ignore[arg-type]
-        if not mine_held:
+        held = self._held_by(current)  # type: ignore[arg-type]
+        if not held:
             return
-        held = list(mine_held)
         caller = self.callers.get(current)  # type: ignore[arg-type]
         while caller is not None:
             # A share-latest run in a task of its own: its caller's runs wait for it too
             # (their list of a run's claims is the very list its own task holds).
-            held.extend(c for c in self.held.get(caller, ()) if not any(c is h for h in held))
+            held.extend(c for c in self._held_by(caller) if not any(c is h for h in held))
             caller = self.callers.get(caller)
         for st in claims:
             table = st.table
@@ -271,6 +280,12 @@ class InFlight:
                 self.end(run, "failed", error)
                 raise error
 
+    def _held_by(self, task: asyncio.Task[Any]) -> list[list[Claim]]:
+        """The claims of the constrained runs in flight in ``task``, outermost first."""
+        outermost = self.active.get(task)
+        nested = self.held.get(task, [])
+        return [outermost, *nested] if outermost else list(nested)
+
     async def run_shared(self, run: Run, claims: list[Claim]) -> Any:
         """Run a trigger that holds a ``share-latest`` key, in a task of its own.
 
@@ -282,10 +297,10 @@ class InFlight:
         sharing = SharingRun(claims)
         loop = asyncio.get_running_loop()
         runner = sharing.task = loop.create_task(self._drive(run, sharing))
-        self.active[runner] = None  # stop(timeout=...) reaches it even once its caller left
-        # A trigger nested in the run that waits for a slot the run (or its callers) holds
-        # would wait forever: check_self_deadlock follows the run to its callers.
-        self.held[runner] = [claims]
+        # stop(timeout=...) reaches it even once its caller left. A trigger nested in the run
+        # that waits for a slot the run (or its callers) holds would wait forever:
+        # check_self_deadlock follows the run to its callers.
+        self.active[runner] = claims
         self.callers[runner] = asyncio.current_task()  # type: ignore[assignment]
         runner.add_done_callback(partial(self._shared_done, run, sharing))
         try:
@@ -325,7 +340,6 @@ class InFlight:
         self.running -= 1
         self.active.pop(runner, None)
         self.stop_cancelled.discard(runner)
-        del self.held[runner]
         self.callers.pop(runner, None)
         if succeeded and not sharing.abandoned:
             self.admission.share(sharing.claims, result, now, owner=self.owner)

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("KeyState", "KeyTable", "has_come", "loop_time")
+__all__ = ("KeyState", "KeyTable", "has_come", "key_type_error", "loop_time")
 
 # What asyncio's BaseEventLoop uses to decide that a timer is due: ``when < now + resolution``.
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
@@ -35,6 +35,14 @@ def has_come(instant: float, now: float) -> bool:
     """Whether loop time ``instant`` has come at loop time ``now`` (to the clock's resolution,
     as asyncio decides that a timer at ``instant`` is due)."""
     return instant < now + _CLOCK_RESOLUTION
+
+
+def key_type_error(group_name: str, key: object) -> TypeError:
+    """What a key function that returned ``key``, neither a str nor None, raises."""
+    return TypeError(
+        f"constraint group {group_name!r}: constraint_key_for_execution must return a "
+        f"str or None, not {key!r}"
+    )
 
 
 def loop_time() -> float:

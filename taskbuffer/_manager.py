@@ -374,9 +374,9 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             flights.admitted += 1
         tracked = current not in flights.active  # a nested run is tracked by the outer one
         if tracked:
-            flights.active[current] = None
-        if claims:  # (an outermost trigger, tracked, finds no entry: it makes it)
-            held = None if tracked else flights.held.get(current)
+            flights.active[current] = claims  # the slots it holds (see check_self_deadlock)
+        elif claims:
+            held = flights.held.get(current)
             if held is None:
                 flights.held[current] = [claims]
             else:
@@ -399,11 +399,12 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             ran = True
             flights.running += 1
             if claims:
-                if admission.sharing(claims):
-                    handed_off = True  # the run gives back its slots (and counts) when it ends
-                    return await flights.run_shared(run, claims)
-                for st in claims:
-                    if st.pending:  # a rate-limited key: its window counts the run from now
+                for st in claims:  # (one pass over the claims for two rare cases)
+                    if st.pending or st.sharers is not None:
+                        if admission.sharing(claims):
+                            handed_off = True  # it gives back its slots (and counts) when it ends
+                            return await flights.run_shared(run, claims)
+                        # A rate-limited key: its window counts the run from now.
                         admission.begin(claims, loop.time())
                         break
             try:
@@ -418,7 +419,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             if claims is not None:
                 if not handed_off:
                     admission.release(claims, loop.time(), ran=ran)
-                if claims:  # flights.held's entry, taken above
+                if claims and not tracked:  # flights.held's entry, taken above
                     held = flights.held[current]
                     held.pop()
                     if not held:

@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._admission import GO, Admission, Claim, Claimer, Entry, QueuedKey, Shared, Waiter
-from ._keystate import KeyTable
+from ._admission import GO, Admission, Claim, Claimer, QueuedKey, Shared, Waiter
+from ._keystate import KeyTable, key_type_error
 
 __all__ = ("LOCAL_ADMISSION", "LocalAdmission", "new_queued_key", "new_sharing_key")
 
 _INF = math.inf
+_new = object.__new__
 
 
 def new_queued_key(table: KeyTable, key: str) -> QueuedKey:
@@ -31,15 +33,57 @@ def new_sharing_key(table: KeyTable, key: str) -> QueuedKey:
     return st
 
 
-def _live_head(st: QueuedKey) -> Entry | None:
+def _head(st: QueuedKey) -> Waiter | None:
+    """The first live waiter parked on ``st`` (dropping the dead entries before it)."""
+    first: Waiter | None = None
+    line = st.line
+    while line:
+        first = line[0]
+        if first.parked is st:
+            break
+        line.popleft()
+        st.dead -= 1
+        first = None
     heap = st.heap
     while heap:
-        head = heap[0]
-        if head[2].parked is st:
-            return head
+        entry = heap[0]
+        if entry[2].parked is st:
+            if first is None:
+                return entry[2]
+            rank = -first.priority
+            if entry[0] < rank or (entry[0] == rank and entry[1] < first.seq):
+                return entry[2]
+            return first
         heapq.heappop(heap)
         st.dead -= 1
-    return None
+    return first
+
+
+def _unpark_head(st: QueuedKey, waiter: Waiter) -> None:
+    """Take ``waiter``, which :func:`_head` just returned, out of ``st``'s queue."""
+    line = st.line
+    if line and line[0] is waiter:
+        line.popleft()
+    else:
+        heapq.heappop(st.heap)
+    waiter.parked = None
+
+
+def _enqueue(st: QueuedKey, waiter: Waiter) -> None:
+    """Queue ``waiter`` on ``st`` at its place: priority (higher first), then arrival."""
+    line = st.line
+    if line is None:
+        line = st.line = deque()
+    elif line:
+        tail = line[-1]
+        if tail.priority < waiter.priority or (
+            tail.priority == waiter.priority and tail.seq > waiter.seq
+        ):  # it ranks before the line's last waiter
+            heapq.heappush(st.heap, (-waiter.priority, waiter.seq, waiter))
+            waiter.parked = st
+            return
+    line.append(waiter)
+    waiter.parked = st
 
 
 class LocalAdmission(Admission):
@@ -53,8 +97,11 @@ class LocalAdmission(Admission):
         claims: list[Claim] = []
         try:
             for group, table in claimers:
-                key = group.get_constraint_key(task, input)
+                # (the group's get_constraint_key, inlined: a call less per group and trigger)
+                key = group.constraint_key_for_execution(task, input)
                 if key is not None:
+                    if type(key) is not str and not isinstance(key, str):
+                        raise key_type_error(table.name, key)
                     # A key with state in the table's loop: ensure()'s work, without the call.
                     st = table.states.get(key) if table.loop is loop else None
                     if st is None:
@@ -89,12 +136,12 @@ class LocalAdmission(Admission):
             if st.running >= table.max_concurrent:  # (blocked_until's first test, inlined)
                 return st, _INF
             until = table.blocked_until(st, now) if table.timed else None
-            if until is None and priority is not None and st.heap:
-                head = _live_head(st)
-                if head is not None:
-                    rank = head[0]
-                    if rank < -priority or (rank == -priority and head[1] < seq):
-                        until = now
+            if until is None and priority is not None and (st.line or st.heap):
+                head = _head(st)
+                if head is not None and (
+                    head.priority > priority or (head.priority == priority and head.seq < seq)
+                ):
+                    until = now
             if until is not None:
                 return st, until
         # A removed group no longer blocks, but its slot is still taken: release() gives
@@ -113,14 +160,28 @@ class LocalAdmission(Admission):
         seq: int,
         owner: object,
     ) -> Waiter:
-        waiter = Waiter(claims, future, run, seq, owner)
+        waiter = _new(Waiter)  # (see Waiter: no __init__)
+        waiter.claims = claims
+        waiter.future = future
+        waiter.run = run
+        waiter.priority = run.priority
+        waiter.seq = seq
+        waiter.owner = owner
+        waiter.left = False
         for st in claims:
             st.waiting += 1
             st.table.waiting_total += 1
             if st.sharers is not None:
                 st.sharers[waiter] = None
         st, until = blocked  # (inlined _park: every waiter comes this way)
-        heapq.heappush(st.heap, (-waiter.priority, seq, waiter))
+        # (_enqueue for a newcomer, inlined: it comes after every waiter of its priority)
+        line = st.line
+        if line is None:
+            line = st.line = deque()
+        if line and line[-1].priority < waiter.priority:
+            heapq.heappush(st.heap, (-waiter.priority, seq, waiter))
+        else:
+            line.append(waiter)
         waiter.parked = st
         run.blocked_by = st  # named as (group, key) only when a snapshot needs it
         if until != math.inf:
@@ -128,8 +189,7 @@ class LocalAdmission(Admission):
         return waiter
 
     def _park(self, waiter: Waiter, st: Claim, until: float) -> None:
-        heapq.heappush(st.heap, (-waiter.priority, waiter.seq, waiter))
-        waiter.parked = st
+        _enqueue(st, waiter)
         waiter.run.blocked_by = st
         if until != math.inf:
             st.table.arm_timer(st, until)
@@ -142,8 +202,14 @@ class LocalAdmission(Admission):
         if st is not None:
             waiter.parked = None
             st.dead += 1
-            if st.dead > 16 and st.dead * 2 > len(st.heap):
-                st.heap = [entry for entry in st.heap if entry[2].parked is st]
+            line = st.line
+            if st.dead > 16 and st.dead * 2 > (len(line) if line else 0) + len(st.heap):
+                # In place: a dispatch going on (that made this waiter leave) holds them.
+                if line:
+                    live = [w for w in line if w.parked is st]
+                    line.clear()
+                    line.extend(live)
+                st.heap[:] = [entry for entry in st.heap if entry[2].parked is st]
                 heapq.heapify(st.heap)
                 st.dead = 0
         for claimed in waiter.claims:
@@ -168,7 +234,7 @@ class LocalAdmission(Admission):
         for st in claims:
             table = st.table
             table.begin(st, now)
-            if st.heap and table.rate_limit is not None:
+            if table.rate_limit is not None and (st.line or st.heap):
                 # A waiter parked while this place was pending waits for no timer: the
                 # place now leaves the window at a known instant.
                 until = table.blocked_until(st, now)
@@ -205,13 +271,14 @@ class LocalAdmission(Admission):
             # One key (most releases): start its best waiters while it has room.
             st = freed[0]
             table = st.table
-            while st.heap:
-                first = st.heap[0]
-                if first[2].parked is not st:
-                    live = _live_head(st)
-                    if live is None:
+            line = st.line
+            while True:
+                # The live first waiter: the line's first, unless it left or the heap has any.
+                waiter = line[0] if line and not st.heap else None
+                if waiter is None or waiter.parked is not st:
+                    waiter = _head(st)
+                    if waiter is None:
                         break
-                    first = live
                 if st.running >= table.max_concurrent:  # (blocked_until's first test)
                     break
                 if table.timed:
@@ -220,26 +287,41 @@ class LocalAdmission(Admission):
                         if until != _INF:
                             table.arm_timer(st, until)
                         break
-                heapq.heappop(st.heap)
-                waiter = first[2]
+                if line and line[0] is waiter:  # (_unpark_head, inlined)
+                    line.popleft()
+                else:
+                    heapq.heappop(st.heap)
                 waiter.parked = None
                 if len(waiter.claims) == 1 and not waiter.future.done():
                     # Its one key (this one) has room, and it came first in the key's line:
                     # what _offer's acquire would find. It takes the slot and starts.
                     table.take(st)
-                    self.leave(waiter, now)
+                    if st.sharers is None:  # leave()'s work here (it is unparked already)
+                        waiter.left = True
+                        st.waiting -= 1
+                        table.waiting_total -= 1
+                    else:
+                        self.leave(waiter, now)
                     waiter.future.set_result(GO)
                 else:
                     self._offer(waiter, now)
             if not (st.running or st.waiting):  # (maybe_drop's first test, inlined)
                 table.maybe_drop(st, now)
             return
+        self._dispatch_many(freed, now)
+
+    def _dispatch_many(self, freed: list[Claim], now: float) -> None:
+        """``dispatch`` of several keys: the best waiter of them all goes first, each time."""
         while True:
-            best: Entry | None = None
+            best: Waiter | None = None
             best_claim: Claim | None = None
             for st in freed:
-                head = _live_head(st) if st.heap else None
-                if head is not None and (best is None or head < best):
+                head = _head(st) if st.line or st.heap else None
+                if head is not None and (
+                    best is None
+                    or head.priority > best.priority
+                    or (head.priority == best.priority and head.seq < best.seq)
+                ):
                     table = st.table  # blocked_until's tests, the first one inlined:
                     if st.running < table.max_concurrent and (
                         not table.timed or table.blocked_until(st, now) is None
@@ -247,14 +329,12 @@ class LocalAdmission(Admission):
                         best, best_claim = head, st
             if best is None or best_claim is None:
                 break
-            heapq.heappop(best_claim.heap)
-            waiter = best[2]
-            waiter.parked = None
-            self._offer(waiter, now)
+            _unpark_head(best_claim, best)
+            self._offer(best, now)
         for st in freed:
             table = st.table
             # Only a cooldown or a rate window (a key under its cap) blocks until a time.
-            if table.timed and st.running < table.max_concurrent and _live_head(st) is not None:
+            if table.timed and st.running < table.max_concurrent and _head(st) is not None:
                 until = table.blocked_until(st, now)
                 if until is not None and until != _INF:
                     table.arm_timer(st, until)
@@ -264,10 +344,9 @@ class LocalAdmission(Admission):
     def reoffer(self, table: KeyTable, now: float) -> None:
         moved: list[Waiter] = []
         for st in list(table.states.values()):
-            while (head := _live_head(st)) is not None:
-                heapq.heappop(st.heap)
-                head[2].parked = None
-                moved.append(head[2])
+            while (head := _head(st)) is not None:
+                _unpark_head(st, head)
+                moved.append(head)
         moved.sort(key=lambda w: (-w.priority, w.seq))
         for waiter in moved:
             self._offer(waiter, now)
@@ -292,6 +371,8 @@ class LocalAdmission(Admission):
         waiters: list[Waiter] = []
         for table in tables:
             for st in table.states.values():
+                if st.line:
+                    waiters.extend(w for w in st.line if w.parked is st and w.owner is owner)
                 waiters.extend(
                     entry[2]
                     for entry in st.heap

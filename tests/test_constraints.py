@@ -1720,6 +1720,38 @@ async def test_trigger_and_trigger_by_name_use_priority_zero() -> None:
     assert gates.started == ["first", "plain", "by-name", "zero", "neg"]
 
 
+async def test_a_waiter_moved_to_another_key_keeps_its_place_before_later_arrivals() -> None:
+    """A trigger that waited on one key and then finds another blocked waits there before the
+    triggers that came after it, though they queued on that key first."""
+
+    def letter(task: Task[Any, Any], input: str) -> str | None:
+        return None if input.startswith("-") else input[0]
+
+    letters = make_group(name="letters", constraint_key_for_execution=letter, max_concurrent=1)
+    cap = make_group(name="cap", max_concurrent=1)
+    manager = manager_with(letters, cap)
+    gates = Gates()
+    t = Task(name="t", task_function=gates.function)
+    assert letters.acquire_slot("a")
+    runs = [spawn(manager.trigger_task(t, "b0"))]  # holds the cap
+    await gates.wait_started("b0")
+    runs.append(spawn(manager.trigger_task(t, "a1")))  # waits for key "a"
+    await settle()
+    runs += [spawn(manager.trigger_task(t, x)) for x in ("-2", "-3")]  # wait for the cap
+    await settle()
+    letters.release_slot("a")  # "a1" now waits for the cap, first in its line
+    await settle()
+    assert gates.started == ["b0"]
+    expected = ["b0", "a1", "-2", "-3"]
+    for i, x in enumerate(expected):
+        await gates.wait_started(x)
+        assert gates.started == expected[: i + 1]
+        gates.finish(x)
+    assert await asyncio.gather(*runs) == expected
+    assert letters.statistics() == idle(letters)
+    assert cap.statistics() == idle(cap)
+
+
 @pytest.mark.parametrize("bad", [1.5, "1", True, None])
 async def test_priority_must_be_an_int(bad: Any) -> None:
     manager = manager_with(make_group())
