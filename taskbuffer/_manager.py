@@ -308,8 +308,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         Returns the task's result, or ``None`` when a group's ``should_execute`` said no. A
         trigger that must wait emits ``queued``; waiting triggers start by ``priority``
         (higher first), then in arrival order. The run happens in the caller's asyncio task,
-        which ``stop(timeout=...)`` may cancel; that reaches the caller as
-        ``TaskManagerStoppedError``.
+        which ``stop(timeout=...)`` may cancel (the caller gets ``TaskManagerStoppedError``).
 
         :raises TaskManagerStoppedError: the manager is stopped or stopping.
         """
