@@ -4,21 +4,16 @@ It knows nothing of the manager: it is handed ``run(job)`` (run a claimed job th
 constraints with its input, priority and id, returning the result or raising) and
 ``task_names()`` (the tasks registered now). One asyncio task claims, one renews leases:
 
-- Claiming takes up to the free capacity in one store call, but at most a *batch*: half of
-  ``concurrency`` (rounded up). The worker never holds more than ``concurrency`` jobs (a job
-  counts as held until its outcome is committed, or while a claim for its slot is under
-  way). It then sleeps until the store signals work (an enqueue in this process, another
-  process's commit), a job ends here, the next delayed job falls due, or
+- Claiming takes up to the free capacity in one store call and never holds more than
+  ``concurrency`` jobs (a job counts as held until its outcome is committed, or while a claim
+  for its slot is under way). It then sleeps until the store signals work (an enqueue in this
+  process, another process's commit), a job ends here, the next delayed job falls due, or
   ``store.poll_interval`` passes.
 - Outcomes are committed in batches: when a run ends while others still run, its outcome
   waits up to :data:`FLUSH_WINDOW` seconds and every outcome that arrives meanwhile shares its
-  commit; as soon as no run is left, a batch's worth of outcomes waits, or the window has
-  passed, the batch is committed. The same store call claims replacements for the slots the
-  batch frees (``store.finish_and_claim``: one transaction), so a busy worker commits once
-  per batch. Half the capacity per batch is what keeps a busy worker's two halves in step:
-  one half's jobs run on the loop while the other half's outcomes commit and its
-  replacements are claimed (on the store's thread, or in the database server), instead of
-  all jobs waiting for one commit.
+  commit; as soon as no run is left (or the window has passed) the batch is committed. The
+  same store call claims replacements for the slots the batch frees
+  (``store.finish_and_claim``: one transaction), so a busy worker commits once per batch.
 - Leases are renewed every ``lease / 3`` in one call for all held jobs. A renewal that reports
   a lost lease cancels the local run and its outcome is dropped (and logged); one that reports
   a cancel request cancels the run and finishes the job ``cancelled``.
@@ -91,9 +86,6 @@ class JobWorker:
         self.store = store
         self.worker_id = worker_id
         self.concurrency = concurrency
-        # Jobs one store call claims at most: half the capacity, so that one half runs
-        # while the other half's outcomes commit (with its replacements' claim).
-        self.batch = max(1, (concurrency + 1) // 2)
         self._run = run
         self._task_names = task_names
         self._held: dict[str, _Held] = {}  # token -> held job
@@ -107,8 +99,7 @@ class JobWorker:
         self._claiming = False
         self._running = 0  # runners not yet ended
         self._reserved = 0  # slots a claim under way may fill
-        # Set while no runner runs or a batch's worth of outcomes waits: a flush waits no more.
-        self._quiet: asyncio.Event | None = None
+        self._quiet: asyncio.Event | None = None  # set while no runner runs
 
     def __repr__(self) -> str:
         return (
@@ -187,7 +178,7 @@ class JobWorker:
         assert wake is not None
         while self._claiming:
             wake.clear()
-            free = min(self.concurrency - len(self._held) - self._reserved, self.batch)
+            free = self.concurrency - len(self._held) - self._reserved
             names = list(self._task_names())
             sleep = self.store.poll_interval
             if free > 0 and names:
@@ -257,8 +248,6 @@ class JobWorker:
             )
             return
         self._pending.append(outcome)
-        if len(self._pending) >= self.batch and self._quiet is not None:
-            self._quiet.set()  # a full batch: no reason to wait for the others
         self._flush_later()
 
     def _ended_run(self, held: _Held) -> None:
@@ -351,8 +340,7 @@ class JobWorker:
         try:
             await asyncio.sleep(0)  # the runs that end in this loop iteration join the batch
             quiet = self._quiet
-            if self._running and quiet is not None and len(self._pending) < self.batch:
-                # Others still run: give them a moment to share the commit.
+            if self._running and quiet is not None:  # others still run: give them a moment
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(FLUSH_WINDOW):
                         await quiet.wait()
@@ -392,7 +380,6 @@ class JobWorker:
         store call (begun at once)."""
         names = list(self._task_names()) if self._claiming else []
         limit = self.concurrency - (len(self._held) - len(batch)) - self._reserved
-        limit = min(limit, self.batch)
         if limit <= 0 or not names:
             return await self.store.finish(batch, now=now_wall())
         self._reserved += limit
