@@ -149,10 +149,10 @@ class JobSide:
             self._worker.start()
 
     async def _run_job(self, job: Job) -> Any:
-        from .jobs._worker import TaskGone
-
         task = self._lookup(job.task_name)
         if task is None:
+            from .jobs._worker import TaskGone  # only here: an import per job costs microseconds
+
             raise TaskGone(job.task_name)  # removed since the claim: the job goes back
         return await self._run(task, job)
 

@@ -46,6 +46,7 @@ from ._values import (
     JobRequest,
     JobStatus,
     RenewReport,
+    Row,
     attempt_from_row,
     job_from_row,
     queued_job,
@@ -178,7 +179,7 @@ class SQLiteJobStore(JobStore):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _job(self, row: sqlite3.Row) -> Job:
+    def _job(self, row: Row) -> Job:
         return job_from_row(row, input=self.decode(row["input"]), result=self.decode(row["result"]))
 
     async def get(self, job_id: str) -> Job | None:
@@ -289,7 +290,7 @@ class SQLiteJobStore(JobStore):
     ) -> tuple[list[bool], list[Claim]]:
         lease_expires = now + self.lease
 
-        def both(c: sqlite3.Connection) -> tuple[list[bool], list[tuple[sqlite3.Row, str]]]:
+        def both(c: sqlite3.Connection) -> tuple[list[bool], list[dict[str, Any]]]:
             applied = apply_outcomes(c, outcomes, now)
             taken = take_due(
                 c,
@@ -304,19 +305,7 @@ class SQLiteJobStore(JobStore):
         applied, taken = await self._run(both, write=True)
         if outcomes:
             self.notify()
-        claims = []
-        for row, token in taken:
-            columns = dict(row)
-            columns.update(
-                status="running", attempts=row["attempts"] + 1, worker_id=worker_id, started_at=now
-            )
-            claims.append(Claim(job=self._job_from(columns), token=token))
-        return applied, claims
-
-    def _job_from(self, columns: dict[str, Any]) -> Job:
-        return job_from_row(
-            columns, input=self.decode(columns["input"]), result=self.decode(columns["result"])
-        )
+        return applied, [Claim(job=self._job(row), token=row["token"]) for row in taken]
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one transaction (see :meth:`JobStore.renew`)."""

@@ -8,9 +8,10 @@ runs and claim their replacements in ONE transaction (:func:`apply_outcomes` the
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from ._sqlite_sql import (
     CLAIM,
@@ -19,12 +20,12 @@ from ._sqlite_sql import (
     FAIL_EXHAUSTED,
     FINISH,
     INSERT,
+    LIVE_TOKENS,
     REAP_ATTEMPTS,
     REAP_CANCELLED,
     REAP_EXHAUSTED,
     REAP_REQUEUE,
     RELEASE,
-    TAKE,
 )
 from ._store import attempts_lost_error
 from ._values import JobOutcome, JobRequest, error_json, ordered_id
@@ -118,20 +119,49 @@ def take_due(
     limit: int,
     now: float,
     lease_expires: float,
-) -> list[tuple[sqlite3.Row, str]]:
-    """Reap, then take up to ``limit`` due jobs: each row (as it was) with its new token."""
+) -> list[dict[str, Any]]:
+    """Reap, then take up to ``limit`` due jobs in one statement: their rows as taken
+    (``running``, with ``token``), best first."""
     reap(c, now)
     if limit <= 0 or not task_names:
         return []
     query = CLAIM.format(names=", ".join("?" * len(task_names)))
-    rows = c.execute(query, (now, *task_names, limit)).fetchall()
-    taken = [(row, ordered_id()) for row in rows]
-    c.executemany(TAKE, [(worker_id, now, token, lease_expires, row["id"]) for row, token in taken])
+    prefix = ordered_id()[:24]  # the clock and 32 random bits; the job's seq follows
+    params = (worker_id, now, prefix, lease_expires, now, *task_names, limit)
+    cursor = c.cursor()
+    cursor.row_factory = None  # plain tuples, made dicts below: sqlite3.Row looks names up slowly
+    rows = cursor.execute(query, params).fetchall()
+    names = [column[0] for column in cursor.description]
+    taken = [dict(zip(names, row, strict=True)) for row in rows]
+    # RETURNING gives no order: the claim's own, best first.
+    taken.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
     return taken
 
 
 def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: float) -> list[bool]:
-    """End claims (fenced by their tokens); one bool per outcome, True when applied."""
+    """End claims (fenced by their tokens); one bool per outcome, True when applied.
+
+    When every token still holds its job (the usual case, checked in one query), each kind
+    of statement runs once for the whole batch; otherwise outcome by outcome."""
+    if not outcomes:
+        return []
+    tokens = json.dumps([o.token for o in outcomes])
+    if c.execute(LIVE_TOKENS, (tokens,)).fetchone()[0] == len(outcomes):
+        errors = [error_json(o.error) for o in outcomes]
+        ended = [o for o in outcomes if o.outcome != "released"]
+        c.executemany(
+            FINISH,
+            [(o.outcome, now, o.result, e, o.job_id, o.token)
+             for o, e in zip(outcomes, errors, strict=True) if o.outcome != "released"],
+        )  # fmt: skip
+        if len(ended) < len(outcomes):
+            released = [(o.job_id, o.token) for o in outcomes if o.outcome == "released"]
+            c.executemany(RELEASE, released)
+        c.executemany(
+            END_ATTEMPT,
+            [(now, o.outcome, e, o.job_id) for o, e in zip(outcomes, errors, strict=True)],
+        )
+        return [True] * len(outcomes)
     applied = []
     for o in outcomes:
         error = error_json(o.error)
@@ -143,8 +173,6 @@ def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: f
                 == 1
             )
         if done:
-            c.execute(
-                END_ATTEMPT, {"now": now, "outcome": o.outcome, "error": error, "id": o.job_id}
-            )
+            c.execute(END_ATTEMPT, (now, o.outcome, error, o.job_id))
         applied.append(done)
     return applied

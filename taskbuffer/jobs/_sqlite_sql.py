@@ -17,6 +17,7 @@ __all__ = (
     "FAIL_EXHAUSTED",
     "FINISH",
     "INSERT",
+    "LIVE_TOKENS",
     "NEXT_DUE",
     "PURGE_ATTEMPTS",
     "PURGE_JOBS",
@@ -28,7 +29,6 @@ __all__ = (
     "RENEW",
     "REQUEUE",
     "SCHEMA",
-    "TAKE",
 )
 
 
@@ -90,11 +90,19 @@ COLUMNS = (
     "started_at, finished_at, worker_id, result, error, dedupe_key, schedule_key"
 )
 
+# Takes the best due jobs in one statement; each gets the token ``? || seq`` (the caller's
+# prefix begins with the clock, see ordered_id, so tokens stay unique and ordered).
 CLAIM = f"""
-SELECT seq, {COLUMNS} FROM taskbuffer_jobs
-WHERE status = 'queued' AND run_at <= ? AND task_name IN ({{names}})
-ORDER BY priority DESC, run_at, seq
-LIMIT ?
+UPDATE taskbuffer_jobs
+SET status = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?,
+    token = ? || printf('%08x', seq), lease_expires = ?
+WHERE seq IN (
+    SELECT seq FROM taskbuffer_jobs
+    WHERE status = 'queued' AND run_at <= ? AND task_name IN ({{names}})
+    ORDER BY priority DESC, run_at, seq
+    LIMIT ?
+)
+RETURNING seq, token, {COLUMNS}
 """
 
 # An attempt's row is written once, when it ends (its number: the job's rows so far + 1);
@@ -124,19 +132,19 @@ UPDATE taskbuffer_jobs SET status = 'queued', token = NULL, lease_expires = NULL
 WHERE status = 'running' AND lease_expires <= :now
 """
 
-TAKE = """
-UPDATE taskbuffer_jobs
-SET status = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?, token = ?,
-    lease_expires = ?
-WHERE id = ?
+# How many of the tokens (a JSON array) still hold their running job: all of them, and a
+# batch of outcomes is applied with one statement per kind.
+LIVE_TOKENS = """
+SELECT COUNT(*) FROM taskbuffer_jobs
+WHERE token IN (SELECT value FROM json_each(?)) AND status = 'running'
 """
 
 END_ATTEMPT = """
 INSERT INTO taskbuffer_job_attempts
     (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
 SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = taskbuffer_jobs.id),
-       worker_id, started_at, :now, :outcome, :error
-FROM taskbuffer_jobs WHERE id = :id
+       worker_id, started_at, ?, ?, ?
+FROM taskbuffer_jobs WHERE id = ?
 """
 
 ATTEMPTS = """

@@ -222,6 +222,12 @@ class JobSerializer(Protocol):
     def loads(self, data: bytes, /) -> Any: ...
 
 
+# Built once: json.dumps with options builds an encoder per call (a job's result is encoded
+# on the worker's hot path).
+_JSON_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_JSON_DECODE = json.JSONDecoder().decode
+
+
 class JSONSerializer:
     """The default serializer: JSON (tuples come back as lists; NaN and infinities are refused)."""
 
@@ -229,11 +235,11 @@ class JSONSerializer:
 
     def dumps(self, obj: Any, /) -> str:
         """``obj`` as compact JSON."""
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        return _JSON_ENCODE(obj)
 
     def loads(self, data: bytes, /) -> Any:
-        """The value JSON ``data`` holds."""
-        return json.loads(data)
+        """The value JSON ``data`` holds (UTF-8, as :meth:`dumps` stores it)."""
+        return _JSON_DECODE(str(data, "utf-8"))
 
     def __repr__(self) -> str:
         return "JSONSerializer()"
