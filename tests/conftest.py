@@ -12,6 +12,7 @@ import asyncio
 import os
 import warnings
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,6 +66,67 @@ def pytest_make_collect_report(
         report.outcome = "failed"
         report.longrepr = f"a test module was skipped in CI (CI={os.environ['CI']}): {reason}"
     return report
+
+
+# Test modules that run as one unit, on one xdist worker, and why. xdist starts the units with
+# the most tests first; every other test goes on its own to whichever worker is free.
+WHOLE_MODULES = {
+    # Real worker processes and servers on the real clock, mostly waiting: one after another
+    # on one worker, started first, beside the CPU-bound tests (several at once would compete
+    # for the cores their timings need).
+    "test_jobs_crash.py",
+    # Module-scoped fixtures that run every example, and mypy, once: once per worker otherwise.
+    "test_examples.py",
+    "test_typing.py",
+}
+
+
+def _auto_workers() -> int:
+    """One worker per core (at least two, the crash tests mostly wait): no more, so that a
+    CPU-bound test runs as fast as it would alone, as timing checks and timeouts assume."""
+    return max(os.cpu_count() or 1, 2)
+
+
+def _names_files_or_tests(config: pytest.Config) -> bool:
+    """Whether the run names test files or tests (or picks tests with ``-k``), not directories."""
+    if config.option.keyword:
+        return True
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::", 1)[0])
+        if not path.is_dir():
+            return True
+    return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """The number of xdist workers for ``-n auto`` (in pyproject.toml's pytest options).
+
+    The whole suite, or a directory of it, runs on :func:`_auto_workers` workers. A run that
+    names test files or tests, selects with ``-k`` or shows output (``-s``) runs in this one
+    process (0 workers): a few tests are over before workers would have started, and ``-s``
+    output would not reach the terminal from a worker. ``-n N`` overrides both.
+    """
+    if config.option.capture == "no" or _names_files_or_tests(config):
+        return 0
+    return _auto_workers()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scope scheduling, with a scope per test except for :data:`WHOLE_MODULES`.
+
+    (Unlike ``--dist loadgroup``, this keeps every test's id as it is, so a failure's id can be
+    run again as it is printed.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in WHOLE_MODULES else nodeid
+
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -60,8 +60,13 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def served(manager: TaskManager, **options: Any) -> AsyncIterator[str]:
-    """``serve_dashboard`` on a free loopback port; yields its base URL."""
+async def served(browser: Browser, manager: TaskManager, **options: Any) -> AsyncIterator[str]:
+    """``serve_dashboard`` on a free loopback port; yields its base URL.
+
+    The browser's page leaves the dashboard before the server stops: left open, it would try
+    to reconnect its event stream to a closed port (a console error) if the test took longer
+    than the stream's retry interval to end.
+    """
     port = free_port()
     base = f"http://127.0.0.1:{port}/"
     server = asyncio.create_task(serve_dashboard(manager, port=port, **options))
@@ -75,6 +80,8 @@ async def served(manager: TaskManager, **options: Any) -> AsyncIterator[str]:
                     await asyncio.sleep(0.05)
         yield base
     finally:
+        async with asyncio.timeout(LIMIT):
+            await browser.page.goto("about:blank")
         server.cancel()
         async with asyncio.timeout(LIMIT):
             await asyncio.gather(server, return_exceptions=True)
@@ -177,7 +184,7 @@ async def test_a_run_moves_through_its_steps_and_the_label_filter_hides_other_te
         )
     )
     page = browser.page
-    async with served(manager) as base:
+    async with served(browser, manager) as base:
         await browser.open(base)
         assert await page.locator('article.task[data-task="ledger"]').count() == 1
 
@@ -239,7 +246,7 @@ async def test_a_run_moves_through_its_steps_and_the_label_filter_hides_other_te
 async def test_with_a_token_the_page_without_it_gets_401(browser: Browser) -> None:
     manager = TaskManager()
     manager.add_task(Task(task_function=lambda: None, name="t"))
-    async with served(manager, token=TOKEN) as base:
+    async with served(browser, manager, token=TOKEN) as base:
         # In a page of its own: Chromium reports the refused load as a console error.
         stranger = await browser.page.context.new_page()
         response = await stranger.goto(base)
@@ -278,7 +285,7 @@ async def test_screenshots_of_the_example_workload_in_both_themes(
         ]
         traffic.append(asyncio.create_task(example.invoice_traffic(manager, rng)))
         try:
-            async with served(manager, services=services, title="acme ops") as base:
+            async with served(browser, manager, services=services, title="acme ops") as base:
                 page = browser.page
                 await browser.open(base)
                 # Runs on the task cards and in the runs panel, a trigger waiting for its
@@ -325,7 +332,7 @@ async def test_a_failed_job_s_traceback_opens(browser: Browser, tmp_path: Path) 
         job = await manager.enqueue("charge", 7)
         assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
         assert (await manager.wait_for_job(fine.id, timeout=LIMIT)).status == "succeeded"
-        async with served(manager) as base:
+        async with served(browser, manager) as base:
             page = browser.page
             await browser.open(base)
             await page.wait_for_selector(f'#jobs tr[data-job-id="{fine.id}"]', timeout=WAIT_MS)
@@ -380,7 +387,7 @@ async def test_hostile_names_labels_errors_and_inputs_render_as_text(
             await manager.trigger_task_by_name(HOSTILE, HOSTILE)
         job = await manager.enqueue(HOSTILE, {"note": HOSTILE})
         assert (await manager.wait_for_job(job.id, timeout=LIMIT)).status == "failed"
-        async with served(manager) as base:
+        async with served(browser, manager) as base:
             page = browser.page
             await browser.open(base)
             await page.wait_for_selector("#tasks article.task .error", timeout=WAIT_MS)
@@ -418,7 +425,7 @@ async def test_hostile_names_labels_errors_and_inputs_render_as_text(
 async def test_an_empty_manager_without_services_or_store_paints_with_no_error(
     browser: Browser,
 ) -> None:
-    async with served(TaskManager()) as base:
+    async with served(browser, TaskManager()) as base:
         page = browser.page
         await browser.open(base)
         await page.wait_for_selector("#tasks-empty:not([hidden])", timeout=WAIT_MS)
