@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from typing_extensions import Unpack
 
 from ._emitter import forward_events, stop_forwarding
 from ._exceptions import TaskChainError
-from ._runner import entry_of
+from ._runner import MemberEntry, member_entry
 from ._task import Task, TaskOptions
 from ._validation import safe_repr
 
 __all__ = ("Taskchain",)
-
-Entry = Callable[[Any], Coroutine[Any, Any, Any]]
 
 
 class Taskchain(Task[Any]):
@@ -31,11 +30,11 @@ class Taskchain(Task[Any]):
         self, *, task_array: Sequence[Task[Any, Any]] = (), **options: Unpack[TaskOptions]
     ) -> None:
         self._tasks: list[Task[Any, Any]] = []
-        # What runs each member (see entry_of), kept beside it.
-        self._entries: list[Entry] = []
+        # What runs each member (see member_entry), kept beside it.
+        self._entries: list[MemberEntry] = []
         # Both as tuples, made again on every change: what a run goes through (a snapshot:
         # tasks added or removed while the chain runs apply to the next run).
-        self._plan: tuple[tuple[Task[Any, Any], ...], tuple[Entry, ...]] = ((), ())
+        self._plan: tuple[tuple[Task[Any, Any], ...], tuple[MemberEntry, ...]] = ((), ())
         super().__init__(task_function=self._run_chain, **options)
         for task in task_array:
             self.add_task(task)
@@ -50,7 +49,7 @@ class Taskchain(Task[Any]):
         if not isinstance(task, Task):
             raise TypeError(f"a Taskchain holds Task objects, not {safe_repr(task)}")
         self._tasks.append(task)
-        self._entries.append(entry_of(task))
+        self._entries.append(member_entry(task))
         self._replan()
         for subject in self._sinks:  # a registered chain's members' events go where its own go
             forward_events(task, subject)
@@ -89,9 +88,10 @@ class Taskchain(Task[Any]):
     async def _run_chain(self, input: Any) -> Any:
         value = input
         tasks, entries = self._plan
+        loop = asyncio.get_running_loop()  # asked once for every member (see _runner.Loop)
         for index, entry in enumerate(entries):
             try:
-                value = await entry(value)
+                value = await entry(value, None, None, loop)
             except Exception as exc:
                 raise TaskChainError(
                     self.name or "unnamed", tasks[index].name or "unnamed", index, exc

@@ -318,11 +318,12 @@ class InFlight:
     async def _drive(self, run: Run, sharing: SharingRun) -> Any:
         sharing.began = True
         # Rate windows count it from here.
-        self.admission.begin(sharing.claims, asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        self.admission.begin(sharing.claims, loop.time())
         result = None
         succeeded = False
         try:
-            result = await run_task(run.task, run)
+            result = await run_task(run.task, run, loop)
             succeeded = True
         finally:
             # In the run's last step, as for a run in its caller's task: a trigger woken

@@ -279,7 +279,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 flights.check_loop(loop)
             active[current] = None
         flights.running += 1
-        run, running = start_run(task, input)
+        run, running = start_run(task, input, loop)
         runs = flights.runs
         runs[run] = None
         try:
@@ -407,7 +407,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                         admission.begin(claims, loop.time())
                         break
             try:
-                result = await run_task(task, run)
+                result = await run_task(task, run, loop)
             finally:
                 flights.running -= 1
             return result

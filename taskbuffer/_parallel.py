@@ -9,7 +9,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ._exceptions import TaskParallelError
-from ._runner import entry_of
+from ._runner import member_entry
 from ._task import Task, TaskOptions
 from ._validation import safe_repr
 
@@ -32,7 +32,7 @@ class Taskparallel(Task[list[Any]]):
             if not isinstance(task, Task):
                 raise TypeError(f"a Taskparallel holds Task objects, not {safe_repr(task)}")
         self._tasks: tuple[Task[Any, Any], ...] = tuple(task_array)
-        self._entries = tuple(entry_of(task) for task in self._tasks)  # what runs each
+        self._entries = tuple(member_entry(task) for task in self._tasks)  # what runs each
         super().__init__(task_function=self._run_parallel, **options)
 
     @property
@@ -45,7 +45,7 @@ class Taskparallel(Task[list[Any]]):
 
     async def _run_parallel(self, input: Any) -> list[Any]:
         loop = asyncio.get_running_loop()
-        children = [loop.create_task(entry(input)) for entry in self._entries]
+        children = [loop.create_task(entry(input, None, None, loop)) for entry in self._entries]
         # What asyncio.gather(..., return_exceptions=True) does, with one wake-up instead of
         # one done-callback per child: the children usually finish in the same loop turn, so
         # waiting for each in order suspends this run once. A cancellation of this run

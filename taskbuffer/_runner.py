@@ -4,7 +4,7 @@
 surface): it owns the task's run bookkeeping (counts, last error, durations, the runs in
 flight) and ``_perform``, the one coroutine through which every path executes a run (see
 ``taskbuffer/_run.py``). Other modules start runs through :func:`run_task`,
-:func:`start_run` and :func:`entry_of`.
+:func:`start_run` and :func:`member_entry`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = (
     "TaskRunner",
     "completed_steps",
-    "entry_of",
+    "member_entry",
     "run_task",
     "set_cron_schedule",
     "set_next_run",
@@ -42,6 +42,9 @@ __all__ = (
 logger = logging.getLogger("taskbuffer")
 _monotonic = time.monotonic
 Seen: TypeAlias = "set[Any] | None"  # pre- and after-tasks one run already ran
+# The running loop, handed on by a caller that has it: on Python 3.11 every
+# asyncio.get_running_loop() is a getpid() system call, a tenth of a by-name trigger's time.
+Loop: TypeAlias = asyncio.AbstractEventLoop
 _current_get = CURRENT.get
 _current_set = CURRENT.set
 _current_reset = CURRENT.reset
@@ -170,9 +173,12 @@ class TaskRunner(Attempts):
 
     # --------------------------------------------------------------------------- runs
 
-    async def _perform(self, input: Any, run: Run | None = None, visited: Seen = None) -> Any:
+    async def _perform(
+        self, input: Any, run: Run | None = None, visited: Seen = None, loop: Loop | None = None
+    ) -> Any:
         """One run (the caller's, maybe one that waited, or a new one): see _execute."""
-        loop = asyncio.get_running_loop()
+        if loop is None:  # (a caller that knows the running loop says: see Loop)
+            loop = asyncio.get_running_loop()
         # _clock's one-entry cache, read in place (see _clock.loop_facts).
         loop_ref, loop_class, anchor, monotonic = _clock.last
         if loop_ref() is not loop or loop_class is not type(loop):
@@ -293,16 +299,28 @@ class TaskRunner(Attempts):
         return name or "unnamed"
 
 
-def entry_of(task: TaskRunner) -> Callable[[Any], Coroutine[Any, Any, Any]]:
-    """What executes a trigger of ``task`` with an input: its run coroutine for a plain task,
-    its trigger for a buffered, run-once or debounced one (chains and parallels keep one per
-    member, so that a member's trigger costs no call more than its run)."""
-    return task._entry
+MemberEntry: TypeAlias = Callable[[Any, None, None, Loop], Coroutine[Any, Any, Any]]
 
 
-def start_run(task: TaskRunner, input: Any) -> tuple[Run, Coroutine[Any, Any, Any]]:
+def member_entry(task: TaskRunner) -> MemberEntry:
+    """What executes a trigger of ``task`` with an input in the running loop, called as
+    ``entry(input, None, None, loop)``: its run coroutine for a plain task, its trigger for a
+    buffered, run-once or debounced one (chains and parallels keep one per member, so that a
+    member's trigger costs no call more than its run)."""
+    if task._direct:
+        return task._perform
+    trigger = task._entry
+
+    def through_trigger(input: Any, run: None, visited: None, loop: Loop) -> Any:
+        return trigger(input)
+
+    return through_trigger
+
+
+def start_run(task: TaskRunner, input: Any, loop: Loop) -> tuple[Run, Coroutine[Any, Any, Any]]:
     """A run of ``task`` with ``input`` that cannot wait (a manager's by-name trigger without
-    constraint groups), and the coroutine that executes it: _run.fill's stores, in place."""
+    constraint groups) in the running ``loop``, and the coroutine that executes it (with
+    _run.fill's stores in place)."""
     run = Run()
     run.task = task
     run.input = input
@@ -310,14 +328,15 @@ def start_run(task: TaskRunner, input: Any) -> tuple[Run, Coroutine[Any, Any, An
     run.attempt = 1
     run.started = run.finished = run.steps = run.parent = run.drawn_id = None
     if task._direct:
-        return run, task._perform(input, run)
+        return run, task._perform(input, run, None, loop)
     return run, _run_through_trigger(task._entry, run)
 
 
-def run_task(task: TaskRunner, run: Run) -> Coroutine[Any, Any, Any]:
-    """Execute ``run`` (made by the caller, maybe one that waited) of ``task``."""
+def run_task(task: TaskRunner, run: Run, loop: Loop) -> Coroutine[Any, Any, Any]:
+    """Execute ``run`` (made by the caller, maybe one that waited) of ``task`` in the running
+    ``loop``."""
     if task._direct:
-        return task._perform(run.input, run)
+        return task._perform(run.input, run, None, loop)
     return _run_through_trigger(task._entry, run)
 
 
