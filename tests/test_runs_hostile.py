@@ -1,0 +1,90 @@
+"""Runs used the way a hostile (or merely unlucky) user would: asyncio tasks that outlive the
+run that made them, run coroutines closed from outside their asyncio task, subscribers that
+change while a route is being worked out, many tasks and subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from taskbuffer import Task, TaskEvent, current_run
+
+STEPS = [{"name": "parse", "percentage": 40}, {"name": "store", "percentage": 60}]
+
+
+# ------------------------------------------------------------- runs that outlive their parent
+
+
+async def test_notify_step_in_an_asyncio_task_that_outlives_its_run_refuses() -> None:
+    """A run's code may start an asyncio task and return without awaiting it. Once the run
+    has ended, that task is no longer inside any run of the task, even when a run of another
+    task (started while the first was still running) is what executes there: notify_step
+    raises instead of moving the ended run's steps and emitting a step event for it."""
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    seen: asyncio.Future[BaseException | None] = loop.create_future()
+    children: list[asyncio.Task[Any]] = []
+
+    async def late() -> None:
+        await release.wait()
+        try:
+            parent.notify_step("store")
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            seen.set_result(exc)
+        else:
+            seen.set_result(None)
+
+    inner = Task(name="inner", task_function=late)
+
+    async def start_and_leave() -> None:
+        parent.notify_step("parse")
+        children.append(loop.create_task(inner.trigger()))
+        await asyncio.sleep(0)  # the child's run of `inner` starts inside this run
+
+    parent = Task(name="parent", task_function=start_and_leave, steps=STEPS)
+    events: list[TaskEvent] = []
+    parent.event_subject.subscribe(events.append)
+    await parent.trigger()
+    assert inner.running
+    assert [event.type for event in events] == ["started", "step", "completed"]
+    ended = (parent.get_progress(), parent.get_steps_metadata())
+    release.set()
+    async with asyncio.timeout(1):
+        error = await seen
+        await children[0]
+    assert isinstance(error, RuntimeError), error
+    assert "outside any run" in str(error)
+    assert [event.type for event in events] == ["started", "step", "completed"]
+    assert (parent.get_progress(), parent.get_steps_metadata()) == ended  # as the run ended
+
+
+async def test_current_run_in_an_orphaned_asyncio_task_is_its_own_run_or_none() -> None:
+    """In an asyncio task that outlives the run that started it, current_run() names a run of
+    that task's own (started while the first was running) and nothing once that one ends."""
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    seen: list[str | None] = []
+    children: list[asyncio.Task[Any]] = []
+
+    async def late() -> None:
+        await release.wait()
+        info = current_run()
+        seen.append(None if info is None else info.task_name)
+
+    inner = Task(name="inner", task_function=late)
+
+    async def start_and_leave() -> None:
+        async def child() -> None:
+            await inner.trigger()
+            info = current_run()
+            seen.append(None if info is None else info.task_name)
+
+        children.append(loop.create_task(child()))
+        await asyncio.sleep(0)
+
+    parent = Task(name="parent", task_function=start_and_leave)
+    await parent.trigger()
+    release.set()
+    async with asyncio.timeout(1):
+        await children[0]
+    assert seen == ["inner", None]
