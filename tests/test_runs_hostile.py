@@ -5,6 +5,8 @@ change while a route is being worked out, many tasks and subscriptions."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 from typing import Any
 
 from taskbuffer import Task, TaskEvent, current_run
@@ -88,3 +90,76 @@ async def test_current_run_in_an_orphaned_asyncio_task_is_its_own_run_or_none() 
     async with asyncio.timeout(1):
         await children[0]
     assert seen == ["inner", None]
+
+
+# ------------------------------------------------- a run coroutine closed outside its context
+
+
+async def test_a_run_closed_outside_its_asyncio_context_ends_cleanly() -> None:
+    """The garbage collector closes the coroutine of a pending asyncio task that nobody holds
+    in whatever context is current then, not the task's. Closing an outermost run there must
+    end it (as cancelled: it was abandoned, not failed) and raise nothing but the
+    GeneratorExit that close() expects: an error there would be printed as "Exception ignored
+    in <coroutine ...>" (a test failure here, with filterwarnings=error)."""
+    gate = asyncio.get_running_loop().create_future()
+
+    async def wait_forever(_value: int) -> None:
+        await gate
+
+    t = Task(name="abandoned", task_function=wait_forever, steps=STEPS)
+    events: list[TaskEvent] = []
+    t.event_subject.subscribe(events.append)
+    run = t.trigger(1)
+    elsewhere = contextvars.copy_context()
+    assert elsewhere.run(run.send, None) is gate  # started, in a context of its own
+    assert t.running
+    run.close()  # here, in another context: as the garbage collector would
+    assert current_run() is None
+    assert not t.running and t.run_count == 1
+    assert [event.type for event in events] == ["started", "cancelled"]
+    assert t.error_count == 0 and t.get_metadata().last_error is None
+    gate.cancel()
+
+
+def test_a_pending_run_collected_after_its_loop_closed_ends_cleanly() -> None:
+    """The realistic way to get there: a run in an asyncio task nobody holds, its loop closed
+    without cancelling it. asyncio reports the pending task as destroyed; the run itself must
+    not add "Exception ignored" to that."""
+
+    async def wait_forever(_value: int) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    t = Task(name="collected", task_function=wait_forever)
+
+    async def start() -> None:
+        asyncio.get_running_loop().create_task(t.trigger(1))  # nobody keeps it
+        await asyncio.sleep(0)  # its run starts and waits for ever
+
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _loop, _context: None)  # "Task was destroyed..."
+    try:
+        loop.run_until_complete(start())
+    finally:
+        loop.close()
+    assert t.running
+    del loop
+    gc.collect()
+    assert not t.running and t.error_count == 0 and t.get_metadata().last_error is None
+
+
+async def test_a_run_closed_in_its_own_context_ends_as_cancelled() -> None:
+    gate = asyncio.get_running_loop().create_future()
+
+    async def wait_forever(_value: int) -> None:
+        await gate
+
+    t = Task(name="abandoned", task_function=wait_forever, retries=2)
+    events: list[TaskEvent] = []
+    t.event_subject.subscribe(events.append)
+    run = t.trigger(1)
+    assert run.send(None) is gate
+    run.close()
+    assert current_run() is None
+    assert [event.type for event in events] == ["started", "cancelled"]
+    assert t.error_count == 0 and not t.running
+    gate.cancel()
