@@ -222,13 +222,9 @@ class TaskRunner(Attempts):
             else:
                 result = await self._execute(input, visited, run)
         except BaseException as exc:
-            return self._run_failed(loop, start, run, exc)
-        finally:
-            if token is not None:
-                try:
-                    _current_reset(token)
-                except ValueError:  # closed from another context: see _ABANDONED
-                    pass
+            return self._run_failed(loop, start, run, exc, token)
+        if token is not None:
+            _current_reset(token)
         end = _monotonic() if monotonic else loop.time()
         run.finished = anchor + end
         run.state = "completed"
@@ -269,9 +265,22 @@ class TaskRunner(Attempts):
         return self._entry(input)
 
     def _run_failed(
-        self, loop: asyncio.AbstractEventLoop, start: float, run: Run, exc: BaseException
+        self,
+        loop: asyncio.AbstractEventLoop,
+        start: float,
+        run: Run,
+        exc: BaseException,
+        token: Token[Run | None] | None,
     ) -> Any:
-        """End a run that raised ``exc``: ``None`` under ``catch_errors``, else raise it."""
+        """End a run that raised ``exc``: ``None`` under ``catch_errors``, else raise it.
+
+        ``token`` resets the current-run variable as an outermost run ends (see _perform).
+        """
+        if token is not None:
+            try:
+                _current_reset(token)
+            except ValueError:  # closed from another context: see _ABANDONED
+                pass
         end = loop.time()
         run.finished = _clock.wall_anchor(loop) + end
         self._finished_runs += 1
