@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import sys
+import threading
+from types import FrameType
 from typing import Any
 
 from taskbuffer import Task, TaskEvent, current_run
@@ -163,3 +166,80 @@ async def test_a_run_closed_in_its_own_context_ends_as_cancelled() -> None:
     assert [event.type for event in events] == ["started", "cancelled"]
     assert t.error_count == 0 and not t.running
     gate.cancel()
+
+
+# ---------------------------------------------------------- subscribers changing mid-route
+
+
+def _once_after_route_is_worked_out(action: Any) -> Any:
+    """A tracer that runs ``action`` once, as the emitter's route lookup returns: the moment
+    another thread's subscribe lands between the lookup and the cache store (a thread switch
+    can happen there; this makes it deterministic)."""
+    fired: list[bool] = []
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name == "route_for" and not fired:
+            return local
+        return None
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "return" and not fired:
+            fired.append(True)
+            action()
+        return local
+
+    tracer.fired = fired  # type: ignore[attr-defined]
+    return tracer
+
+
+async def test_a_subscription_made_while_a_route_is_worked_out_is_not_lost() -> None:
+    t = Task(name="raced", task_function=lambda value: value)
+    t.event_subject.subscribe(lambda _event: None).dispose()  # t's route: to be worked out
+    received: list[TaskEvent] = []
+    tracer = _once_after_route_is_worked_out(lambda: t.event_subject.subscribe(received.append))
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        await t.trigger(1)  # works its route out; the subscription lands in between
+    finally:
+        sys.settrace(previous)
+    assert tracer.fired == [True]
+    await t.trigger(2)
+    assert [(event.type, event.run.input) for event in received if event.run] == [
+        ("completed", 1),
+        ("started", 2),
+        ("completed", 2),
+    ]
+
+
+def test_tasks_made_in_one_thread_while_another_subscribes() -> None:
+    """Every subscription marks every task's route stale; tasks made meanwhile in another
+    thread must neither break the subscriber's call nor be missed."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    made: list[Task[Any, Any]] = []
+
+    def make_tasks() -> None:
+        try:
+            while not stop.is_set():
+                made.append(Task(task_function=lambda value: value))
+                if len(made) > 2000:
+                    made.clear()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    subject_owner = Task(name="watched", task_function=lambda value: value)
+    # Enough tasks for a subscription's work on them to be interrupted by a thread switch.
+    made.extend(Task(task_function=lambda value: value) for _ in range(100))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    maker = threading.Thread(target=make_tasks)
+    maker.start()
+    try:
+        for _ in range(3000):
+            subject_owner.event_subject.subscribe(lambda _event: None).dispose()
+    finally:
+        stop.set()
+        maker.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
