@@ -9,8 +9,11 @@ import contextvars
 import gc
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
+
+import pytest
 
 from taskbuffer import Task, TaskEvent, current_run
 
@@ -243,3 +246,36 @@ def test_tasks_made_in_one_thread_while_another_subscribes() -> None:
         maker.join()
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+# ------------------------------------------------------------ a loop whose clock switches
+
+
+def test_wall_clock_instants_follow_a_loop_whose_clock_switches_to_virtual_time() -> None:
+    """looptime's pytest plugin makes every loop a looptime loop on the real clock, and turns
+    virtual time on around the test function only: async fixtures run on the real clock
+    first. Instants taken after the switch must still be wall-clock instants of now (they
+    were off by the host's monotonic clock, hours), and move with virtual time."""
+    import looptime
+
+    t = Task(name="switched", task_function=lambda value: value)
+
+    async def run_and_sleep(seconds: float) -> float:
+        await t.trigger(0)
+        first = t.get_metadata().last_run
+        await asyncio.sleep(seconds)
+        await t.trigger(1)
+        last = t.get_metadata().last_run
+        assert first is not None and last is not None
+        assert abs(first.timestamp() - time.time()) < 60
+        return last.timestamp() - first.timestamp()
+
+    # What the plugin does to the loop of every test (its own keyword for "not yet on").
+    loop = looptime.new_event_loop(_enabled=False)
+    try:
+        assert loop.run_until_complete(run_and_sleep(0)) < 60  # a fixture, on the real clock
+        with loop.looptime_enabled():
+            assert loop.run_until_complete(run_and_sleep(3600)) == pytest.approx(3600)
+        assert loop.run_until_complete(run_and_sleep(0)) < 60  # and back
+    finally:
+        loop.close()
