@@ -35,7 +35,12 @@ class _NoLoop:
 
 
 LoopFacts: TypeAlias = tuple["weakref.ref[asyncio.AbstractEventLoop]", type, float, bool]
-last: LoopFacts = (weakref.ref(_NoLoop()), type, 0.0, False)  # type: ignore[arg-type]
+_gone: weakref.ref[asyncio.AbstractEventLoop] = weakref.ref(_NoLoop())  # type: ignore[arg-type]
+last: LoopFacts = (_gone, type, 0.0, False)
+# A looptime loop's clock (virtual or not) and its anchor since it last switched (loop_facts).
+_switches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[bool, float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def loop_facts(loop: asyncio.AbstractEventLoop) -> LoopFacts:
@@ -50,12 +55,25 @@ def loop_facts(loop: asyncio.AbstractEventLoop) -> LoopFacts:
     loop_class = type(loop)
     if cached[0]() is loop and cached[1] is loop_class:
         return cached
-    try:
-        anchor = _anchors[loop]
-    except KeyError:
-        anchor = _anchors[loop] = time.time() - loop.time()
+    virtual = getattr(loop, "looptime_on", None)
+    if virtual is None:
+        try:
+            anchor = _anchors[loop]
+        except KeyError:
+            anchor = _anchors[loop] = time.time() - loop.time()
+        ref = weakref.ref(loop)
+    else:
+        # A looptime loop switches between its virtual clock and the real one in place
+        # (the pytest plugin makes every loop so, and turns virtual time on for the test
+        # only, after the fixtures ran on the real clock): one anchor per stretch of either,
+        # taken on its first use, and never a cache hit, so that each use reads the switch.
+        switch = _switches.get(loop)
+        if switch is None or switch[0] is not virtual:
+            switch = _switches[loop] = (virtual, time.time() - loop.time())
+        anchor = switch[1]
+        ref = _gone
     cached = last = (
-        weakref.ref(loop),
+        ref,
         loop_class,
         anchor,
         getattr(loop_class, "time", None) is _DEFAULT_LOOP_TIME,

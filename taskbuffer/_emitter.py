@@ -62,7 +62,7 @@ class EventSource:
         # Where events go: None (nobody listens), a sole subscriber's callback, a delivery
         # to every subject, or STALE (subscribers changed: the next emission works it out).
         self._route: Callable[[TaskEvent], None] | None = STALE
-        _sources.add(self)
+        _owners[self._event_subject] = weakref.ref(self)
 
     @property
     def event_subject(self) -> EventSubject:
@@ -130,7 +130,9 @@ class EventSource:
         held = counts.get(subject, 0)
         counts[subject] = held + 1
         if not held:
+            _forwarders(subject).add(self)
             self._sinks = (*self._sinks, subject)
+            _changed()
             self._route = STALE
             for member in self._members():
                 member._add_sink(subject)
@@ -149,6 +151,8 @@ class EventSource:
         if not counts:
             self._sink_counts = None
         self._sinks = tuple(s for s in self._sinks if s is not subject)
+        _forwarders(subject).discard(self)
+        _changed()
         self._route = STALE
         for member in self._members():
             member._drop_sink(subject)
@@ -159,19 +163,55 @@ class EventSource:
         return ()
 
     def _reroute(self) -> Callable[[TaskEvent], None] | None:
-        """Work out where events go now, and remember it until subscribers change."""
+        """Work out where events go now, and remember it until subscribers change.
+
+        Subscribers may change in another thread while the route is worked out: the change
+        then marks the route stale before this stores it, so a route worked out while
+        ``_changes`` moved is stored as stale again (the next emission works it out anew).
+        """
+        seen = _changes
         route = self._route = route_for((self._event_subject, *self._sinks))
+        if _changes != seen:
+            self._route = STALE
         return route
 
 
-# Every task, so that a change of any subject's subscribers makes their routes stale (a task
-# that emits then reads the route it cached without asking whether it is still right).
-_sources: weakref.WeakSet[EventSource] = weakref.WeakSet()
+# Whose cached routes a subject's subscribers decide: the task that owns it (its
+# event_subject) and the tasks that forward to it (a manager's task_subject: see _add_sink).
+# A change of a subject's subscribers marks only those stale: subscribing to one task costs
+# the same however many tasks there are.
+_owners: weakref.WeakKeyDictionary[EventSubject, weakref.ref[EventSource]] = (
+    weakref.WeakKeyDictionary()
+)
+_forwarding: weakref.WeakKeyDictionary[EventSubject, weakref.WeakSet[EventSource]] = (
+    weakref.WeakKeyDictionary()
+)
+# How many times subscribers or forwarding changed (see EventSource._reroute).
+_changes = 0
 
 
-def _routes_changed() -> None:
-    for source in list(_sources):
+def _forwarders(subject: EventSubject) -> weakref.WeakSet[EventSource]:
+    forwarders = _forwarding.get(subject)
+    if forwarders is None:
+        forwarders = _forwarding[subject] = weakref.WeakSet()
+    return forwarders
+
+
+def _changed() -> None:
+    global _changes
+    _changes += 1
+
+
+def _routes_changed(subject: EventSubject) -> None:
+    _changed()  # before the routes are marked (see EventSource._reroute)
+    owner = _owners.get(subject)
+    source = None if owner is None else owner()
+    if source is not None:
         source._route = STALE
+    forwarders = _forwarding.get(subject)
+    if forwarders:
+        for source in list(forwarders):
+            source._route = STALE
 
 
 on_subscribers_changed(_routes_changed)

@@ -34,18 +34,20 @@ __all__ = (
 logger = logging.getLogger("taskbuffer")
 
 # Called whenever the subscribers of any EventSubject change: each task caches where its
-# events go (see _emitter.EventSource), and this tells them that the cache may be wrong.
-_on_change: list[Callable[[], None]] = []
+# events go (see _emitter.EventSource), and this tells the tasks whose events go through
+# that subject that the cache may be wrong.
+_on_change: list[Callable[[EventSubject[Any]], None]] = []
 
 
-def on_subscribers_changed(callback: Callable[[], None]) -> None:
-    """Call ``callback`` whenever the subscribers of any :class:`EventSubject` change."""
+def on_subscribers_changed(callback: Callable[[EventSubject[Any]], None]) -> None:
+    """Call ``callback(subject)`` whenever the subscribers of an :class:`EventSubject`
+    change."""
     _on_change.append(callback)
 
 
-def _bump() -> None:
+def _bump(subject: EventSubject[Any]) -> None:
     for callback in _on_change:
-        callback()
+        callback(subject)
 
 
 # "missed": cron ticks were missed while the event loop was blocked and are coalesced into the
@@ -299,22 +301,24 @@ class EventSubject(Subject[E], Generic[E]):
             self._sole = observers[0]._on_next
         else:
             self._sole = None
-        _bump()
+        _bump(self)
 
     def _on_completed_core(self) -> None:
         self._sole = None
-        _bump()
+        _bump(self)
         super()._on_completed_core()
+        _bump(self)  # (again: a route worked out meanwhile, in another thread, may be old)
 
     def _on_error_core(self, error: Exception) -> None:
         self._sole = None
-        _bump()
+        _bump(self)
         super()._on_error_core(error)
+        _bump(self)  # (again: a route worked out meanwhile, in another thread, may be old)
 
     def dispose(self) -> None:
         self._sole = None
         super().dispose()
-        _bump()
+        _bump(self)
 
 
 class _Subscription(InnerSubscription):

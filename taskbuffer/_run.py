@@ -378,8 +378,13 @@ def new_linked_run(task: Any, input: Any) -> LinkedRun:
 CURRENT: ContextVar[Run | None] = ContextVar("taskbuffer_current_run", default=None)
 
 
-def _innermost() -> Run | None:
-    run = CURRENT.get()
+def _running(run: Run | None) -> Run | None:
+    """``run`` if it is running, else the innermost running run it was entered in.
+
+    Every step outwards skips ended runs, not only the first: an asyncio task that a run
+    started may outlive it, and a run entered there while that run was running keeps it as
+    its parent after it has ended.
+    """
     while run is not None and run.state != "running":
         run = run.parent
     return run
@@ -392,15 +397,15 @@ def current_run() -> RunInfo | None:
     it is the member's own run. Works in any code the run awaits and in asyncio tasks the run
     creates (they copy its context).
     """
-    run = _innermost()
+    run = _running(CURRENT.get())
     while run is not None and run.linked:
-        run = run.parent
+        run = _running(run.parent)
     return None if run is None else run.info()
 
 
 def find_run(task: Hashable) -> Run | None:
-    """The innermost entered run of ``task`` in the current context, or ``None``."""
-    run = _innermost()
+    """The innermost running run of ``task`` in the current context, or ``None``."""
+    run = _running(CURRENT.get())
     while run is not None and run.task is not task:
-        run = run.parent
+        run = _running(run.parent)
     return run

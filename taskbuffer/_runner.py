@@ -50,6 +50,14 @@ _current_set = CURRENT.set
 _current_reset = CURRENT.reset
 
 
+# How a run ends as cancelled: a cancellation, or its coroutine closed (a pending asyncio task
+# that nobody holds, collected; close() on a suspended trigger): abandoned, not failed. The
+# garbage collector closes such a coroutine in whatever context is current then, where an
+# outermost run's token does not apply (and whose own current run must not change): the value
+# stays in the run's context, as an ended run that readers walk past.
+_ABANDONED = (asyncio.CancelledError, GeneratorExit)
+
+
 class TaskRunner(Attempts):
     """The execution half of a task (see the module docstring)."""
 
@@ -214,10 +222,9 @@ class TaskRunner(Attempts):
             else:
                 result = await self._execute(input, visited, run)
         except BaseException as exc:
-            return self._run_failed(loop, start, run, exc)
-        finally:
-            if token is not None:
-                _current_reset(token)
+            return self._run_failed(loop, start, run, exc, token)
+        if token is not None:
+            _current_reset(token)
         end = _monotonic() if monotonic else loop.time()
         run.finished = anchor + end
         run.state = "completed"
@@ -258,16 +265,29 @@ class TaskRunner(Attempts):
         return self._entry(input)
 
     def _run_failed(
-        self, loop: asyncio.AbstractEventLoop, start: float, run: Run, exc: BaseException
+        self,
+        loop: asyncio.AbstractEventLoop,
+        start: float,
+        run: Run,
+        exc: BaseException,
+        token: Token[Run | None] | None,
     ) -> Any:
-        """End a run that raised ``exc``: ``None`` under ``catch_errors``, else raise it."""
+        """End a run that raised ``exc``: ``None`` under ``catch_errors``, else raise it.
+
+        ``token`` resets the current-run variable as an outermost run ends (see _perform).
+        """
+        if token is not None:
+            try:
+                _current_reset(token)
+            except ValueError:  # closed from another context: see _ABANDONED
+                pass
         end = loop.time()
         run.finished = _clock.wall_anchor(loop) + end
         self._finished_runs += 1
         self._total_duration += end - start
         if self._has_steps:
             self._end_steps(run)
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, _ABANDONED):
             run.state = "cancelled"
             self._emit("cancelled", None, run, error="cancelled")
             raise exc
@@ -349,7 +369,7 @@ async def _run_through_trigger(trigger: Callable[[Any], Coroutine[Any, Any, Any]
     run.started = _clock.wall_anchor(loop) + loop.time()
     try:
         result = await trigger(run.input)
-    except asyncio.CancelledError:
+    except _ABANDONED:
         run.state = "cancelled"
         raise
     except BaseException:
