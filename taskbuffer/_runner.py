@@ -77,7 +77,7 @@ class TaskRunner(Attempts):
         "_total_duration",
         "error_count",
         "labels",
-        "run_count",
+        "_run_count",
     )
 
     _steps: StepTracker
@@ -93,7 +93,7 @@ class TaskRunner(Attempts):
         """
         self._direct = direct
         self._entry = self._perform if direct else trigger
-        self.run_count = 0
+        self._run_count = 0  # runs started (read-only: running is derived from it)
         self.error_count = 0
         self._last_error: BaseException | None = None
         self._last_run: float | None = None
@@ -108,8 +108,13 @@ class TaskRunner(Attempts):
         self._inflight: dict[Run, None] = {}
         self._last_steps: RunSteps | None = self._steps.start() if self._has_steps else None
 
+    @property
+    def run_count(self) -> int:
+        """How many runs started (failed ones included; retries of one run do not add)."""
+        return self._run_count
+
     def _status(self) -> TaskStatus:
-        return "running" if self.run_count != self._finished_runs else self._outcome
+        return "running" if self._run_count != self._finished_runs else self._outcome
 
     def _shown_steps(self) -> RunSteps | None:
         """The steps of the most recently started run in flight, else of the last finished."""
@@ -157,7 +162,7 @@ class TaskRunner(Attempts):
             error,
             self,
             status,
-            self.run_count,
+            self._run_count,
             self.error_count,
             self._last_error,
             self._last_run,
@@ -208,7 +213,7 @@ class TaskRunner(Attempts):
         token: Token[Run | None] | None = _current_set(run)
         if parent is not None:  # only an outermost run resets it as it ends
             token = None
-        self.run_count += 1
+        self._run_count += 1
         if self._has_steps:
             self._start_steps(run)
         route = self._route

@@ -227,12 +227,12 @@ class Task(TaskRunner, Generic[R, D, In]):
     @property
     def running(self) -> bool:
         """True while at least one run of this task is in flight."""
-        return self.run_count != self._finished_runs
+        return self._run_count != self._finished_runs
 
     @property
     def idle(self) -> bool:
         """True when no run of this task is in flight."""
-        return self.run_count == self._finished_runs
+        return self._run_count == self._finished_runs
 
     @property
     def buffered(self) -> bool:

@@ -279,3 +279,18 @@ def test_wall_clock_instants_follow_a_loop_whose_clock_switches_to_virtual_time(
         assert loop.run_until_complete(run_and_sleep(0)) < 60  # and back
     finally:
         loop.close()
+
+
+async def test_run_count_is_read_only_state_and_running_follows_the_runs() -> None:
+    # running and idle are derived from the runs started and ended: a writable run_count
+    # (task.run_count = 0 to reset statistics) would leave the task "running" for good.
+    async def work(x: int) -> int:
+        return x
+
+    task = Task(task_function=work, name="w")
+    await task.trigger(1)
+    assert (task.run_count, task.running, task.idle) == (1, False, True)
+    with pytest.raises(AttributeError):
+        task.run_count = 0  # type: ignore[misc]
+    assert (task.run_count, task.running, task.idle) == (1, False, True)
+    assert task.get_metadata().status == "completed"
