@@ -287,7 +287,9 @@ class SQLiteJobStore(JobStore):
         self, *, worker_id: str, task_names: Sequence[str], limit: int, now: float
     ) -> list[Claim]:
         """Claim due jobs in one transaction (see :meth:`JobStore.claim`)."""
-        _, claims = await self._finish_and_claim((), worker_id, task_names, limit, now)
+        _, claims = await self.finish_and_claim(
+            (), worker_id=worker_id, task_names=task_names, limit=limit, now=now
+        )
         return claims
 
     async def finish(self, outcomes: Sequence[JobOutcome], *, now: float) -> list[bool]:
@@ -307,16 +309,6 @@ class SQLiteJobStore(JobStore):
     ) -> tuple[list[bool], list[Claim]]:
         """End claims and claim replacements in ONE transaction (one commit): see
         :meth:`JobStore.finish_and_claim`."""
-        return await self._finish_and_claim(outcomes, worker_id, task_names, limit, now)
-
-    async def _finish_and_claim(
-        self,
-        outcomes: Sequence[JobOutcome],
-        worker_id: str,
-        task_names: Sequence[str],
-        limit: int,
-        now: float,
-    ) -> tuple[list[bool], list[Claim]]:
         lease_expires = now + self.lease
 
         def both(c: sqlite3.Connection) -> tuple[list[bool], list[dict[str, Any]]]:
