@@ -19,12 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due
+from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due, token_seq
 from ._sqlite_sql import (
     ATTEMPTS,
     CANCEL_QUEUED,
     CANCEL_RUNNING,
     COLUMNS,
+    DROP_UNUSED,
     NEXT_DUE,
     PURGE_ATTEMPTS,
     PURGE_JOBS,
@@ -141,6 +142,8 @@ class SQLiteJobStore(JobStore):
         ).fetchone()
         if row is not None:
             check_schema_version(int(row[0]), where=repr(self._path))
+            for statement in DROP_UNUSED:
+                connection.execute(statement)
             return
         for statement in SCHEMA.split(";"):
             if statement.strip():
@@ -335,7 +338,7 @@ class SQLiteJobStore(JobStore):
         def extend(c: sqlite3.Connection) -> RenewReport:
             lost, cancel = set(), set()
             for token in tokens:
-                row = c.execute(RENEW, (lease_expires, token)).fetchone()
+                row = c.execute(RENEW, (lease_expires, token_seq(token), token)).fetchone()
                 if row is None:
                     lost.add(token)
                 elif row[0]:
@@ -393,8 +396,8 @@ class SQLiteJobStore(JobStore):
 
         def delete(c: sqlite3.Connection) -> int:
             cutoff = now - retention
-            c.execute(PURGE_ATTEMPTS, (cutoff,))
-            return c.execute(PURGE_JOBS, (cutoff,)).rowcount
+            c.execute(PURGE_ATTEMPTS, {"cutoff": cutoff})
+            return c.execute(PURGE_JOBS, {"cutoff": cutoff}).rowcount
 
         return await self._run(delete, write=True)
 
