@@ -188,48 +188,6 @@ SELECT j.id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts a WHERE a.job_id 
 FROM o JOIN taskbuffer_jobs j ON j.seq = o.seq
 """
 
-
-ATTEMPTS = """
-INSERT INTO taskbuffer_job_attempts
-    (job_id, attempt, worker_id, started_at, finished_at, outcome)
-SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = taskbuffer_jobs.id),
-       worker_id, started_at, :now, 'lost'
-FROM taskbuffer_jobs WHERE status = 'running' AND lease_expires <= :now
-"""
-
-REAP_CANCELLED = """
-UPDATE taskbuffer_jobs
-SET status = 'cancelled', finished_at = :now, token = NULL, lease_expires = NULL,
-    cancel_requested = 0
-WHERE status = 'running' AND lease_expires <= :now AND cancel_requested = 1
-"""
-
-REAP_EXHAUSTED = """
-SELECT id, attempts FROM taskbuffer_jobs
-WHERE status = 'running' AND lease_expires <= :now AND attempts >= max_attempts
-"""
-
-REAP_REQUEUE = """
-UPDATE taskbuffer_jobs SET status = 'queued', token = NULL, lease_expires = NULL
-WHERE status = 'running' AND lease_expires <= :now
-"""
-
-# How many of the tokens (a JSON array) still hold their running job: all of them, and a
-# batch of outcomes is applied with one statement per kind.
-LIVE_TOKENS = """
-SELECT COUNT(*) FROM taskbuffer_jobs
-WHERE seq IN (SELECT value FROM json_each(?)) AND token IN (SELECT value FROM json_each(?))
-  AND status = 'running'
-"""
-
-END_ATTEMPT = """
-INSERT INTO taskbuffer_job_attempts
-    (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = taskbuffer_jobs.id),
-       worker_id, started_at, ?, ?, ?
-FROM taskbuffer_jobs WHERE seq = ?
-"""
-
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = :id
