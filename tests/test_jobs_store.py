@@ -284,13 +284,33 @@ async def test_4_a_failed_job_is_final_until_retry_job(store: JobStore) -> None:
     assert failed is not None and failed.status == "failed" and failed.error == error
     assert failed.finished_at is not None and failed.finished_at.timestamp() == T0 + 2
     assert await claim(store, now=T0 + 100) == []
+
+    def trail(attempts: list[Any]) -> list[tuple[Any, ...]]:
+        return [
+            (
+                t.attempt,
+                t.worker_id,
+                t.outcome,
+                t.error,
+                t.finished_at and t.finished_at.timestamp(),
+            )
+            for t in attempts
+        ]
+
+    assert trail(await store.attempts(job.id)) == [(1, "w1", "failed", error, T0 + 2)]
     again = await store.retry(job.id, now=T0 + 5)
     assert again.status == "queued" and again.attempts == 0 and again.error is None
     assert again.run_at.timestamp() == T0 + 5
-    [c2] = await claim(store, now=T0 + 5)
+    assert trail(await store.attempts(job.id)) == [(1, "w1", "failed", error, T0 + 2)]
+    [c2] = await claim(store, now=T0 + 5, worker="w2")
     assert c2.job.attempts == 1
     with pytest.raises(ValueError, match="only a failed or cancelled job"):
         await store.retry(job.id, now=T0 + 6)
+    assert await store.finish([done(c2)], now=T0 + 7) == [True]
+    assert trail(await store.attempts(job.id)) == [
+        (1, "w1", "failed", error, T0 + 2),
+        (2, "w2", "succeeded", None, T0 + 7),
+    ]
     with pytest.raises(KeyError):
         await store.retry("missing", now=T0)
 
@@ -379,6 +399,11 @@ async def test_8_a_released_job_is_queued_again_and_its_attempt_does_not_count(
     [c2] = await claim(store, now=T0 + 1)
     assert c2.job.attempts == 1
     assert [t.outcome for t in await store.attempts(job.id)] == ["released", None]
+    # Given back again and cancelled while queued: no attempt more; a retry adds none either.
+    assert await store.finish([done(c2, "released")], now=T0 + 2) == [True]
+    assert await store.cancel(job.id, now=T0 + 3)
+    await store.retry(job.id, now=T0 + 4)
+    assert [t.outcome for t in await store.attempts(job.id)] == ["released", "released"]
 
 
 # -------------------------------------------------------------------- 10: schema

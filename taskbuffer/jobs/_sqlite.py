@@ -29,6 +29,7 @@ from ._sqlite_sql import (
     NEXT_DUE,
     PURGE_ATTEMPTS,
     PURGE_JOBS,
+    RECORD_LAST_ATTEMPT,
     RENEW,
     REQUEUE,
     SCHEMA,
@@ -376,7 +377,8 @@ class SQLiteJobStore(JobStore):
             live = existing_job(c, JobRequest(task_name="", dedupe_key=row[1]))
             if live is not None:
                 raise ValueError(dedupe_conflict(job_id, live["id"], live["status"], row[1]))
-            c.execute(REQUEUE, (now, job_id))
+            c.execute(RECORD_LAST_ATTEMPT, {"id": job_id})
+            c.execute(REQUEUE, {"now": now, "id": job_id})
             return cast(
                 "sqlite3.Row",
                 c.execute(

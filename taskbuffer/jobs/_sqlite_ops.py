@@ -155,7 +155,7 @@ def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: f
     """End claims (fenced by their tokens); one bool per outcome, True when applied.
 
     One statement per kind for the whole batch (see ``finish_many``), and one for the audit
-    rows of the claims that ended."""
+    rows of the claims given back (a finished job's row keeps its last attempt)."""
     if len(outcomes) > OUTCOMES_PER_STATEMENT:  # within SQLite's limit of parameters
         step = OUTCOMES_PER_STATEMENT
         chunks = (outcomes[i : i + step] for i in range(0, len(outcomes), step))
@@ -165,9 +165,11 @@ def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: f
         return [apply_outcomes(c, [o], now)[0] for o in outcomes]
     ended: list[Any] = [now]
     released: list[Any] = [now]
+    released_seqs = set()
     for o, seq in zip(outcomes, seqs, strict=True):
         if o.outcome == "released":
             released += (seq, o.job_id, o.token)
+            released_seqs.add(seq)
         else:
             ended += (seq, o.job_id, o.token, o.outcome, o.result, error_json(o.error))
     applied: set[int] = set()
@@ -175,10 +177,10 @@ def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: f
         applied.update(row[0] for row in c.execute(finish_many(len(ended) // 6), ended))
     if len(released) > 1:
         applied.update(row[0] for row in c.execute(release_many(len(released) // 3), released))
-    if applied:
+    given_back = [seq for seq in applied if seq in released_seqs]
+    if given_back:  # an ended attempt the job's row no longer holds (see ATTEMPTS)
         rows: list[Any] = [now]
-        for o, seq in zip(outcomes, seqs, strict=True):
-            if seq in applied:
-                rows += (seq, o.outcome, error_json(o.error))
-        c.execute(end_attempts(len(applied)), rows)
+        for seq in given_back:
+            rows += (seq, "released", None)
+        c.execute(end_attempts(len(given_back)), rows)
     return [seq in applied for seq in seqs]

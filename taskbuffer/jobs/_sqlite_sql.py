@@ -26,6 +26,7 @@ __all__ = (
     "REAP_CANCELLED",
     "REAP_EXHAUSTED",
     "REAP_REQUEUE",
+    "RECORD_LAST_ATTEMPT",
     "RENEW",
     "REQUEUE",
     "SCHEMA",
@@ -105,8 +106,11 @@ WHERE seq IN (
 RETURNING seq, token, {COLUMNS}
 """
 
-# An attempt's row is written once, when it ends (its number: the job's rows so far + 1);
-# the attempt under way is read from the job's row (ATTEMPTS).
+# A job's latest attempt lives in the job's own row for as long as the row keeps the token of
+# the claim that began it (running, or ended by its worker: FINISH leaves the token); ATTEMPTS
+# reads it from there. An attempt gets a row of its own (numbered after the job's rows so far)
+# only when it ends otherwise (lost, released) or a retry begins the next one: the busy path,
+# a claim that succeeds, writes no audit row at all.
 REAP_ATTEMPTS = """
 INSERT INTO taskbuffer_job_attempts
     (job_id, attempt, worker_id, started_at, finished_at, outcome)
@@ -151,7 +155,7 @@ def finish_many(count: int) -> str:
     return f"""
 WITH o(seq, id, token, outcome, result, error) AS (VALUES {_values(count, 6)})
 UPDATE taskbuffer_jobs
-SET status = o.outcome, finished_at = ?1, result = o.result, error = o.error, token = NULL,
+SET status = o.outcome, finished_at = ?1, result = o.result, error = o.error,
     lease_expires = NULL, cancel_requested = 0
 FROM o
 WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
@@ -175,10 +179,10 @@ RETURNING taskbuffer_jobs.seq
 """
 
 
-# An attempt's row is written when it ends, numbered after the job's rows so far.
 @cache
 def end_attempts(count: int) -> str:
-    """The audit rows of ``count`` ended claims: each row is (seq, outcome, error)."""
+    """The audit rows of ``count`` claims that ended and gave up their token: each row of
+    parameters is (seq, outcome, error)."""
     return f"""
 WITH o(seq, outcome, error) AS (VALUES {_values(count, 3)})
 INSERT INTO taskbuffer_job_attempts
@@ -188,13 +192,17 @@ SELECT j.id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts a WHERE a.job_id 
 FROM o JOIN taskbuffer_jobs j ON j.seq = o.seq
 """
 
+
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = :id
 UNION ALL
 SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = :id),
-       worker_id, started_at, NULL, NULL, NULL
-FROM taskbuffer_jobs WHERE id = :id AND status = 'running'
+       worker_id, started_at,
+       CASE status WHEN 'running' THEN NULL ELSE finished_at END,
+       CASE status WHEN 'running' THEN NULL ELSE status END,
+       CASE status WHEN 'running' THEN NULL ELSE error END
+FROM taskbuffer_jobs WHERE id = :id AND token IS NOT NULL
 ORDER BY attempt
 """
 
@@ -231,10 +239,20 @@ CANCEL_RUNNING = """
 UPDATE taskbuffer_jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'
 """
 
+# A retry first gives the ended attempt that the job's row holds a row of its own.
+RECORD_LAST_ATTEMPT = """
+INSERT INTO taskbuffer_job_attempts
+    (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = :id),
+       worker_id, started_at, finished_at, status, error
+FROM taskbuffer_jobs WHERE id = :id AND token IS NOT NULL AND status != 'running'
+"""
+
 REQUEUE = """
 UPDATE taskbuffer_jobs
-SET status = 'queued', run_at = ?, attempts = 0, result = NULL, error = NULL, finished_at = NULL
-WHERE id = ?
+SET status = 'queued', run_at = :now, attempts = 0, result = NULL, error = NULL,
+    finished_at = NULL, token = NULL
+WHERE id = :id
 """
 
 # Found through the index of creation instants (a job is created before it finishes; by
