@@ -361,6 +361,37 @@ async def test_stores_opened_at_once_on_one_fresh_sqlite_file_all_open(tmp_path:
 
 
 @pytest.mark.realtime
+async def test_a_sqlite_file_of_the_earlier_layout_opens_with_its_trails_unchanged(
+    tmp_path: Path,
+) -> None:
+    # The earlier layout indexed tokens and finish instants (nothing reads them now: a store
+    # drops them when it opens the file) and cleared a finished job's token, writing its last
+    # attempt as a row: such a job's trail is that row alone, not that row and its job's.
+    path = tmp_path / "jobs.db"
+    async with SQLiteJobStore(path) as first:
+        job = await first.enqueue(JobRequest(task_name="t"), now=1000.0)
+        [held] = await first.claim(worker_id="w", task_names=["t"], limit=1, now=1001.0)
+        done = JobOutcome(job_id=job.id, token=held.token, outcome="succeeded", result=b"1")
+        assert await first.finish([done], now=1002.0) == [True]
+    with contextlib.closing(sqlite3.connect(path)) as old:
+        old.execute("UPDATE taskbuffer_jobs SET token = NULL")
+        old.execute(
+            "INSERT INTO taskbuffer_job_attempts "
+            "VALUES (?, 1, 'w', 1001.0, 1002.0, 'succeeded', NULL)",
+            (job.id,),
+        )
+        old.execute("CREATE UNIQUE INDEX taskbuffer_jobs_token ON taskbuffer_jobs (token)")
+        old.execute("CREATE INDEX taskbuffer_jobs_finished ON taskbuffer_jobs (finished_at)")
+        old.commit()
+    async with SQLiteJobStore(path) as second:
+        trail = await second.attempts(job.id)
+        assert [(t.attempt, t.worker_id, t.outcome) for t in trail] == [(1, "w", "succeeded")]
+    with contextlib.closing(sqlite3.connect(path)) as probe:
+        names = {row[0] for row in probe.execute("SELECT name FROM sqlite_master")}
+    assert {"taskbuffer_jobs_token", "taskbuffer_jobs_finished"} & names == set()
+
+
+@pytest.mark.realtime
 async def test_closing_a_sqlite_store_ends_its_thread_before_close_returns(
     tmp_path: Path,
 ) -> None:

@@ -15,6 +15,7 @@ from _jobs_support import Backend, backend, store
 
 from taskbuffer.jobs import (
     Claim,
+    JobError,
     JobOutcome,
     JobRequest,
     JobSchemaError,
@@ -200,6 +201,55 @@ async def test_3_finish_and_claim_is_finish_then_claim_in_one_call(store: JobSto
     ) == ([True, True], [])
 
 
+async def test_3_one_batch_of_outcomes_applies_each_live_one_and_fences_out_the_rest(
+    store: JobStore,
+) -> None:
+    # Every kind of outcome in one batch, live tokens among stale and wrong ones: each outcome
+    # is judged on its own, and only the applied ones write their attempt.
+    jobs = [await store.enqueue(request(), now=T0) for _ in range(5)]
+    a, b, c, d, e = await claim(store, limit=5)
+    await store.renew([x.token for x in (a, c, d, e)], now=T0 + 20)
+    [b2] = await claim(store, worker="w2", now=T0 + 30, limit=1)  # b's lease ran out: re-claimed
+    assert b2.job.id == b.job.id
+    error = JobError(type="ValueError", message="bad", traceback="")
+    batch = [
+        done(b),  # the stale token of a job that another worker holds now
+        done(a),
+        done(c, "released"),
+        JobOutcome(job_id=d.job.id, token=e.token, outcome="succeeded"),  # e's token, d's id
+        done(d, "failed", error=error),
+        JobOutcome(job_id=e.job.id, token=e.token[:-1], outcome="succeeded"),  # a cut token
+        JobOutcome(job_id=e.job.id, token="x" * 40, outcome="succeeded"),
+    ]
+    assert await store.finish(batch, now=T0 + 31) == [False, True, True, False, True, False, False]
+    statuses = [(j.status if j else None) for j in [await store.get(j.id) for j in jobs]]
+    assert statuses == ["succeeded", "running", "queued", "failed", "running"]
+    trails = [[(t.worker_id, t.outcome) for t in await store.attempts(j.id)] for j in jobs]
+    assert trails == [
+        [("w1", "succeeded")],
+        [("w1", "lost"), ("w2", None)],
+        [("w1", "released")],
+        [("w1", "failed")],
+        [("w1", None)],
+    ]
+    failed = await store.get(d.job.id)
+    assert failed is not None and failed.error == error
+    # The same claim twice in one batch (stores differ on the second one's answer): it ends
+    # once, with one attempt.
+    [applied, _] = await store.finish([done(e), done(e, "failed")], now=T0 + 32)
+    assert applied and [t.outcome for t in await store.attempts(e.job.id)] == ["succeeded"]
+    assert await store.finish([done(b2)], now=T0 + 33) == [True]
+
+
+async def test_3_a_batch_of_many_outcomes_applies_them_all(store: JobStore) -> None:
+    await store.enqueue_many([request(input=i) for i in range(250)], now=T0)
+    claims = await claim(store, limit=250)
+    outcomes = [done(c, "released" if i % 7 == 0 else "succeeded") for i, c in enumerate(claims)]
+    assert await store.finish(outcomes, now=T0 + 1) == [True] * 250
+    assert len(await store.list_jobs(status="succeeded", limit=300)) == 250 - 36
+    assert len(await store.list_jobs(status="queued", limit=300)) == 36
+
+
 async def test_3_renewing_a_lease_keeps_the_job(store: JobStore) -> None:
     await store.enqueue(request(), now=T0)
     [a] = await claim(store)
@@ -234,13 +284,33 @@ async def test_4_a_failed_job_is_final_until_retry_job(store: JobStore) -> None:
     assert failed is not None and failed.status == "failed" and failed.error == error
     assert failed.finished_at is not None and failed.finished_at.timestamp() == T0 + 2
     assert await claim(store, now=T0 + 100) == []
+
+    def trail(attempts: list[Any]) -> list[tuple[Any, ...]]:
+        return [
+            (
+                t.attempt,
+                t.worker_id,
+                t.outcome,
+                t.error,
+                t.finished_at and t.finished_at.timestamp(),
+            )
+            for t in attempts
+        ]
+
+    assert trail(await store.attempts(job.id)) == [(1, "w1", "failed", error, T0 + 2)]
     again = await store.retry(job.id, now=T0 + 5)
     assert again.status == "queued" and again.attempts == 0 and again.error is None
     assert again.run_at.timestamp() == T0 + 5
-    [c2] = await claim(store, now=T0 + 5)
+    assert trail(await store.attempts(job.id)) == [(1, "w1", "failed", error, T0 + 2)]
+    [c2] = await claim(store, now=T0 + 5, worker="w2")
     assert c2.job.attempts == 1
     with pytest.raises(ValueError, match="only a failed or cancelled job"):
         await store.retry(job.id, now=T0 + 6)
+    assert await store.finish([done(c2)], now=T0 + 7) == [True]
+    assert trail(await store.attempts(job.id)) == [
+        (1, "w1", "failed", error, T0 + 2),
+        (2, "w2", "succeeded", None, T0 + 7),
+    ]
     with pytest.raises(KeyError):
         await store.retry("missing", now=T0)
 
@@ -329,6 +399,11 @@ async def test_8_a_released_job_is_queued_again_and_its_attempt_does_not_count(
     [c2] = await claim(store, now=T0 + 1)
     assert c2.job.attempts == 1
     assert [t.outcome for t in await store.attempts(job.id)] == ["released", None]
+    # Given back again and cancelled while queued: no attempt more; a retry adds none either.
+    assert await store.finish([done(c2, "released")], now=T0 + 2) == [True]
+    assert await store.cancel(job.id, now=T0 + 3)
+    await store.retry(job.id, now=T0 + 4)
+    assert [t.outcome for t in await store.attempts(job.id)] == ["released", "released"]
 
 
 # -------------------------------------------------------------------- 10: schema

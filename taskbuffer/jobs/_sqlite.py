@@ -19,15 +19,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due
+from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due, token_seq
 from ._sqlite_sql import (
     ATTEMPTS,
     CANCEL_QUEUED,
     CANCEL_RUNNING,
     COLUMNS,
+    DROP_UNUSED,
     NEXT_DUE,
     PURGE_ATTEMPTS,
     PURGE_JOBS,
+    RECORD_LAST_ATTEMPT,
     RENEW,
     REQUEUE,
     SCHEMA,
@@ -141,6 +143,8 @@ class SQLiteJobStore(JobStore):
         ).fetchone()
         if row is not None:
             check_schema_version(int(row[0]), where=repr(self._path))
+            for statement in DROP_UNUSED:
+                connection.execute(statement)
             return
         for statement in SCHEMA.split(";"):
             if statement.strip():
@@ -335,7 +339,7 @@ class SQLiteJobStore(JobStore):
         def extend(c: sqlite3.Connection) -> RenewReport:
             lost, cancel = set(), set()
             for token in tokens:
-                row = c.execute(RENEW, (lease_expires, token)).fetchone()
+                row = c.execute(RENEW, (lease_expires, token_seq(token), token)).fetchone()
                 if row is None:
                     lost.add(token)
                 elif row[0]:
@@ -373,7 +377,8 @@ class SQLiteJobStore(JobStore):
             live = existing_job(c, JobRequest(task_name="", dedupe_key=row[1]))
             if live is not None:
                 raise ValueError(dedupe_conflict(job_id, live["id"], live["status"], row[1]))
-            c.execute(REQUEUE, (now, job_id))
+            c.execute(RECORD_LAST_ATTEMPT, {"id": job_id})
+            c.execute(REQUEUE, {"now": now, "id": job_id})
             return cast(
                 "sqlite3.Row",
                 c.execute(
@@ -393,8 +398,8 @@ class SQLiteJobStore(JobStore):
 
         def delete(c: sqlite3.Connection) -> int:
             cutoff = now - retention
-            c.execute(PURGE_ATTEMPTS, (cutoff,))
-            return c.execute(PURGE_JOBS, (cutoff,)).rowcount
+            c.execute(PURGE_ATTEMPTS, {"cutoff": cutoff})
+            return c.execute(PURGE_JOBS, {"cutoff": cutoff}).rowcount
 
         return await self._run(delete, write=True)
 

@@ -8,7 +8,6 @@ runs and claim their replacements in ONE transaction (:func:`apply_outcomes` the
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any, cast
@@ -16,16 +15,15 @@ from typing import Any, cast
 from ._sqlite_sql import (
     CLAIM,
     COLUMNS,
-    END_ATTEMPT,
     FAIL_EXHAUSTED,
-    FINISH,
     INSERT,
-    LIVE_TOKENS,
     REAP_ATTEMPTS,
     REAP_CANCELLED,
     REAP_EXHAUSTED,
     REAP_REQUEUE,
-    RELEASE,
+    end_attempts,
+    finish_many,
+    release_many,
 )
 from ._store import attempts_lost_error
 from ._values import JobOutcome, JobRequest, error_json, ordered_id
@@ -36,6 +34,7 @@ __all__ = (
     "insert_jobs",
     "reap",
     "take_due",
+    "token_seq",
 )
 
 
@@ -138,41 +137,50 @@ def take_due(
     return taken
 
 
+OUTCOMES_PER_STATEMENT = 100
+"""Outcomes ended by one statement at most (each is 6 parameters; a statement of each size is
+prepared once and kept in the connection's statement cache)."""
+
+
+def token_seq(token: str) -> int:
+    """The row a lease token names: a claim makes it from a 24-character prefix and the
+    job's ``seq`` in hex (see ``CLAIM``); -1, which names no row, for anything else."""
+    try:
+        return int(token[24:], 16) if len(token) > 24 else -1
+    except ValueError:
+        return -1
+
+
 def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: float) -> list[bool]:
     """End claims (fenced by their tokens); one bool per outcome, True when applied.
 
-    When every token still holds its job (the usual case, checked in one query), each kind
-    of statement runs once for the whole batch; otherwise outcome by outcome."""
-    if not outcomes:
-        return []
-    tokens = json.dumps([o.token for o in outcomes])
-    if c.execute(LIVE_TOKENS, (tokens,)).fetchone()[0] == len(outcomes):
-        errors = [error_json(o.error) for o in outcomes]
-        ended = [o for o in outcomes if o.outcome != "released"]
-        c.executemany(
-            FINISH,
-            [(o.outcome, now, o.result, e, o.job_id, o.token)
-             for o, e in zip(outcomes, errors, strict=True) if o.outcome != "released"],
-        )  # fmt: skip
-        if len(ended) < len(outcomes):
-            released = [(o.job_id, o.token) for o in outcomes if o.outcome == "released"]
-            c.executemany(RELEASE, released)
-        c.executemany(
-            END_ATTEMPT,
-            [(now, o.outcome, e, o.job_id) for o, e in zip(outcomes, errors, strict=True)],
-        )
-        return [True] * len(outcomes)
-    applied = []
-    for o in outcomes:
-        error = error_json(o.error)
+    One statement per kind for the whole batch (see ``finish_many``), and one for the audit
+    rows of the claims given back (a finished job's row keeps its last attempt)."""
+    if len(outcomes) > OUTCOMES_PER_STATEMENT:  # within SQLite's limit of parameters
+        step = OUTCOMES_PER_STATEMENT
+        chunks = (outcomes[i : i + step] for i in range(0, len(outcomes), step))
+        return [ok for chunk in chunks for ok in apply_outcomes(c, chunk, now)]
+    seqs = [token_seq(o.token) for o in outcomes]
+    if len(set(seqs)) < len(seqs):  # a job twice (a confused caller): one at a time
+        return [apply_outcomes(c, [o], now)[0] for o in outcomes]
+    ended: list[Any] = [now]
+    released: list[Any] = [now]
+    released_seqs = set()
+    for o, seq in zip(outcomes, seqs, strict=True):
         if o.outcome == "released":
-            done = c.execute(RELEASE, (o.job_id, o.token)).rowcount == 1
+            released += (seq, o.job_id, o.token)
+            released_seqs.add(seq)
         else:
-            done = (
-                c.execute(FINISH, (o.outcome, now, o.result, error, o.job_id, o.token)).rowcount
-                == 1
-            )
-        if done:
-            c.execute(END_ATTEMPT, (now, o.outcome, error, o.job_id))
-        applied.append(done)
-    return applied
+            ended += (seq, o.job_id, o.token, o.outcome, o.result, error_json(o.error))
+    applied: set[int] = set()
+    if len(ended) > 1:
+        applied.update(row[0] for row in c.execute(finish_many(len(ended) // 6), ended))
+    if len(released) > 1:
+        applied.update(row[0] for row in c.execute(release_many(len(released) // 3), released))
+    given_back = [seq for seq in applied if seq in released_seqs]
+    if given_back:  # an ended attempt the job's row no longer holds (see ATTEMPTS)
+        rows: list[Any] = [now]
+        for seq in given_back:
+            rows += (seq, "released", None)
+        c.execute(end_attempts(len(given_back)), rows)
+    return [seq in applied for seq in seqs]

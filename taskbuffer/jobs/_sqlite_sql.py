@@ -7,17 +7,18 @@ lock up front (``busy_timeout``) instead of failing half-way on a lock upgrade.
 
 from __future__ import annotations
 
+from functools import cache
+
 __all__ = (
     "ATTEMPTS",
     "CANCEL_QUEUED",
     "CANCEL_RUNNING",
     "CLAIM",
     "COLUMNS",
-    "END_ATTEMPT",
+    "DROP_UNUSED",
+    "end_attempts",
     "FAIL_EXHAUSTED",
-    "FINISH",
     "INSERT",
-    "LIVE_TOKENS",
     "NEXT_DUE",
     "PURGE_ATTEMPTS",
     "PURGE_JOBS",
@@ -25,10 +26,12 @@ __all__ = (
     "REAP_CANCELLED",
     "REAP_EXHAUSTED",
     "REAP_REQUEUE",
-    "RELEASE",
+    "RECORD_LAST_ATTEMPT",
     "RENEW",
     "REQUEUE",
     "SCHEMA",
+    "finish_many",
+    "release_many",
 )
 
 
@@ -65,13 +68,9 @@ CREATE INDEX IF NOT EXISTS taskbuffer_jobs_due
     ON taskbuffer_jobs (priority DESC, run_at, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
     ON taskbuffer_jobs (lease_expires) WHERE status = 'running';
-CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_token
-    ON taskbuffer_jobs (token) WHERE token IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
     ON taskbuffer_jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS taskbuffer_jobs_finished
-    ON taskbuffer_jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_created ON taskbuffer_jobs (created_at, seq);
 CREATE TABLE IF NOT EXISTS taskbuffer_job_attempts (
     job_id TEXT NOT NULL,
@@ -91,7 +90,9 @@ COLUMNS = (
 )
 
 # Takes the best due jobs in one statement; each gets the token ``? || seq`` (the caller's
-# prefix begins with the clock, see ordered_id, so tokens stay unique and ordered).
+# prefix begins with the clock, see ordered_id, so tokens stay unique and ordered). A token
+# names its row: the statements that a token fences find the row by the seq it ends with
+# (see token_seq), so no index of tokens is kept up to date on every claim and finish.
 CLAIM = f"""
 UPDATE taskbuffer_jobs
 SET status = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?,
@@ -105,8 +106,11 @@ WHERE seq IN (
 RETURNING seq, token, {COLUMNS}
 """
 
-# An attempt's row is written once, when it ends (its number: the job's rows so far + 1);
-# the attempt under way is read from the job's row (ATTEMPTS).
+# A job's latest attempt lives in the job's own row for as long as the row keeps the token of
+# the claim that began it (running, or ended by its worker: FINISH leaves the token); ATTEMPTS
+# reads it from there. An attempt gets a row of its own (numbered after the job's rows so far)
+# only when it ends otherwise (lost, released) or a retry begins the next one: the busy path,
+# a claim that succeeds, writes no audit row at all.
 REAP_ATTEMPTS = """
 INSERT INTO taskbuffer_job_attempts
     (job_id, attempt, worker_id, started_at, finished_at, outcome)
@@ -132,47 +136,79 @@ UPDATE taskbuffer_jobs SET status = 'queued', token = NULL, lease_expires = NULL
 WHERE status = 'running' AND lease_expires <= :now
 """
 
-# How many of the tokens (a JSON array) still hold their running job: all of them, and a
-# batch of outcomes is applied with one statement per kind.
-LIVE_TOKENS = """
-SELECT COUNT(*) FROM taskbuffer_jobs
-WHERE token IN (SELECT value FROM json_each(?)) AND status = 'running'
+
+# A batch of claims ends in ONE statement per kind (SQLite pays a fixed cost per statement
+# run, more than for a row): the outcomes are a VALUES list of ``count`` rows, ``?1`` is the
+# instant. Each applied row is returned (``seq``); a token fences its row as in FINISH.
+@cache
+def _values(count: int, width: int) -> str:
+    rows = (
+        "(" + ", ".join(f"?{2 + row * width + column}" for column in range(width)) + ")"
+        for row in range(count)
+    )
+    return ", ".join(rows)
+
+
+@cache
+def finish_many(count: int) -> str:
+    """End ``count`` claims: each row of parameters is (seq, id, token, outcome, result, error)."""
+    return f"""
+WITH o(seq, id, token, outcome, result, error) AS (VALUES {_values(count, 6)})
+UPDATE taskbuffer_jobs
+SET status = o.outcome, finished_at = ?1, result = o.result, error = o.error,
+    lease_expires = NULL, cancel_requested = 0
+FROM o
+WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
+  AND taskbuffer_jobs.token = o.token AND taskbuffer_jobs.status = 'running'
+RETURNING taskbuffer_jobs.seq
 """
 
-END_ATTEMPT = """
+
+@cache
+def release_many(count: int) -> str:
+    """Give ``count`` claims back to the queue: each row is (seq, id, token); ``?1``, the
+    instant, is not used."""
+    return f"""
+WITH o(seq, id, token) AS (VALUES {_values(count, 3)})
+UPDATE taskbuffer_jobs
+SET status = 'queued', attempts = attempts - 1, token = NULL, lease_expires = NULL
+FROM o
+WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
+  AND taskbuffer_jobs.token = o.token AND taskbuffer_jobs.status = 'running'
+RETURNING taskbuffer_jobs.seq
+"""
+
+
+@cache
+def end_attempts(count: int) -> str:
+    """The audit rows of ``count`` claims that ended and gave up their token: each row of
+    parameters is (seq, outcome, error)."""
+    return f"""
+WITH o(seq, outcome, error) AS (VALUES {_values(count, 3)})
 INSERT INTO taskbuffer_job_attempts
     (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = taskbuffer_jobs.id),
-       worker_id, started_at, ?, ?, ?
-FROM taskbuffer_jobs WHERE id = ?
+SELECT j.id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts a WHERE a.job_id = j.id),
+       j.worker_id, j.started_at, ?1, o.outcome, o.error
+FROM o JOIN taskbuffer_jobs j ON j.seq = o.seq
 """
+
 
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = :id
 UNION ALL
 SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = :id),
-       worker_id, started_at, NULL, NULL, NULL
-FROM taskbuffer_jobs WHERE id = :id AND status = 'running'
+       worker_id, started_at,
+       CASE status WHEN 'running' THEN NULL ELSE finished_at END,
+       CASE status WHEN 'running' THEN NULL ELSE status END,
+       CASE status WHEN 'running' THEN NULL ELSE error END
+FROM taskbuffer_jobs WHERE id = :id AND token IS NOT NULL
 ORDER BY attempt
-"""
-
-FINISH = """
-UPDATE taskbuffer_jobs
-SET status = ?, finished_at = ?, result = ?, error = ?, token = NULL, lease_expires = NULL,
-    cancel_requested = 0
-WHERE id = ? AND token = ? AND status = 'running'
-"""
-
-RELEASE = """
-UPDATE taskbuffer_jobs
-SET status = 'queued', attempts = attempts - 1, token = NULL, lease_expires = NULL
-WHERE id = ? AND token = ? AND status = 'running'
 """
 
 RENEW = """
 UPDATE taskbuffer_jobs SET lease_expires = ?
-WHERE token = ? AND status = 'running'
+WHERE seq = ? AND token = ? AND status = 'running'
 RETURNING cancel_requested
 """
 
@@ -203,16 +239,40 @@ CANCEL_RUNNING = """
 UPDATE taskbuffer_jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'
 """
 
-REQUEUE = """
-UPDATE taskbuffer_jobs
-SET status = 'queued', run_at = ?, attempts = 0, result = NULL, error = NULL, finished_at = NULL
-WHERE id = ?
+# A retry first gives the ended attempt that the job's row holds a row of its own.
+RECORD_LAST_ATTEMPT = """
+INSERT INTO taskbuffer_job_attempts
+    (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+SELECT id, (SELECT COUNT(*) + 1 FROM taskbuffer_job_attempts WHERE job_id = :id),
+       worker_id, started_at, finished_at, status, error
+FROM taskbuffer_jobs WHERE id = :id AND token IS NOT NULL AND status != 'running'
 """
 
+REQUEUE = """
+UPDATE taskbuffer_jobs
+SET status = 'queued', run_at = :now, attempts = 0, result = NULL, error = NULL,
+    finished_at = NULL, token = NULL
+WHERE id = :id
+"""
+
+# Found through the index of creation instants (a job is created before it finishes; by
+# another process's clock it may appear a little after, and is purged that much later): an
+# index of finish instants would be written by every job's finish for one purge an hour.
 PURGE_ATTEMPTS = """
 DELETE FROM taskbuffer_job_attempts WHERE job_id IN (
-    SELECT id FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < ?
+    SELECT id FROM taskbuffer_jobs
+    WHERE created_at < :cutoff AND finished_at IS NOT NULL AND finished_at < :cutoff
 )
 """
 
-PURGE_JOBS = "DELETE FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < ?"
+PURGE_JOBS = """
+DELETE FROM taskbuffer_jobs
+WHERE created_at < :cutoff AND finished_at IS NOT NULL AND finished_at < :cutoff
+"""
+
+# Indexes of earlier versions of this schema that nothing reads any more (each cost a page
+# write per batch of claims or finishes): dropped when a store opens the file.
+DROP_UNUSED = (
+    "DROP INDEX IF EXISTS taskbuffer_jobs_token",
+    "DROP INDEX IF EXISTS taskbuffer_jobs_finished",
+)
