@@ -148,15 +148,14 @@ class LifecycleMixin:
         timeout = check_seconds("timeout", timeout, infinite=True, none=True)
         current = asyncio.current_task()
         flights = self._flights
-        if current is not None and current in flights.active:
+        if current is not None and flights.in_run(current):
             raise RuntimeError(
                 "TaskManager.stop() was awaited from inside a run of that manager: it would "
                 "wait for the run, and the run for it. Stop the manager from outside its "
                 "runs (for one run to stop it, start the stop without awaiting it: "
                 "asyncio.create_task(manager.stop()))"
             )
-        active = flights.active
-        if active and next(iter(active)).get_loop() is not asyncio.get_running_loop():
+        if flights.in_other_loop(asyncio.get_running_loop()):
             raise other_loop_error()
         life = self._life
         life.stop_calls += 1

@@ -24,6 +24,7 @@ from ._manager_jobs import job_side_for
 from ._run import new_run
 from ._runner import run_task, start_run
 from ._scheduler import Scheduler
+from ._shared import current_task_in
 from ._task import Task
 from ._validation import safe_repr
 from ._waiting import LOCAL_ADMISSION
@@ -268,30 +269,25 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if self._groups or life.state < ACCEPTING or life.hard_stop:
             return await self.trigger_task_constrained(task, input)
         # No constraint group: trigger_task_constrained's run phase, here (one coroutine frame
-        # and not two); nothing waits nor holds a slot: a plain run, counted as running only.
+        # and not two); nothing waits nor holds a slot: a plain run, counted as running only,
+        # its asyncio task kept beside it in ``runs`` (see InFlight.runs).
         flights = self._flights
         loop = asyncio.get_running_loop()
-        current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]
-        active = flights.active
-        tracked = current not in active  # a nested run is tracked by the outer one
-        if tracked:
-            if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
-                flights.check_loop(loop)
-            active[current] = None
-        flights.running += 1
+        current = current_task_in(loop)
+        if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
+            flights.check_loop(loop)
         run, running = start_run(task, input, loop)
         runs = flights.runs
-        runs[run] = None
+        runs[run] = current
+        flights.running += 1
         try:
             return await running
         except asyncio.CancelledError:
-            if tracked:  # a nested level lets the cancellation reach the runs around it
-                flights.raise_if_stopping(current, task)
+            if current in flights.stop_cancelled:  # (the outermost run of current says so)
+                flights.plain_cancelled(current, run)
             raise
         finally:
             del runs[run]
-            if tracked:
-                del active[current]
             flights.running -= 1
             if flights.idle is not None:
                 flights.check_idle()
