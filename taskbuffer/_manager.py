@@ -265,8 +265,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         task = self._tasks.get(name)
         if task is None:
             raise TaskNotFoundError(name)
-        life = self._life
-        if self._groups or life.state < ACCEPTING or life.hard_stop:
+        if self._groups or not self._life.open:  # (not accepting, or hard-stopped)
             return await self.trigger_task_constrained(task, input)
         # No constraint group: trigger_task_constrained's run phase, here (one coroutine frame
         # and not two); nothing waits nor holds a slot: a plain run, counted as running only,

@@ -345,15 +345,16 @@ def member_entry(task: TaskRunner) -> MemberEntry:
 def start_run(task: TaskRunner, input: Any, loop: Loop) -> tuple[Run, Coroutine[Any, Any, Any]]:
     """A run of ``task`` with ``input`` that cannot wait (a manager's by-name trigger without
     constraint groups) in the running ``loop``, and the coroutine that executes it (with
-    _run.fill's stores in place)."""
+    _run.fill's stores in place), which the caller awaits at once."""
     run = Run()
     run.task = task
     run.input = input
-    run.state = "waiting"
     run.attempt = 1
-    run.started = run.finished = run.steps = run.parent = run.drawn_id = None
-    if task._direct:
+    run.finished = run.steps = run.drawn_id = None
+    if task._direct:  # _perform sets the rest as it starts (as for a run it makes itself)
         return run, task._perform(input, run, None, loop)
+    run.state = "waiting"
+    run.started = run.parent = None
     return run, _run_through_trigger(task._entry, run)
 
 
