@@ -21,8 +21,8 @@ from ._inflight import InFlight
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._run import new_run
-from ._runner import run_task, start_run
+from ._run import Run, new_run
+from ._runner import RunEntry, run_entry, run_task
 from ._scheduler import Scheduler
 from ._shared import current_task_in
 from ._task import Task
@@ -42,10 +42,6 @@ ACCEPTING = FORWARDING = RunState.CREATED
 
 R = TypeVar("R")
 In = TypeVar("In")  # a task's input type (see Task)
-
-
-def _stopped_before_run() -> TaskManagerStoppedError:
-    return TaskManagerStoppedError("the TaskManager stopped before this trigger could run")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +71,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         "__weakref__",
         "_admission",
         "_claimers",
+        "_entries",
         "_flights",
         "_groups",
         "_jobs",
@@ -112,6 +109,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         self.timezone = timezone
         self.task_subject = EventSubject()
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._entries: dict[str, tuple[Task[Any, Any], RunEntry]] = {}  # see run_entry
         self._groups: list[TaskConstraintGroup] = []
         # Per group, in order: what claims its key for a trigger, and its key table.
         self._claimers: list[Claimer] = []
@@ -179,6 +177,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already registered")
         self._tasks[name] = task
+        self._entries[name] = (task, run_entry(task))
         if self._life.state >= FORWARDING:
             forward_events(task, self.task_subject)  # a chain's or parallel's members' events too
         if self._jobs is not None:
@@ -193,6 +192,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if name is None or self._tasks.get(name) is not task:
             raise TaskNotFoundError(str(name))
         del self._tasks[name]
+        del self._entries[name]
         if self._life.state >= FORWARDING:
             stop_forwarding(task, self.task_subject)
         self._scheduler.remove(task)
@@ -262,20 +262,25 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
 
         :raises TaskNotFoundError: no such task.
         """
-        task = self._tasks.get(name)
-        if task is None:
+        entry = self._entries.get(name)
+        if entry is None:
             raise TaskNotFoundError(name)
+        task, execute = entry
         if self._groups or not self._life.open:  # (not accepting, or hard-stopped)
             return await self.trigger_task_constrained(task, input)
         # No constraint group: trigger_task_constrained's run phase, here (one coroutine frame
-        # and not two); nothing waits nor holds a slot: a plain run, counted as running only,
-        # its asyncio task kept beside it in ``runs`` (see InFlight.runs).
+        # and not two); nothing waits nor holds a slot: a plain run (see InFlight.runs).
         flights = self._flights
         loop = asyncio.get_running_loop()
         current = current_task_in(loop)
         if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
             flights.check_loop(loop)
-        run, running = start_run(task, input, loop)
+        run = Run()  # (_run.fill's stores, less those that execute makes: see run_entry)
+        run.task = task
+        run.input = input
+        run.attempt = 1
+        run.finished = run.steps = run.drawn_id = None
+        running = execute(input, run, None, loop)
         runs = flights.runs
         runs[run] = current
         flights.running += 1
