@@ -75,15 +75,17 @@ class InFlight:
         # A share-latest run's own asyncio task -> the asyncio task of the caller that awaits
         # it (until the caller leaves): its callers' slots are held for it too.
         self.callers: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
-        self.running = 0
+        self.running = 0  # constrained runs running (plain ones: see ``runs``)
         self.waiting = 0
         # Triggers past the queue (holding their slots) and not yet finished: in
         # should_execute, or running. stop() waits for them too.
         self.admitted = 0
         # The manager's runs that wait or run, in the order they were triggered. The value:
         # the asyncio task of a plain run (a by-name trigger without constraint groups, see
-        # TaskManager.trigger_task_by_name), which ``active`` does not hold (one dict write
-        # per trigger and not three); None for a constrained one.
+        # TaskManager.trigger_task_by_name), which ``active`` does not hold, and which no
+        # counter counts (one dict write per trigger and not five); None for a constrained
+        # one, which the counters count as long as it is here (so that ``runs`` is empty
+        # when nothing is in flight).
         self.runs: dict[Run, asyncio.Task[Any] | None] = {}
         self.idle: asyncio.Future[None] | None = None  # what stop() calls wait on
         # The wall-clock anchor of the loop ``anchored`` (see _clock), for queued instants.
@@ -91,11 +93,15 @@ class InFlight:
         self.anchor = 0.0
 
     def __repr__(self) -> str:
-        return f"<InFlight running={self.running} waiting={self.waiting}>"
+        return f"<InFlight running={self.running_total()} waiting={self.waiting}>"
+
+    def running_total(self) -> int:
+        """How many runs are running: constrained ones, and plain ones (see ``runs``)."""
+        return self.running + sum(1 for caller in self.runs.values() if caller is not None)
 
     def busy(self) -> bool:
         """Whether a run, a waiting trigger or an admitted one is in flight."""
-        return bool(self.running or self.waiting or self.admitted)
+        return bool(self.running or self.waiting or self.admitted or self.runs)
 
     def check_idle(self) -> None:
         """Resolve ``idle`` once nothing is in flight."""
@@ -106,6 +112,7 @@ class InFlight:
             and not self.running
             and not self.waiting
             and not self.admitted
+            and not self.runs  # (plain runs)
         ):
             idle.set_result(None)
 

@@ -148,7 +148,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
 
     def __repr__(self) -> str:
         return (
-            f"<TaskManager running={self._flights.running} queued={self._flights.waiting} "
+            f"<TaskManager running={self._flights.running_total()} queued={self._flights.waiting} "
             f"tasks={len(self._tasks)}>"
         )
 
@@ -282,8 +282,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         run.finished = run.steps = run.drawn_id = None
         running = execute(input, run, None, loop)
         runs = flights.runs
-        runs[run] = current
-        flights.running += 1
+        runs[run] = current  # (counted as running by being there: see InFlight.runs)
         try:
             return await running
         except asyncio.CancelledError:
@@ -292,7 +291,6 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
             raise
         finally:
             del runs[run]
-            flights.running -= 1
             if flights.idle is not None:
                 flights.check_idle()
 
@@ -352,9 +350,10 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 waited = True
                 try:
                     outcome = await waiter.future
-                    if outcome is GO:
-                        # Counted before the idle check below: this trigger goes on to run.
+                    if outcome is GO:  # counted before the idle check below: it goes on to run
                         flights.admitted += 1
+                    else:  # Shared: out of ``runs`` before the idle check below
+                        del runs[run]
                 except BaseException as exc:
                     del runs[run]
                     flights.waiting_failed(run, waiter, exc, loop)
@@ -364,7 +363,6 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                     if flights.idle is not None:
                         flights.check_idle()
                 if type(outcome) is Shared:
-                    del runs[run]
                     flights.shared(run)
                     return outcome.value
         # From here the trigger holds its slots; stop() waits for it and, past its timeout,
@@ -434,7 +432,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         """A snapshot: tasks, runs in flight, triggers waiting, schedules pending."""
         return TaskManagerStatistics(
             tasks=len(self._tasks),
-            running=self._flights.running,
+            running=self._flights.running_total(),
             waiting=self._flights.waiting,
             scheduled=self._scheduler.count(),
         )

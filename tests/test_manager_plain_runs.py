@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from _constraint_support import event_types, settle
 
-from taskbuffer import Task, TaskManager, TaskManagerStoppedError
+from taskbuffer import Task, TaskConstraintGroup, TaskManager, TaskManagerStoppedError
 
 
 @pytest.mark.parametrize("outer_by_name", [True, False], ids=["plain-outer", "constrained-outer"])
@@ -104,3 +104,42 @@ def test_a_manager_with_a_by_name_run_in_flight_refuses_a_second_loop() -> None:
     # Its runs over, the manager serves a new loop as before.
     assert asyncio.run(manager.trigger_task_by_name("second")) == "ran"
     asyncio.run(manager.stop())
+
+
+async def test_stop_returns_once_a_waiter_completes_with_a_shared_result() -> None:
+    """stop(drain=True) waits for a share-latest run whose caller left and for a trigger
+    waiting for its key; the waiter, the last thing in flight, completes with the run's result
+    without running, and stop() returns then."""
+    manager = TaskManager()
+    manager.add_constraint_group(
+        TaskConstraintGroup(
+            name="g",
+            max_concurrent=1,
+            result_sharing="share-latest",
+            constraint_key_for_execution=lambda task, x: "k",
+        )
+    )
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    started: list[int] = []
+
+    async def work(x: int) -> str:
+        started.append(x)
+        return await gate
+
+    t = Task(name="t", task_function=work)
+    first = asyncio.ensure_future(manager.trigger_task(t, 1))
+    await settle()
+    waiter = asyncio.ensure_future(manager.trigger_task(t, 2))
+    await settle()
+    assert (manager.statistics().running, manager.statistics().waiting) == (1, 1)
+    stopping = asyncio.ensure_future(manager.stop(drain=True))
+    first.cancel()  # the run goes on for the waiter
+    await settle()
+    assert first.cancelled()
+    assert not stopping.done()
+    gate.set_result("shared")
+    async with asyncio.timeout(10):
+        await stopping
+    assert await waiter == "shared"
+    assert started == [1]
+    assert manager.get_active_runs() == []
