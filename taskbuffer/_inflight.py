@@ -58,11 +58,13 @@ class InFlight:
         self.admission = admission
         self.owner = owner  # the manager's token as the owner of its triggers
         self.seq = itertools.count()  # waiters' arrival order
-        # Caller asyncio tasks with a run of ours in flight, so that stop(timeout=...) can
-        # cancel exactly those; in the order their runs began (see cancel_runs). The value:
-        # the claims of the task's outermost run (None or empty if it claimed no key).
+        # Caller asyncio tasks with a constrained run of ours in flight (past the queue), so
+        # that stop(timeout=...) can cancel exactly those (and the tasks of plain runs, see
+        # ``runs``); in the order their runs began (see cancel_runs). The value: the claims
+        # of the task's outermost run (None or empty if it claimed no key).
         self.active: dict[asyncio.Task[Any], list[Claim] | None] = {}
-        # The loop of every asyncio task in ``active`` (see check_loop), or a stale one.
+        # The loop of every asyncio task in ``active`` and ``runs`` (see check_loop), or a
+        # stale one.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_cancelled: set[asyncio.Task[Any]] = set()
         # Per caller asyncio task, the claims of its constrained runs in flight nested in
@@ -73,24 +75,33 @@ class InFlight:
         # A share-latest run's own asyncio task -> the asyncio task of the caller that awaits
         # it (until the caller leaves): its callers' slots are held for it too.
         self.callers: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
-        self.running = 0
+        self.running = 0  # constrained runs running (plain ones: see ``runs``)
         self.waiting = 0
         # Triggers past the queue (holding their slots) and not yet finished: in
         # should_execute, or running. stop() waits for them too.
         self.admitted = 0
-        # The manager's runs that wait or run, in the order they were triggered.
-        self.runs: dict[Run, None] = {}
+        # The manager's runs that wait or run, in the order they were triggered. The value:
+        # the asyncio task of a plain run (a by-name trigger without constraint groups, see
+        # TaskManager.trigger_task_by_name), which ``active`` does not hold, and which no
+        # counter counts (one dict write per trigger and not five); None for a constrained
+        # one, which the counters count as long as it is here (so that ``runs`` is empty
+        # when nothing is in flight).
+        self.runs: dict[Run, asyncio.Task[Any] | None] = {}
         self.idle: asyncio.Future[None] | None = None  # what stop() calls wait on
         # The wall-clock anchor of the loop ``anchored`` (see _clock), for queued instants.
         self.anchored: asyncio.AbstractEventLoop | None = None
         self.anchor = 0.0
 
     def __repr__(self) -> str:
-        return f"<InFlight running={self.running} waiting={self.waiting}>"
+        return f"<InFlight running={self.running_total()} waiting={self.waiting}>"
+
+    def running_total(self) -> int:
+        """How many runs are running: constrained ones, and plain ones (see ``runs``)."""
+        return self.running + sum(1 for caller in self.runs.values() if caller is not None)
 
     def busy(self) -> bool:
         """Whether a run, a waiting trigger or an admitted one is in flight."""
-        return bool(self.running or self.waiting or self.admitted)
+        return bool(self.running or self.waiting or self.admitted or self.runs)
 
     def check_idle(self) -> None:
         """Resolve ``idle`` once nothing is in flight."""
@@ -101,17 +112,38 @@ class InFlight:
             and not self.running
             and not self.waiting
             and not self.admitted
+            and not self.runs  # (plain runs)
         ):
             idle.set_result(None)
 
     def check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A trigger in ``loop`` whose asyncio task is not in ``active`` (``loop`` is not
-        ``self.loop``): refuse it while runs of another loop are in flight."""
-        active = self.active
-        # The oldest run in flight; every one is in the same loop (checked as it came).
-        if active and next(iter(active)).get_loop() is not loop:
+        """A trigger in ``loop`` (which is not ``self.loop``) whose asyncio task is not
+        tracked yet: refuse it while runs of another loop are in flight."""
+        if self.in_other_loop(loop):
             raise other_loop_error()
         self.loop = loop
+
+    def in_other_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether runs of a loop other than ``loop`` are in flight."""
+        # The oldest constrained and plain runs in flight; every one is in the same loop
+        # (checked as it came).
+        for caller in self.active:
+            if caller.get_loop() is not loop:
+                return True
+            break
+        for plain in self.runs.values():
+            if plain is not None:
+                return plain.get_loop() is not loop
+        return False
+
+    def in_run(self, task: asyncio.Task[Any]) -> bool:
+        """Whether a run of ours is in flight in the asyncio task ``task``."""
+        return task in self.active or any(caller is task for caller in self.runs.values())
+
+    def nested(self, current: asyncio.Task[Any], run: Run) -> bool:
+        """Whether ``run``, in flight in ``current``, is nested in another plain run of ours
+        there (a constrained run around it is in ``active``)."""
+        return any(caller is current and other is not run for other, caller in self.runs.items())
 
     def end_admitted(self, current: asyncio.Task[Any], tracked: bool) -> None:
         """An admitted trigger of ``current`` ended."""
@@ -124,31 +156,42 @@ class InFlight:
     def cancel_runs(self) -> None:
         """A stop's deadline passed: cancel the runs' asyncio tasks, each once."""
         # Outermost first: a run that awaits a run of another asyncio task cancels that one
-        # before that one handles stop's cancellation (see raise_if_stopping).
-        for caller in list(self.active):
-            if caller not in self.stop_cancelled:  # once, however many stops time out
+        # before that one handles stop's cancellation (see raise_if_stopping). Constrained
+        # runs first, then plain ones (of a manager that has both, a plain run that awaits a
+        # constrained run of another asyncio task is cancelled after it).
+        for caller in [*self.active, *self.runs.values()]:
+            if caller is not None and caller not in self.stop_cancelled:  # once per stop
                 self.stop_cancelled.add(caller)
                 caller.cancel()
         self.check_idle()
 
-    def raise_if_stopping(self, current: asyncio.Task[Any], task: Any) -> None:
+    def raise_if_stopping(self, current: asyncio.Task[Any], run: Run) -> None:
         """Turn a cancellation that ``stop(timeout=...)`` caused into its error.
 
-        Called only at the outermost trigger of the caller's asyncio task: the runs nested
-        inside it must see the cancellation as such (no retry, no failure), all the way up.
+        Called at the trigger of ``run`` that tracks ``current`` (the outermost constrained
+        one, or a plain one); only the outermost of them acts (see ``nested``): the runs
+        nested inside it must see the cancellation as such (no retry, no failure), all the
+        way up.
         Only stop's own cancellation becomes the error: one that someone else asked for too
         goes on as such. That is also how runs nested across asyncio tasks (a buffered or
         TaskOnce run, a parallel's children, a task a run spawned and awaits) stay cancelled:
         the run around such a task, cancelled first (see cancel_runs), cancels it as well.
         """
         if current in self.stop_cancelled:
+            if self.nested(current, run):
+                return
             self.stop_cancelled.discard(current)
             if current.cancelling() > 1:
                 return
             current.uncancel()
             raise TaskManagerStoppedError(
-                f"task {task.name!r} was cancelled because the TaskManager stopped"
+                f"task {run.task.name!r} was cancelled because the TaskManager stopped"
             ) from None
+
+    def plain_cancelled(self, current: asyncio.Task[Any], run: Run) -> None:
+        """A plain run in ``current`` was cancelled: see raise_if_stopping."""
+        if current not in self.active:  # else a constrained run around it handles it
+            self.raise_if_stopping(current, run)
 
     def active_runs(self, task_name: str | None) -> list[RunInfo]:
         """Snapshots of the runs in flight: running ones in the order they were triggered,
@@ -240,7 +283,7 @@ class InFlight:
             if not started:  # cancelled inside an async should_execute
                 self.end(run, "cancelled", "cancelled before it started")
             if tracked is not None:  # a nested level lets the cancellation reach the runs
-                self.raise_if_stopping(tracked, run.task)
+                self.raise_if_stopping(tracked, run)
         elif not started:  # should_execute raised (or the loop check)
             self.end(run, "failed", exc)
 

@@ -41,18 +41,31 @@ class RunState(IntEnum):
 class Life:
     """A manager's lifecycle: its state, and what overlapping start() and stop() calls share."""
 
-    __slots__ = ("hard_stop", "state", "stop_calls", "stoppers", "stopping", "up")
+    __slots__ = ("hard_stop", "open", "state", "stop_calls", "stoppers", "stopping", "up")
 
     def __init__(self) -> None:
         self.state = RunState.CREATED
         self.up = False  # cron and the coordinator started (``started``), until a stop ends it
         self.hard_stop = False  # stop(timeout=...) ran out: admitted triggers must not start
+        # From CREATED up and not hard_stop: a trigger may start at once (one read for a
+        # by-name trigger's check, see TaskManager.trigger_task_by_name). Set with the two.
+        self.open = True
         self.stopping = 0  # stop() calls under way (start() refuses to overlap them)
         self.stoppers = 0  # stop() calls waiting for the runs (they share flights.idle)
         self.stop_calls = 0  # stop() calls begun (a start() overtaken by one sees it)
 
     def __repr__(self) -> str:
         return f"<Life {self.state.name} stopping={self.stopping}>"
+
+    def enter(self, state: RunState) -> None:
+        """Move to ``state``."""
+        self.state = state
+        self.open = state >= RunState.CREATED and not self.hard_stop
+
+    def harden(self, hard_stop: bool) -> None:
+        """Set ``hard_stop``."""
+        self.hard_stop = hard_stop
+        self.open = self.state >= RunState.CREATED and not hard_stop
 
 
 class LifecycleMixin:
@@ -98,14 +111,14 @@ class LifecycleMixin:
         if life.state < RunState.CREATED:  # stopped: forward the tasks' events again
             for task in self._tasks.values():
                 forward_events(task, self.task_subject)
-        life.state = RunState.STARTING
+        life.enter(RunState.STARTING)
         if self.distributed_coordinator is not None:
             stop_calls = life.stop_calls
             try:
                 await self.distributed_coordinator.start()
             except BaseException:
                 if life.state is RunState.STARTING:
-                    life.state = RunState.RUNNING if life.up else RunState.CREATED
+                    life.enter(RunState.RUNNING if life.up else RunState.CREATED)
                 raise
             if life.stop_calls != stop_calls:
                 # That stop() found nothing started to stop; starting now would leave cron
@@ -116,7 +129,7 @@ class LifecycleMixin:
                 )
         self._scheduler.start()
         life.up = True
-        life.state = RunState.RUNNING
+        life.enter(RunState.RUNNING)
         if self._jobs is not None:
             self._jobs.start_worker()
             await self._scheduler.catch_up(self._jobs)
@@ -148,15 +161,14 @@ class LifecycleMixin:
         timeout = check_seconds("timeout", timeout, infinite=True, none=True)
         current = asyncio.current_task()
         flights = self._flights
-        if current is not None and current in flights.active:
+        if current is not None and flights.in_run(current):
             raise RuntimeError(
                 "TaskManager.stop() was awaited from inside a run of that manager: it would "
                 "wait for the run, and the run for it. Stop the manager from outside its "
                 "runs (for one run to stop it, start the stop without awaiting it: "
                 "asyncio.create_task(manager.stop()))"
             )
-        active = flights.active
-        if active and next(iter(active)).get_loop() is not asyncio.get_running_loop():
+        if flights.in_other_loop(asyncio.get_running_loop()):
             raise other_loop_error()
         life = self._life
         life.stop_calls += 1
@@ -171,12 +183,12 @@ class LifecycleMixin:
         finally:
             life.stopping -= 1
             if not life.stopping and life.state is RunState.STOPPING:
-                life.state = RunState.STOPPED
+                life.enter(RunState.STOPPED)
 
     async def _wind_down(self, seconds: float | None, drain: bool) -> None:
         life = self._life
         forwarding = life.state >= RunState.CREATED
-        life.state = RunState.STOPPING
+        life.enter(RunState.STOPPING)
         self._scheduler.stop()
         if self._jobs is not None:
             await self._jobs.stop_claiming()
@@ -204,7 +216,7 @@ class LifecycleMixin:
                 life.stoppers -= 1
                 if not life.stoppers:
                     flights.idle = None
-                    life.hard_stop = False
+                    life.harden(False)
         # Cron ticks still reporting to the coordinator: done before the coordinator stops.
         await self._scheduler.wait_stopped()
         if not life.stoppers:
@@ -218,7 +230,7 @@ class LifecycleMixin:
 
     def _cancel_runs(self) -> None:
         """A stop's deadline passed: refuse what was admitted, cancel what runs."""
-        self._life.hard_stop = True
+        self._life.harden(True)
         self._fail_waiters()
         self._flights.cancel_runs()
 

@@ -21,9 +21,10 @@ from ._inflight import InFlight
 from ._job_members import JobMembers
 from ._lifecycle import Life, LifecycleMixin, RunState
 from ._manager_jobs import job_side_for
-from ._run import new_run
-from ._runner import run_task, start_run
+from ._run import Run, new_run
+from ._runner import RunEntry, run_entry, run_task
 from ._scheduler import Scheduler
+from ._shared import current_task_in
 from ._task import Task
 from ._validation import safe_repr
 from ._waiting import LOCAL_ADMISSION
@@ -41,10 +42,6 @@ ACCEPTING = FORWARDING = RunState.CREATED
 
 R = TypeVar("R")
 In = TypeVar("In")  # a task's input type (see Task)
-
-
-def _stopped_before_run() -> TaskManagerStoppedError:
-    return TaskManagerStoppedError("the TaskManager stopped before this trigger could run")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,6 +71,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         "__weakref__",
         "_admission",
         "_claimers",
+        "_entries",
         "_flights",
         "_groups",
         "_jobs",
@@ -111,6 +109,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         self.timezone = timezone
         self.task_subject = EventSubject()
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._entries: dict[str, tuple[Task[Any, Any], RunEntry]] = {}  # see run_entry
         self._groups: list[TaskConstraintGroup] = []
         # Per group, in order: what claims its key for a trigger, and its key table.
         self._claimers: list[Claimer] = []
@@ -149,7 +148,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
 
     def __repr__(self) -> str:
         return (
-            f"<TaskManager running={self._flights.running} queued={self._flights.waiting} "
+            f"<TaskManager running={self._flights.running_total()} queued={self._flights.waiting} "
             f"tasks={len(self._tasks)}>"
         )
 
@@ -178,6 +177,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already registered")
         self._tasks[name] = task
+        self._entries[name] = (task, run_entry(task))
         if self._life.state >= FORWARDING:
             forward_events(task, self.task_subject)  # a chain's or parallel's members' events too
         if self._jobs is not None:
@@ -192,6 +192,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         if name is None or self._tasks.get(name) is not task:
             raise TaskNotFoundError(str(name))
         del self._tasks[name]
+        del self._entries[name]
         if self._life.state >= FORWARDING:
             stop_forwarding(task, self.task_subject)
         self._scheduler.remove(task)
@@ -261,38 +262,35 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
 
         :raises TaskNotFoundError: no such task.
         """
-        task = self._tasks.get(name)
-        if task is None:
+        entry = self._entries.get(name)
+        if entry is None:
             raise TaskNotFoundError(name)
-        life = self._life
-        if self._groups or life.state < ACCEPTING or life.hard_stop:
+        task, execute = entry
+        if self._groups or not self._life.open:  # (not accepting, or hard-stopped)
             return await self.trigger_task_constrained(task, input)
         # No constraint group: trigger_task_constrained's run phase, here (one coroutine frame
-        # and not two); nothing waits nor holds a slot: a plain run, counted as running only.
+        # and not two); nothing waits nor holds a slot: a plain run (see InFlight.runs).
         flights = self._flights
         loop = asyncio.get_running_loop()
-        current: asyncio.Task[Any] = asyncio.current_task(loop)  # type: ignore[assignment]
-        active = flights.active
-        tracked = current not in active  # a nested run is tracked by the outer one
-        if tracked:
-            if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
-                flights.check_loop(loop)
-            active[current] = None
-        flights.running += 1
-        run, running = start_run(task, input, loop)
+        current = current_task_in(loop)
+        if flights.loop is not loop:  # other asyncio tasks' runs must be in this loop
+            flights.check_loop(loop)
+        run = Run()  # (_run.fill's stores, less those that execute makes: see run_entry)
+        run.task = task
+        run.input = input
+        run.attempt = 1
+        run.finished = run.steps = run.drawn_id = None
+        running = execute(input, run, None, loop)
         runs = flights.runs
-        runs[run] = None
+        runs[run] = current  # (counted as running by being there: see InFlight.runs)
         try:
             return await running
         except asyncio.CancelledError:
-            if tracked:  # a nested level lets the cancellation reach the runs around it
-                flights.raise_if_stopping(current, task)
+            if current in flights.stop_cancelled:  # (the outermost run of current says so)
+                flights.plain_cancelled(current, run)
             raise
         finally:
             del runs[run]
-            if tracked:
-                del active[current]
-            flights.running -= 1
             if flights.idle is not None:
                 flights.check_idle()
 
@@ -352,9 +350,10 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                 waited = True
                 try:
                     outcome = await waiter.future
-                    if outcome is GO:
-                        # Counted before the idle check below: this trigger goes on to run.
+                    if outcome is GO:  # counted before the idle check below: it goes on to run
                         flights.admitted += 1
+                    else:  # Shared: out of ``runs`` before the idle check below
+                        del runs[run]
                 except BaseException as exc:
                     del runs[run]
                     flights.waiting_failed(run, waiter, exc, loop)
@@ -364,7 +363,6 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
                     if flights.idle is not None:
                         flights.check_idle()
                 if type(outcome) is Shared:
-                    del runs[run]
                     flights.shared(run)
                     return outcome.value
         # From here the trigger holds its slots; stop() waits for it and, past its timeout,
@@ -434,7 +432,7 @@ class TaskManager(ConveniencesMixin, LifecycleMixin, JobMembers):
         """A snapshot: tasks, runs in flight, triggers waiting, schedules pending."""
         return TaskManagerStatistics(
             tasks=len(self._tasks),
-            running=self._flights.running,
+            running=self._flights.running_total(),
             waiting=self._flights.waiting,
             scheduled=self._scheduler.count(),
         )

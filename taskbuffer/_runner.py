@@ -33,10 +33,10 @@ __all__ = (
     "TaskRunner",
     "completed_steps",
     "member_entry",
+    "run_entry",
     "run_task",
     "set_cron_schedule",
     "set_next_run",
-    "start_run",
 )
 
 logger = logging.getLogger("taskbuffer")
@@ -342,19 +342,26 @@ def member_entry(task: TaskRunner) -> MemberEntry:
     return through_trigger
 
 
-def start_run(task: TaskRunner, input: Any, loop: Loop) -> tuple[Run, Coroutine[Any, Any, Any]]:
-    """A run of ``task`` with ``input`` that cannot wait (a manager's by-name trigger without
-    constraint groups) in the running ``loop``, and the coroutine that executes it (with
-    _run.fill's stores in place)."""
-    run = Run()
-    run.task = task
-    run.input = input
-    run.state = "waiting"
-    run.attempt = 1
-    run.started = run.finished = run.steps = run.parent = run.drawn_id = None
+RunEntry: TypeAlias = Callable[[Any, Run, None, Loop], Coroutine[Any, Any, Any]]
+
+
+def run_entry(task: TaskRunner) -> RunEntry:
+    """What executes a run of ``task`` that cannot wait (a manager's by-name trigger without
+    constraint groups, which keeps one per task), called as ``entry(input, run, None, loop)``
+    in the running ``loop`` and awaited at once. ``run`` is new, with ``_run.fill``'s stores
+    less ``state``, ``started`` and ``parent``, which the entry sets: the task's run coroutine
+    for a plain task (as for a run it makes itself); its trigger, which ``run`` follows, for a
+    buffered, run-once or debounced one."""
     if task._direct:
-        return run, task._perform(input, run, None, loop)
-    return run, _run_through_trigger(task._entry, run)
+        return task._perform
+    trigger = task._entry
+
+    def through_trigger(input: Any, run: Run, visited: None, loop: Loop) -> Any:
+        run.state = "waiting"
+        run.started = run.parent = None
+        return _run_through_trigger(trigger, run)
+
+    return through_trigger
 
 
 def run_task(task: TaskRunner, run: Run, loop: Loop) -> Coroutine[Any, Any, Any]:
