@@ -232,7 +232,8 @@ WHERE id = ?
 """
 
 CANCEL_QUEUED = """
-UPDATE taskbuffer_jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'
+UPDATE taskbuffer_jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 0
+WHERE id = ? AND status = 'queued'
 """
 
 CANCEL_RUNNING = """
