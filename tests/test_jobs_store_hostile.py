@@ -140,3 +140,25 @@ async def test_5_a_running_job_cancelled_then_given_back_ends_cancelled_and_neve
     assert again.status == "queued"
     [c2] = await claim(store, now=T0 + 6, worker="w3")
     assert (await store.renew([c2.token], now=T0 + 7)).cancel_requested == frozenset()
+
+
+async def test_3_a_token_of_another_database_is_fenced_out(backend: Backend) -> None:
+    # Two databases whose first jobs sit at the same place: a claim's token on one names
+    # nothing on the other, whatever job id goes with it.
+    first, second = backend.make(), backend.make()
+    await first.open()
+    await second.open()
+    try:
+        a = await first.enqueue(JobRequest(task_name="work"), now=T0)
+        b = await second.enqueue(JobRequest(task_name="work"), now=T0)
+        [ca] = await claim(first)
+        [cb] = await claim(second)
+        for job_id in (a.id, b.id):
+            crossed = JobOutcome(job_id=job_id, token=ca.token, outcome="succeeded")
+            assert await second.finish([crossed], now=T0 + 1) == [False]
+        assert (await second.renew([ca.token], now=T0 + 1)).lost == {ca.token}
+        assert await second.finish([done(cb)], now=T0 + 2) == [True]
+        assert await first.finish([done(ca)], now=T0 + 2) == [True]
+    finally:
+        await first.close()
+        await second.close()
