@@ -201,8 +201,11 @@ class MemoryJobStore(JobStore):
             error = error_json(outcome.error)
             self._end_attempt(row, outcome.outcome, now, error)
             if outcome.outcome == "released":
-                row.status = "queued"
                 row.attempts -= 1
+                if row.cancel_requested:  # asked while it ran: it must not run again
+                    self._finalize(row, "cancelled", now)
+                    continue
+                row.status = "queued"
                 row.token = row.lease_expires = None
                 continue
             row.result = outcome.result

@@ -142,13 +142,19 @@ OUTCOMES_PER_STATEMENT = 100
 prepared once and kept in the connection's statement cache)."""
 
 
+SEQ_MAX = 2**63 - 1
+"""The greatest ``seq`` (a rowid): SQLite keeps no larger integer, and refuses to bind one."""
+
+
 def token_seq(token: str) -> int:
     """The row a lease token names: a claim makes it from a 24-character prefix and the
-    job's ``seq`` in hex (see ``CLAIM``); -1, which names no row, for anything else."""
+    job's ``seq`` in hex (see ``CLAIM``); -1, which names no row, for anything else (a
+    forged token may name a number past what SQLite can bind: that names no row either)."""
     try:
-        return int(token[24:], 16) if len(token) > 24 else -1
+        seq = int(token[24:], 16) if len(token) > 24 else -1
     except ValueError:
         return -1
+    return seq if seq <= SEQ_MAX else -1
 
 
 def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: float) -> list[bool]:

@@ -166,12 +166,15 @@ RETURNING taskbuffer_jobs.seq
 
 @cache
 def release_many(count: int) -> str:
-    """Give ``count`` claims back to the queue: each row is (seq, id, token); ``?1``, the
-    instant, is not used."""
+    """Give ``count`` claims back to the queue: each row is (seq, id, token); ``?1`` is the
+    instant. A job whose cancel was asked while it ran ends ``cancelled`` instead: given
+    back, it would run again on another worker until its first renewal."""
     return f"""
 WITH o(seq, id, token) AS (VALUES {_values(count, 3)})
 UPDATE taskbuffer_jobs
-SET status = 'queued', attempts = attempts - 1, token = NULL, lease_expires = NULL
+SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE cancel_requested WHEN 1 THEN ?1 ELSE finished_at END,
+    attempts = attempts - 1, token = NULL, lease_expires = NULL, cancel_requested = 0
 FROM o
 WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
   AND taskbuffer_jobs.token = o.token AND taskbuffer_jobs.status = 'running'
@@ -232,7 +235,8 @@ WHERE id = ?
 """
 
 CANCEL_QUEUED = """
-UPDATE taskbuffer_jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'
+UPDATE taskbuffer_jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 0
+WHERE id = ? AND status = 'queued'
 """
 
 CANCEL_RUNNING = """
