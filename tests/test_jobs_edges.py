@@ -361,12 +361,12 @@ async def test_stores_opened_at_once_on_one_fresh_sqlite_file_all_open(tmp_path:
 
 
 @pytest.mark.realtime
-async def test_a_sqlite_file_of_the_earlier_layout_opens_with_its_trails_unchanged(
+async def test_a_sqlite_file_of_schema_version_1_is_upgraded_with_its_trails_unchanged(
     tmp_path: Path,
 ) -> None:
-    # The earlier layout indexed tokens and finish instants (nothing reads them now: a store
-    # drops them when it opens the file) and cleared a finished job's token, writing its last
-    # attempt as a row: such a job's trail is that row alone, not that row and its job's.
+    # Version 1 indexed tokens and finish instants (nothing reads them now: a store drops them
+    # when it upgrades the file) and cleared a finished job's token, writing its last attempt
+    # as a row: such a job's trail is that row alone, not that row and its job's.
     path = tmp_path / "jobs.db"
     async with SQLiteJobStore(path) as first:
         job = await first.enqueue(JobRequest(task_name="t"), now=1000.0)
@@ -382,13 +382,16 @@ async def test_a_sqlite_file_of_the_earlier_layout_opens_with_its_trails_unchang
         )
         old.execute("CREATE UNIQUE INDEX taskbuffer_jobs_token ON taskbuffer_jobs (token)")
         old.execute("CREATE INDEX taskbuffer_jobs_finished ON taskbuffer_jobs (finished_at)")
+        old.execute("UPDATE taskbuffer_meta SET value = '1' WHERE key = 'schema_version'")
         old.commit()
     async with SQLiteJobStore(path) as second:
         trail = await second.attempts(job.id)
         assert [(t.attempt, t.worker_id, t.outcome) for t in trail] == [(1, "w", "succeeded")]
     with contextlib.closing(sqlite3.connect(path)) as probe:
         names = {row[0] for row in probe.execute("SELECT name FROM sqlite_master")}
+        version = probe.execute("SELECT value FROM taskbuffer_meta").fetchone()
     assert {"taskbuffer_jobs_token", "taskbuffer_jobs_finished"} & names == set()
+    assert version == ("2",)  # a library that knows only version 1 refuses it from now on
 
 
 @pytest.mark.realtime

@@ -142,9 +142,15 @@ class SQLiteJobStore(JobStore):
             "SELECT value FROM taskbuffer_meta WHERE key = 'schema_version'"
         ).fetchone()
         if row is not None:
-            check_schema_version(int(row[0]), where=repr(self._path))
-            for statement in DROP_UNUSED:
-                connection.execute(statement)
+            found = int(row[0])
+            check_schema_version(found, where=repr(self._path))
+            if found < SCHEMA_VERSION:  # 1: its trails read the same; two indexes to drop
+                for statement in DROP_UNUSED:
+                    connection.execute(statement)
+                connection.execute(
+                    "UPDATE taskbuffer_meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
             return
         for statement in SCHEMA.split(";"):
             if statement.strip():

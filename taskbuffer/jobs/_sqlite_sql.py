@@ -274,8 +274,8 @@ DELETE FROM taskbuffer_jobs
 WHERE created_at < :cutoff AND finished_at IS NOT NULL AND finished_at < :cutoff
 """
 
-# Indexes of earlier versions of this schema that nothing reads any more (each cost a page
-# write per batch of claims or finishes): dropped when a store opens the file.
+# Indexes of schema version 1 that nothing reads any more (each cost a page write per batch
+# of claims or finishes): dropped when a store upgrades such a file.
 DROP_UNUSED = (
     "DROP INDEX IF EXISTS taskbuffer_jobs_token",
     "DROP INDEX IF EXISTS taskbuffer_jobs_finished",

@@ -45,8 +45,12 @@ __all__ = (
     "dedupe_conflict",
 )
 
-SCHEMA_VERSION = 1
-"""The version of the job schema this library writes; a store with a newer one refuses to open."""
+SCHEMA_VERSION = 2
+"""The version of the job schema this library writes; a store with a newer one refuses to open.
+
+2: the SQLite store keeps a job's latest attempt in the job's row (a library that knows only
+1 would read such a file's trails wrong), and drops two indexes nothing reads; it upgrades a
+file of version 1 when it opens it. PostgreSQL's layout is the same in both."""
 
 
 def check_schema_version(found: int, *, where: str) -> None:
