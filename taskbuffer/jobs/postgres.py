@@ -6,8 +6,10 @@ gives the figures). Each hot operation is one statement and one commit for a who
 claim never waits on another worker's; finishes and renewals carry many jobs at once; every
 write about a claim presents its lease token.
 
-Wake-ups: a commit that enqueues, finishes, cancels or retries jobs sends a ``NOTIFY`` on the
-``taskbuffer_jobs`` channel; every store LISTENs on one connection of its own and passes other
+Wake-ups: a commit that enqueues, gives back or retries jobs sends a ``NOTIFY`` on the
+``taskbuffer_jobs`` channel, one that finishes or cancels jobs on ``taskbuffer_jobs_done``
+(heard only while a subscriber follows finishes, as ``wait_for_job`` does: a busy worker's own
+finishes wake no one). Every store LISTENs on one connection of its own and passes other
 stores' notifications to its subscribers, so an idle worker picks a job up a millisecond or
 two after it is committed. Polling (:attr:`poll_interval`) is only the fallback: it shortens
 while the listening connection is down.
@@ -37,7 +39,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from .._validation import check_seconds, safe_repr
 from . import _postgres_sql as sql
-from ._postgres_link import Connection, PostgresLink
+from ._postgres_link import Connection, PostgresLink, asyncpg_dsn, shown_dsn
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
 from ._values import (
     Claim,
@@ -75,13 +77,6 @@ def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
     return {(row["id"], row["token"]) for row in rows}
 
 
-def _asyncpg_dsn(dsn: str) -> str:
-    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
-    if dsn.startswith("postgresql+"):
-        return "postgresql://" + dsn.split("://", 1)[1]
-    return dsn
-
-
 class PostgresJobStore(JobStore):
     """Jobs in PostgreSQL (see :class:`~taskbuffer.jobs.JobStore` for the shared options).
 
@@ -106,7 +101,7 @@ class PostgresJobStore(JobStore):
         dsn: str | None = None
         pool: asyncpg.Pool[asyncpg.Record] | None = None
         if isinstance(dsn_or_pool, str):
-            dsn = _asyncpg_dsn(dsn_or_pool)
+            dsn = asyncpg_dsn(dsn_or_pool)
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             pool = dsn_or_pool
         else:
@@ -123,12 +118,11 @@ class PostgresJobStore(JobStore):
             dsn=dsn,
             pool=pool,
             channel=sql.CHANNEL,
-            reconnect_timeout=check_seconds(
-                "reconnect_timeout", reconnect_timeout, none=True, infinite=True
-            ),
+            reconnect_timeout=self._reconnect_timeout,
             prepare=self._create_schema,
             on_notify=self._on_notification,
             on_listening=self._on_listening,
+            on_joined=lambda _channel: self.notify(work=False),  # what finished before
             name=self._where,
         )
 
@@ -156,17 +150,25 @@ class PostgresJobStore(JobStore):
         await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
     def _where(self) -> str:
-        if self._dsn is None:
-            return "(a given asyncpg pool)"
-        head, at, tail = self._dsn.rpartition("@")
-        if not at:
-            return repr(self._dsn)
-        scheme, _, user = head.partition("://")
-        return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
+        return shown_dsn(self._dsn)
 
-    def _on_notification(self, payload: str) -> None:
+    def _on_notification(self, channel: str, payload: str) -> None:
         if payload != self._id:  # our own commits notified our subscribers already
-            self.notify()
+            self.notify(work=channel == sql.CHANNEL)
+
+    def subscribe(
+        self, callback: Callable[[], None], *, finishes: bool = True
+    ) -> Callable[[], None]:
+        """See :meth:`JobStore.subscribe`; while a subscriber follows finishes, the store
+        listens for other stores' finishes too."""
+        unsubscribe = super().subscribe(callback, finishes=finishes)
+        self._link.follow(sql.DONE_CHANNEL, self.follows_finishes)
+
+        def undo() -> None:
+            unsubscribe()
+            self._link.follow(sql.DONE_CHANNEL, self.follows_finishes)
+
+        return undo
 
     def _on_listening(self, listening: bool) -> None:
         self.poll_interval = POLL_LISTENING if listening else POLL_NOT_LISTENING
@@ -351,7 +353,7 @@ class PostgresJobStore(JobStore):
 
         applied, rows = await self._link.run(both)
         if outcomes:
-            self.notify()
+            self.notify(work=any(outcome.outcome == "released" for outcome in outcomes))
         claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
         return [(o.job_id, o.token) in applied for o in outcomes], claims
 
@@ -372,7 +374,7 @@ class PostgresJobStore(JobStore):
             lambda c: c.fetch(sql.CANCEL, job_id, now, sql.CHANNEL, self._id)
         )
         if rows:
-            self.notify()
+            self.notify(work=False)
         return bool(rows)
 
     async def retry(self, job_id: str, *, now: float) -> Job:
