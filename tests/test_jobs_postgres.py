@@ -17,7 +17,6 @@ import pytest_asyncio
 from _pg_server import PostgresServer
 from _pg_support import PostgresBackend
 
-from taskbuffer import Task, TaskManager
 from taskbuffer.jobs import JobRequest, JobSchemaError, JobStore
 from taskbuffer.jobs._store import attempts_lost_error
 
@@ -124,103 +123,6 @@ async def test_a_store_is_not_woken_twice_by_its_own_commits(
     # Notifications arrive in commit order: had our own NOTIFY woken us, it would have
     # come before the other store's.
     assert len(calls) == 2
-
-
-def counted(store: JobStore, *, finishes: bool) -> tuple[list[float], asyncio.Event]:
-    """The instants ``store`` wakes a subscriber (``finishes`` as given), and an event."""
-    calls: list[float] = []
-    event = asyncio.Event()
-
-    def wake() -> None:
-        calls.append(time.perf_counter())
-        event.set()
-
-    store.subscribe(wake, finishes=finishes)
-    return calls, event
-
-
-async def finish_one(store: PostgresJobStore) -> None:
-    """Enqueue, claim and finish one job through ``store``."""
-    await store.enqueue(JobRequest(task_name="work"), now=T0)
-    (claim,) = await store.claim(worker_id="w", task_names=["work"], limit=1, now=T0)
-    assert await store.finish([store.succeeded_outcome(claim, None)], now=T0) == [True]
-
-
-async def test_a_subscriber_of_new_work_only_is_not_woken_by_other_stores_finishes(
-    stores: Callable[..., PostgresJobStore],
-) -> None:
-    store, other = stores(), stores()
-    calls, event = counted(store, finishes=False)
-    async with asyncio.timeout(10):
-        await store.open()
-        await event.wait()  # listening
-        assert not store.follows_finishes
-        calls.clear()
-        event.clear()
-        await finish_one(other)  # an enqueue (new work), then a finish
-        await event.wait()
-        event.clear()
-        await other.enqueue(JobRequest(task_name="work"), now=T0)
-        await event.wait()
-    # Notifications arrive in commit order: had the finish woken us, it would have come
-    # before the second enqueue's, and made three.
-    assert len(calls) == 2
-
-
-async def test_a_subscriber_that_follows_finishes_is_woken_by_another_stores_finish(
-    stores: Callable[..., PostgresJobStore],
-) -> None:
-    store, other = stores(), stores()
-    _, work = counted(store, finishes=False)
-    async with asyncio.timeout(10):
-        await store.open()
-        await work.wait()  # listening, to new work only
-        work.clear()
-        await other.enqueue(JobRequest(task_name="work"), now=T0)
-        await work.wait()
-        # A follower that comes later is woken once the store listens for finishes (what
-        # finished before it did is looked up then), and by every finish after.
-        calls, event = counted(store, finishes=True)
-        assert store.follows_finishes
-        await event.wait()
-        event.clear()
-        (claim,) = await other.claim(worker_id="w", task_names=["work"], limit=1, now=T0)
-        started = time.perf_counter()
-        assert await other.finish([other.succeeded_outcome(claim, None)], now=T0) == [True]
-        await event.wait()
-    # a notification, not the poll: polling would take poll_interval (5 s)
-    assert time.perf_counter() - started < 1.0
-    assert len(calls) == 2
-
-
-async def test_a_working_manager_does_not_follow_finishes_and_a_waiter_elsewhere_hears_them(
-    stores: Callable[..., PostgresJobStore],
-) -> None:
-    store, other = stores(), stores()
-    gate = asyncio.Event()
-
-    async def work(_input: object) -> str:
-        await gate.wait()
-        return "done"
-
-    manager = TaskManager(job_store=store)
-    manager.add_task(Task(task_function=work, name="work"))
-    async with asyncio.timeout(10):
-        await manager.start()
-        try:
-            assert not store.follows_finishes  # its worker needs new work only
-            job = await manager.enqueue("work")
-            await other.open()
-            waiter = asyncio.create_task(TaskManager(job_store=other).job_result(job.id))
-            await asyncio.sleep(0.1)  # the waiter looks the job up (running) and listens
-            started = time.perf_counter()
-            gate.set()
-            assert await waiter == "done"
-            # a notification, not wait_for_job's poll (1 s)
-            assert time.perf_counter() - started < 0.5
-            assert not other.follows_finishes  # no more waiter
-        finally:
-            await manager.stop()
 
 
 async def test_a_store_keeps_working_across_a_server_restart_and_says_so(

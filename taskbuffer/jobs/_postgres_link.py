@@ -9,8 +9,7 @@ are: it chooses job ids itself, and a finish that already committed reports itse
 It also holds one connection that LISTENs on the store's channel; when that connection is
 lost it reconnects the same way, and tells the store each time it starts or stops listening
 (the store polls more often meanwhile, and wakes its subscribers once it listens again, for
-whatever was committed in between). It listens on more channels while the store asks
-(:meth:`PostgresLink.follow`), and says when it has joined one.
+whatever was committed in between).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 import asyncpg.pool
 
-__all__ = ("Connection", "PostgresLink", "asyncpg_dsn", "lost_connection", "shown_dsn")
+__all__ = ("Connection", "PostgresLink", "lost_connection")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -53,24 +52,6 @@ claim's many CTEs took as long to plan as to run), re-planned when the table's s
 change (ANALYZE invalidates cached plans)."""
 
 
-def asyncpg_dsn(dsn: str) -> str:
-    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
-    if dsn.startswith("postgresql+"):
-        return "postgresql://" + dsn.split("://", 1)[1]
-    return dsn
-
-
-def shown_dsn(dsn: str | None) -> str:
-    """``dsn`` as a store shows it in messages: without its password (``None``: a given pool)."""
-    if dsn is None:
-        return "(a given asyncpg pool)"
-    head, at, tail = dsn.rpartition("@")
-    if not at:
-        return repr(dsn)
-    scheme, _, user = head.partition("://")
-    return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
-
-
 def lost_connection(error: BaseException) -> bool:
     """Whether ``error`` says the server or the connection went away (worth retrying)."""
     if isinstance(error, _TRANSIENT):
@@ -93,10 +74,8 @@ class PostgresLink:
 
     :param prepare: run once on a connection, in a transaction, when the link opens (the
         store creates or checks its schema there).
-    :param on_notify: called with the channel and payload of each notification (on
-        ``channel`` or a channel followed).
+    :param on_notify: called with each notification's payload on ``channel``.
     :param on_listening: called with True when the listener starts, False when it stops.
-    :param on_joined: called with a followed channel once the listener listens on it.
     """
 
     def __init__(
@@ -107,9 +86,8 @@ class PostgresLink:
         channel: str,
         reconnect_timeout: float | None,
         prepare: Callable[[Connection], Awaitable[None]],
-        on_notify: Callable[[str, str], None],
+        on_notify: Callable[[str], None],
         on_listening: Callable[[bool], None],
-        on_joined: Callable[[str], None],
         name: Callable[[], str],
     ) -> None:
         self._dsn = dsn
@@ -119,12 +97,6 @@ class PostgresLink:
         self._prepare = prepare
         self._on_notify = on_notify
         self._on_listening = on_listening
-        self._on_joined = on_joined
-        self._followed: set[str] = set()  # channels to listen on besides ``channel``
-        self._joined: set[str] = set()  # those the listening connection listens on
-        self._listener: Connection | None = None  # the listening connection, while it listens
-        self._listener_lock: asyncio.Lock | None = None  # one LISTEN/UNLISTEN at a time
-        self._syncing: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self._store_name = name
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,61 +215,18 @@ class PostgresLink:
         def on_lost(_connection: Any) -> None:
             lost.set()
 
+        def on_notification(_connection: Any, _pid: int, _channel: str, payload: object) -> None:
+            self._on_notify(str(payload))
+
         async with pool.acquire() as connection:
             connection.add_termination_listener(on_lost)
-            lock = self._listener_lock = asyncio.Lock()
             try:
-                await connection.add_listener(self._channel, self._notified)
-                self._listener, self._joined = connection, set()
-                await self._sync_followed(report=False)  # reported as a whole just below
+                await connection.add_listener(self._channel, on_notification)
                 self._on_listening(True)
                 await lost.wait()
             finally:
-                self._listener = None
                 self._on_listening(False)
                 # a lost connection has left the pool's hands already: nothing to undo on it
                 if not lost.is_set():
                     connection.remove_termination_listener(on_lost)
-                    async with lock:
-                        for channel in (self._channel, *self._joined):
-                            await connection.remove_listener(channel, self._notified)
-                self._joined = set()
-
-    def _notified(self, _connection: Any, _pid: int, channel: str, payload: object) -> None:
-        self._on_notify(channel, str(payload))
-
-    def follow(self, channel: str, on: bool) -> None:
-        """Listen on ``channel`` too (``on``) or no more; applied on the listening connection
-        in a task of its own (or when it next listens), after which ``on_joined`` is called."""
-        if on == (channel in self._followed):
-            return
-        if on:
-            self._followed.add(channel)
-        else:
-            self._followed.discard(channel)
-        loop = self._loop
-        if self._listener is not None and loop is not None and not loop.is_closed():
-            task = loop.create_task(self._sync_followed())
-            self._syncing.add(task)
-            task.add_done_callback(self._syncing.discard)
-
-    async def _sync_followed(self, *, report: bool = True) -> None:
-        """LISTEN and UNLISTEN until the listening connection follows what is asked (each
-        channel joined is reported to ``on_joined`` when ``report``)."""
-        connection, lock = self._listener, self._listener_lock
-        if connection is None or lock is None:
-            return
-        async with lock:
-            try:
-                while connection is self._listener and self._joined != self._followed:
-                    for channel in sorted(self._followed - self._joined):
-                        await connection.add_listener(channel, self._notified)
-                        self._joined.add(channel)
-                        if report:
-                            self._on_joined(channel)
-                    for channel in sorted(self._joined - self._followed):
-                        self._joined.discard(channel)
-                        await connection.remove_listener(channel, self._notified)
-            except Exception as error:  # the listener reconnects and follows again
-                if not lost_connection(error):
-                    logger.exception("job store %s: LISTEN failed", self._store_name())
+                    await connection.remove_listener(self._channel, on_notification)

@@ -24,7 +24,6 @@ __all__ = (
     "ATTEMPTS",
     "CANCEL",
     "CHANNEL",
-    "DONE_CHANNEL",
     "CLAIM",
     "ENQUEUE",
     "EXISTING",
@@ -46,20 +45,7 @@ __all__ = (
 )
 
 CHANNEL = "taskbuffer_jobs"
-"""The LISTEN/NOTIFY channel of new work (enqueued, given back, retried); the payload is the
-notifying store's id."""
-
-DONE_CHANNEL = CHANNEL + "_done"
-"""The channel of jobs finished or cancelled (the statements name it ``CHANNEL || '_done'``):
-listened to only by stores with a subscriber that follows finishes."""
-
-# The notifications of the finish statements (``upd``; the channel in $7, the payload in $8):
-# on DONE_CHANNEL when a job finished, on CHANNEL when one was given back.
-_NOTED = """noted AS (
-    (SELECT pg_notify($7::text || '_done', $8) FROM upd WHERE outcome <> 'released' LIMIT 1)
-    UNION ALL
-    (SELECT pg_notify($7::text, $8) FROM upd WHERE outcome = 'released' LIMIT 1)
-)"""
+"""The LISTEN/NOTIFY channel; the payload is the notifying store's id."""
 
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('taskbuffer_jobs_schema'))"
 META = "CREATE TABLE IF NOT EXISTS taskbuffer_meta (key text PRIMARY KEY, value text NOT NULL)"
@@ -241,7 +227,7 @@ WITH o AS (
 """
 
 # The (id, token) of the outcomes applied (the token stays on a finished job, for FINISH_AGAIN).
-FINISH = _FINISH + ", " + _NOTED + " SELECT id, token, (SELECT count(*) FROM noted) FROM upd"
+FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
 
 # FINISH then CLAIM in ONE statement (one round trip, one commit; a worker's busy cycle): the
 # claim's parameters follow the finish's ($9 on). A job that this statement finishes is not
@@ -258,9 +244,9 @@ FINISH_AND_CLAIM = (
     )
     + """, done AS (
     SELECT array_agg(id) AS ids, array_agg(token) AS tokens FROM upd
-), """
-    + _NOTED
-    + """
+), noted AS (
+    SELECT pg_notify($7, $8) FROM upd LIMIT 1
+)
 SELECT CASE WHEN c.n IS NULL OR c.n = 1 THEN done.ids END AS done_ids,
        CASE WHEN c.n IS NULL OR c.n = 1 THEN done.tokens END AS done_tokens,
        (SELECT count(*) FROM noted) AS noted, c.*
@@ -276,7 +262,7 @@ ORDER BY c.n
 FINISH_AGAIN = (
     _FINISH
     + """
-SELECT o.id, o.token, (SELECT pg_notify($7, $8)), (SELECT pg_notify($7::text || '_done', $8))
+SELECT o.id, o.token, (SELECT pg_notify($7, $8))
 FROM o JOIN taskbuffer_jobs j ON j.id = o.id AND j.id = ANY ($1::text[])
 WHERE (o.id, o.token) IN (SELECT id, token FROM upd)
    OR (j.token = o.token
@@ -301,8 +287,7 @@ WITH queued AS (
     WHERE id = $1 AND status = 'running'
     RETURNING id
 )
-SELECT id, (SELECT pg_notify($3::text || '_done', $4)) FROM queued
-UNION ALL SELECT id, NULL FROM running
+SELECT id, (SELECT pg_notify($3, $4)) FROM queued UNION ALL SELECT id, NULL FROM running
 """
 
 RETRY = f"""

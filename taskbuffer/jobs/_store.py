@@ -137,7 +137,7 @@ class JobStore(abc.ABC):
                 f"methods, not {safe_repr(serializer)}"
             )
         self._serializer = serializer
-        self._listeners: list[tuple[Callable[[], None], bool]] = []  # (callback, finishes)
+        self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
 
     @property
@@ -223,28 +223,21 @@ class JobStore(abc.ABC):
 
     # -- wake-ups ------------------------------------------------------------------------
 
-    def subscribe(
-        self, callback: Callable[[], None], *, finishes: bool = True
-    ) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` whenever work may have become available or a job changed.
 
         Called after every commit through this store object that enqueues, finishes, releases,
         cancels or retries jobs, and (for stores that can tell) when another process commits.
-        With ``finishes=False`` it is called only when work may have become available (an
-        enqueue, a job given back or retried), not for commits that only finish or cancel
-        jobs: a worker needs no more, and a store that hears other processes (PostgreSQL)
-        need not then hear their finishes. The callback may be called from any thread and
-        must only schedule work (``loop.call_soon_threadsafe``). Returns a function that
-        unsubscribes it.
+        The callback may be called from any thread and must only schedule work
+        (``loop.call_soon_threadsafe``). Returns a function that unsubscribes it.
         """
-        entry = (callback, finishes)
         with self._listeners_lock:
-            self._listeners.append(entry)
+            self._listeners.append(callback)
 
         def unsubscribe() -> None:
             with self._listeners_lock:
-                if entry in self._listeners:
-                    self._listeners.remove(entry)
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
 
         return unsubscribe
 
@@ -253,17 +246,10 @@ class JobStore(abc.ABC):
         """True while some callback is subscribed (stores poll for others only then)."""
         return bool(self._listeners)
 
-    @property
-    def follows_finishes(self) -> bool:
-        """True while some callback subscribed with ``finishes=True``."""
-        return any(finishes for _, finishes in self._listeners)
-
-    def notify(self, *, work: bool = True) -> None:
-        """Call the subscribed callbacks (engines call it after a commit that matters): all of
-        them when work may have become available (``work``), else (the commit only finished
-        or cancelled jobs) those subscribed with ``finishes=True``."""
+    def notify(self) -> None:
+        """Call every subscribed callback (engines call it after a commit that matters)."""
         with self._listeners_lock:
-            listeners = [callback for callback, finishes in self._listeners if work or finishes]
+            listeners = list(self._listeners)
         for callback in listeners:
             callback()
 

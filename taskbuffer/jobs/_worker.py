@@ -123,8 +123,7 @@ class JobWorker:
         self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
         self._claiming = True
-        # New work only: this worker wakes itself when its own jobs end.
-        self._unsubscribe = self.store.subscribe(self._signal, finishes=False)
+        self._unsubscribe = self.store.subscribe(self._signal)
         self._claimer = loop.create_task(self._claim_loop(), name="taskbuffer-job-claimer")
         self._renewer = loop.create_task(self._renew_loop(), name="taskbuffer-job-renewer")
 

@@ -6,10 +6,8 @@ gives the figures). Each hot operation is one statement and one commit for a who
 claim never waits on another worker's; finishes and renewals carry many jobs at once; every
 write about a claim presents its lease token.
 
-Wake-ups: a commit that enqueues, gives back or retries jobs sends a ``NOTIFY`` on the
-``taskbuffer_jobs`` channel, one that finishes or cancels jobs on ``taskbuffer_jobs_done``
-(heard only while a subscriber follows finishes, as ``wait_for_job`` does: a busy worker's own
-finishes wake no one). Every store LISTENs on one connection of its own and passes other
+Wake-ups: a commit that enqueues, finishes, cancels or retries jobs sends a ``NOTIFY`` on the
+``taskbuffer_jobs`` channel; every store LISTENs on one connection of its own and passes other
 stores' notifications to its subscribers, so an idle worker picks a job up a millisecond or
 two after it is committed. Polling (:attr:`poll_interval`) is only the fallback: it shortens
 while the listening connection is down.
@@ -39,7 +37,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from .._validation import check_seconds, safe_repr
 from . import _postgres_sql as sql
-from ._postgres_link import Connection, PostgresLink, asyncpg_dsn, shown_dsn
+from ._postgres_link import Connection, PostgresLink
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
 from ._values import (
     Claim,
@@ -77,6 +75,13 @@ def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
     return {(row["id"], row["token"]) for row in rows}
 
 
+def _asyncpg_dsn(dsn: str) -> str:
+    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
+    if dsn.startswith("postgresql+"):
+        return "postgresql://" + dsn.split("://", 1)[1]
+    return dsn
+
+
 class PostgresJobStore(JobStore):
     """Jobs in PostgreSQL (see :class:`~taskbuffer.jobs.JobStore` for the shared options).
 
@@ -101,7 +106,7 @@ class PostgresJobStore(JobStore):
         dsn: str | None = None
         pool: asyncpg.Pool[asyncpg.Record] | None = None
         if isinstance(dsn_or_pool, str):
-            dsn = asyncpg_dsn(dsn_or_pool)
+            dsn = _asyncpg_dsn(dsn_or_pool)
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             pool = dsn_or_pool
         else:
@@ -118,11 +123,12 @@ class PostgresJobStore(JobStore):
             dsn=dsn,
             pool=pool,
             channel=sql.CHANNEL,
-            reconnect_timeout=self._reconnect_timeout,
+            reconnect_timeout=check_seconds(
+                "reconnect_timeout", reconnect_timeout, none=True, infinite=True
+            ),
             prepare=self._create_schema,
             on_notify=self._on_notification,
             on_listening=self._on_listening,
-            on_joined=lambda _channel: self.notify(work=False),  # what finished before
             name=self._where,
         )
 
@@ -150,25 +156,17 @@ class PostgresJobStore(JobStore):
         await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
     def _where(self) -> str:
-        return shown_dsn(self._dsn)
+        if self._dsn is None:
+            return "(a given asyncpg pool)"
+        head, at, tail = self._dsn.rpartition("@")
+        if not at:
+            return repr(self._dsn)
+        scheme, _, user = head.partition("://")
+        return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
 
-    def _on_notification(self, channel: str, payload: str) -> None:
+    def _on_notification(self, payload: str) -> None:
         if payload != self._id:  # our own commits notified our subscribers already
-            self.notify(work=channel == sql.CHANNEL)
-
-    def subscribe(
-        self, callback: Callable[[], None], *, finishes: bool = True
-    ) -> Callable[[], None]:
-        """See :meth:`JobStore.subscribe`; while a subscriber follows finishes, the store
-        listens for other stores' finishes too."""
-        unsubscribe = super().subscribe(callback, finishes=finishes)
-        self._link.follow(sql.DONE_CHANNEL, self.follows_finishes)
-
-        def undo() -> None:
-            unsubscribe()
-            self._link.follow(sql.DONE_CHANNEL, self.follows_finishes)
-
-        return undo
+            self.notify()
 
     def _on_listening(self, listening: bool) -> None:
         self.poll_interval = POLL_LISTENING if listening else POLL_NOT_LISTENING
@@ -353,7 +351,7 @@ class PostgresJobStore(JobStore):
 
         applied, rows = await self._link.run(both)
         if outcomes:
-            self.notify(work=any(outcome.outcome == "released" for outcome in outcomes))
+            self.notify()
         claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
         return [(o.job_id, o.token) in applied for o in outcomes], claims
 
@@ -374,7 +372,7 @@ class PostgresJobStore(JobStore):
             lambda c: c.fetch(sql.CANCEL, job_id, now, sql.CHANNEL, self._id)
         )
         if rows:
-            self.notify(work=False)
+            self.notify()
         return bool(rows)
 
     async def retry(self, job_id: str, *, now: float) -> Job:
