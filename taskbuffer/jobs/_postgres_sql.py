@@ -232,8 +232,9 @@ FINISH = _FINISH + "SELECT id, token, (SELECT pg_notify($7, $8)) FROM upd"
 # FINISH then CLAIM in ONE statement (one round trip, one commit; a worker's busy cycle): the
 # claim's parameters follow the finish's ($9 on). A job that this statement finishes is not
 # reaped by it even if its lease ran out (as when FINISH runs first); a released one is
-# claimable from the next claim on. One row per claimed job (or one with a NULL id when none
-# was), each with ``done_ids`` and ``done_tokens``: the outcomes applied.
+# claimable from the next claim on. One row per claimed job in claim order (or one with a NULL
+# id when none was); the first carries ``done_ids`` and ``done_tokens``, the outcomes applied
+# (once: the driver decodes them for every row that carries them).
 FINISH_AND_CLAIM = (
     _FINISH
     + ", "
@@ -246,9 +247,13 @@ FINISH_AND_CLAIM = (
 ), noted AS (
     SELECT pg_notify($7, $8) FROM upd LIMIT 1
 )
-SELECT done.ids AS done_ids, done.tokens AS done_tokens, (SELECT count(*) FROM noted) AS noted, c.*
-FROM done LEFT JOIN claimed c ON true
-ORDER BY c.priority DESC, c.run_at, c.seq
+SELECT CASE WHEN c.n IS NULL OR c.n = 1 THEN done.ids END AS done_ids,
+       CASE WHEN c.n IS NULL OR c.n = 1 THEN done.tokens END AS done_tokens,
+       (SELECT count(*) FROM noted) AS noted, c.*
+FROM done LEFT JOIN (
+    SELECT *, row_number() OVER (ORDER BY priority DESC, run_at, seq) AS n FROM claimed
+) AS c ON true
+ORDER BY c.n
 """
 )
 

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -95,6 +96,7 @@ class JobWorker:
         self._renewer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None  # the thread running the loop
         self._unsubscribe: Callable[[], None] | None = None
         self._claiming = False
         self._running = 0  # runners not yet ended
@@ -117,6 +119,7 @@ class JobWorker:
     def start(self) -> None:
         """Start claiming and renewing on the running loop (the store is open)."""
         loop = self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
         self._claiming = True
@@ -127,6 +130,11 @@ class JobWorker:
     def _signal(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is None or wake is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._thread:
+            # On the loop's own thread (a flush, an enqueue here): set at once, without the
+            # write to the loop's self-pipe and the extra loop iteration that reads it.
+            wake.set()
             return
         with contextlib.suppress(RuntimeError):  # the loop closed in between
             loop.call_soon_threadsafe(wake.set)
@@ -265,7 +273,7 @@ class JobWorker:
         included) fails it: given back, the job would only run and fail again. A
         ``KeyboardInterrupt`` or ``SystemExit`` leaves (see :meth:`_execute`).
         """
-        runner = asyncio.current_task()
+        runner = held.runner  # this task (set before it first ran)
         assert runner is not None
         try:
             result = await self._run(held.claim.job)
