@@ -118,14 +118,11 @@ async def test_every_path_of_an_attempt_leaves_the_same_trail_on_every_store(
 
 
 async def test_5_a_running_job_cancelled_then_given_back_ends_cancelled_and_never_runs_again(
-    store: JobStore, backend: Backend, request: pytest.FixtureRequest
+    store: JobStore,
 ) -> None:
     # cancel_job asked while the job ran; its worker stopped (stop() at its timeout) and gave
     # the claim back before a renewal told it. The job must not go back to the queue for
     # another worker to start it again: it ends cancelled at once, its attempt released.
-    if backend.name == "postgres":  # strict: it fails as soon as that store is fixed
-        reason = "PostgresJobStore's release keeps a cancel-requested job queued"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     job = await store.enqueue(JobRequest(task_name="work"), now=T0)
     [c] = await claim(store)
     assert await store.cancel(job.id, now=T0 + 1)

@@ -200,19 +200,23 @@ CLAIM = (
     + "SELECT * FROM claimed ORDER BY priority DESC, run_at, seq"
 )
 
+# Ends claims, fenced by their tokens. A job given back whose cancel was asked while it ran
+# ends cancelled (given back, it would run again elsewhere until its first renewal).
 _FINISH = """
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
         AS o(id, token, outcome, result, error)
 ), upd AS (
     UPDATE taskbuffer_jobs j
-    SET status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END,
+    SET status = CASE WHEN o.outcome <> 'released' THEN o.outcome
+                      WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
         attempts = CASE WHEN o.outcome = 'released' THEN j.attempts - 1 ELSE j.attempts END,
-        finished_at = CASE WHEN o.outcome = 'released' THEN NULL ELSE $6::float8 END,
+        finished_at = CASE WHEN o.outcome <> 'released' OR j.cancel_requested THEN $6::float8
+                           END,
         result = CASE WHEN o.outcome = 'released' THEN j.result ELSE o.result END,
         error = CASE WHEN o.outcome = 'released' THEN j.error ELSE o.error END,
         lease_expires = NULL,
-        cancel_requested = o.outcome = 'released' AND j.cancel_requested
+        cancel_requested = false
     FROM o
     WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
       AND j.status = 'running'
@@ -266,7 +270,8 @@ SELECT o.id, o.token, (SELECT pg_notify($7, $8))
 FROM o JOIN taskbuffer_jobs j ON j.id = o.id AND j.id = ANY ($1::text[])
 WHERE (o.id, o.token) IN (SELECT id, token FROM upd)
    OR (j.token = o.token
-       AND j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END)
+       AND (j.status = CASE WHEN o.outcome = 'released' THEN 'queued' ELSE o.outcome END
+            OR (o.outcome = 'released' AND j.status = 'cancelled')))
 """
 )
 
