@@ -312,6 +312,35 @@ async def test_a_newer_schema_is_refused_with_a_message_naming_both_versions(
         await again.open()
 
 
+async def test_a_database_of_schema_version_1_is_upgraded_when_a_store_opens_it(
+    postgres_job_backend: PostgresBackend,
+) -> None:
+    store = postgres_job_backend.make()
+    await store.open()
+    job = await store.enqueue(JobRequest(task_name="t"), now=1000.0)
+    await store.close()
+    dsn = postgres_job_backend.dsns[id(store)]
+    connection = await asyncpg.connect(dsn)
+    indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'taskbuffer_jobs'"
+    try:  # the layout of version 1: two indexes more
+        await connection.execute(
+            "CREATE INDEX taskbuffer_jobs_token ON taskbuffer_jobs (token) "
+            "WHERE status = 'running'; CREATE INDEX taskbuffer_jobs_finished "
+            "ON taskbuffer_jobs (finished_at) WHERE finished_at IS NOT NULL; "
+            "UPDATE taskbuffer_meta SET value = '1' WHERE key = 'schema_version'"
+        )
+        again = postgres_job_backend.another(store)
+        await again.open()
+        assert await again.get(job.id) == job
+        await again.close()
+        names = {row[0] for row in await connection.fetch(indexes)}
+        assert {"taskbuffer_jobs_token", "taskbuffer_jobs_finished"} & names == set()
+        version = "SELECT value FROM taskbuffer_meta WHERE key = 'schema_version'"
+        assert await connection.fetchval(version) == str(SCHEMA_VERSION)
+    finally:
+        await connection.close()
+
+
 async def test_a_given_pool_is_used_and_left_open(postgres_job_backend: PostgresBackend) -> None:
     dsn = postgres_job_backend.new_dsn()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)

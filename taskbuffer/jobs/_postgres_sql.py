@@ -25,6 +25,7 @@ __all__ = (
     "CANCEL",
     "CHANNEL",
     "CLAIM",
+    "DROP_UNUSED",
     "ENQUEUE",
     "EXISTING",
     "FINISH",
@@ -46,6 +47,10 @@ __all__ = (
 
 CHANNEL = "taskbuffer_jobs"
 """The LISTEN/NOTIFY channel; the payload is the notifying store's id."""
+
+# Indexes of schema version 1 that nothing needs (renewals find their few running jobs
+# through the lease index): dropped when a store upgrades the database.
+DROP_UNUSED = "DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished"
 
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('taskbuffer_jobs_schema'))"
 META = "CREATE TABLE IF NOT EXISTS taskbuffer_meta (key text PRIMARY KEY, value text NOT NULL)"
@@ -83,15 +88,11 @@ CREATE INDEX IF NOT EXISTS taskbuffer_jobs_due
     ON taskbuffer_jobs (priority DESC, run_at, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_lease
     ON taskbuffer_jobs (lease_expires) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS taskbuffer_jobs_token
-    ON taskbuffer_jobs (token) WHERE status = 'running';
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
     ON taskbuffer_jobs (schedule_key) WHERE schedule_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
     ON taskbuffer_jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS taskbuffer_jobs_finished
-    ON taskbuffer_jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS taskbuffer_jobs_created ON taskbuffer_jobs (created_at, seq);
 CREATE TABLE IF NOT EXISTS taskbuffer_job_attempts (
     job_id text NOT NULL,
@@ -340,9 +341,13 @@ SELECT max(schedule_key COLLATE "C") FROM taskbuffer_jobs
 WHERE schedule_key IS NOT NULL AND starts_with(schedule_key, $1)
 """
 
+# Finished jobs are found through the index of creation instants (a job is created before it
+# finishes; by another host's clock a little after, and it is purged that much later): an
+# index of finish instants (or of tokens) would take an entry on every claim or finish.
 PURGE = """
 WITH old AS (
-    DELETE FROM taskbuffer_jobs WHERE finished_at IS NOT NULL AND finished_at < $1
+    DELETE FROM taskbuffer_jobs
+    WHERE created_at < $1 AND finished_at IS NOT NULL AND finished_at < $1
     RETURNING id
 ), trail AS (
     DELETE FROM taskbuffer_job_attempts WHERE job_id = ANY (ARRAY (SELECT id FROM old))

@@ -49,8 +49,9 @@ SCHEMA_VERSION = 2
 """The version of the job schema this library writes; a store with a newer one refuses to open.
 
 2: the SQLite store keeps a job's latest attempt in the job's row (a library that knows only
-1 would read such a file's trails wrong), and drops two indexes nothing reads; it upgrades a
-file of version 1 when it opens it. PostgreSQL's layout is the same in both."""
+1 would read such a file's trails wrong); both engines drop two indexes that cost an entry on
+every claim or finish (tokens, finish instants). A store upgrades a database of version 1
+when it opens it."""
 
 
 def check_schema_version(found: int, *, where: str) -> None:

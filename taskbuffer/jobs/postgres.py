@@ -151,9 +151,9 @@ class PostgresJobStore(JobStore):
         found = await connection.fetchval(sql.VERSION)
         if found is not None:
             check_schema_version(int(found), where=self._where())
-            return
-        await connection.execute(sql.SCHEMA)
-        await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
+        if found is None or int(found) < SCHEMA_VERSION:  # (version 1: two indexes to drop)
+            await connection.execute(sql.SCHEMA if found is None else sql.DROP_UNUSED)
+            await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
     def _where(self) -> str:
         if self._dsn is None:
