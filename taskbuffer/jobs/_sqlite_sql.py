@@ -149,6 +149,14 @@ def _values(count: int, width: int) -> str:
     return ", ".join(rows)
 
 
+# Each row of ``o`` names a job by seq, id and token, and must find it running.
+_FENCED = """FROM o
+WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
+  AND taskbuffer_jobs.token = o.token AND taskbuffer_jobs.status = 'running'
+RETURNING taskbuffer_jobs.seq
+"""
+
+
 @cache
 def finish_many(count: int) -> str:
     """End ``count`` claims: each row of parameters is (seq, id, token, outcome, result, error)."""
@@ -157,11 +165,7 @@ WITH o(seq, id, token, outcome, result, error) AS (VALUES {_values(count, 6)})
 UPDATE taskbuffer_jobs
 SET status = o.outcome, finished_at = ?1, result = o.result, error = o.error,
     lease_expires = NULL, cancel_requested = 0
-FROM o
-WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
-  AND taskbuffer_jobs.token = o.token AND taskbuffer_jobs.status = 'running'
-RETURNING taskbuffer_jobs.seq
-"""
+{_FENCED}"""
 
 
 @cache
@@ -175,11 +179,7 @@ UPDATE taskbuffer_jobs
 SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'queued' END,
     finished_at = CASE cancel_requested WHEN 1 THEN ?1 ELSE finished_at END,
     attempts = attempts - 1, token = NULL, lease_expires = NULL, cancel_requested = 0
-FROM o
-WHERE taskbuffer_jobs.seq = o.seq AND taskbuffer_jobs.id = o.id
-  AND taskbuffer_jobs.token = o.token AND taskbuffer_jobs.status = 'running'
-RETURNING taskbuffer_jobs.seq
-"""
+{_FENCED}"""
 
 
 @cache
