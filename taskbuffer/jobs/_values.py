@@ -262,7 +262,6 @@ def job_from_row(row: Row, *, input: Any, result: Any) -> Job:
     error = row["error"]
     run_at, created_at = row["run_at"], row["created_at"]
     created = datetime.fromtimestamp(created_at, UTC)
-    started, finished = row["started_at"], row["finished_at"]
     return Job(
         id=row["id"],
         task_name=row["task_name"],
@@ -274,8 +273,8 @@ def job_from_row(row: Row, *, input: Any, result: Any) -> Job:
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
         created_at=created,
-        started_at=None if started is None else datetime.fromtimestamp(started, UTC),
-        finished_at=None if finished is None else datetime.fromtimestamp(finished, UTC),
+        started_at=_when(row["started_at"]),
+        finished_at=_when(row["finished_at"]),
         worker_id=row["worker_id"],
         result=result,
         error=None if error is None else JobError.from_dict(json.loads(error)),
