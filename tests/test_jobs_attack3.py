@@ -179,3 +179,100 @@ async def test_postgres_a_cancel_racing_a_release_always_ends_the_job_cancelled(
     finally:
         await store.close()
         await other.close()
+
+
+@pytest.mark.parametrize("first", ["cancel", "stop"])
+async def test_a_cancel_from_one_manager_racing_anothers_stop_ends_the_job_cancelled(
+    backend: Backend, first: str
+) -> None:
+    # Manager A runs the job and stops at once (its run cancelled, the job given back) while
+    # manager B, sharing the store and working the same task, cancels it: the job ends
+    # cancelled, B never starts it, and its result says so.
+    from taskbuffer import Task, TaskManager
+    from taskbuffer.jobs import JobCancelledError
+
+    store = backend.make(lease=0.6)
+    other = backend.another(store, lease=0.6)
+    runs: list[str] = []
+    started = asyncio.Event()
+
+    def worker(name: str) -> TaskManager:
+        async def work() -> None:
+            runs.append(name)
+            started.set()
+            await asyncio.Event().wait()
+
+        m = TaskManager(job_store=store if name == "A" else other)
+        m.add_task(Task(task_function=work, name="t"))
+        return m
+
+    a, b = worker("A"), worker("B")
+    try:
+        async with asyncio.timeout(10):
+            job = await a.enqueue("t")
+            await a.start()
+            await started.wait()
+            await b.start()
+            cancel, stop = b.cancel_job(job.id), a.stop(timeout=0)
+            both = (cancel, stop) if first == "cancel" else (stop, cancel)
+            results = await asyncio.gather(*both)
+            asked = results[0 if first == "cancel" else 1]
+            assert asked is True
+            with pytest.raises(JobCancelledError):
+                await b.job_result(job.id)
+            await asyncio.sleep(0.7)  # past a lease: B would have claimed a job given back
+            ended = await b.get_job(job.id)
+            assert ended is not None and ended.status == "cancelled"
+            trail = [t.outcome for t in await b.get_job_attempts(job.id)]
+            # given back by A's stop (not counted) with the cancel asked; or ended by A's worker
+            # on seeing the cancel; or given back before it was asked, claimed by B and ended
+            # there: never run after the cancel, never queued again
+            assert (ended.attempts, trail) in (
+                (0, ["released"]),
+                (1, ["cancelled"]),
+                (1, ["released", "cancelled"]),
+            )
+            assert runs[0] == "A" and len(runs) <= len(trail)
+    finally:
+        await a.stop()
+        await b.stop()
+        await store.close()
+        await other.close()
+
+
+@pytest.mark.external
+@pytest.mark.realtime
+async def test_postgres_a_cancel_racing_a_claim_or_a_release_is_never_refused(
+    postgres_job_backend: PostgresBackend,
+) -> None:
+    # cancel_job says False only for a job already finished. A cancel that met the job's row
+    # locked by a claim (or a release) committing under it must still cancel the job; it
+    # found nothing, the job ran, and the caller was told the job had finished.
+    store = postgres_job_backend.make()
+    other = postgres_job_backend.another(store)
+    try:
+        async with asyncio.timeout(60):
+            for k in range(3):
+                jobs = await store.enqueue_many(
+                    [JobRequest(task_name="t") for _ in range(2000)], now=T0 + k
+                )
+                claiming = asyncio.ensure_future(
+                    store.claim(worker_id="w", task_names=["t"], limit=2000, now=T0 + k)
+                )
+                asked: dict[str, bool] = {}
+                for job in reversed(jobs):  # while the claim runs, one after another
+                    asked[job.id] = await other.cancel(job.id, now=T0 + k)
+                    if claiming.done() and len(asked) > 20:
+                        break
+                claimed = {c.job.id: c for c in await claiming}
+                assert list(asked.values()) == [True] * len(asked)
+                for i in asked:
+                    job = await store.get(i)
+                    assert job is not None and job.status in ("cancelled", "running")
+                    if job.status == "running":
+                        renewed = await store.renew([claimed[i].token], now=T0 + k)
+                        assert renewed.cancel_requested == {claimed[i].token}
+                await store.finish([done(c, "released") for c in claimed.values()], now=T0 + k)
+    finally:
+        await store.close()
+        await other.close()
