@@ -282,18 +282,22 @@ WHERE token = ANY($1::text[]) AND status = 'running'
 RETURNING token, cancel_requested
 """
 
+# One UPDATE of the row whatever its state: a statement whose snapshot saw the job queued
+# (or running) and then met its row locked by a claim (or a release) committing re-reads the
+# row and acts on its new state. Two UPDATEs, one per state, each re-checked only its own
+# state after the wait, and both found nothing: the cancel said the job had finished while it
+# ran on.
 CANCEL = """
-WITH queued AS (
+WITH asked AS (
     UPDATE taskbuffer_jobs
-    SET status = 'cancelled', finished_at = $2, lease_expires = NULL, cancel_requested = false
-    WHERE id = $1 AND status = 'queued'
-    RETURNING id
-), running AS (
-    UPDATE taskbuffer_jobs SET cancel_requested = true
-    WHERE id = $1 AND status = 'running'
-    RETURNING id
+    SET status = CASE status WHEN 'queued' THEN 'cancelled' ELSE status END,
+        finished_at = CASE status WHEN 'queued' THEN $2 ELSE finished_at END,
+        lease_expires = CASE status WHEN 'queued' THEN NULL ELSE lease_expires END,
+        cancel_requested = status = 'running'
+    WHERE id = $1 AND status IN ('queued', 'running')
+    RETURNING id, status
 )
-SELECT id, (SELECT pg_notify($3, $4)) FROM queued UNION ALL SELECT id, NULL FROM running
+SELECT id, CASE status WHEN 'cancelled' THEN pg_notify($3, $4) END FROM asked
 """
 
 RETRY = f"""
