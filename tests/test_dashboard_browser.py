@@ -401,8 +401,10 @@ async def test_hostile_names_labels_errors_and_inputs_render_as_text(
             for label, task in [("a=b=c", "right"), ('"a=b"=c', "left")]:
                 await page.select_option("#label-filter", label=label, timeout=WAIT_MS)
                 await page.wait_for_selector(f'#tasks article[data-task="{task}"]')
-                await page.wait_for_function(
-                    "document.querySelectorAll('#tasks article.task').length === 1"
+                # One card left: no card follows another (a selector, not wait_for_function,
+                # whose polling evaluates a string, which the page's CSP refuses).
+                await page.wait_for_selector(
+                    "#tasks article.task ~ article.task", state="detached", timeout=WAIT_MS
                 )
                 names = page.locator("#tasks article.task .name")
                 assert await names.all_inner_texts() == [task], label
