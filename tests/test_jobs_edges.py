@@ -770,3 +770,61 @@ def test_8_a_loop_ending_without_stop_gives_the_running_job_back(
     assert job.status == "queued" and job.attempts == 0
     assert [a.outcome for a in attempts] == ["released"]
     assert "Task was destroyed but it is pending" not in caplog.text
+
+
+@pytest.mark.realtime
+async def test_a_sqlite_claim_whose_statement_fails_raises_and_the_store_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The claimed rows reach the loop before the commit (to be decoded while it waits for the
+    # disk); a transaction that fails before it claimed anything must still answer the call.
+    sqlite_store = SQLiteJobStore(tmp_path / "jobs.db")
+    job = await sqlite_store.enqueue(JobRequest(task_name="t"), now=T0)
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(sqlite3.Error):
+                await sqlite_store.finish_and_claim(
+                    [],
+                    worker_id="w",
+                    task_names=[object()],
+                    limit=1,
+                    now=T0,  # type: ignore[list-item]
+                )
+            [claim] = await sqlite_store.claim(worker_id="w", task_names=["t"], limit=1, now=T0)
+            assert claim.job.id == job.id and claim.job.input is None
+    finally:
+        await sqlite_store.close()
+
+
+@pytest.mark.realtime
+async def test_a_sqlite_claim_cancelled_waiting_for_the_lock_holds_its_jobs_until_the_lease(
+    tmp_path: Path,
+) -> None:
+    sqlite_store = SQLiteJobStore(tmp_path / "jobs.db", lease=0.5)
+    job = await sqlite_store.enqueue(JobRequest(task_name="t"), now=T0)
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(10):
+            call = loop.create_task(
+                sqlite_store.claim(worker_id="w", task_names=["t"], limit=1, now=T0)
+            )
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            other.execute("COMMIT")  # the cancelled call's transaction runs now, and commits
+            stored = None
+            while stored is None or stored.status != "running":
+                await asyncio.sleep(0.01)
+                stored = await sqlite_store.get(job.id)
+            # Nobody works the claim it made: the job is claimable once the lease has ended.
+            assert await sqlite_store.claim(worker_id="w", task_names=["t"], limit=1, now=T0) == []
+            [again] = await sqlite_store.claim(
+                worker_id="w", task_names=["t"], limit=1, now=T0 + 0.5
+            )
+            assert again.job.id == job.id and again.job.attempts == 2
+    finally:
+        other.close()
+        await sqlite_store.close()

@@ -12,6 +12,7 @@ other processes are noticed by the store's thread, which checks ``PRAGMA data_ve
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -40,7 +41,7 @@ from ._store import (
     check_schema_version,
     dedupe_conflict,
 )
-from ._thread import ConnectionThread
+from ._thread import ConnectionThread, settle_from_thread
 from ._values import (
     Claim,
     Job,
@@ -174,16 +175,25 @@ class SQLiteJobStore(JobStore):
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+        try:
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:  # a failed COMMIT may leave it open
+                connection.execute("ROLLBACK")
+            raise
         return result
 
     async def _run(self, function: Callable[[sqlite3.Connection], R], *, write: bool) -> R:
+        thread = await self._open_thread()
+        if write:
+            return await thread.call(lambda connection: self._write(connection, function))
+        return await thread.call(function)
+
+    async def _open_thread(self) -> ConnectionThread[sqlite3.Connection]:
         if self._thread is None or not self._thread.alive:
             await self.open()
         assert self._thread is not None
-        if write:
-            return await self._thread.call(lambda connection: self._write(connection, function))
-        return await self._thread.call(function)
+        return self._thread
 
     async def open(self) -> None:
         """Open the file (creating it and its schema when missing) on the store's thread.
@@ -320,8 +330,14 @@ class SQLiteJobStore(JobStore):
         """End claims and claim replacements in ONE transaction (one commit): see
         :meth:`JobStore.finish_and_claim`."""
         lease_expires = now + self.lease
+        thread = await self._open_thread()
+        loop = asyncio.get_running_loop()
+        # The claimed rows reach the loop before COMMIT, which waits for the disk (a fsync)
+        # with the GIL released: the loop makes them into jobs meanwhile. They are handed
+        # to the worker only once the commit has succeeded.
+        taken_soon: asyncio.Future[list[dict[str, Any]] | None] = loop.create_future()
 
-        def both(c: sqlite3.Connection) -> tuple[list[bool], list[dict[str, Any]]]:
+        def both(c: sqlite3.Connection) -> list[bool]:
             applied = apply_outcomes(c, outcomes, now)
             taken = take_due(
                 c,
@@ -331,12 +347,22 @@ class SQLiteJobStore(JobStore):
                 now=now,
                 lease_expires=lease_expires,
             )
-            return applied, taken
+            settle_from_thread(loop, taken_soon, taken, None)
+            return applied
 
-        applied, taken = await self._run(both, write=True)
+        committed = thread.submit(lambda connection: self._write(connection, both))
+        # Settled after taken_soon when both() got that far (the loop runs callbacks in order).
+        committed.add_done_callback(lambda _: taken_soon.done() or taken_soon.set_result(None))
+        try:
+            taken = await taken_soon
+            claims = [Claim(job=self._job(row), token=row["token"]) for row in taken or ()]
+            applied = await committed
+        except BaseException:
+            committed.cancel()  # (its outcome, should it fail, is nobody's to retrieve)
+            raise
         if outcomes:
             self.notify()
-        return applied, [Claim(job=self._job(row), token=row["token"]) for row in taken]
+        return applied, claims
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
         """Extend leases in one transaction (see :meth:`JobStore.renew`)."""

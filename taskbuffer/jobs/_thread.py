@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ("ConnectionThread",)
+__all__ = ("ConnectionThread", "settle_from_thread")
 
 C = TypeVar("C")
 R = TypeVar("R")
@@ -59,10 +59,14 @@ class ConnectionThread(Generic[C]):
 
     async def call(self, function: Callable[[C], R]) -> R:
         """Run ``function(connection)`` on the thread and return what it returns."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        self._queue.put((function, loop, future))
-        return await future
+        return await self.submit(function)
+
+    def submit(self, function: Callable[[C], R]) -> asyncio.Future[R]:
+        """Queue ``function(connection)`` on the thread now; the future that it resolves
+        (cancelling the future leaves the call to run, its outcome dropped)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put((function, future.get_loop(), future))
+        return future
 
     async def stop(self) -> None:
         """Close the connection and end the thread (after the calls already submitted)."""
@@ -95,25 +99,28 @@ class ConnectionThread(Generic[C]):
             if function is _STOP:
                 if connection is not None:
                     self._disconnect(connection)
-                _resolve(loop, future, None, None)
+                settle_from_thread(loop, future, None, None)
                 return
             if connection is None:
-                _resolve(loop, future, None, self._error)
+                settle_from_thread(loop, future, None, self._error)
                 continue
             try:
                 result = function(connection)
             except BaseException as error:  # handed to the awaiting coroutine
-                _resolve(loop, future, None, error)
+                settle_from_thread(loop, future, None, error)
             else:
-                _resolve(loop, future, result, None)
+                settle_from_thread(loop, future, result, None)
 
 
-def _resolve(
+def settle_from_thread(
     loop: asyncio.AbstractEventLoop,
     future: asyncio.Future[Any],
     result: Any,
     error: BaseException | None,
 ) -> None:
+    """From any thread: give ``future`` (of ``loop``) ``result``, or ``error`` when it is not
+    ``None``, unless it is done by then (its awaiter was cancelled) or the loop has closed."""
+
     def settle() -> None:
         if future.done():  # the awaiting coroutine was cancelled
             return
