@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due, token_seq
@@ -90,6 +91,13 @@ def _use_wal(connection: sqlite3.Connection) -> None:
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _no_rows_unless_taken(taken_soon: asyncio.Future[Any], _: object) -> None:
+    """A busy cycle's call has ended: if it failed before claiming, nobody else answers the
+    wait for its claimed rows (settled in call order, they came first if they came)."""
+    if not taken_soon.done():
+        taken_soon.set_result(None)
 
 
 class SQLiteJobStore(JobStore):
@@ -351,8 +359,7 @@ class SQLiteJobStore(JobStore):
             return applied
 
         committed = thread.submit(lambda connection: self._write(connection, both))
-        # Settled after taken_soon when both() got that far (the loop runs callbacks in order).
-        committed.add_done_callback(lambda _: taken_soon.done() or taken_soon.set_result(None))
+        committed.add_done_callback(partial(_no_rows_unless_taken, taken_soon))
         try:
             taken = await taken_soon
             claims = [Claim(job=self._job(row), token=row["token"]) for row in taken or ()]
