@@ -241,6 +241,28 @@ async def test_3_one_batch_of_outcomes_applies_each_live_one_and_fences_out_the_
     assert await store.finish([done(b2)], now=T0 + 33) == [True]
 
 
+async def test_3_a_batch_that_gives_nothing_back_applies_only_its_live_outcomes(
+    store: JobStore,
+) -> None:
+    # A worker's usual batch: every outcome ends its job. One fenced out among them must not
+    # change the answer for the others, nor leave any of its own writes behind.
+    await store.enqueue_many([request(input=i) for i in range(4)], now=T0)
+    a, b, c, d = await claim(store, limit=4)
+    forged = ("0" if c.token[0] != "0" else "1") + c.token[1:]
+    stale = JobOutcome(job_id=c.job.id, token=forged, outcome="failed")  # c's, but not its token
+    batch = [done(a, result=b"1"), stale, done(b, result=b"2"), done(d, "cancelled")]
+    assert await store.finish(batch, now=T0 + 1) == [True, False, True, True]
+    got = [await store.get(x.job.id) for x in (a, b, c, d)]
+    assert [(j.status, j.result) for j in got if j] == [
+        ("succeeded", 1),
+        ("succeeded", 2),
+        ("running", None),
+        ("cancelled", None),
+    ]
+    assert [t.outcome for t in await store.attempts(c.job.id)] == [None]
+    assert await store.finish([done(c)], now=T0 + 2) == [True]
+
+
 async def test_3_a_batch_of_many_outcomes_applies_them_all(store: JobStore) -> None:
     await store.enqueue_many([request(input=i) for i in range(250)], now=T0)
     claims = await claim(store, limit=250)

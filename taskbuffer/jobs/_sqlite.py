@@ -21,7 +21,15 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from ._sqlite_ops import apply_outcomes, existing_job, insert_jobs, take_due, token_seq
+from ._sqlite_ops import (
+    Taken,
+    apply_outcomes,
+    claimed_rows,
+    existing_job,
+    insert_jobs,
+    take_due,
+    token_seq,
+)
 from ._sqlite_sql import (
     ATTEMPTS,
     CANCEL_QUEUED,
@@ -343,7 +351,7 @@ class SQLiteJobStore(JobStore):
         # The claimed rows reach the loop before COMMIT, which waits for the disk (a fsync)
         # with the GIL released: the loop makes them into jobs meanwhile. They are handed
         # to the worker only once the commit has succeeded.
-        taken_soon: asyncio.Future[list[dict[str, Any]] | None] = loop.create_future()
+        taken_soon: asyncio.Future[Taken | None] = loop.create_future()
 
         def both(c: sqlite3.Connection) -> list[bool]:
             applied = apply_outcomes(c, outcomes, now)
@@ -362,7 +370,8 @@ class SQLiteJobStore(JobStore):
         committed.add_done_callback(partial(_no_rows_unless_taken, taken_soon))
         try:
             taken = await taken_soon
-            claims = [Claim(job=self._job(row), token=row["token"]) for row in taken or ()]
+            rows = () if taken is None else claimed_rows(taken)
+            claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
             applied = await committed
         except BaseException:
             committed.cancel()  # (its outcome, should it fail, is nobody's to retrieve)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, cast
 
 from ._sqlite_sql import (
     CLAIM,
     COLUMNS,
     FAIL_EXHAUSTED,
+    FINISH_ONE,
     INSERT,
     REAP_ATTEMPTS,
     REAP_CANCELLED,
@@ -29,7 +31,9 @@ from ._store import attempts_lost_error
 from ._values import JobOutcome, JobRequest, error_json, ordered_id
 
 __all__ = (
+    "Taken",
     "apply_outcomes",
+    "claimed_rows",
     "existing_job",
     "insert_jobs",
     "reap",
@@ -118,23 +122,36 @@ def take_due(
     limit: int,
     now: float,
     lease_expires: float,
-) -> list[dict[str, Any]]:
+) -> Taken:
     """Reap, then take up to ``limit`` due jobs in one statement: their rows as taken
-    (``running``, with ``token``), best first."""
+    (``running``, with ``token``), as plain tuples; :func:`claimed_rows` reads them."""
     reap(c, now)
     if limit <= 0 or not task_names:
-        return []
-    query = CLAIM.format(names=", ".join("?" * len(task_names)))
+        return (), []
     prefix = ordered_id()[:24]  # the clock and 32 random bits; the job's seq follows
     params = (worker_id, now, prefix, lease_expires, now, *task_names, limit)
     cursor = c.cursor()
-    cursor.row_factory = None  # plain tuples, made dicts below: sqlite3.Row looks names up slowly
-    rows = cursor.execute(query, params).fetchall()
-    names = [column[0] for column in cursor.description]
-    taken = [dict(zip(names, row, strict=True)) for row in rows]
-    # RETURNING gives no order: the claim's own, best first.
-    taken.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
-    return taken
+    cursor.row_factory = None  # plain tuples: sqlite3.Row looks names up slowly
+    rows = cursor.execute(_claim(len(task_names)), params).fetchall()
+    return [column[0] for column in cursor.description], rows
+
+
+Taken = tuple[Sequence[str], list[tuple[Any, ...]]]
+"""What :func:`take_due` took: the column names, and the rows."""
+
+
+def claimed_rows(taken: Taken) -> list[dict[str, Any]]:
+    """The rows :func:`take_due` took, by column name, best first (RETURNING gives no order).
+    Not on the store's thread: the loop reads them while the claim's commit runs."""
+    names, rows = taken
+    found = [dict(zip(names, row, strict=True)) for row in rows]
+    found.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
+    return found
+
+
+@cache
+def _claim(names: int) -> str:
+    return CLAIM.format(names=", ".join("?" * names))
 
 
 OUTCOMES_PER_STATEMENT = 100
@@ -157,6 +174,24 @@ def token_seq(token: str) -> int:
     return seq if seq <= SEQ_MAX else -1
 
 
+def _all_ended_at_once(
+    c: sqlite3.Connection, outcomes: Sequence[JobOutcome], seqs: list[int], now: float
+) -> bool:
+    """The busy path: end every claim of a batch that gives none back, each row by its own
+    step of one statement; True when each applied, else nothing is changed (a savepoint)."""
+    rows = []
+    for o, seq in zip(outcomes, seqs, strict=True):
+        if o.outcome == "released":
+            return False
+        rows.append((o.outcome, now, o.result, error_json(o.error), seq, o.job_id, o.token))
+    c.execute("SAVEPOINT finish")
+    applied = c.executemany(FINISH_ONE, rows).rowcount == len(rows)
+    if not applied:
+        c.execute("ROLLBACK TO finish")
+    c.execute("RELEASE finish")
+    return applied
+
+
 def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: float) -> list[bool]:
     """End claims (fenced by their tokens); one bool per outcome, True when applied.
 
@@ -169,6 +204,8 @@ def apply_outcomes(c: sqlite3.Connection, outcomes: Sequence[JobOutcome], now: f
     seqs = [token_seq(o.token) for o in outcomes]
     if len(set(seqs)) < len(seqs):  # a job twice (a confused caller): one at a time
         return [apply_outcomes(c, [o], now)[0] for o in outcomes]
+    if len(outcomes) > 1 and _all_ended_at_once(c, outcomes, seqs, now):
+        return [True] * len(outcomes)
     ended: list[Any] = [now]
     released: list[Any] = [now]
     released_seqs = set()

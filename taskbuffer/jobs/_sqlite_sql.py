@@ -18,6 +18,7 @@ __all__ = (
     "DROP_UNUSED",
     "end_attempts",
     "FAIL_EXHAUSTED",
+    "FINISH_ONE",
     "INSERT",
     "NEXT_DUE",
     "PURGE_ATTEMPTS",
@@ -166,6 +167,18 @@ UPDATE taskbuffer_jobs
 SET status = o.outcome, finished_at = ?1, result = o.result, error = o.error,
     lease_expires = NULL, cancel_requested = 0
 {_FENCED}"""
+
+
+# One claim ended, fenced as in finish_many: the busy path runs it through executemany (one
+# prepared statement stepped per row costs less than joining a VALUES list), under a
+# savepoint so that a batch with an outcome fenced out goes back to finish_many, which says
+# which ones applied.
+FINISH_ONE = """
+UPDATE taskbuffer_jobs
+SET status = ?, finished_at = ?, result = ?, error = ?, lease_expires = NULL,
+    cancel_requested = 0
+WHERE seq = ? AND id = ? AND token = ? AND status = 'running'
+"""
 
 
 @cache
