@@ -148,13 +148,14 @@ class JobSide:
             )
             self._worker.start()
 
-    async def _run_job(self, job: Job) -> Any:
+    def _run_job(self, job: Job) -> Awaitable[Any]:
+        # Not a coroutine of its own: the run's (no frame more per job).
         task = self._lookup(job.task_name)
         if task is None:
             from .jobs._worker import TaskGone  # only here: an import per job costs microseconds
 
             raise TaskGone(job.task_name)  # removed since the claim: the job goes back
-        return await self._run(task, job)
+        return self._run(task, job)
 
     async def stop_claiming(self) -> None:
         """First step of the manager's stop: claim nothing more."""

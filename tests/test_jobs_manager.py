@@ -468,3 +468,36 @@ async def test_9_a_jobs_run_emits_the_tasks_usual_events(stores: Callable[..., J
         await m.wait_for_job(job.id)
         await m.stop()
     assert [e.type for e in events] == ["started", "completed"]
+
+
+async def test_a_job_enqueued_while_the_worker_looks_for_work_is_run_without_waiting_a_poll() -> (
+    None
+):
+    # The wake-up of an enqueue that commits while the claimer is between its claim and its
+    # sleep must not be lost (MemoryJobStore polls once an hour: a lost one shows).
+    import time
+
+    from taskbuffer.jobs import JobRequest, MemoryJobStore
+
+    class EnqueuesWhileLooking(MemoryJobStore):
+        pending: list[JobRequest]
+
+        async def next_due_at(self, task_names: Any) -> float | None:
+            due = await super().next_due_at(task_names)
+            while self.pending:
+                await self.enqueue(self.pending.pop(), now=time.time())
+            return due
+
+    store = EnqueuesWhileLooking()
+    store.pending = []
+    ran = asyncio.Event()
+    m = TaskManager(job_store=store)
+    m.add_task(Task(task_function=lambda: ran.set(), name="t"))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    store.pending.append(JobRequest(task_name="t"))
+    async with asyncio.timeout(60):
+        await m.start()
+        await ran.wait()
+        await m.stop()
+    assert loop.time() - began < 1.0

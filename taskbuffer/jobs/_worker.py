@@ -133,8 +133,11 @@ class JobWorker:
             return
         if threading.get_ident() == self._thread:
             # On the loop's own thread (a flush, an enqueue here): set at once, without the
-            # write to the loop's self-pipe and the extra loop iteration that reads it.
-            wake.set()
+            # write to the loop's self-pipe and the extra loop iteration that reads it. Not
+            # while every slot is taken: the claimer would find nothing to do (whatever frees
+            # a slot signals after), and a busy worker's own commits notify it every batch.
+            if len(self._held) < self.concurrency or not self._claiming:
+                wake.set()
             return
         with contextlib.suppress(RuntimeError):  # the loop closed in between
             loop.call_soon_threadsafe(wake.set)
@@ -346,7 +349,8 @@ class JobWorker:
 
     async def _flush_soon(self) -> None:
         try:
-            await asyncio.sleep(0)  # the runs that end in this loop iteration join the batch
+            # Made by the first run to end in this loop iteration: the others of the iteration
+            # ran before this task's first step, so they are in the batch already.
             quiet = self._quiet
             if self._running and quiet is not None:  # others still run: give them a moment
                 with contextlib.suppress(TimeoutError):
