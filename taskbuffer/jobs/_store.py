@@ -142,6 +142,8 @@ class JobStore(abc.ABC):
                 f"methods, not {safe_repr(serializer)}"
             )
         self._serializer = serializer
+        # Most jobs return None: with the default serializer its bytes are known.
+        self._null: bytes | None = b"null" if type(serializer) is JSONSerializer else None
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
 
@@ -215,6 +217,10 @@ class JobStore(abc.ABC):
     def succeeded_outcome(self, claim: Claim, result: Any) -> JobOutcome:
         """The outcome of a claim whose run returned ``result``: ``succeeded`` with the encoded
         result, or ``failed`` with the error when the serializer cannot encode it (semantic 1)."""
+        if result is None and self._null is not None:
+            return JobOutcome(
+                job_id=claim.job.id, token=claim.token, outcome="succeeded", result=self._null
+            )
         try:
             data = self.encode(result, what="result")
         except TypeError as error:
