@@ -22,7 +22,6 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from ._sqlite_ops import (
-    Taken,
     apply_outcomes,
     claimed_rows,
     existing_job,
@@ -61,6 +60,7 @@ from ._values import (
     RenewReport,
     Row,
     attempt_from_row,
+    job_from_columns,
     job_from_row,
     queued_job,
 )
@@ -106,6 +106,9 @@ def _no_rows_unless_taken(taken_soon: asyncio.Future[Any], _: object) -> None:
     wait for its claimed rows (settled in call order, they came first if they came)."""
     if not taken_soon.done():
         taken_soon.set_result(None)
+
+
+_INPUT, _RESULT = 2, 12  # in COLUMNS (Job's fields)
 
 
 class SQLiteJobStore(JobStore):
@@ -244,6 +247,13 @@ class SQLiteJobStore(JobStore):
 
     # -- reads ----------------------------------------------------------------------------
 
+    def _claimed(self, row: tuple[Any, ...]) -> Claim:
+        """The claim of a row that take_due returned: seq, token, then Job's fields."""
+        columns = list(row[2:])
+        columns[_INPUT] = self.decode(columns[_INPUT])
+        columns[_RESULT] = self.decode(columns[_RESULT])
+        return Claim(job=job_from_columns(*columns), token=row[1])
+
     def _job(self, row: Row) -> Job:
         return job_from_row(row, input=self.decode(row["input"]), result=self.decode(row["result"]))
 
@@ -351,7 +361,7 @@ class SQLiteJobStore(JobStore):
         # The claimed rows reach the loop before COMMIT, which waits for the disk (a fsync)
         # with the GIL released: the loop makes them into jobs meanwhile. They are handed
         # to the worker only once the commit has succeeded.
-        taken_soon: asyncio.Future[Taken | None] = loop.create_future()
+        taken_soon: asyncio.Future[list[tuple[Any, ...]] | None] = loop.create_future()
 
         def both(c: sqlite3.Connection) -> list[bool]:
             applied = apply_outcomes(c, outcomes, now)
@@ -370,8 +380,7 @@ class SQLiteJobStore(JobStore):
         committed.add_done_callback(partial(_no_rows_unless_taken, taken_soon))
         try:
             taken = await taken_soon
-            rows = () if taken is None else claimed_rows(taken)
-            claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
+            claims = [self._claimed(row) for row in claimed_rows(taken or [])]
             applied = await committed
         except BaseException:
             committed.cancel()  # (its outcome, should it fail, is nobody's to retrieve)

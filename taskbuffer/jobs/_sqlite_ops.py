@@ -31,7 +31,6 @@ from ._store import attempts_lost_error
 from ._values import JobOutcome, JobRequest, error_json, ordered_id
 
 __all__ = (
-    "Taken",
     "apply_outcomes",
     "claimed_rows",
     "existing_job",
@@ -122,31 +121,28 @@ def take_due(
     limit: int,
     now: float,
     lease_expires: float,
-) -> Taken:
+) -> list[tuple[Any, ...]]:
     """Reap, then take up to ``limit`` due jobs in one statement: their rows as taken
-    (``running``, with ``token``), as plain tuples; :func:`claimed_rows` reads them."""
+    (``running``, with ``token``), as plain tuples: ``seq``, ``token``, then ``COLUMNS``
+    (the order of :class:`~taskbuffer.jobs.Job`'s fields). :func:`claimed_rows` orders them."""
     reap(c, now)
     if limit <= 0 or not task_names:
-        return (), []
+        return []
     prefix = ordered_id()[:24]  # the clock and 32 random bits; the job's seq follows
     params = (worker_id, now, prefix, lease_expires, now, *task_names, limit)
     cursor = c.cursor()
     cursor.row_factory = None  # plain tuples: sqlite3.Row looks names up slowly
-    rows = cursor.execute(_claim(len(task_names)), params).fetchall()
-    return [column[0] for column in cursor.description], rows
+    return cursor.execute(_claim(len(task_names)), params).fetchall()
 
 
-Taken = tuple[Sequence[str], list[tuple[Any, ...]]]
-"""What :func:`take_due` took: the column names, and the rows."""
+_SEQ, _PRIORITY, _RUN_AT = 0, 6, 7  # in a row that take_due returns
 
 
-def claimed_rows(taken: Taken) -> list[dict[str, Any]]:
-    """The rows :func:`take_due` took, by column name, best first (RETURNING gives no order).
-    Not on the store's thread: the loop reads them while the claim's commit runs."""
-    names, rows = taken
-    found = [dict(zip(names, row, strict=True)) for row in rows]
-    found.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
-    return found
+def claimed_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows :func:`take_due` took, best first (RETURNING gives no order). Not on the
+    store's thread: the loop orders them while the claim's commit runs."""
+    rows.sort(key=lambda row: (-row[_PRIORITY], row[_RUN_AT], row[_SEQ]))
+    return rows
 
 
 @cache

@@ -14,7 +14,7 @@ import os
 import time
 import traceback as traceback_module
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -259,28 +259,52 @@ def job_from_row(row: Row, *, input: Any, result: Any) -> Job:
     The column names are the field names of :class:`Job`; stores share this so every engine
     builds jobs the same way.
     """
-    error = row["error"]
-    run_at, created_at = row["run_at"], row["created_at"]
-    created = datetime.fromtimestamp(created_at, UTC)
-    return Job(
-        id=row["id"],
-        task_name=row["task_name"],
-        input=input,
-        status=row["status"],
-        priority=row["priority"],
-        # Most jobs are due when enqueued: one datetime (immutable) serves both.
-        run_at=created if run_at == created_at else datetime.fromtimestamp(run_at, UTC),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        created_at=created,
-        started_at=_when(row["started_at"]),
-        finished_at=_when(row["finished_at"]),
-        worker_id=row["worker_id"],
-        result=result,
-        error=None if error is None else JobError.from_dict(json.loads(error)),
-        dedupe_key=row["dedupe_key"],
-        schedule_key=row["schedule_key"],
-    )
+    return job_from_columns(
+        row["id"], row["task_name"], input, row["status"], row["priority"], row["run_at"],
+        row["attempts"], row["max_attempts"], row["created_at"], row["started_at"],
+        row["finished_at"], row["worker_id"], result, row["error"], row["dedupe_key"],
+        row["schedule_key"],
+    )  # fmt: skip
+
+
+_JOB_FIELDS = tuple(field.name for field in fields(Job))
+# Each slot's own setter: what the frozen dataclass's __init__ reaches through
+# object.__setattr__, a name lookup per field (a claim builds a job per row on the hot path).
+_JOB_SLOTS = tuple(getattr(Job, name).__set__ for name in _JOB_FIELDS)
+_new = object.__new__
+_RUN_AT, _CREATED_AT, _ERROR = map(_JOB_FIELDS.index, ("run_at", "created_at", "error"))
+_MAYBE_AT = (_JOB_FIELDS.index("started_at"), _JOB_FIELDS.index("finished_at"))
+
+_INSTANTS: dict[float, datetime] = {}
+"""Datetimes made lately, by epoch seconds: the jobs of one claim share their start, and those
+enqueued together their creation (datetimes are immutable; the dict is cleared when full)."""
+
+
+def _instant(epoch: float) -> datetime:
+    when = _INSTANTS.get(epoch)
+    if when is None:
+        if len(_INSTANTS) >= 64:
+            _INSTANTS.clear()
+        when = _INSTANTS[epoch] = datetime.fromtimestamp(epoch, UTC)
+    return when
+
+
+def job_from_columns(*columns: Any) -> Job:
+    """:func:`job_from_row` from the columns in the order of :class:`Job`'s fields, with
+    ``input`` and ``result`` decoded and instants and ``error`` as stored."""
+    values = list(columns)
+    values[_RUN_AT] = _instant(values[_RUN_AT])
+    values[_CREATED_AT] = _instant(values[_CREATED_AT])
+    for at in _MAYBE_AT:
+        if values[at] is not None:
+            values[at] = _instant(values[at])
+    error = values[_ERROR]
+    if error is not None:
+        values[_ERROR] = JobError.from_dict(json.loads(error))
+    job = _new(Job)
+    for set_slot, value in zip(_JOB_SLOTS, values, strict=True):
+        set_slot(job, value)
+    return job
 
 
 def attempt_from_row(row: Row) -> JobAttempt:
