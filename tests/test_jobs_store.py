@@ -263,6 +263,24 @@ async def test_3_a_batch_that_gives_nothing_back_applies_only_its_live_outcomes(
     assert await store.finish([done(c)], now=T0 + 2) == [True]
 
 
+async def test_3_a_batch_of_successes_with_one_fenced_out_applies_the_others(
+    store: JobStore,
+) -> None:
+    await store.enqueue_many([request(input=i) for i in range(3)], now=T0)
+    a, b, c = await claim(store, limit=3)
+    forged = ("0" if b.token[0] != "0" else "1") + b.token[1:]
+    batch = [done(a, result=b"1"), done(b, result=b"2"), done(c, result=b"3")]
+    batch[1] = JobOutcome(job_id=b.job.id, token=forged, outcome="succeeded", result=b"2")
+    assert await store.finish(batch, now=T0 + 1) == [True, False, True]
+    got = [await store.get(x.job.id) for x in (a, b, c)]
+    assert [(j.status, j.result) for j in got if j] == [
+        ("succeeded", 1),
+        ("running", None),
+        ("succeeded", 3),
+    ]
+    assert await store.finish([done(b, result=b"2")], now=T0 + 2) == [True]
+
+
 async def test_3_a_batch_of_many_outcomes_applies_them_all(store: JobStore) -> None:
     await store.enqueue_many([request(input=i) for i in range(250)], now=T0)
     claims = await claim(store, limit=250)

@@ -18,6 +18,7 @@ from ._sqlite_sql import (
     COLUMNS,
     FAIL_EXHAUSTED,
     FINISH_ONE,
+    FINISH_SUCCEEDED,
     INSERT,
     REAP_ATTEMPTS,
     REAP_CANCELLED,
@@ -170,18 +171,32 @@ def token_seq(token: str) -> int:
     return seq if seq <= SEQ_MAX else -1
 
 
+def _all_succeeded(
+    outcomes: Sequence[JobOutcome], seqs: list[int], now: float
+) -> tuple[str, list[tuple[Any, ...]]]:
+    """FINISH_SUCCEEDED's rows when every outcome is a success with a result (else none)."""
+    rows: list[tuple[Any, ...]] = []
+    for o, seq in zip(outcomes, seqs, strict=True):
+        if o.outcome != "succeeded" or o.result is None:
+            return FINISH_SUCCEEDED, []
+        rows.append((now, bytearray(o.result), seq, o.job_id, o.token))
+    return FINISH_SUCCEEDED, rows
+
+
 def _all_ended_at_once(
     c: sqlite3.Connection, outcomes: Sequence[JobOutcome], seqs: list[int], now: float
 ) -> bool:
     """The busy path: end every claim of a batch that gives none back, each row by its own
     step of one statement; True when each applied, else nothing is changed (a savepoint)."""
-    rows = []
-    for o, seq in zip(outcomes, seqs, strict=True):
-        if o.outcome == "released":
-            return False
-        rows.append((o.outcome, now, o.result, error_json(o.error), seq, o.job_id, o.token))
+    statement, rows = _all_succeeded(outcomes, seqs, now)
+    if not rows:
+        statement = FINISH_ONE
+        for o, seq in zip(outcomes, seqs, strict=True):
+            if o.outcome == "released":
+                return False
+            rows.append((o.outcome, now, o.result, error_json(o.error), seq, o.job_id, o.token))
     c.execute("SAVEPOINT finish")
-    applied = c.executemany(FINISH_ONE, rows).rowcount == len(rows)
+    applied = c.executemany(statement, rows).rowcount == len(rows)
     if not applied:
         c.execute("ROLLBACK TO finish")
     c.execute("RELEASE finish")

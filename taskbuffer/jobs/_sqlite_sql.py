@@ -19,6 +19,7 @@ __all__ = (
     "end_attempts",
     "FAIL_EXHAUSTED",
     "FINISH_ONE",
+    "FINISH_SUCCEEDED",
     "INSERT",
     "NEXT_DUE",
     "PURGE_ATTEMPTS",
@@ -176,6 +177,18 @@ SET status = o.outcome, finished_at = ?1, result = o.result, error = o.error,
 FINISH_ONE = """
 UPDATE taskbuffer_jobs
 SET status = ?, finished_at = ?, result = ?, error = ?, lease_expires = NULL,
+    cancel_requested = 0
+WHERE seq = ? AND id = ? AND token = ? AND status = 'running'
+"""
+
+
+# FINISH_ONE for a batch in which every job succeeded, with no parameter that is None or
+# bytes (the result goes as a bytearray): the sqlite3 module binds other types through its
+# adapter lookup, which costs more than the rest of binding a row (two failed attribute
+# lookups, each formatting an AttributeError).
+FINISH_SUCCEEDED = """
+UPDATE taskbuffer_jobs
+SET status = 'succeeded', finished_at = ?, result = ?, error = NULL, lease_expires = NULL,
     cancel_requested = 0
 WHERE seq = ? AND id = ? AND token = ? AND status = 'running'
 """
