@@ -20,6 +20,7 @@ from ._sqlite_sql import (
     FINISH_ONE,
     FINISH_SUCCEEDED,
     INSERT,
+    INSERT_PLAIN,
     REAP_ATTEMPTS,
     REAP_CANCELLED,
     REAP_EXHAUSTED,
@@ -82,16 +83,17 @@ def insert_jobs(
             continue
         job_id = ordered_id()
         run_at = now if request.run_at is None else request.run_at
-        values = (job_id, request.task_name, data, request.priority, run_at,
-                  request.max_attempts, now, request.dedupe_key, request.schedule_key)  # fmt: skip
         if request.schedule_key is None and request.dedupe_key is None:
-            fresh.append(values)
+            fresh.append((job_id, request.task_name, bytearray(data), request.priority, run_at,
+                          request.max_attempts, now))  # fmt: skip
         else:  # inserted at once, in order: a later request of this batch may meet it
-            c.executemany(INSERT, fresh)
+            c.executemany(INSERT_PLAIN, fresh)
             fresh.clear()
-            c.execute(INSERT, values)
+            c.execute(INSERT, (job_id, request.task_name, data, request.priority, run_at,
+                               request.max_attempts, now, request.dedupe_key,
+                               request.schedule_key))  # fmt: skip
         found.append(job_id)
-    c.executemany(INSERT, fresh)
+    c.executemany(INSERT_PLAIN, fresh)
     return found
 
 

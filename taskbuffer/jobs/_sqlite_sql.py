@@ -21,6 +21,7 @@ __all__ = (
     "FINISH_ONE",
     "FINISH_SUCCEEDED",
     "INSERT",
+    "INSERT_PLAIN",
     "NEXT_DUE",
     "PURGE_ATTEMPTS",
     "PURGE_JOBS",
@@ -245,6 +246,14 @@ INSERT = """
 INSERT INTO taskbuffer_jobs (id, task_name, input, status, priority, run_at, max_attempts,
     created_at, dedupe_key, schedule_key)
 VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)
+"""
+
+# INSERT for a job without keys, with no parameter that is None or bytes (the input goes as a
+# bytearray): see FINISH_SUCCEEDED.
+INSERT_PLAIN = """
+INSERT INTO taskbuffer_jobs (id, task_name, input, status, priority, run_at, max_attempts,
+    created_at)
+VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)
 """
 
 NEXT_DUE = """
