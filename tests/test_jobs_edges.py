@@ -30,6 +30,7 @@ from taskbuffer.jobs import (
     JobOutcome,
     JobRequest,
     JobStore,
+    JSONSerializer,
     MemoryJobStore,
     SQLiteJobStore,
 )
@@ -828,3 +829,24 @@ async def test_a_sqlite_claim_cancelled_waiting_for_the_lock_holds_its_jobs_unti
     finally:
         other.close()
         await sqlite_store.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b"null", None),
+        (b"12", 12),
+        (b" 12 ", 12),
+        (b'{"a": [1, 2.5, "x"], "b": null}', {"a": [1, 2.5, "x"], "b": None}),
+        ('"caf\u00e9"'.encode(), "caf\u00e9"),
+        (b"\n[true]\n", [True]),
+    ],
+)
+def test_the_default_serializer_reads_any_json_document(data: bytes, value: Any) -> None:
+    assert JSONSerializer().loads(data) == value
+
+
+@pytest.mark.parametrize("data", [b"", b" ", b"1 2", b"[1,", b"nul", b"1x", b"{} []"])
+def test_the_default_serializer_refuses_what_is_not_one_json_document(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        JSONSerializer().loads(data)
