@@ -191,13 +191,11 @@ class SQLiteJobStore(JobStore):
         connection.execute("BEGIN IMMEDIATE")
         try:
             result = function(connection)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        try:
             connection.execute("COMMIT")
         except BaseException:
-            if connection.in_transaction:  # a failed COMMIT may leave it open
+            # A statement (or COMMIT) that fails on the disk (full, I/O error) may have
+            # rolled the transaction back already: a ROLLBACK then raises instead of it.
+            if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
         return result
