@@ -15,19 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 
 from ._sqlite_ops import (
+    BUSY_TIMEOUT,
     apply_outcomes,
     claimed_rows,
     existing_job,
     insert_jobs,
     take_due,
     token_seq,
+    use_wal,
 )
 from ._sqlite_sql import (
     ATTEMPTS,
@@ -68,37 +69,6 @@ from ._values import (
 __all__ = ("SQLiteJobStore",)
 
 R = TypeVar("R")
-
-BUSY_TIMEOUT = 10.0
-"""Seconds a write waits for another process's write lock before failing."""
-
-
-def _use_wal(connection: sqlite3.Connection) -> None:
-    """Put the file in WAL mode (a property of the file: a no-op once it is).
-
-    Converting a fresh file needs it alone, and SQLite does not wait out ``busy_timeout`` for
-    that lock: a store opened while another connection converts (or writes) the fresh file
-    was refused at once ("database is locked"). It tries again, backing off, for as long as a
-    write would wait.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    delay = 0.001
-    while True:
-        try:
-            (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            mode = None
-        if mode in ("wal", "memory"):  # (an in-memory database keeps its own journal)
-            return
-        if time.monotonic() >= deadline:
-            raise sqlite3.OperationalError(
-                f"could not put the database in WAL mode within {BUSY_TIMEOUT:g} s "
-                f"(journal mode {mode!r}): another connection holds it"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def _no_rows_unless_taken(taken_soon: asyncio.Future[Any], _: object) -> None:
@@ -145,7 +115,7 @@ class SQLiteJobStore(JobStore):
         try:
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
-            _use_wal(connection)
+            use_wal(connection)
             connection.execute("PRAGMA synchronous=FULL")
             self._write(connection, self._create_schema)
             self._data_version = connection.execute("PRAGMA data_version").fetchone()[0]

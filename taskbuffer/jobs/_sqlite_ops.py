@@ -1,5 +1,6 @@
 """The write transactions' bodies of the SQLite job store, on a connection inside one
-``BEGIN IMMEDIATE`` (taken by the store): reaping, claiming, ending claims, enqueueing.
+``BEGIN IMMEDIATE`` (taken by the store): reaping, claiming, ending claims, enqueueing; and
+putting a file in WAL mode when the store's connection opens it.
 
 Kept apart from :mod:`taskbuffer.jobs._sqlite` so that a worker's busy cycle can end its
 runs and claim their replacements in ONE transaction (:func:`apply_outcomes` then
@@ -9,6 +10,7 @@ runs and claim their replacements in ONE transaction (:func:`apply_outcomes` the
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, cast
@@ -33,6 +35,7 @@ from ._store import attempts_lost_error
 from ._values import JobOutcome, JobRequest, error_json, ordered_id
 
 __all__ = (
+    "BUSY_TIMEOUT",
     "apply_outcomes",
     "claimed_rows",
     "existing_job",
@@ -40,7 +43,40 @@ __all__ = (
     "reap",
     "take_due",
     "token_seq",
+    "use_wal",
 )
+
+
+BUSY_TIMEOUT = 10.0
+"""Seconds a write waits for another process's write lock before failing."""
+
+
+def use_wal(connection: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a property of the file: a no-op once it is).
+
+    Converting a fresh file needs it alone, and SQLite does not wait out ``busy_timeout`` for
+    that lock: a store opened while another connection converts (or writes) the fresh file
+    was refused at once ("database is locked"). It tries again, backing off, for as long as a
+    write would wait.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            mode = None
+        if mode in ("wal", "memory"):  # (an in-memory database keeps its own journal)
+            return
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(
+                f"could not put the database in WAL mode within {BUSY_TIMEOUT:g} s "
+                f"(journal mode {mode!r}): another connection holds it"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def existing_job(c: sqlite3.Connection, request: JobRequest) -> sqlite3.Row | None:
