@@ -238,7 +238,12 @@ class JobWorker:
     async def _execute(self, held: _Held) -> None:
         claim = held.claim
         try:
-            outcome = await self._outcome(held)
+            try:  # the run is awaited here, not in a coroutine more (one per job)
+                result = await self._run(claim.job)
+            except BaseException as error:
+                outcome = self._outcome_of_error(held, error)
+            else:
+                outcome = self._succeeded(held, result)
         except BaseException:  # an interrupt, raised out of the loop: give the job back
             self._ended_run(held)
             if not held.lost:
@@ -267,40 +272,38 @@ class JobWorker:
         if self._running == 0 and self._quiet is not None:
             self._quiet.set()
 
-    async def _outcome(self, held: _Held) -> JobOutcome | None:
-        """Run the job and say how its claim ends (``None``: the lease was lost).
-
-        Only this worker (or the loop's end) cancels a runner; a ``CancelledError`` that
-        the job's own code raises ends the job ``cancelled``, for good, and any other
-        error from the run (``TaskNotFoundError`` and ``BaseException`` subclasses
-        included) fails it: given back, the job would only run and fail again. A
-        ``KeyboardInterrupt`` or ``SystemExit`` leaves (see :meth:`_execute`).
-        """
-        runner = held.runner  # this task (set before it first ran)
-        assert runner is not None
-        try:
-            result = await self._run(held.claim.job)
-        except asyncio.CancelledError as error:
-            if runner.cancelling():
-                return self._interrupted(held, None)
-            return self._ended(held, "cancelled", JobError.from_exception(error))
-        except TaskGone:
-            return self._ended(held, "released", None)
-        except TaskManagerStoppedError as error:
-            return self._interrupted(held, error)
-        except Exception as error:
-            return self._ended(held, "failed", JobError.from_exception(error))
-        except BaseException as error:
-            if isinstance(error, KeyboardInterrupt | SystemExit):
-                runner.add_done_callback(_retrieve)  # the loop raises it; give the job back
-                raise
-            return self._ended(held, "failed", JobError.from_exception(error))
+    def _succeeded(self, held: _Held, result: Any) -> JobOutcome | None:
+        """How the claim of a run that returned ``result`` ends (``None``: the lease was lost)."""
         if held.lost:
             return None
         try:
             return self.store.succeeded_outcome(held.claim, result)
         except Exception as error:  # a serializer that fails otherwise than encode() expects
             return self._ended(held, "failed", JobError.from_exception(error))
+
+    def _outcome_of_error(self, held: _Held, error: BaseException) -> JobOutcome | None:
+        """How the claim of a run that raised ``error`` ends (``None``: the lease was lost).
+
+        Only this worker (or the loop's end) cancels a runner; a ``CancelledError`` that
+        the job's own code raises ends the job ``cancelled``, for good, and any other
+        error from the run (``TaskNotFoundError`` and ``BaseException`` subclasses
+        included) fails it: given back, the job would only run and fail again. A
+        ``KeyboardInterrupt`` or ``SystemExit`` is raised again (see :meth:`_execute`).
+        """
+        runner = held.runner  # this task (set before it first ran)
+        assert runner is not None
+        if isinstance(error, asyncio.CancelledError):
+            if runner.cancelling():
+                return self._interrupted(held, None)
+            return self._ended(held, "cancelled", JobError.from_exception(error))
+        if isinstance(error, TaskGone):
+            return self._ended(held, "released", None)
+        if isinstance(error, TaskManagerStoppedError):
+            return self._interrupted(held, error)
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            runner.add_done_callback(_retrieve)  # the loop raises it; give the job back
+            raise error
+        return self._ended(held, "failed", JobError.from_exception(error))
 
     @staticmethod
     def _cancelled_here() -> bool:
