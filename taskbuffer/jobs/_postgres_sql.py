@@ -9,9 +9,11 @@ audit trail together; ``pg_notify`` inside a statement is delivered when it comm
 Instants are epoch seconds (``float8``) passed in by the caller, never the server's clock
 (see :class:`~taskbuffer.jobs.JobStore`). The columns are those of the SQLite store, with
 ``claims`` added: the number of the job's attempts so far, released ones included, which
-numbers the attempt under way. An attempt's row in ``taskbuffer_job_attempts`` is written
-once, when it ends (finish, release, or reaped ``lost``); the attempt under way is read from
-the job's row (its ``worker_id`` and ``started_at``): one write per attempt instead of two.
+numbers the latest attempt. As in the SQLite store, that attempt lives in the job's own row
+while the row holds its claim's token (running, or ended by its worker: a finish leaves the
+token) and no row of ``taskbuffer_job_attempts`` has its number: an attempt gets a row of its
+own only when it ends otherwise (``released``, reaped ``lost``) or a retry begins the next
+one. The busy path, a claim that succeeds, writes no audit row at all.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
 # claimed in this same call, as if reaped first); ``picked`` takes the best of them, which
 # ``claimed`` takes over; the other expired jobs meet their fate in ``reaped``. No row is
 # updated twice. The error of a job whose attempts were all lost comes from the store's
-# templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
+# templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count). A
+# claim's token is $10 (fresh for each statement) followed by the job's seq, unique to it.
 _CLAIM_CTES = f"""
 expired AS (
     SELECT id, priority, run_at, seq, task_name, attempts, claims, worker_id, started_at,
@@ -188,8 +191,7 @@ expired AS (
     UPDATE taskbuffer_jobs j
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $4, started_at = $1, lease_expires = $1 + $5,
-        token = lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1e6)::bigint), 16, '0')
-                || left(replace(gen_random_uuid()::text, '-', ''), 16)  -- ordered: see ordered_id
+        token = $10::text || to_hex(j.seq)  -- a fixed-width prefix fresh for each statement
     WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 )
@@ -202,7 +204,9 @@ CLAIM = (
 )
 
 # Ends claims, fenced by their tokens. A job given back whose cancel was asked while it ran
-# ends cancelled (given back, it would run again elsewhere until its first renewal).
+# ends cancelled (given back, it would run again elsewhere until its first renewal). Only a
+# release writes an audit row (the next claim takes the row's token); an older library's row
+# of the same attempt is completed instead (ON CONFLICT).
 _FINISH = """
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
@@ -226,6 +230,7 @@ WITH o AS (
     INSERT INTO taskbuffer_job_attempts AS a
         (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
     SELECT id, claims, worker_id, started_at, $6, outcome, error FROM upd
+    WHERE outcome = 'released'  -- other outcomes stay in the job's row (with its token)
     ON CONFLICT (job_id, attempt)
         DO UPDATE SET outcome = EXCLUDED.outcome, finished_at = $6, error = EXCLUDED.error
 )
@@ -300,12 +305,26 @@ WITH asked AS (
 SELECT id, CASE status WHEN 'cancelled' THEN pg_notify($3, $4) END FROM asked
 """
 
+# A retry first gives the ended attempt that the job's row holds a row of its own (the
+# row's state read once it is locked: a retry that waited for another finds it queued).
 RETRY = f"""
-UPDATE taskbuffer_jobs
+WITH old AS (
+    SELECT id, claims, worker_id, started_at, finished_at, status, error, token
+    FROM taskbuffer_jobs WHERE id = $1 AND status IN ('failed', 'cancelled')
+    FOR UPDATE
+), kept AS (
+    INSERT INTO taskbuffer_job_attempts
+        (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, claims, worker_id, started_at, finished_at, status, error FROM old
+    WHERE token IS NOT NULL
+    ON CONFLICT (job_id, attempt) DO NOTHING
+)
+UPDATE taskbuffer_jobs j
 SET status = 'queued', run_at = $2, attempts = 0, result = NULL, error = NULL,
     finished_at = NULL, token = NULL, lease_expires = NULL, cancel_requested = false
-WHERE id = $1 AND status IN ('failed', 'cancelled')
-RETURNING {COLUMNS}, (SELECT pg_notify($3, $4))
+FROM old
+WHERE j.id = $1 AND j.id = old.id
+RETURNING {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}, (SELECT pg_notify($3, $4))
 """
 
 ANALYZED_ROWS = "SELECT reltuples FROM pg_class WHERE oid = 'taskbuffer_jobs'::regclass"
@@ -320,12 +339,19 @@ ORDER BY created_at DESC, seq DESC
 LIMIT $3 OFFSET $4
 """
 
+# The job's rows, then the attempt its own row holds (see the module's docstring).
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = $1
 UNION ALL
-SELECT id, claims, worker_id, started_at, NULL, NULL, NULL
-FROM taskbuffer_jobs WHERE id = $1 AND status = 'running'
+SELECT id, claims, worker_id, started_at,
+       CASE status WHEN 'running' THEN NULL ELSE finished_at END,
+       CASE status WHEN 'running' THEN NULL ELSE status END,
+       CASE status WHEN 'running' THEN NULL ELSE error END
+FROM taskbuffer_jobs j
+WHERE id = $1 AND token IS NOT NULL AND status <> 'queued'
+  AND NOT EXISTS (SELECT FROM taskbuffer_job_attempts a
+                  WHERE a.job_id = j.id AND a.attempt = j.claims)
 ORDER BY attempt
 """
 

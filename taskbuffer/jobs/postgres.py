@@ -75,6 +75,12 @@ def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
     return {(row["id"], row["token"]) for row in rows}
 
 
+def _token_prefix() -> str:
+    """The first part of the lease tokens of one claim statement (each try its own): the
+    start of a fresh :func:`ordered_id`, unique with the seq of the job that follows it."""
+    return ordered_id()[:24]
+
+
 def _asyncpg_dsn(dsn: str) -> str:
     """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
     if dsn.startswith("postgresql+"):
@@ -151,7 +157,9 @@ class PostgresJobStore(JobStore):
         found = await connection.fetchval(sql.VERSION)
         if found is not None:
             check_schema_version(int(found), where=self._where())
-        if found is None or int(found) < SCHEMA_VERSION:  # (version 1: two indexes to drop)
+        # Version 1 had two indexes more; 2 wrote an audit row for every attempt, which 3 reads
+        # the same (a row numbered as the job's latest attempt hides the one the job holds).
+        if found is None or int(found) < SCHEMA_VERSION:
             await connection.execute(sql.SCHEMA if found is None else sql.DROP_UNUSED)
             await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
@@ -286,7 +294,7 @@ class PostgresJobStore(JobStore):
         """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
         args = self._claim_args(worker_id, task_names, limit, now)
-        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args))
+        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args, _token_prefix()))
         return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
     def _claim_args(
@@ -341,13 +349,15 @@ class PostgresJobStore(JobStore):
             if claim is None:
                 return _applied(await connection.fetch(statement, *finish)), []
             if tries == 1 and outcomes:  # the busy cycle: one statement
-                rows = await connection.fetch(sql.FINISH_AND_CLAIM, *finish, *claim)
+                rows = await connection.fetch(
+                    sql.FINISH_AND_CLAIM, *finish, *claim, _token_prefix()
+                )
                 ids, tokens = rows[0]["done_ids"] or (), rows[0]["done_tokens"] or ()
                 applied = set(zip(ids, tokens, strict=True))
                 return applied, [row for row in rows if row["id"] is not None]
             async with connection.transaction():
                 done = await connection.fetch(statement, *finish) if outcomes else []
-                return _applied(done), await connection.fetch(sql.CLAIM, *claim)
+                return _applied(done), await connection.fetch(sql.CLAIM, *claim, _token_prefix())
 
         applied, rows = await self._link.run(both)
         if outcomes:
