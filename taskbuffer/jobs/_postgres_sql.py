@@ -24,6 +24,7 @@ __all__ = (
     "ANALYZE",
     "ANALYZED_ROWS",
     "ATTEMPTS",
+    "BUSY",
     "CANCEL",
     "CHANNEL",
     "CLAIM",
@@ -266,6 +267,57 @@ FROM done LEFT JOIN (
 ORDER BY c.n
 """
 )
+
+# The busy cycle when no outcome gives a job back and no lease ran out (nearly always):
+# FINISH_AND_CLAIM without its audit insert and its reaping, whose plan nodes (two inserts
+# and an update more, each opening its table and indexes) every run of a statement
+# initialises even when they have nothing to do. When some other job's lease ran out, the
+# statement fails (a text that is no integer, so the whole of it is undone) and the store
+# runs FINISH_AND_CLAIM instead, which reaps first. $9 on: task names, limit, worker id, lease,
+# token prefix; $6 is the instant of both parts. Rows as FINISH_AND_CLAIM's.
+BUSY = f"""
+WITH o AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+        AS o(id, token, outcome, result, error)
+), upd AS (
+    UPDATE taskbuffer_jobs j
+    SET status = o.outcome, finished_at = $6::float8, result = o.result, error = o.error,
+        lease_expires = NULL, cancel_requested = false
+    FROM o
+    WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
+      AND j.status = 'running'
+    RETURNING j.id, o.token
+), due AS (
+    SELECT id FROM taskbuffer_jobs
+    WHERE status = 'queued' AND run_at <= $6 AND task_name = ANY ($9::text[])
+    ORDER BY priority DESC, run_at, seq
+    LIMIT $10
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE taskbuffer_jobs j
+    SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
+        worker_id = $11, started_at = $6, lease_expires = $6 + $12,
+        token = $13::text || to_hex(j.seq)
+    WHERE j.id = ANY (ARRAY (SELECT id FROM due))  -- the primary key, in any plan
+    RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
+), done AS (
+    SELECT array_agg(id) AS ids, array_agg(token) AS tokens FROM upd
+), noted AS (
+    SELECT pg_notify($7, $8) FROM upd LIMIT 1
+)
+SELECT CASE WHEN c.n IS NULL OR c.n = 1 THEN done.ids END AS done_ids,
+       CASE WHEN c.n IS NULL OR c.n = 1 THEN done.tokens END AS done_tokens,
+       (SELECT count(*) FROM noted) AS noted,
+       (CASE WHEN EXISTS (SELECT FROM taskbuffer_jobs e
+                          WHERE e.status = 'running' AND e.lease_expires <= $6
+                            AND NOT EXISTS (SELECT FROM o WHERE o.id = e.id AND o.token = e.token))
+             THEN 'taskbuffer: a lease ran out, reaping' ELSE '1' END)::int AS none_expired,
+       c.*
+FROM done LEFT JOIN (
+    SELECT *, row_number() OVER (ORDER BY priority DESC, run_at, seq) AS n FROM claimed
+) AS c ON true
+ORDER BY c.n
+"""
 
 # The same, run again after a lost connection: an outcome counts as applied also when an
 # earlier try of it had committed (the job has its status and still its token).

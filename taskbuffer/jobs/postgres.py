@@ -23,7 +23,7 @@ reports them when it is back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from .._validation import check_seconds, safe_repr
 from . import _postgres_sql as sql
-from ._postgres_link import Connection, PostgresLink
+from ._postgres_link import Connection, PostgresLink, asyncpg_dsn, shown_dsn
+from ._postgres_ops import applied_outcomes, finish_and_claim_rows, refresh_statistics, token_prefix
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
 from ._values import (
     Claim,
@@ -71,23 +72,6 @@ _LOST_TEMPLATES = (
 )  # a request whose conflicting job finishes meanwhile is inserted again
 
 
-def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
-    return {(row["id"], row["token"]) for row in rows}
-
-
-def _token_prefix() -> str:
-    """The first part of the lease tokens of one claim statement (each try its own): the
-    start of a fresh :func:`ordered_id`, unique with the seq of the job that follows it."""
-    return ordered_id()[:24]
-
-
-def _asyncpg_dsn(dsn: str) -> str:
-    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
-    if dsn.startswith("postgresql+"):
-        return "postgresql://" + dsn.split("://", 1)[1]
-    return dsn
-
-
 class PostgresJobStore(JobStore):
     """Jobs in PostgreSQL (see :class:`~taskbuffer.jobs.JobStore` for the shared options).
 
@@ -112,7 +96,7 @@ class PostgresJobStore(JobStore):
         dsn: str | None = None
         pool: asyncpg.Pool[asyncpg.Record] | None = None
         if isinstance(dsn_or_pool, str):
-            dsn = _asyncpg_dsn(dsn_or_pool)
+            dsn = asyncpg_dsn(dsn_or_pool)
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             pool = dsn_or_pool
         else:
@@ -164,13 +148,7 @@ class PostgresJobStore(JobStore):
             await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
     def _where(self) -> str:
-        if self._dsn is None:
-            return "(a given asyncpg pool)"
-        head, at, tail = self._dsn.rpartition("@")
-        if not at:
-            return repr(self._dsn)
-        scheme, _, user = head.partition("://")
-        return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
+        return shown_dsn(self._dsn)
 
     def _on_notification(self, payload: str) -> None:
         if payload != self._id:  # our own commits notified our subscribers already
@@ -205,21 +183,8 @@ class PostgresJobStore(JobStore):
 
         jobs = await self._link.run(insert)
         if len(requests) >= ANALYZE_BATCH:
-            await self._link.run(self._refresh_statistics(len(requests)))
+            await self._link.run(refresh_statistics(len(requests)))
         return jobs
-
-    @staticmethod
-    def _refresh_statistics(added: int) -> Callable[[Connection], Awaitable[None]]:
-        """ANALYZE the jobs table when a batch of ``added`` jobs at least doubled it since its
-        statistics were taken (none yet: -1): else, until autovacuum's next pass (up to a
-        minute), the planner takes the queue for tiny and each claim sorts every queued job."""
-
-        async def refresh(connection: Connection) -> None:
-            analyzed = await connection.fetchval(sql.ANALYZED_ROWS)
-            if analyzed is None or analyzed <= added:
-                await connection.execute(sql.ANALYZE)
-
-        return refresh
 
     async def _insert(
         self,
@@ -294,7 +259,7 @@ class PostgresJobStore(JobStore):
         """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
         args = self._claim_args(worker_id, task_names, limit, now)
-        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args, _token_prefix()))
+        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args, token_prefix()))
         return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
     def _claim_args(
@@ -347,17 +312,13 @@ class PostgresJobStore(JobStore):
             tries += 1  # a second try may find its first one committed
             statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
             if claim is None:
-                return _applied(await connection.fetch(statement, *finish)), []
+                return applied_outcomes(await connection.fetch(statement, *finish)), []
             if tries == 1 and outcomes:  # the busy cycle: one statement
-                rows = await connection.fetch(
-                    sql.FINISH_AND_CLAIM, *finish, *claim, _token_prefix()
-                )
-                ids, tokens = rows[0]["done_ids"] or (), rows[0]["done_tokens"] or ()
-                applied = set(zip(ids, tokens, strict=True))
-                return applied, [row for row in rows if row["id"] is not None]
+                return await finish_and_claim_rows(connection, outcomes, finish, claim)
             async with connection.transaction():
                 done = await connection.fetch(statement, *finish) if outcomes else []
-                return _applied(done), await connection.fetch(sql.CLAIM, *claim, _token_prefix())
+                claimed = await connection.fetch(sql.CLAIM, *claim, token_prefix())
+                return applied_outcomes(done), claimed
 
         applied, rows = await self._link.run(both)
         if outcomes:
