@@ -387,18 +387,24 @@ async def test_a_database_of_schema_version_2_is_upgraded_with_its_trails_unchan
     await store.close()
     dsn = postgres_job_backend.dsns[id(store)]
     connection = await asyncpg.connect(dsn)
-    try:  # what version 2 left: a row for each attempt that ended
+    try:  # what version 2 left: a row for each attempt that ended, running jobs indexed
         await connection.execute(
             "INSERT INTO taskbuffer_job_attempts SELECT id, claims, worker_id, started_at, "
             "finished_at, status, error FROM taskbuffer_jobs WHERE status <> 'running'; "
+            "DROP INDEX taskbuffer_jobs_created; "
+            "CREATE INDEX taskbuffer_jobs_created ON taskbuffer_jobs (created_at, seq); "
             "UPDATE taskbuffer_meta SET value = '2' WHERE key = 'schema_version'"
         )
         again = postgres_job_backend.another(store)
         await again.open()
         version = "SELECT value FROM taskbuffer_meta WHERE key = 'schema_version'"
         assert await connection.fetchval(version) == str(SCHEMA_VERSION)
+        created = "SELECT indexdef FROM pg_indexes WHERE indexname = 'taskbuffer_jobs_created'"
+        assert (await connection.fetchval(created)).endswith("WHERE (status <> 'running'::text)")
     finally:
         await connection.close()
+    assert [j.id for j in await again.list_jobs()] == [running.id, failed.id, done.id]
+    assert [j.id for j in await again.list_jobs(status="running")] == [running.id]
     assert _trail(await again.attempts(done.id)) == [(1, "old", "succeeded", T0 + 2)]
     assert _trail(await again.attempts(failed.id)) == [(1, "old", "failed", T0 + 2)]
     assert _trail(await again.attempts(running.id)) == [(1, "old", None, None)]

@@ -51,9 +51,11 @@ __all__ = (
 CHANNEL = "taskbuffer_jobs"
 """The LISTEN/NOTIFY channel; the payload is the notifying store's id."""
 
-# Indexes of schema version 1 that nothing needs (renewals find their few running jobs
-# through the lease index): dropped when a store upgrades the database.
-DROP_UNUSED = "DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished"
+# Dropped when a store upgrades the database (then SCHEMA makes what is missing): two indexes
+# of version 1 that nothing reads, and the index of creation instants, which held running jobs.
+DROP_UNUSED = (
+    "DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished, taskbuffer_jobs_created"
+)
 
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('taskbuffer_jobs_schema'))"
 META = "CREATE TABLE IF NOT EXISTS taskbuffer_meta (key text PRIMARY KEY, value text NOT NULL)"
@@ -96,7 +98,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
     ON taskbuffer_jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS taskbuffer_jobs_created ON taskbuffer_jobs (created_at, seq);
+CREATE INDEX IF NOT EXISTS taskbuffer_jobs_created
+    ON taskbuffer_jobs (created_at, seq) WHERE status <> 'running';
 CREATE TABLE IF NOT EXISTS taskbuffer_job_attempts (
     job_id text NOT NULL,
     attempt integer NOT NULL,
@@ -268,13 +271,11 @@ ORDER BY c.n
 """
 )
 
-# The busy cycle when no outcome gives a job back and no lease ran out (nearly always):
-# FINISH_AND_CLAIM without its audit insert and its reaping, whose plan nodes (two inserts
-# and an update more, each opening its table and indexes) every run of a statement
-# initialises even when they have nothing to do. When some other job's lease ran out, the
-# statement fails (a text that is no integer, so the whole of it is undone) and the store
-# runs FINISH_AND_CLAIM instead, which reaps first. $9 on: task names, limit, worker id, lease,
-# token prefix; $6 is the instant of both parts. Rows as FINISH_AND_CLAIM's.
+# The busy cycle when no job is given back and no lease ran out (nearly always): FINISH_AND_CLAIM
+# without the audit insert and reaping whose plan nodes every run initialises. When another
+# job's lease ran out the statement fails as a whole (a text cast to int) and the store runs
+# FINISH_AND_CLAIM, which reaps first. The claim takes the rows it locked by ctid (no look-up
+# of ids). $9 on: task names, limit, worker id, lease, token prefix; $6 is both parts' instant.
 BUSY = f"""
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
@@ -288,7 +289,7 @@ WITH o AS (
       AND j.status = 'running'
     RETURNING j.id, o.token
 ), due AS (
-    SELECT id FROM taskbuffer_jobs
+    SELECT ctid FROM taskbuffer_jobs
     WHERE status = 'queued' AND run_at <= $6 AND task_name = ANY ($9::text[])
     ORDER BY priority DESC, run_at, seq
     LIMIT $10
@@ -298,7 +299,7 @@ WITH o AS (
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $11, started_at = $6, lease_expires = $6 + $12,
         token = $13::text || to_hex(j.seq)
-    WHERE j.id = ANY (ARRAY (SELECT id FROM due))  -- the primary key, in any plan
+    WHERE j.ctid = ANY (ARRAY (SELECT ctid FROM due))  -- locked: no one moves them
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 ), done AS (
     SELECT array_agg(id) AS ids, array_agg(token) AS tokens FROM upd
@@ -384,9 +385,19 @@ ANALYZE = "ANALYZE taskbuffer_jobs"
 
 GET = f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = $1"
 
+# The index of creation instants leaves running jobs out (a claim writes one entry less): they
+# come from the lease index, merged with the first $5 (limit + offset, or 0) others.
 LIST = f"""
-SELECT {COLUMNS} FROM taskbuffer_jobs
-WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR task_name = $2)
+SELECT {COLUMNS} FROM (
+    (SELECT {COLUMNS}, seq FROM taskbuffer_jobs
+     WHERE status <> 'running' AND ($1::text IS NULL OR status = $1)
+       AND ($2::text IS NULL OR task_name = $2)
+     ORDER BY created_at DESC, seq DESC LIMIT $5)
+    UNION ALL
+    (SELECT {COLUMNS}, seq FROM taskbuffer_jobs
+     WHERE status = 'running' AND ($1::text IS NULL OR status = $1)
+       AND ($2::text IS NULL OR task_name = $2))
+) AS listed
 ORDER BY created_at DESC, seq DESC
 LIMIT $3 OFFSET $4
 """
@@ -430,6 +441,7 @@ PURGE = """
 WITH old AS (
     DELETE FROM taskbuffer_jobs
     WHERE created_at < $1 AND finished_at IS NOT NULL AND finished_at < $1
+      AND status <> 'running'  -- (never running: the index of creation instants applies)
     RETURNING id
 ), trail AS (
     DELETE FROM taskbuffer_job_attempts WHERE job_id = ANY (ARRAY (SELECT id FROM old))

@@ -58,6 +58,7 @@ from ._values import (
 __all__ = ("PostgresJobStore",)
 
 POLL_LISTENING = 5.0
+INT64_MAX = 2**63 - 1  # the greatest LIMIT
 POLL_NOT_LISTENING = 0.5
 ENQUEUE_ROUNDS = 3
 ANALYZE_BATCH = 500  # an enqueue_many this large may refresh the table's statistics
@@ -141,10 +142,13 @@ class PostgresJobStore(JobStore):
         found = await connection.fetchval(sql.VERSION)
         if found is not None:
             check_schema_version(int(found), where=self._where())
-        # Version 1 had two indexes more; 2 wrote an audit row for every attempt, which 3 reads
-        # the same (a row numbered as the job's latest attempt hides the one the job holds).
+        # Version 1 had two indexes more; 1 and 2 indexed the creation instants of running jobs
+        # too; 2 wrote an audit row for every attempt, which 3 reads the same (a row numbered
+        # as the job's latest attempt hides the one the job holds).
         if found is None or int(found) < SCHEMA_VERSION:
-            await connection.execute(sql.SCHEMA if found is None else sql.DROP_UNUSED)
+            if found is not None:
+                await connection.execute(sql.DROP_UNUSED)
+            await connection.execute(sql.SCHEMA)
             await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
     def _where(self) -> str:
@@ -396,7 +400,10 @@ class PostgresJobStore(JobStore):
         offset: int = 0,
     ) -> list[Job]:
         """Jobs, newest first (see :meth:`JobStore.list_jobs`)."""
-        rows = await self._link.run(lambda c: c.fetch(sql.LIST, status, task_name, limit, offset))
+        others = 0 if status == "running" else min(limit + offset, INT64_MAX)
+        rows = await self._link.run(
+            lambda c: c.fetch(sql.LIST, status, task_name, limit, offset, others)
+        )
         return [self._job(row) for row in rows]
 
     async def attempts(self, job_id: str) -> list[JobAttempt]:
