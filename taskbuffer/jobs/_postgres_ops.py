@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -34,19 +33,25 @@ async def finish_and_claim_rows(
     claim: tuple[Any, ...],
 ) -> tuple[set[tuple[str, str]], list[asyncpg.Record]]:
     """Finish and claim in one statement: BUSY, or FINISH_AND_CLAIM (which reaps and records
-    releases) when a job is given back or BUSY finds that a lease ran out. ``finish`` and
-    ``claim`` are the parameters of FINISH and CLAIM (without the token prefix)."""
-    rows = None
+    releases) when a job is given back. When BUSY finds that another job's lease ran out it
+    only finishes, and CLAIM (which reaps first) claims after it. ``finish`` and ``claim``
+    are the parameters of FINISH and CLAIM (without the token prefix)."""
     if all(o.outcome != "released" for o in outcomes):
         names, limit, worker_id, lease = claim[1:5]
-        with contextlib.suppress(asyncpg.InvalidTextRepresentationError):  # a lease ran out
-            rows = await connection.fetch(
-                sql.BUSY, *finish, names, limit, worker_id, lease, token_prefix()
-            )
-    if rows is None:
+        rows = await connection.fetch(
+            sql.BUSY, *finish, names, limit, worker_id, lease, token_prefix()
+        )
+        if rows[0]["lapsed"]:  # (rare: a worker died or hung) its outcomes are committed
+            claimed = await connection.fetch(sql.CLAIM, *claim, token_prefix())
+            return _done(rows[0]), claimed
+    else:
         rows = await connection.fetch(sql.FINISH_AND_CLAIM, *finish, *claim, token_prefix())
-    ids, tokens = rows[0]["done_ids"] or (), rows[0]["done_tokens"] or ()
-    return set(zip(ids, tokens, strict=True)), [row for row in rows if row["id"] is not None]
+    return _done(rows[0]), [row for row in rows if row["id"] is not None]
+
+
+def _done(first: asyncpg.Record) -> set[tuple[str, str]]:
+    """The (id, token) of the outcomes that the busy statement whose first row this is applied."""
+    return set(zip(first["done_ids"] or (), first["done_tokens"] or (), strict=True))
 
 
 def refresh_statistics(added: int) -> Callable[[Connection], Awaitable[None]]:

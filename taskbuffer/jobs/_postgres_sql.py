@@ -271,11 +271,12 @@ ORDER BY c.n
 """
 )
 
-# The busy cycle when no job is given back and no lease ran out (nearly always): FINISH_AND_CLAIM
-# without the audit insert and reaping whose plan nodes every run initialises. When another
-# job's lease ran out the statement fails as a whole (a text cast to int) and the store runs
-# FINISH_AND_CLAIM, which reaps first. The claim takes the rows it locked by ctid (no look-up
-# of ids). $9 on: task names, limit, worker id, lease, token prefix; $6 is both parts' instant.
+# The busy cycle when no job is given back (nearly always): FINISH_AND_CLAIM without the audit
+# insert and the reaping, whose plan nodes every run initialises. When another job's lease ran
+# out it claims nothing and says so (``lapsed``): the store then runs CLAIM, which reaps first,
+# so a reaped job is claimed in the same call. The claim takes the rows it locked by ctid (no
+# look-up of ids). $9 on: task names, limit, worker id, lease, token prefix; $6 is both
+# parts' instant.
 BUSY = f"""
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
@@ -288,9 +289,15 @@ WITH o AS (
     WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
       AND j.status = 'running'
     RETURNING j.id, o.token
+), lapsed AS (  -- another job's lease ran out: it is reaped first, by CLAIM
+    SELECT EXISTS (SELECT FROM taskbuffer_jobs e
+                   WHERE e.status = 'running' AND e.lease_expires <= $6
+                     AND NOT EXISTS (SELECT FROM o WHERE o.id = e.id AND o.token = e.token))
+        AS found
 ), due AS (
     SELECT ctid FROM taskbuffer_jobs
     WHERE status = 'queued' AND run_at <= $6 AND task_name = ANY ($9::text[])
+      AND NOT (SELECT found FROM lapsed)
     ORDER BY priority DESC, run_at, seq
     LIMIT $10
     FOR UPDATE SKIP LOCKED
@@ -309,10 +316,7 @@ WITH o AS (
 SELECT CASE WHEN c.n IS NULL OR c.n = 1 THEN done.ids END AS done_ids,
        CASE WHEN c.n IS NULL OR c.n = 1 THEN done.tokens END AS done_tokens,
        (SELECT count(*) FROM noted) AS noted,
-       (CASE WHEN EXISTS (SELECT FROM taskbuffer_jobs e
-                          WHERE e.status = 'running' AND e.lease_expires <= $6
-                            AND NOT EXISTS (SELECT FROM o WHERE o.id = e.id AND o.token = e.token))
-             THEN 'taskbuffer: a lease ran out, reaping' ELSE '1' END)::int AS none_expired,
+       (SELECT found FROM lapsed) AS lapsed,
        c.*
 FROM done LEFT JOIN (
     SELECT *, row_number() OVER (ORDER BY priority DESC, run_at, seq) AS n FROM claimed
