@@ -25,6 +25,7 @@ from _jobs_support import Backend, backend, store
 
 from taskbuffer import Task, TaskManager, TaskNotFoundError
 from taskbuffer.jobs import (
+    SCHEMA_VERSION,
     JobCancelledError,
     JobFailedError,
     JobOutcome,
@@ -392,7 +393,8 @@ async def test_a_sqlite_file_of_schema_version_1_is_upgraded_with_its_trails_unc
         names = {row[0] for row in probe.execute("SELECT name FROM sqlite_master")}
         version = probe.execute("SELECT value FROM taskbuffer_meta").fetchone()
     assert {"taskbuffer_jobs_token", "taskbuffer_jobs_finished"} & names == set()
-    assert version == ("2",)  # a library that knows only version 1 refuses it from now on
+    # a library that knows only version 1 refuses it from now on
+    assert version == (str(SCHEMA_VERSION),)
 
 
 @pytest.mark.realtime

@@ -17,7 +17,7 @@ import pytest_asyncio
 from _pg_server import PostgresServer
 from _pg_support import PostgresBackend
 
-from taskbuffer.jobs import SCHEMA_VERSION, JobRequest, JobSchemaError, JobStore
+from taskbuffer.jobs import SCHEMA_VERSION, JobOutcome, JobRequest, JobSchemaError, JobStore
 from taskbuffer.jobs._store import attempts_lost_error
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -339,6 +339,85 @@ async def test_a_database_of_schema_version_1_is_upgraded_when_a_store_opens_it(
         assert await connection.fetchval(version) == str(SCHEMA_VERSION)
     finally:
         await connection.close()
+
+
+def _trail(attempts: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (a.attempt, a.worker_id, a.outcome, a.finished_at and a.finished_at.timestamp())
+        for a in attempts
+    ]
+
+
+async def _audit_rows(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM taskbuffer_job_attempts"))
+    finally:
+        await connection.close()
+
+
+async def test_a_job_that_succeeds_writes_no_audit_row_and_keeps_its_trail(
+    postgres_job_backend: PostgresBackend,
+) -> None:
+    store = postgres_job_backend.make()
+    job = await store.enqueue(JobRequest(task_name="t"), now=T0)
+    [claim] = await store.claim(worker_id="w", task_names=["t"], limit=1, now=T0 + 1)
+    outcome = JobOutcome(job_id=job.id, token=claim.token, outcome="succeeded")
+    assert await store.finish([outcome], now=T0 + 2) == [True]
+    assert _trail(await store.attempts(job.id)) == [(1, "w", "succeeded", T0 + 2)]
+    assert await _audit_rows(postgres_job_backend.dsns[id(store)]) == 0
+    await store.close()
+
+
+async def test_a_database_of_schema_version_2_is_upgraded_with_its_trails_unchanged(
+    postgres_job_backend: PostgresBackend,
+) -> None:
+    """Version 2 wrote a row for every attempt that ended: its rows and its running jobs read
+    the same once upgraded, and a claim it made ends and retries as any other."""
+    store = postgres_job_backend.make()
+    done, failed, running = [
+        await store.enqueue(JobRequest(task_name="t"), now=T0) for _ in range(3)
+    ]
+    claims = await store.claim(worker_id="old", task_names=["t"], limit=3, now=T0 + 1)
+    outcomes = [
+        JobOutcome(job_id=c.job.id, token=c.token, outcome=outcome)
+        for c, outcome in zip(claims[:2], ("succeeded", "failed"), strict=True)
+    ]
+    assert await store.finish(outcomes, now=T0 + 2) == [True, True]
+    await store.close()
+    dsn = postgres_job_backend.dsns[id(store)]
+    connection = await asyncpg.connect(dsn)
+    try:  # what version 2 left: a row for each attempt that ended, running jobs indexed
+        await connection.execute(
+            "INSERT INTO taskbuffer_job_attempts SELECT id, claims, worker_id, started_at, "
+            "finished_at, status, error FROM taskbuffer_jobs WHERE status <> 'running'; "
+            "DROP INDEX taskbuffer_jobs_created; "
+            "CREATE INDEX taskbuffer_jobs_created ON taskbuffer_jobs (created_at, seq); "
+            "UPDATE taskbuffer_meta SET value = '2' WHERE key = 'schema_version'"
+        )
+        again = postgres_job_backend.another(store)
+        await again.open()
+        version = "SELECT value FROM taskbuffer_meta WHERE key = 'schema_version'"
+        assert await connection.fetchval(version) == str(SCHEMA_VERSION)
+        created = "SELECT indexdef FROM pg_indexes WHERE indexname = 'taskbuffer_jobs_created'"
+        assert (await connection.fetchval(created)).endswith("WHERE (status <> 'running'::text)")
+    finally:
+        await connection.close()
+    assert [j.id for j in await again.list_jobs()] == [running.id, failed.id, done.id]
+    assert [j.id for j in await again.list_jobs(status="running")] == [running.id]
+    assert _trail(await again.attempts(done.id)) == [(1, "old", "succeeded", T0 + 2)]
+    assert _trail(await again.attempts(failed.id)) == [(1, "old", "failed", T0 + 2)]
+    assert _trail(await again.attempts(running.id)) == [(1, "old", None, None)]
+    last = JobOutcome(job_id=running.id, token=claims[2].token, outcome="succeeded")
+    assert await again.finish([last], now=T0 + 3) == [True]
+    assert _trail(await again.attempts(running.id)) == [(1, "old", "succeeded", T0 + 3)]
+    await again.retry(failed.id, now=T0 + 4)
+    [claim] = await again.claim(worker_id="new", task_names=["t"], limit=1, now=T0 + 4)
+    assert _trail(await again.attempts(failed.id)) == [
+        (1, "old", "failed", T0 + 2),
+        (2, "new", None, None),
+    ]
+    await again.close()
 
 
 async def test_a_given_pool_is_used_and_left_open(postgres_job_backend: PostgresBackend) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 import asyncpg.pool
 
-__all__ = ("Connection", "PostgresLink", "lost_connection")
+__all__ = ("Connection", "PostgresLink", "asyncpg_dsn", "lost_connection", "shown_dsn")
 
 logger = logging.getLogger("taskbuffer")
 
@@ -50,6 +50,24 @@ SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 prepared once per connection and run many times with new parameters: planned once (the
 claim's many CTEs took as long to plan as to run), re-planned when the table's statistics
 change (ANALYZE invalidates cached plans)."""
+
+
+def asyncpg_dsn(dsn: str) -> str:
+    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
+    if dsn.startswith("postgresql+"):
+        return "postgresql://" + dsn.split("://", 1)[1]
+    return dsn
+
+
+def shown_dsn(dsn: str | None) -> str:
+    """How messages name a store's database: its URL without a password (``None``: a pool)."""
+    if dsn is None:
+        return "(a given asyncpg pool)"
+    head, at, tail = dsn.rpartition("@")
+    if not at:
+        return repr(dsn)
+    scheme, _, user = head.partition("://")
+    return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
 
 
 def lost_connection(error: BaseException) -> bool:

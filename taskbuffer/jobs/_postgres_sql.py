@@ -9,9 +9,11 @@ audit trail together; ``pg_notify`` inside a statement is delivered when it comm
 Instants are epoch seconds (``float8``) passed in by the caller, never the server's clock
 (see :class:`~taskbuffer.jobs.JobStore`). The columns are those of the SQLite store, with
 ``claims`` added: the number of the job's attempts so far, released ones included, which
-numbers the attempt under way. An attempt's row in ``taskbuffer_job_attempts`` is written
-once, when it ends (finish, release, or reaped ``lost``); the attempt under way is read from
-the job's row (its ``worker_id`` and ``started_at``): one write per attempt instead of two.
+numbers the latest attempt. As in the SQLite store, that attempt lives in the job's own row
+while the row holds its claim's token (running, or ended by its worker: a finish leaves the
+token) and no row of ``taskbuffer_job_attempts`` has its number: an attempt gets a row of its
+own only when it ends otherwise (``released``, reaped ``lost``) or a retry begins the next
+one. The busy path, a claim that succeeds, writes no audit row at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = (
     "ANALYZE",
     "ANALYZED_ROWS",
     "ATTEMPTS",
+    "BUSY",
     "CANCEL",
     "CHANNEL",
     "CLAIM",
@@ -48,9 +51,11 @@ __all__ = (
 CHANNEL = "taskbuffer_jobs"
 """The LISTEN/NOTIFY channel; the payload is the notifying store's id."""
 
-# Indexes of schema version 1 that nothing needs (renewals find their few running jobs
-# through the lease index): dropped when a store upgrades the database.
-DROP_UNUSED = "DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished"
+# Dropped when a store upgrades the database (then SCHEMA makes what is missing): two indexes
+# of version 1 that nothing reads, and the index of creation instants, which held running jobs.
+DROP_UNUSED = (
+    "DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished, taskbuffer_jobs_created"
+)
 
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('taskbuffer_jobs_schema'))"
 META = "CREATE TABLE IF NOT EXISTS taskbuffer_meta (key text PRIMARY KEY, value text NOT NULL)"
@@ -93,7 +98,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_schedule
 CREATE UNIQUE INDEX IF NOT EXISTS taskbuffer_jobs_dedupe
     ON taskbuffer_jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS taskbuffer_jobs_created ON taskbuffer_jobs (created_at, seq);
+CREATE INDEX IF NOT EXISTS taskbuffer_jobs_created
+    ON taskbuffer_jobs (created_at, seq) WHERE status <> 'running';
 CREATE TABLE IF NOT EXISTS taskbuffer_job_attempts (
     job_id text NOT NULL,
     attempt integer NOT NULL,
@@ -143,7 +149,8 @@ WHERE id = ANY($1::text[]) OR schedule_key = ANY($2::text[])
 # claimed in this same call, as if reaped first); ``picked`` takes the best of them, which
 # ``claimed`` takes over; the other expired jobs meet their fate in ``reaped``. No row is
 # updated twice. The error of a job whose attempts were all lost comes from the store's
-# templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count).
+# templates ($6 for one attempt, $7 for more; $8 stands for the id, $9 for the count). A
+# claim's token is $10 (fresh for each statement) followed by the job's seq, unique to it.
 _CLAIM_CTES = f"""
 expired AS (
     SELECT id, priority, run_at, seq, task_name, attempts, claims, worker_id, started_at,
@@ -188,8 +195,7 @@ expired AS (
     UPDATE taskbuffer_jobs j
     SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
         worker_id = $4, started_at = $1, lease_expires = $1 + $5,
-        token = lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1e6)::bigint), 16, '0')
-                || left(replace(gen_random_uuid()::text, '-', ''), 16)  -- ordered: see ordered_id
+        token = $10::text || to_hex(j.seq)  -- a fixed-width prefix fresh for each statement
     WHERE j.id = ANY (ARRAY (SELECT id FROM picked))  -- the primary key, in any plan
     RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
 )
@@ -202,7 +208,9 @@ CLAIM = (
 )
 
 # Ends claims, fenced by their tokens. A job given back whose cancel was asked while it ran
-# ends cancelled (given back, it would run again elsewhere until its first renewal).
+# ends cancelled (given back, it would run again elsewhere until its first renewal). Only a
+# release writes an audit row (the next claim takes the row's token); an older library's row
+# of the same attempt is completed instead (ON CONFLICT).
 _FINISH = """
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
@@ -226,6 +234,7 @@ WITH o AS (
     INSERT INTO taskbuffer_job_attempts AS a
         (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
     SELECT id, claims, worker_id, started_at, $6, outcome, error FROM upd
+    WHERE outcome = 'released'  -- other outcomes stay in the job's row (with its token)
     ON CONFLICT (job_id, attempt)
         DO UPDATE SET outcome = EXCLUDED.outcome, finished_at = $6, error = EXCLUDED.error
 )
@@ -261,6 +270,59 @@ FROM done LEFT JOIN (
 ORDER BY c.n
 """
 )
+
+# The busy cycle when no job is given back (nearly always): FINISH_AND_CLAIM without the audit
+# insert and the reaping, whose plan nodes every run initialises. When another job's lease ran
+# out it claims nothing and says so (``lapsed``): the store then runs CLAIM, which reaps first,
+# so a reaped job is claimed in the same call. The claim takes the rows it locked by ctid (no
+# look-up of ids). $9 on: task names, limit, worker id, lease, token prefix; $6 is both
+# parts' instant.
+BUSY = f"""
+WITH o AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+        AS o(id, token, outcome, result, error)
+), upd AS (
+    UPDATE taskbuffer_jobs j
+    SET status = o.outcome, finished_at = $6::float8, result = o.result, error = o.error,
+        lease_expires = NULL, cancel_requested = false
+    FROM o
+    WHERE j.id = ANY ($1::text[]) AND j.id = o.id AND j.token = o.token
+      AND j.status = 'running'
+    RETURNING j.id, o.token
+), lapsed AS (  -- another job's lease ran out: it is reaped first, by CLAIM
+    SELECT EXISTS (SELECT FROM taskbuffer_jobs e
+                   WHERE e.status = 'running' AND e.lease_expires <= $6
+                     AND NOT EXISTS (SELECT FROM o WHERE o.id = e.id AND o.token = e.token))
+        AS found
+), due AS (
+    SELECT ctid FROM taskbuffer_jobs
+    WHERE status = 'queued' AND run_at <= $6 AND task_name = ANY ($9::text[])
+      AND NOT (SELECT found FROM lapsed)
+    ORDER BY priority DESC, run_at, seq
+    LIMIT $10
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE taskbuffer_jobs j
+    SET status = 'running', attempts = j.attempts + 1, claims = j.claims + 1,
+        worker_id = $11, started_at = $6, lease_expires = $6 + $12,
+        token = $13::text || to_hex(j.seq)
+    WHERE j.ctid = ANY (ARRAY (SELECT ctid FROM due))  -- locked: no one moves them
+    RETURNING j.seq, j.claims, j.token, {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}
+), done AS (
+    SELECT array_agg(id) AS ids, array_agg(token) AS tokens FROM upd
+), noted AS (
+    SELECT pg_notify($7, $8) FROM upd LIMIT 1
+)
+SELECT CASE WHEN c.n IS NULL OR c.n = 1 THEN done.ids END AS done_ids,
+       CASE WHEN c.n IS NULL OR c.n = 1 THEN done.tokens END AS done_tokens,
+       (SELECT count(*) FROM noted) AS noted,
+       (SELECT found FROM lapsed) AS lapsed,
+       c.*
+FROM done LEFT JOIN (
+    SELECT *, row_number() OVER (ORDER BY priority DESC, run_at, seq) AS n FROM claimed
+) AS c ON true
+ORDER BY c.n
+"""
 
 # The same, run again after a lost connection: an outcome counts as applied also when an
 # earlier try of it had committed (the job has its status and still its token).
@@ -300,12 +362,26 @@ WITH asked AS (
 SELECT id, CASE status WHEN 'cancelled' THEN pg_notify($3, $4) END FROM asked
 """
 
+# A retry first gives the ended attempt that the job's row holds a row of its own (the
+# row's state read once it is locked: a retry that waited for another finds it queued).
 RETRY = f"""
-UPDATE taskbuffer_jobs
+WITH old AS (
+    SELECT id, claims, worker_id, started_at, finished_at, status, error, token
+    FROM taskbuffer_jobs WHERE id = $1 AND status IN ('failed', 'cancelled')
+    FOR UPDATE
+), kept AS (
+    INSERT INTO taskbuffer_job_attempts
+        (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, claims, worker_id, started_at, finished_at, status, error FROM old
+    WHERE token IS NOT NULL
+    ON CONFLICT (job_id, attempt) DO NOTHING
+)
+UPDATE taskbuffer_jobs j
 SET status = 'queued', run_at = $2, attempts = 0, result = NULL, error = NULL,
     finished_at = NULL, token = NULL, lease_expires = NULL, cancel_requested = false
-WHERE id = $1 AND status IN ('failed', 'cancelled')
-RETURNING {COLUMNS}, (SELECT pg_notify($3, $4))
+FROM old
+WHERE j.id = $1 AND j.id = old.id
+RETURNING {", ".join(f"j.{c.strip()}" for c in COLUMNS.split(","))}, (SELECT pg_notify($3, $4))
 """
 
 ANALYZED_ROWS = "SELECT reltuples FROM pg_class WHERE oid = 'taskbuffer_jobs'::regclass"
@@ -313,19 +389,36 @@ ANALYZE = "ANALYZE taskbuffer_jobs"
 
 GET = f"SELECT {COLUMNS} FROM taskbuffer_jobs WHERE id = $1"
 
+# The index of creation instants leaves running jobs out (a claim writes one entry less): they
+# come from the lease index, merged with the first $5 (limit + offset, or 0) others.
 LIST = f"""
-SELECT {COLUMNS} FROM taskbuffer_jobs
-WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR task_name = $2)
+SELECT {COLUMNS} FROM (
+    (SELECT {COLUMNS}, seq FROM taskbuffer_jobs
+     WHERE status <> 'running' AND ($1::text IS NULL OR status = $1)
+       AND ($2::text IS NULL OR task_name = $2)
+     ORDER BY created_at DESC, seq DESC LIMIT $5)
+    UNION ALL
+    (SELECT {COLUMNS}, seq FROM taskbuffer_jobs
+     WHERE status = 'running' AND ($1::text IS NULL OR status = $1)
+       AND ($2::text IS NULL OR task_name = $2))
+) AS listed
 ORDER BY created_at DESC, seq DESC
 LIMIT $3 OFFSET $4
 """
 
+# The job's rows, then the attempt its own row holds (see the module's docstring).
 ATTEMPTS = """
 SELECT job_id, attempt, worker_id, started_at, finished_at, outcome, error
 FROM taskbuffer_job_attempts WHERE job_id = $1
 UNION ALL
-SELECT id, claims, worker_id, started_at, NULL, NULL, NULL
-FROM taskbuffer_jobs WHERE id = $1 AND status = 'running'
+SELECT id, claims, worker_id, started_at,
+       CASE status WHEN 'running' THEN NULL ELSE finished_at END,
+       CASE status WHEN 'running' THEN NULL ELSE status END,
+       CASE status WHEN 'running' THEN NULL ELSE error END
+FROM taskbuffer_jobs j
+WHERE id = $1 AND token IS NOT NULL AND status <> 'queued'
+  AND NOT EXISTS (SELECT FROM taskbuffer_job_attempts a
+                  WHERE a.job_id = j.id AND a.attempt = j.claims)
 ORDER BY attempt
 """
 
@@ -352,6 +445,7 @@ PURGE = """
 WITH old AS (
     DELETE FROM taskbuffer_jobs
     WHERE created_at < $1 AND finished_at IS NOT NULL AND finished_at < $1
+      AND status <> 'running'  -- (never running: the index of creation instants applies)
     RETURNING id
 ), trail AS (
     DELETE FROM taskbuffer_job_attempts WHERE job_id = ANY (ARRAY (SELECT id FROM old))

@@ -45,7 +45,7 @@ __all__ = (
     "dedupe_conflict",
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the job schema this library writes; a store with a newer one refuses to open.
 
 2: the SQLite store keeps a job's latest attempt in the job's row (a library that knows only

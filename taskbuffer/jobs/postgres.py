@@ -23,7 +23,7 @@ reports them when it is back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from .._validation import check_seconds, safe_repr
 from . import _postgres_sql as sql
-from ._postgres_link import Connection, PostgresLink
+from ._postgres_link import Connection, PostgresLink, asyncpg_dsn, shown_dsn
+from ._postgres_ops import applied_outcomes, finish_and_claim_rows, refresh_statistics, token_prefix
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
 from ._values import (
     Claim,
@@ -57,6 +58,7 @@ from ._values import (
 __all__ = ("PostgresJobStore",)
 
 POLL_LISTENING = 5.0
+INT64_MAX = 2**63 - 1  # the greatest LIMIT
 POLL_NOT_LISTENING = 0.5
 ENQUEUE_ROUNDS = 3
 ANALYZE_BATCH = 500  # an enqueue_many this large may refresh the table's statistics
@@ -69,17 +71,6 @@ _LOST_TEMPLATES = (
     _ID,
     str(_COUNT),
 )  # a request whose conflicting job finishes meanwhile is inserted again
-
-
-def _applied(rows: Sequence[asyncpg.Record]) -> set[tuple[str, str]]:
-    return {(row["id"], row["token"]) for row in rows}
-
-
-def _asyncpg_dsn(dsn: str) -> str:
-    """``dsn`` as asyncpg reads it (SQLAlchemy's ``postgresql+driver://`` prefix dropped)."""
-    if dsn.startswith("postgresql+"):
-        return "postgresql://" + dsn.split("://", 1)[1]
-    return dsn
 
 
 class PostgresJobStore(JobStore):
@@ -106,7 +97,7 @@ class PostgresJobStore(JobStore):
         dsn: str | None = None
         pool: asyncpg.Pool[asyncpg.Record] | None = None
         if isinstance(dsn_or_pool, str):
-            dsn = _asyncpg_dsn(dsn_or_pool)
+            dsn = asyncpg_dsn(dsn_or_pool)
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             pool = dsn_or_pool
         else:
@@ -151,18 +142,17 @@ class PostgresJobStore(JobStore):
         found = await connection.fetchval(sql.VERSION)
         if found is not None:
             check_schema_version(int(found), where=self._where())
-        if found is None or int(found) < SCHEMA_VERSION:  # (version 1: two indexes to drop)
-            await connection.execute(sql.SCHEMA if found is None else sql.DROP_UNUSED)
+        # Version 1 had two indexes more; 1 and 2 indexed the creation instants of running jobs
+        # too; 2 wrote an audit row for every attempt, which 3 reads the same (a row numbered
+        # as the job's latest attempt hides the one the job holds).
+        if found is None or int(found) < SCHEMA_VERSION:
+            if found is not None:
+                await connection.execute(sql.DROP_UNUSED)
+            await connection.execute(sql.SCHEMA)
             await connection.execute(sql.SET_VERSION, str(SCHEMA_VERSION))
 
     def _where(self) -> str:
-        if self._dsn is None:
-            return "(a given asyncpg pool)"
-        head, at, tail = self._dsn.rpartition("@")
-        if not at:
-            return repr(self._dsn)
-        scheme, _, user = head.partition("://")
-        return repr(f"{scheme}://{user.split(':', 1)[0]}@{tail}")  # never show a password
+        return shown_dsn(self._dsn)
 
     def _on_notification(self, payload: str) -> None:
         if payload != self._id:  # our own commits notified our subscribers already
@@ -197,21 +187,8 @@ class PostgresJobStore(JobStore):
 
         jobs = await self._link.run(insert)
         if len(requests) >= ANALYZE_BATCH:
-            await self._link.run(self._refresh_statistics(len(requests)))
+            await self._link.run(refresh_statistics(len(requests)))
         return jobs
-
-    @staticmethod
-    def _refresh_statistics(added: int) -> Callable[[Connection], Awaitable[None]]:
-        """ANALYZE the jobs table when a batch of ``added`` jobs at least doubled it since its
-        statistics were taken (none yet: -1): else, until autovacuum's next pass (up to a
-        minute), the planner takes the queue for tiny and each claim sorts every queued job."""
-
-        async def refresh(connection: Connection) -> None:
-            analyzed = await connection.fetchval(sql.ANALYZED_ROWS)
-            if analyzed is None or analyzed <= added:
-                await connection.execute(sql.ANALYZE)
-
-        return refresh
 
     async def _insert(
         self,
@@ -286,7 +263,7 @@ class PostgresJobStore(JobStore):
         """Reap expired leases and claim due jobs, in one statement (see
         :meth:`JobStore.claim`)."""
         args = self._claim_args(worker_id, task_names, limit, now)
-        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args))
+        rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args, token_prefix()))
         return [Claim(job=self._job(row), token=row["token"]) for row in rows]
 
     def _claim_args(
@@ -339,15 +316,13 @@ class PostgresJobStore(JobStore):
             tries += 1  # a second try may find its first one committed
             statement = sql.FINISH if tries == 1 else sql.FINISH_AGAIN
             if claim is None:
-                return _applied(await connection.fetch(statement, *finish)), []
+                return applied_outcomes(await connection.fetch(statement, *finish)), []
             if tries == 1 and outcomes:  # the busy cycle: one statement
-                rows = await connection.fetch(sql.FINISH_AND_CLAIM, *finish, *claim)
-                ids, tokens = rows[0]["done_ids"] or (), rows[0]["done_tokens"] or ()
-                applied = set(zip(ids, tokens, strict=True))
-                return applied, [row for row in rows if row["id"] is not None]
+                return await finish_and_claim_rows(connection, outcomes, finish, claim)
             async with connection.transaction():
                 done = await connection.fetch(statement, *finish) if outcomes else []
-                return _applied(done), await connection.fetch(sql.CLAIM, *claim)
+                claimed = await connection.fetch(sql.CLAIM, *claim, token_prefix())
+                return applied_outcomes(done), claimed
 
         applied, rows = await self._link.run(both)
         if outcomes:
@@ -425,7 +400,10 @@ class PostgresJobStore(JobStore):
         offset: int = 0,
     ) -> list[Job]:
         """Jobs, newest first (see :meth:`JobStore.list_jobs`)."""
-        rows = await self._link.run(lambda c: c.fetch(sql.LIST, status, task_name, limit, offset))
+        others = 0 if status == "running" else min(limit + offset, INT64_MAX)
+        rows = await self._link.run(
+            lambda c: c.fetch(sql.LIST, status, task_name, limit, offset, others)
+        )
         return [self._job(row) for row in rows]
 
     async def attempts(self, job_id: str) -> list[JobAttempt]:
