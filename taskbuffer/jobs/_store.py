@@ -50,8 +50,10 @@ SCHEMA_VERSION = 3
 
 2: the SQLite store keeps a job's latest attempt in the job's row (a library that knows only
 1 would read such a file's trails wrong); both engines drop two indexes that cost an entry on
-every claim or finish (tokens, finish instants). A store upgrades a database of version 1
-when it opens it."""
+every claim or finish (tokens, finish instants).
+3: the PostgreSQL store keeps a job's latest attempt in the job's row as SQLite does (a library
+that knows only 2 would read its trails wrong), and its index of creation instants leaves
+running jobs out. A store upgrades a database of version 1 or 2 when it opens it."""
 
 
 def check_schema_version(found: int, *, where: str) -> None:
