@@ -271,12 +271,10 @@ ORDER BY c.n
 """
 )
 
-# The busy cycle when no job is given back (nearly always): FINISH_AND_CLAIM without the audit
-# insert and the reaping, whose plan nodes every run initialises. When another job's lease ran
-# out it claims nothing and says so (``lapsed``): the store then runs CLAIM, which reaps first,
-# so a reaped job is claimed in the same call. The claim takes the rows it locked by ctid (no
-# look-up of ids). $9 on: task names, limit, worker id, lease, token prefix; $6 is both
-# parts' instant.
+# The busy cycle when no job is given back: FINISH_AND_CLAIM without the audit insert and the
+# reaping, whose plan nodes every run initialises. When another job's lease ran out it claims
+# nothing and says so (``lapsed``): the store runs CLAIM, which reaps first. It claims the rows
+# it locked by ctid. $9 on: task names, limit, worker id, lease, token prefix; $6: the instant.
 BUSY = f"""
 WITH o AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
@@ -290,10 +288,8 @@ WITH o AS (
       AND j.status = 'running'
     RETURNING j.id, o.token
 ), lapsed AS (  -- another job's lease ran out: it is reaped first, by CLAIM
-    SELECT EXISTS (SELECT FROM taskbuffer_jobs e
-                   WHERE e.status = 'running' AND e.lease_expires <= $6
-                     AND NOT EXISTS (SELECT FROM o WHERE o.id = e.id AND o.token = e.token))
-        AS found
+    SELECT EXISTS (SELECT FROM taskbuffer_jobs e WHERE e.status = 'running' AND e.lease_expires
+        <= $6 AND NOT EXISTS (SELECT FROM o WHERE o.id = e.id AND o.token = e.token)) AS found
 ), due AS (
     SELECT ctid FROM taskbuffer_jobs
     WHERE status = 'queued' AND run_at <= $6 AND task_name = ANY ($9::text[])
