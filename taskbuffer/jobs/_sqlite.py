@@ -61,8 +61,9 @@ from ._values import (
     RenewReport,
     Row,
     attempt_from_row,
-    job_from_columns,
+    job_from_list,
     job_from_row,
+    new_claim,
     queued_job,
 )
 
@@ -220,7 +221,7 @@ class SQLiteJobStore(JobStore):
         columns = list(row[2:])
         columns[_INPUT] = self.decode(columns[_INPUT])
         columns[_RESULT] = self.decode(columns[_RESULT])
-        return Claim(job=job_from_columns(*columns), token=row[1])
+        return new_claim(job_from_list(columns), row[1])
 
     def _job(self, row: Row) -> Job:
         return job_from_row(row, input=self.decode(row["input"]), result=self.decode(row["result"]))

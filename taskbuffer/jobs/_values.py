@@ -16,7 +16,7 @@ import traceback as traceback_module
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, cast, runtime_checkable
 
 from .._validation import error_message
 
@@ -276,12 +276,26 @@ def job_from_row(row: Row, *, input: Any, result: Any) -> Job:
 
 
 _JOB_FIELDS = tuple(field.name for field in fields(Job))
-# Each slot's own setter: what the frozen dataclass's __init__ reaches through
-# object.__setattr__, a name lookup per field (a claim builds a job per row on the hot path).
-_JOB_SLOTS = tuple(getattr(Job, name).__set__ for name in _JOB_FIELDS)
-_new = object.__new__
 _RUN_AT, _CREATED_AT, _ERROR = map(_JOB_FIELDS.index, ("run_at", "created_at", "error"))
 _MAYBE_AT = (_JOB_FIELDS.index("started_at"), _JOB_FIELDS.index("finished_at"))
+
+
+def _slot_filler(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
+    """A function making a ``cls`` from the values of its slots ``names`` in a list, each set
+    through the slot's own setter: what a frozen dataclass's __init__ reaches through
+    object.__setattr__, a look-up by name per field (a claim builds a job per row)."""
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    lines = ["def fill(values):", "    made = new(cls)"]
+    for at, name in enumerate(names):
+        scope[f"set_{at}"] = getattr(cls, name).__set__
+        lines.append(f"    set_{at}(made, values[{at}])")
+    lines.append("    return made")
+    exec("\n".join(lines), scope)  # straight-line code: no loop over the setters
+    return cast("Callable[[list[Any]], Any]", scope["fill"])
+
+
+_fill_job = _slot_filler(Job, _JOB_FIELDS)
+_fill_claim = _slot_filler(Claim, ("job", "token"))
 
 _INSTANTS: dict[float, datetime] = {}
 """Datetimes made lately, by epoch seconds: the jobs of one claim share their start, and those
@@ -300,7 +314,13 @@ def _instant(epoch: float) -> datetime:
 def job_from_columns(*columns: Any) -> Job:
     """:func:`job_from_row` from the columns in the order of :class:`Job`'s fields, with
     ``input`` and ``result`` decoded and instants and ``error`` as stored."""
-    values = list(columns)
+    return job_from_list(list(columns))
+
+
+def job_from_list(values: list[Any]) -> Job:
+    """:func:`job_from_columns` from a list of the columns, which it changes in place."""
+    if len(values) != len(_JOB_FIELDS):
+        raise TypeError(f"a job has {len(_JOB_FIELDS)} columns, not {len(values)}")
     values[_RUN_AT] = _instant(values[_RUN_AT])
     values[_CREATED_AT] = _instant(values[_CREATED_AT])
     for at in _MAYBE_AT:
@@ -309,10 +329,12 @@ def job_from_columns(*columns: Any) -> Job:
     error = values[_ERROR]
     if error is not None:
         values[_ERROR] = JobError.from_dict(json.loads(error))
-    job = _new(Job)
-    for set_slot, value in zip(_JOB_SLOTS, values, strict=True):
-        set_slot(job, value)
-    return job
+    return cast(Job, _fill_job(values))
+
+
+def new_claim(job: Job, token: str) -> Claim:
+    """``Claim(job=job, token=token)``, made as :func:`job_from_list` makes jobs."""
+    return cast(Claim, _fill_claim([job, token]))
 
 
 def attempt_from_row(row: Row) -> JobAttempt:
