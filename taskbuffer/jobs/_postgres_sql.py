@@ -51,11 +51,11 @@ __all__ = (
 CHANNEL = "taskbuffer_jobs"
 """The LISTEN/NOTIFY channel; the payload is the notifying store's id."""
 
-# Dropped when a store upgrades the database (then SCHEMA makes what is missing): two indexes
-# of version 1 that nothing reads, and the index of creation instants, which held running jobs.
-DROP_UNUSED = (
-    "DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished, taskbuffer_jobs_created"
-)
+# When a store upgrades the database (then SCHEMA makes what is missing): drop version 1's two
+# unused indexes, the index of creation instants (running jobs too), version 1's open rows.
+DROP_UNUSED = """DROP INDEX IF EXISTS taskbuffer_jobs_token, taskbuffer_jobs_finished,
+taskbuffer_jobs_created; DELETE FROM taskbuffer_job_attempts a USING taskbuffer_jobs j
+WHERE a.outcome IS NULL AND (j.id, j.claims, j.status) = (a.job_id, a.attempt, 'running')"""
 
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtext('taskbuffer_jobs_schema'))"
 META = "CREATE TABLE IF NOT EXISTS taskbuffer_meta (key text PRIMARY KEY, value text NOT NULL)"

@@ -144,7 +144,9 @@ class PostgresJobStore(JobStore):
             check_schema_version(int(found), where=self._where())
         # Version 1 had two indexes more; 1 and 2 indexed the creation instants of running jobs
         # too; 2 wrote an audit row for every attempt, which 3 reads the same (a row numbered
-        # as the job's latest attempt hides the one the job holds).
+        # as the job's latest attempt hides the one the job holds). 1's first layout opened an
+        # attempt's row as its claim began: a running job's open row is deleted (its own row
+        # holds that attempt), or it would hide how the attempt ends.
         if found is None or int(found) < SCHEMA_VERSION:
             if found is not None:
                 await connection.execute(sql.DROP_UNUSED)
