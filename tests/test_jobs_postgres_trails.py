@@ -303,3 +303,46 @@ async def test_a_version_1_database_whose_claims_opened_audit_rows_ends_them_onc
         assert trail == [(1, "succeeded")]
     finally:
         await again.close()
+
+
+async def test_workers_racing_busy_cycles_past_a_dead_workers_leases_run_each_job_once(
+    postgres_job_backend: PostgresBackend,
+) -> None:
+    import asyncio
+
+    first = postgres_job_backend.make(lease=LEASE)
+    stores = [first, *(postgres_job_backend.another(first, lease=LEASE) for _ in range(3))]
+    for s in stores:
+        await s.open()
+    try:
+        jobs = await first.enqueue_many([JobRequest(task_name="t") for _ in range(120)], now=T0)
+        dead = await stores[3].claim(worker_id="dead", task_names=["t"], limit=9, now=T0)
+        tokens = [c.token for c in dead]
+
+        async def work(store: JobStore, name: str) -> list[str]:
+            done: list[str] = []
+            claims = await store.claim(worker_id=name, task_names=["t"], limit=4, now=T0 + 11)
+            while claims:
+                tokens.extend(c.token for c in claims)
+                outcomes = [store.succeeded_outcome(c, None) for c in claims]
+                applied, claims = await store.finish_and_claim(
+                    outcomes, worker_id=name, task_names=["t"], limit=4, now=T0 + 11
+                )
+                assert applied == [True] * len(outcomes)
+                done += [o.job_id for o in outcomes]
+            return done
+
+        async with asyncio.timeout(60):
+            done = await asyncio.gather(*(work(s, f"w{i}") for i, s in enumerate(stores[:3])))
+        ran = sorted(job_id for ids in done for job_id in ids)
+        assert ran == sorted(j.id for j in jobs)
+        assert len(set(tokens)) == len(tokens) == 129
+        for claim in dead:
+            trail = [
+                (a.attempt, a.worker_id, a.outcome) for a in await first.attempts(claim.job.id)
+            ]
+            assert [t[1:] for t in trail][0] == ("dead", "lost")
+            assert trail[1][0] == 2 and trail[1][2] == "succeeded" and len(trail) == 2
+    finally:
+        for s in stores:
+            await s.close()
