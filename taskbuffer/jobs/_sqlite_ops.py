@@ -209,16 +209,22 @@ def token_seq(token: str) -> int:
     return seq if seq <= SEQ_MAX else -1
 
 
-def _all_succeeded(
+def _finish_rows(
     outcomes: Sequence[JobOutcome], seqs: list[int], now: float
-) -> tuple[str, list[tuple[Any, ...]]]:
-    """FINISH_SUCCEEDED's rows when every outcome is a success with a result (else none)."""
-    rows: list[tuple[Any, ...]] = []
-    for o, seq in zip(outcomes, seqs, strict=True):
-        if o.outcome != "succeeded" or o.result is None:
-            return FINISH_SUCCEEDED, []
-        rows.append((now, bytearray(o.result), seq, o.job_id, o.token))
-    return FINISH_SUCCEEDED, rows
+) -> tuple[str, list[tuple[Any, ...]]] | None:
+    """The statement and rows that end each claim of a batch that gives none back (a batch of
+    successes binds no None and no bytes: see FINISH_SUCCEEDED); ``None`` if one is given back."""
+    if all(o.outcome == "succeeded" and o.result is not None for o in outcomes):
+        return FINISH_SUCCEEDED, [
+            (now, bytearray(o.result), seq, o.job_id, o.token)  # type: ignore[arg-type]
+            for o, seq in zip(outcomes, seqs, strict=True)
+        ]
+    if any(o.outcome == "released" for o in outcomes):
+        return None
+    return FINISH_ONE, [
+        (o.outcome, now, o.result, error_json(o.error), seq, o.job_id, o.token)
+        for o, seq in zip(outcomes, seqs, strict=True)
+    ]
 
 
 def _all_ended_at_once(
@@ -226,13 +232,10 @@ def _all_ended_at_once(
 ) -> bool:
     """The busy path: end every claim of a batch that gives none back, each row by its own
     step of one statement; True when each applied, else nothing is changed (a savepoint)."""
-    statement, rows = _all_succeeded(outcomes, seqs, now)
-    if not rows:
-        statement = FINISH_ONE
-        for o, seq in zip(outcomes, seqs, strict=True):
-            if o.outcome == "released":
-                return False
-            rows.append((o.outcome, now, o.result, error_json(o.error), seq, o.job_id, o.token))
+    found = _finish_rows(outcomes, seqs, now)
+    if found is None:
+        return False
+    statement, rows = found
     c.execute("SAVEPOINT finish")
     applied = c.executemany(statement, rows).rowcount == len(rows)
     if not applied:

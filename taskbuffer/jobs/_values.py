@@ -267,12 +267,12 @@ def job_from_row(row: Row, *, input: Any, result: Any) -> Job:
     The column names are the field names of :class:`Job`; stores share this so every engine
     builds jobs the same way.
     """
-    return job_from_columns(
+    return job_from_list([
         row["id"], row["task_name"], input, row["status"], row["priority"], row["run_at"],
         row["attempts"], row["max_attempts"], row["created_at"], row["started_at"],
         row["finished_at"], row["worker_id"], result, row["error"], row["dedupe_key"],
         row["schedule_key"],
-    )  # fmt: skip
+    ])  # fmt: skip
 
 
 _JOB_FIELDS = tuple(field.name for field in fields(Job))
@@ -311,14 +311,10 @@ def _instant(epoch: float) -> datetime:
     return when
 
 
-def job_from_columns(*columns: Any) -> Job:
-    """:func:`job_from_row` from the columns in the order of :class:`Job`'s fields, with
-    ``input`` and ``result`` decoded and instants and ``error`` as stored."""
-    return job_from_list(list(columns))
-
-
 def job_from_list(values: list[Any]) -> Job:
-    """:func:`job_from_columns` from a list of the columns, which it changes in place."""
+    """:func:`job_from_row` from a list of the columns in the order of :class:`Job`'s fields,
+    with ``input`` and ``result`` decoded and instants and ``error`` as stored (the list is
+    changed in place)."""
     if len(values) != len(_JOB_FIELDS):
         raise TypeError(f"a job has {len(_JOB_FIELDS)} columns, not {len(values)}")
     values[_RUN_AT] = _instant(values[_RUN_AT])
