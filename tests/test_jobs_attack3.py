@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from _jobs_support import Backend, backend, store
 from _pg_support import PostgresBackend
 from test_jobs_store import T0, done
@@ -53,6 +55,20 @@ async def test_sqlite_stores_opening_a_version_1_file_at_once_upgrade_it_once(
     with contextlib.closing(sqlite3.connect(path)) as probe:
         version = probe.execute("SELECT value FROM taskbuffer_meta").fetchall()
     assert version == [(str(SCHEMA_VERSION),)]
+
+
+@pytest_asyncio.fixture
+async def pg_pair(
+    postgres_job_backend: PostgresBackend,
+) -> AsyncIterator[tuple[JobStore, JobStore]]:
+    """Two stores on one PostgreSQL database (two processes' worth), closed afterwards."""
+    store = postgres_job_backend.make()
+    other = postgres_job_backend.another(store)
+    try:
+        yield store, other
+    finally:
+        await store.close()
+        await other.close()
 
 
 async def _downgrade_pg(dsn: str) -> None:
@@ -101,40 +117,35 @@ async def test_postgres_stores_opening_a_version_1_database_at_once_keep_its_cla
 @pytest.mark.external
 @pytest.mark.realtime
 async def test_postgres_a_release_of_a_cancelled_job_whose_answer_was_lost_reports_it_applied(
-    postgres_job_backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+    pg_pair: tuple[JobStore, JobStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncpg
 
-    store = postgres_job_backend.make()
-    other = postgres_job_backend.another(store)
-    try:
-        job = await store.enqueue(JobRequest(task_name="t"), now=T0)
-        [c] = await store.claim(worker_id="w", task_names=["t"], limit=1, now=T0)
-        assert await other.cancel(job.id, now=T0 + 1)  # another manager asks
-        fetch = asyncpg.pool.PoolConnectionProxy.fetch
-        lost: list[str] = []
+    store, other = pg_pair
+    job = await store.enqueue(JobRequest(task_name="t"), now=T0)
+    [c] = await store.claim(worker_id="w", task_names=["t"], limit=1, now=T0)
+    assert await other.cancel(job.id, now=T0 + 1)  # another manager asks
+    fetch = asyncpg.pool.PoolConnectionProxy.fetch
+    lost: list[str] = []
 
-        async def commit_then_lose(self: Any, query: str, *args: Any) -> Any:
-            rows = await fetch(self, query, *args)
-            if "WITH o AS" in query and not lost:
-                lost.append(query)
-                raise asyncpg.ConnectionDoesNotExistError("connection was closed")
-            return rows
+    async def commit_then_lose(self: Any, query: str, *args: Any) -> Any:
+        rows = await fetch(self, query, *args)
+        if "WITH o AS" in query and not lost:
+            lost.append(query)
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+        return rows
 
-        monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "fetch", commit_then_lose)
-        assert await store.finish([done(c, "released")], now=T0 + 2) == [True]
-        assert lost
-        monkeypatch.undo()
-        ended = await other.get(job.id)
-        assert ended is not None and ended.status == "cancelled" and ended.attempts == 0
-        assert ended.finished_at is not None and ended.finished_at.timestamp() == T0 + 2
-        trail = await other.attempts(job.id)
-        assert [(a.outcome, a.finished_at) for a in trail] == [("released", trail[0].finished_at)]
-        assert len(trail) == 1
-        assert await other.claim(worker_id="x", task_names=["t"], limit=1, now=T0 + 3) == []
-    finally:
-        await store.close()
-        await other.close()
+    monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "fetch", commit_then_lose)
+    assert await store.finish([done(c, "released")], now=T0 + 2) == [True]
+    assert lost
+    monkeypatch.undo()
+    ended = await other.get(job.id)
+    assert ended is not None and ended.status == "cancelled" and ended.attempts == 0
+    assert ended.finished_at is not None and ended.finished_at.timestamp() == T0 + 2
+    trail = await other.attempts(job.id)
+    assert [(a.outcome, a.finished_at) for a in trail] == [("released", trail[0].finished_at)]
+    assert len(trail) == 1
+    assert await other.claim(worker_id="x", task_names=["t"], limit=1, now=T0 + 3) == []
 
 
 async def test_purge_with_a_creation_instant_after_the_finish_waits_at_most_the_skew(
@@ -159,26 +170,21 @@ async def test_purge_with_a_creation_instant_after_the_finish_waits_at_most_the_
 @pytest.mark.external
 @pytest.mark.realtime
 async def test_postgres_a_cancel_racing_a_release_always_ends_the_job_cancelled(
-    postgres_job_backend: PostgresBackend,
+    pg_pair: tuple[JobStore, JobStore],
 ) -> None:
-    store = postgres_job_backend.make()
-    other = postgres_job_backend.another(store)
-    try:
-        async with asyncio.timeout(60):
-            for k in range(20):
-                job = await store.enqueue(JobRequest(task_name="t"), now=T0 + k)
-                [c] = await store.claim(worker_id="w", task_names=["t"], limit=1, now=T0 + k)
-                asked, released = await asyncio.gather(
-                    other.cancel(job.id, now=T0 + k),
-                    store.finish([done(c, "released")], now=T0 + k),
-                )
-                ended = await store.get(job.id)
-                assert (asked, released) == (True, [True])
-                assert ended is not None and (ended.status, ended.attempts) == ("cancelled", 0)
-            assert await store.claim(worker_id="x", task_names=["t"], limit=5, now=T0 + 99) == []
-    finally:
-        await store.close()
-        await other.close()
+    store, other = pg_pair
+    async with asyncio.timeout(60):
+        for k in range(20):
+            job = await store.enqueue(JobRequest(task_name="t"), now=T0 + k)
+            [c] = await store.claim(worker_id="w", task_names=["t"], limit=1, now=T0 + k)
+            asked, released = await asyncio.gather(
+                other.cancel(job.id, now=T0 + k),
+                store.finish([done(c, "released")], now=T0 + k),
+            )
+            ended = await store.get(job.id)
+            assert (asked, released) == (True, [True])
+            assert ended is not None and (ended.status, ended.attempts) == ("cancelled", 0)
+        assert await store.claim(worker_id="x", task_names=["t"], limit=5, now=T0 + 99) == []
 
 
 @pytest.mark.parametrize("first", ["cancel", "stop"])
@@ -243,36 +249,31 @@ async def test_a_cancel_from_one_manager_racing_anothers_stop_ends_the_job_cance
 @pytest.mark.external
 @pytest.mark.realtime
 async def test_postgres_a_cancel_racing_a_claim_or_a_release_is_never_refused(
-    postgres_job_backend: PostgresBackend,
+    pg_pair: tuple[JobStore, JobStore],
 ) -> None:
     # cancel_job says False only for a job already finished. A cancel that met the job's row
     # locked by a claim (or a release) committing under it must still cancel the job; it
     # found nothing, the job ran, and the caller was told the job had finished.
-    store = postgres_job_backend.make()
-    other = postgres_job_backend.another(store)
-    try:
-        async with asyncio.timeout(60):
-            for k in range(3):
-                jobs = await store.enqueue_many(
-                    [JobRequest(task_name="t") for _ in range(2000)], now=T0 + k
-                )
-                claiming = asyncio.ensure_future(
-                    store.claim(worker_id="w", task_names=["t"], limit=2000, now=T0 + k)
-                )
-                asked: dict[str, bool] = {}
-                for job in reversed(jobs):  # while the claim runs, one after another
-                    asked[job.id] = await other.cancel(job.id, now=T0 + k)
-                    if claiming.done() and len(asked) > 20:
-                        break
-                claimed = {c.job.id: c for c in await claiming}
-                assert list(asked.values()) == [True] * len(asked)
-                for i in asked:
-                    job = await store.get(i)
-                    assert job is not None and job.status in ("cancelled", "running")
-                    if job.status == "running":
-                        renewed = await store.renew([claimed[i].token], now=T0 + k)
-                        assert renewed.cancel_requested == {claimed[i].token}
-                await store.finish([done(c, "released") for c in claimed.values()], now=T0 + k)
-    finally:
-        await store.close()
-        await other.close()
+    store, other = pg_pair
+    async with asyncio.timeout(60):
+        for k in range(3):
+            jobs = await store.enqueue_many(
+                [JobRequest(task_name="t") for _ in range(2000)], now=T0 + k
+            )
+            claiming = asyncio.ensure_future(
+                store.claim(worker_id="w", task_names=["t"], limit=2000, now=T0 + k)
+            )
+            asked: dict[str, bool] = {}
+            for job in reversed(jobs):  # while the claim runs, one after another
+                asked[job.id] = await other.cancel(job.id, now=T0 + k)
+                if claiming.done() and len(asked) > 20:
+                    break
+            claimed = {c.job.id: c for c in await claiming}
+            assert list(asked.values()) == [True] * len(asked)
+            for i in asked:
+                job = await store.get(i)
+                assert job is not None and job.status in ("cancelled", "running")
+                if job.status == "running":
+                    renewed = await store.renew([claimed[i].token], now=T0 + k)
+                    assert renewed.cancel_requested == {claimed[i].token}
+            await store.finish([done(c, "released") for c in claimed.values()], now=T0 + k)
