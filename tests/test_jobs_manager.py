@@ -8,6 +8,7 @@ sockets), so leases are short here. Numbers in the names are the contract's sema
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -238,6 +239,40 @@ async def test_3_a_worker_that_lost_its_lease_is_fenced_out_and_its_run_cancelle
     outcomes = [(a.worker_id == "thief", a.outcome) for a in await m.get_job_attempts(job.id)]
     assert outcomes == [(False, "lost"), (True, "succeeded")]
     assert "lease was lost" in caplog.text
+
+
+async def test_1_a_job_that_cannot_be_read_fails_without_holding_up_its_batch(
+    stores: Callable[..., JobStore],
+) -> None:
+    class Picky:  # JSON that, once picky, cannot read back a stored "unreadable"
+        picky = False
+
+        def dumps(self, obj: Any) -> bytes:
+            return json.dumps(obj).encode()
+
+        def loads(self, data: bytes) -> Any:
+            if self.picky and data == b'"unreadable"':
+                raise ValueError("not a value this serializer reads")
+            return json.loads(data)
+
+    serializer = Picky()
+    runs: list[Any] = []
+    store = stores(serializer=serializer)
+    m = TaskManager(job_store=store, job_concurrency=10)
+    m.add_task(recording("t", runs))
+    jobs = [await m.enqueue("t", value) for value in (1, "unreadable", 3, 4)]
+    serializer.picky = True
+    async with asyncio.timeout(10):
+        await m.start()
+        for job in (jobs[0], *jobs[2:]):
+            await m.job_result(job.id)
+        await m.stop()
+    assert sorted(runs) == [1, 3, 4]
+    for job in (jobs[0], *jobs[2:]):  # run once, by the claim that took them all
+        assert [a.outcome for a in await m.get_job_attempts(job.id)] == ["succeeded"]
+    [attempt] = await m.get_job_attempts(jobs[1].id)
+    assert attempt.outcome == "failed" and attempt.error is not None
+    assert attempt.error.type == "ValueError"
 
 
 async def test_4_a_run_that_fails_after_its_retries_fails_the_job_for_good(

@@ -7,6 +7,8 @@ jobs.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from typing import Any
 
@@ -110,6 +112,53 @@ async def test_1_a_custom_serializer_stores_inputs_and_results(backend: Backend)
         assert job is not None and job.result == {"ok": (2,)}
     finally:
         await custom.close()
+
+
+class Picky:
+    """JSON, but once ``picky`` is set, a stored "unreadable" cannot be read back (as if
+    another serializer had written it)."""
+
+    picky = False
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj).encode()
+
+    def loads(self, data: bytes) -> Any:
+        if self.picky and data == b'"unreadable"':
+            raise ValueError("not a value this serializer reads")
+        return json.loads(data)
+
+
+async def test_1_a_claimed_job_that_cannot_be_read_fails_and_the_claim_takes_the_others(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    serializer = Picky()
+    picky = backend.make(serializer=serializer)
+    await picky.open()
+    try:
+        first, bad, last = [
+            await picky.enqueue(request(input=i), now=T0) for i in (1, "unreadable", 3)
+        ]
+        worse = await picky.enqueue(request(input="unreadable"), now=T0 + 1)
+        after = await picky.enqueue(request(input=4), now=T0 + 1)
+        serializer.picky = True
+        with caplog.at_level(logging.ERROR, logger="taskbuffer"):
+            claims = await claim(picky, limit=3)
+        assert [(c.job.id, c.job.input) for c in claims] == [(first.id, 1), (last.id, 3)]
+        [attempt] = await picky.attempts(bad.id)  # failed at once, not left to its lease
+        assert (attempt.outcome, attempt.error and attempt.error.type) == ("failed", "ValueError")
+        assert any(bad.id in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+        # The busy path too: finishing a batch and claiming the next in one call.
+        applied, taken = await picky.finish_and_claim(
+            [done(c) for c in claims], worker_id="w1", task_names=["work"], limit=2, now=T0 + 2
+        )
+        assert applied == [True, True]
+        assert [(c.job.id, c.job.input) for c in taken] == [(after.id, 4)]
+        assert [a.outcome for a in await picky.attempts(worse.id)] == ["failed"]
+        await picky.finish([done(c) for c in taken], now=T0 + 3)
+        assert await claim(picky, now=T0 + 10_000) == []  # no lease left to run out
+    finally:
+        await picky.close()
 
 
 # --------------------------------------------------------------- 2: claiming order

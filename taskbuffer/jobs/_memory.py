@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, dedupe_conflict
+from ._unreadable import end_unreadable, readable_claims
 from ._values import (
     FINISHED,
     Claim,
@@ -54,6 +55,11 @@ class _Row:
     lease_expires: float | None = None
     cancel_requested: bool = False
     trail: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _id_and_token(row: _Row) -> tuple[str, str]:
+    assert row.token is not None  # (a claimed row's)
+    return row.id, row.token
 
 
 class MemoryJobStore(JobStore):
@@ -162,7 +168,6 @@ class MemoryJobStore(JobStore):
             ),
             key=lambda row: (-row.priority, row.run_at, row.seq),
         )[:limit]
-        claims = []
         for row in due:
             row.status = "running"
             row.attempts += 1
@@ -181,8 +186,12 @@ class MemoryJobStore(JobStore):
                     "error": None,
                 }
             )
-            claims.append(Claim(job=self._job(row), token=row.token))
+        claims, unreadable = readable_claims(due, self._claimed, _id_and_token)
+        await end_unreadable(self, unreadable, now=now)
         return claims
+
+    def _claimed(self, row: _Row) -> Claim:
+        return Claim(job=self._job(row), token=_id_and_token(row)[1])
 
     def _held(self, job_id: str, token: str) -> _Row | None:
         row = self._rows.get(job_id)

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from operator import itemgetter
 from typing import Any, TypeVar, cast
 
 from ._sqlite_ops import (
@@ -51,6 +52,7 @@ from ._store import (
     dedupe_conflict,
 )
 from ._thread import ConnectionThread, settle_from_thread
+from ._unreadable import end_unreadable, readable_claims
 from ._values import (
     Claim,
     Job,
@@ -80,6 +82,7 @@ def _no_rows_unless_taken(taken_soon: asyncio.Future[Any], _: object) -> None:
 
 
 _INPUT, _RESULT = 2, 12  # in COLUMNS (Job's fields)
+_ID_AND_TOKEN = itemgetter(2, 1)  # of a row that take_due returned
 
 
 class SQLiteJobStore(JobStore):
@@ -349,13 +352,15 @@ class SQLiteJobStore(JobStore):
         committed.add_done_callback(partial(_no_rows_unless_taken, taken_soon))
         try:
             taken = await taken_soon
-            claims = [self._claimed(row) for row in claimed_rows(taken or [])]
+            rows = claimed_rows(taken or [])
+            claims, unreadable = readable_claims(rows, self._claimed, _ID_AND_TOKEN)
             applied = await committed
         except BaseException:
             committed.cancel()  # (its outcome, should it fail, is nobody's to retrieve)
             raise
         if outcomes:
             self.notify()
+        await end_unreadable(self, unreadable, now=now)
         return applied, claims
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 try:
@@ -40,6 +41,7 @@ from . import _postgres_sql as sql
 from ._postgres_link import Connection, PostgresLink, asyncpg_dsn, shown_dsn
 from ._postgres_ops import applied_outcomes, finish_and_claim_rows, refresh_statistics, token_prefix
 from ._store import SCHEMA_VERSION, JobStore, attempts_lost_error, check_schema_version
+from ._unreadable import end_unreadable, readable_claims
 from ._values import (
     Claim,
     Job,
@@ -71,6 +73,7 @@ _LOST_TEMPLATES = (
     _ID,
     str(_COUNT),
 )  # a request whose conflicting job finishes meanwhile is inserted again
+_ID_AND_TOKEN = itemgetter("id", "token")  # of a claimed row
 
 
 class PostgresJobStore(JobStore):
@@ -266,7 +269,12 @@ class PostgresJobStore(JobStore):
         :meth:`JobStore.claim`)."""
         args = self._claim_args(worker_id, task_names, limit, now)
         rows = await self._link.run(lambda c: c.fetch(sql.CLAIM, *args, token_prefix()))
-        return [Claim(job=self._job(row), token=row["token"]) for row in rows]
+        claims, unreadable = readable_claims(rows, self._claimed, _ID_AND_TOKEN)
+        await end_unreadable(self, unreadable, now=now)
+        return claims
+
+    def _claimed(self, row: asyncpg.Record) -> Claim:
+        return Claim(job=self._job(row), token=row["token"])
 
     def _claim_args(
         self, worker_id: str, task_names: Sequence[str], limit: int, now: float
@@ -329,7 +337,8 @@ class PostgresJobStore(JobStore):
         applied, rows = await self._link.run(both)
         if outcomes:
             self.notify()
-        claims = [Claim(job=self._job(row), token=row["token"]) for row in rows]
+        claims, unreadable = readable_claims(rows, self._claimed, _ID_AND_TOKEN)
+        await end_unreadable(self, unreadable, now=now)
         return [(o.job_id, o.token) in applied for o in outcomes], claims
 
     async def renew(self, tokens: Sequence[str], *, now: float) -> RenewReport:
