@@ -39,12 +39,6 @@ def readable_claims(
             claims.append(claim_of(row))
         except Exception as error:  # whatever loads() raises; an interrupt goes on up
             job_id, token = names(row)
-            logger.error(
-                "job %r: its stored input cannot be read (%s: %s); it fails without running",
-                job_id,
-                type(error).__qualname__,
-                error,
-            )
             failed = JobOutcome(
                 job_id=job_id, token=token, outcome="failed", error=JobError.from_exception(error)
             )
@@ -53,16 +47,32 @@ def readable_claims(
 
 
 async def end_unreadable(store: JobStore, outcomes: Sequence[JobOutcome], *, now: float) -> None:
-    """Commit ``outcomes`` of :func:`readable_claims`. A store that fails now leaves those jobs
-    to their leases (claimed again once they run out, as after any lost claim); the claim's
-    other jobs are the caller's either way."""
+    """Log and commit ``outcomes`` of :func:`readable_claims`, once the claim has committed. A
+    store that fails now leaves those jobs to their leases (claimed again once they run out,
+    as after any lost claim); one that is down waits for its reconnection, as every call does
+    (the claim's other jobs then wait with it, and their leases may run out: as for any job
+    held through an outage longer than the lease)."""
     if not outcomes:
         return
+    for outcome in outcomes:  # logged once the claim has committed (it may fail, and be retried)
+        error = outcome.error
+        assert error is not None
+        logger.error(
+            "job %r: its stored input cannot be read (%s: %s); it fails without running",
+            outcome.job_id,
+            error.type,
+            error.message,
+        )
+    ids = [outcome.job_id for outcome in outcomes]
     try:
-        await store.finish(outcomes, now=now)
+        applied = await store.finish(outcomes, now=now)
     except Exception:
         logger.exception(
-            "failing %d unreadable job(s) did not commit; they are claimed again once their "
-            "leases run out",
-            len(outcomes),
+            "failing the unreadable job(s) %s did not commit; they are claimed again once "
+            "their leases run out",
+            ids,
         )
+        return
+    for job_id, ok in zip(ids, applied, strict=True):
+        if not ok:
+            logger.warning("job %r: no longer held by this claim; not failed here", job_id)
