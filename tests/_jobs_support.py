@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,22 @@ import pytest_asyncio
 
 from taskbuffer.jobs import JobStore, MemoryJobStore, SQLiteJobStore
 
-__all__ = ("Backend", "MemoryBackend", "SQLiteBackend", "backend", "store")
+__all__ = ("Backend", "MemoryBackend", "Picky", "SQLiteBackend", "backend", "store")
+
+
+class Picky:
+    """A serializer: JSON, but once ``picky`` is set, a stored "unreadable" cannot be read
+    back (as if another serializer had written it)."""
+
+    picky = False
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj).encode()
+
+    def loads(self, data: bytes) -> Any:
+        if self.picky and data == b'"unreadable"':
+            raise ValueError("not a value this serializer reads")
+        return json.loads(data)
 
 
 class Backend(Protocol):

@@ -8,14 +8,13 @@ sockets), so leases are short here. Numbers in the names are the contract's sema
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from _jobs_support import Backend, backend
+from _jobs_support import Backend, Picky, backend
 
 from taskbuffer import (
     Task,
@@ -244,17 +243,6 @@ async def test_3_a_worker_that_lost_its_lease_is_fenced_out_and_its_run_cancelle
 async def test_1_a_job_that_cannot_be_read_fails_without_holding_up_its_batch(
     stores: Callable[..., JobStore],
 ) -> None:
-    class Picky:  # JSON that, once picky, cannot read back a stored "unreadable"
-        picky = False
-
-        def dumps(self, obj: Any) -> bytes:
-            return json.dumps(obj).encode()
-
-        def loads(self, data: bytes) -> Any:
-            if self.picky and data == b'"unreadable"':
-                raise ValueError("not a value this serializer reads")
-            return json.loads(data)
-
     serializer = Picky()
     runs: list[Any] = []
     store = stores(serializer=serializer)

@@ -7,13 +7,12 @@ jobs.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any
 
 import pytest
-from _jobs_support import Backend, backend, store
+from _jobs_support import Backend, Picky, backend, store
 
 from taskbuffer.jobs import (
     Claim,
@@ -112,21 +111,6 @@ async def test_1_a_custom_serializer_stores_inputs_and_results(backend: Backend)
         assert job is not None and job.result == {"ok": (2,)}
     finally:
         await custom.close()
-
-
-class Picky:
-    """JSON, but once ``picky`` is set, a stored "unreadable" cannot be read back (as if
-    another serializer had written it)."""
-
-    picky = False
-
-    def dumps(self, obj: Any) -> bytes:
-        return json.dumps(obj).encode()
-
-    def loads(self, data: bytes) -> Any:
-        if self.picky and data == b'"unreadable"':
-            raise ValueError("not a value this serializer reads")
-        return json.loads(data)
 
 
 async def test_1_a_claimed_job_that_cannot_be_read_fails_and_the_claim_takes_the_others(
